@@ -1,0 +1,1 @@
+//! Scenario tests over real NATS live in `tests/`.

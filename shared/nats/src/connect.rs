@@ -1,0 +1,126 @@
+//! Connecting to NATS and refusing servers ELK cannot run on.
+
+use crate::error::NatsError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Oldest nats-server with per-key TTL and subject delete markers.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Optional `.creds` file (JWT + NKEY).
+    pub credentials_file: Option<PathBuf>,
+    /// Connection name shown in the server's monitoring.
+    pub name: String,
+}
+
+impl NatsConfig {
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            credentials_file: None,
+            name: name.into(),
+        }
+    }
+}
+
+/// Parses `"2.15.1"` (also `"v2.11.0-beta.1"`) into `(major, minor, patch)`.
+pub fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let trimmed = version.trim().trim_start_matches('v');
+    let core = trimmed.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>());
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().unwrap_or(Ok(0)).ok()?;
+    let patch = parts.next().unwrap_or(Ok(0)).ok()?;
+    Some((major, minor, patch))
+}
+
+/// Checks the version and JetStream flag a server announced.
+pub fn check_server_version(url: &str, version: &str, jetstream: bool) -> Result<(), NatsError> {
+    let (a, b, c) = MIN_SERVER_VERSION;
+    let needed = format!("{a}.{b}.{c}");
+    let parsed = parse_version(version);
+    if parsed.is_none_or(|found| found < MIN_SERVER_VERSION) {
+        return Err(NatsError::ServerTooOld {
+            url: url.to_owned(),
+            found: version.to_owned(),
+            needed,
+        });
+    }
+    if !jetstream {
+        return Err(NatsError::JetStreamDisabled {
+            url: url.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Connects and verifies the server: version >= 2.11 and JetStream enabled.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
+    let connect_error = |message: String| NatsError::Connect {
+        url: config.url.clone(),
+        message,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(&config.name)
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| connect_error(format!("credentials file {}: {e}", path.display())))?;
+    }
+    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(&config.url))
+        .await
+        .map_err(|_| connect_error("no connection within 10s".to_owned()))?
+        .map_err(|e| connect_error(e.to_string()))?;
+    wait_for_server_info(&client).await;
+    let info = client.server_info();
+    check_server_version(&config.url, &info.version, info.jetstream)?;
+    Ok(client)
+}
+
+/// With `retry_on_initial_connect` the INFO may arrive just after `connect` returns.
+async fn wait_for_server_info(client: &async_nats::Client) {
+    for _ in 0..500 {
+        if !client.server_info().version.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.11.0-beta.2"), Some((2, 11, 0)));
+        assert_eq!(parse_version("2.9"), Some((2, 9, 0)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn refuses_old_servers_naming_both_versions() {
+        let error = check_server_version("nats://x", "2.9.10", true).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("2.9.10") && text.contains("2.11.0"), "{text}");
+        assert!(check_server_version("nats://x", "2.11.0", true).is_ok());
+        assert!(check_server_version("nats://x", "", true).is_err());
+    }
+
+    #[test]
+    fn refuses_servers_without_jetstream() {
+        let error = check_server_version("nats://x", "2.15.1", false).unwrap_err();
+        assert!(matches!(error, NatsError::JetStreamDisabled { .. }));
+        assert!(error.to_string().contains("JetStream"));
+    }
+}

@@ -1,0 +1,217 @@
+//! Compare-and-set writes (optionally with a per-key TTL) and snapshot-then-follow watches.
+//!
+//! Every write ELK makes to a shared key goes through [`cas_write`]: it succeeds only if the key is
+//! still at the revision the writer last saw. A timed-out write is ambiguous (it may have been
+//! applied), so the key is re-read and the outcome decided from what is stored, never assumed.
+
+use crate::error::NatsError;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{Operation, Store, Watch};
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use elk_types::Revision;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A key's current state as read from a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Bytes,
+    pub revision: Revision,
+    /// The latest operation on the key is a delete, purge or TTL-expiry marker.
+    pub deleted: bool,
+}
+
+/// Result of a compare-and-set write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Our value is stored at this revision.
+    Written(Revision),
+    /// Someone else wrote first; `current` is what the key holds now (`None`: absent or deleted).
+    Conflict { current: Option<KvEntry> },
+}
+
+impl CasOutcome {
+    pub fn revision(&self) -> Option<Revision> {
+        match self {
+            CasOutcome::Written(revision) => Some(*revision),
+            CasOutcome::Conflict { .. } => None,
+        }
+    }
+}
+
+fn kv_error(operation: &'static str, store: &Store, key: &str, message: String) -> NatsError {
+    NatsError::Kv {
+        operation,
+        bucket: store.name.clone(),
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// Reads a key including delete markers (`None` if it never existed or was purged away).
+pub async fn read_entry(store: &Store, key: &str) -> Result<Option<KvEntry>, NatsError> {
+    let entry = store
+        .entry(key.to_owned())
+        .await
+        .map_err(|e| kv_error("read", store, key, e.to_string()))?;
+    Ok(entry.map(|entry| KvEntry {
+        key: entry.key,
+        value: entry.value,
+        revision: Revision(entry.revision),
+        deleted: !matches!(entry.operation, Operation::Put),
+    }))
+}
+
+/// Writes `value` to `key` only if the key is at `expected` (`None`: the key must be absent or
+/// deleted), optionally with a per-key TTL (whole seconds, at least one).
+pub async fn cas_write(
+    jetstream: &async_nats::jetstream::Context,
+    store: &Store,
+    key: &str,
+    value: Bytes,
+    expected: Option<Revision>,
+    ttl: Option<Duration>,
+) -> Result<CasOutcome, NatsError> {
+    let mut expected_sequence = expected.map_or(0, Revision::get);
+    // One extra round for "create" over a delete marker, whose revision we learn on conflict.
+    for _ in 0..2 {
+        match publish_expecting(jetstream, store, key, value.clone(), expected_sequence, ttl).await
+        {
+            Ok(revision) => return Ok(CasOutcome::Written(revision)),
+            Err(PublishFailure::WrongRevision) => {
+                let current = read_entry(store, key).await?;
+                match current {
+                    Some(entry) if expected.is_none() && entry.deleted => {
+                        expected_sequence = entry.revision.get();
+                    }
+                    current => {
+                        return Ok(CasOutcome::Conflict {
+                            current: live(current),
+                        });
+                    }
+                }
+            }
+            Err(PublishFailure::Ambiguous(reason)) => {
+                let current = read_entry(store, key).await?;
+                return match current {
+                    Some(entry) if !entry.deleted && entry.value == value => {
+                        Ok(CasOutcome::Written(entry.revision))
+                    }
+                    Some(entry) if entry.revision.get() == expected_sequence => Err(kv_error(
+                        "write",
+                        store,
+                        key,
+                        format!("not applied: {reason}"),
+                    )),
+                    current => Ok(CasOutcome::Conflict {
+                        current: live(current),
+                    }),
+                };
+            }
+            Err(PublishFailure::Other(message)) => {
+                return Err(kv_error("write", store, key, message));
+            }
+        }
+    }
+    let current = read_entry(store, key).await?;
+    Ok(CasOutcome::Conflict {
+        current: live(current),
+    })
+}
+
+fn live(entry: Option<KvEntry>) -> Option<KvEntry> {
+    entry.filter(|entry| !entry.deleted)
+}
+
+enum PublishFailure {
+    WrongRevision,
+    Ambiguous(String),
+    Other(String),
+}
+
+async fn publish_expecting(
+    jetstream: &async_nats::jetstream::Context,
+    store: &Store,
+    key: &str,
+    value: Bytes,
+    expected_sequence: u64,
+    ttl: Option<Duration>,
+) -> Result<Revision, PublishFailure> {
+    let subject = format!("$KV.{}.{key}", store.name);
+    let mut message = PublishMessage::build()
+        .payload(value)
+        .expected_last_subject_sequence(expected_sequence);
+    if let Some(ttl) = ttl {
+        message = message.ttl(ttl.max(Duration::from_secs(1)));
+    }
+    let classify = |error: async_nats::jetstream::context::PublishError| match error.kind() {
+        PublishErrorKind::WrongLastSequence => PublishFailure::WrongRevision,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            PublishFailure::Ambiguous(error.to_string())
+        }
+        _ => PublishFailure::Other(error.to_string()),
+    };
+    let ack_future = jetstream
+        .send_publish(subject, message)
+        .await
+        .map_err(classify)?;
+    let ack = ack_future.await.map_err(classify)?;
+    Ok(Revision(ack.sequence))
+}
+
+/// The live keys of a bucket at one moment, and a watch delivering every change after it.
+pub struct WatchSnapshot {
+    pub entries: BTreeMap<String, KvEntry>,
+    pub watch: Watch,
+}
+
+/// Watches every key of `store`, first collecting the current value of each live key.
+///
+/// The watch is created before the snapshot is read, so no change can fall between the two.
+pub async fn watch_snapshot(store: &Store) -> Result<WatchSnapshot, NatsError> {
+    let watch_error = |message: String| NatsError::Watch {
+        bucket: store.name.clone(),
+        message,
+    };
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| watch_error(e.to_string()))?;
+    let stored_messages = store
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| watch_error(e.to_string()))?
+        .state
+        .messages;
+    let mut entries = BTreeMap::new();
+    if stored_messages == 0 {
+        return Ok(WatchSnapshot { entries, watch });
+    }
+    loop {
+        // If every stored message expired between the info call and the watch, nothing arrives:
+        // the quiet period ends the snapshot (it is then genuinely empty).
+        let next = tokio::time::timeout(Duration::from_secs(2), watch.next()).await;
+        let Ok(Some(entry)) = next else { break };
+        let entry = entry.map_err(|e| watch_error(e.to_string()))?;
+        let caught_up = entry.delta == 0;
+        if matches!(entry.operation, Operation::Put) {
+            let kv_entry = KvEntry {
+                key: entry.key.clone(),
+                value: entry.value,
+                revision: Revision(entry.revision),
+                deleted: false,
+            };
+            entries.insert(entry.key, kv_entry);
+        } else {
+            entries.remove(&entry.key);
+        }
+        if caught_up {
+            break;
+        }
+    }
+    Ok(WatchSnapshot { entries, watch })
+}

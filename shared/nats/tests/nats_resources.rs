@@ -1,0 +1,171 @@
+//! elk-nats against a real nats-server: refusal of unusable servers, idempotent provisioning,
+//! compare-and-set semantics, per-key TTL expiry and snapshot watches.
+
+use bytes::Bytes;
+use elk_nats::{
+    CasOutcome, NatsConfig, NatsError, ProvisionConfig, cas_write, connect, provision, read_entry,
+    watch_snapshot,
+};
+use elk_protocol::names::Names;
+use elk_testkit::{NatsServer, wait_until};
+use elk_types::{Namespace, Revision};
+use futures::StreamExt;
+use std::time::Duration;
+
+fn names() -> Names {
+    Names::new(Namespace::new("test").unwrap())
+}
+
+#[tokio::test]
+async fn server_without_jetstream_is_refused_with_a_clear_error() {
+    let server = NatsServer::builder().jetstream(false).start().unwrap();
+    let error = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, NatsError::JetStreamDisabled { .. }),
+        "{error}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("JetStream") && text.contains("2.15"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn provisioning_is_idempotent_and_creates_everything() {
+    let server = NatsServer::start();
+    let client = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap();
+    let first = provision(client.clone(), names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let second = provision(client.clone(), names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(first.members.name, "elk_test_members");
+    assert_eq!(second.partitions.name, "elk_test_partitions");
+    let info = second.progress.get_info().await.unwrap();
+    assert_eq!(info.config.subjects, vec!["elk.test.progress.>".to_owned()]);
+    assert_eq!(info.state.consumer_count, 1);
+    let members_info = second.members.stream.get_info().await.unwrap();
+    assert!(
+        members_info.config.allow_message_ttl,
+        "members bucket allows per-key TTL"
+    );
+}
+
+#[tokio::test]
+async fn compare_and_set_create_update_and_conflict() {
+    let server = NatsServer::start();
+    let client = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap();
+    let resources = provision(client, names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let js = &resources.jetstream;
+    let store = &resources.jobs;
+
+    let created = cas_write(js, store, "k", Bytes::from("a"), None, None)
+        .await
+        .unwrap();
+    let CasOutcome::Written(first) = created else {
+        panic!("create failed: {created:?}")
+    };
+    let again = cas_write(js, store, "k", Bytes::from("b"), None, None)
+        .await
+        .unwrap();
+    assert!(matches!(again, CasOutcome::Conflict { current: Some(ref e) } if e.value == "a"));
+
+    let updated = cas_write(js, store, "k", Bytes::from("c"), Some(first), None)
+        .await
+        .unwrap();
+    let CasOutcome::Written(second) = updated else {
+        panic!("update failed")
+    };
+    assert!(second > first);
+    let stale = cas_write(js, store, "k", Bytes::from("d"), Some(first), None)
+        .await
+        .unwrap();
+    assert!(matches!(stale, CasOutcome::Conflict { current: Some(ref e) } if e.revision == second));
+
+    store.delete("k").await.unwrap();
+    let recreated = cas_write(js, store, "k", Bytes::from("e"), None, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(recreated, CasOutcome::Written(_)),
+        "create over a delete marker"
+    );
+    let entry = read_entry(store, "k").await.unwrap().unwrap();
+    assert_eq!(entry.value, "e");
+    assert!(!entry.deleted);
+    assert!(read_entry(store, "missing").await.unwrap().is_none());
+    let _ = Revision(0);
+}
+
+#[tokio::test]
+async fn ttl_key_expires_and_watchers_see_the_marker() {
+    let server = NatsServer::start();
+    let client = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap();
+    let resources = provision(client, names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let js = &resources.jetstream;
+    let members = &resources.members;
+    let ttl = Some(Duration::from_secs(1));
+
+    let outcome = cas_write(js, members, "w-1", Bytes::from("x"), None, ttl)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CasOutcome::Written(_)));
+    let mut snapshot = watch_snapshot(members).await.unwrap();
+    assert!(snapshot.entries.contains_key("w-1"));
+
+    // Nothing renews the key: the server expires it and the watch gets a delete marker.
+    let event = tokio::time::timeout(Duration::from_secs(10), snapshot.watch.next())
+        .await
+        .expect("marker within 10s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.key, "w-1");
+    assert_ne!(event.operation, async_nats::jetstream::kv::Operation::Put);
+
+    // Re-creating over the marker keeps the TTL (the stock client's create drops it here).
+    cas_write(js, members, "w-1", Bytes::from("y"), None, ttl)
+        .await
+        .unwrap();
+    wait_until(
+        "re-created key expires too",
+        Duration::from_secs(10),
+        || async {
+            read_entry(members, "w-1")
+                .await
+                .unwrap()
+                .is_none_or(|e| e.deleted)
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_of_an_empty_bucket_returns_at_once() {
+    let server = NatsServer::start();
+    let client = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap();
+    let resources = provision(client, names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let snapshot = tokio::time::timeout(Duration::from_secs(1), watch_snapshot(&resources.fleet))
+        .await
+        .expect("no wait on an empty bucket")
+        .unwrap();
+    assert!(snapshot.entries.is_empty());
+}

@@ -1,0 +1,213 @@
+//! Identifier newtypes. Tokens are validated once, at the boundary, and are then safe to splice
+//! into subjects and keys.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+
+/// Longest accepted subject token (namespace, job name, member id).
+pub const MAX_TOKEN_LEN: usize = 64;
+
+/// Why a string is not accepted as a subject token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("{kind} must not be empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} '{value}' is longer than {max} characters")]
+    TooLong {
+        kind: &'static str,
+        value: String,
+        max: usize,
+    },
+    #[error(
+        "{kind} '{value}' contains '{character}': only letters, digits, '_' and '-' are allowed"
+    )]
+    BadCharacter {
+        kind: &'static str,
+        value: String,
+        character: char,
+    },
+}
+
+fn validate_token(kind: &'static str, value: &str) -> Result<(), InvalidToken> {
+    if value.is_empty() {
+        return Err(InvalidToken::Empty { kind });
+    }
+    if value.len() > MAX_TOKEN_LEN {
+        return Err(InvalidToken::TooLong {
+            kind,
+            value: value.to_owned(),
+            max: MAX_TOKEN_LEN,
+        });
+    }
+    if let Some(character) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(InvalidToken::BadCharacter {
+            kind,
+            value: value.to_owned(),
+            character,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! token_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value` as a subject token.
+            pub fn new(value: impl Into<String>) -> Result<Self, InvalidToken> {
+                let value = value.into();
+                validate_token($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidToken;
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                Self::new(value)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(deserializer)?;
+                Self::new(raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+token_type!(
+    /// Isolates one deployment: every bucket, stream and subject carries it.
+    Namespace, "namespace"
+);
+token_type!(
+    /// Name of a job (an ID space processed by the fleet).
+    JobName, "job name"
+);
+token_type!(
+    /// Stable id of a member (worker or service replica); its key in the members bucket.
+    MemberId, "member id"
+);
+
+macro_rules! number_type {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub $inner);
+
+        impl $name {
+            pub const fn get(self) -> $inner {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+number_type!(
+    /// Fencing token of a role holder: only grows. Records written under an older epoch are
+    /// ignored once a newer one has been seen.
+    Epoch(u64)
+);
+number_type!(
+    /// Revision (stream sequence) of a KV entry; the basis of every compare-and-set.
+    Revision(u64)
+);
+number_type!(
+    /// Generation of the membership view: incremented on every join, leave or expiry.
+    Generation(u64)
+);
+number_type!(
+    /// Distinguishes successive lives of the same member id (a re-join after a lost key).
+    Incarnation(u64)
+);
+number_type!(
+    /// Sequence number of a job's partitions (1, 2, 3, ... in creation order).
+    PartitionId(u64)
+);
+number_type!(
+    /// Fresh per grant: progress carrying any other token than a partition's current one is stale.
+    PartitionLeaseToken(u64)
+);
+number_type!(
+    /// Per-worker sequence of assignment records, increasing with every write of the record.
+    ViewSeq(u64)
+);
+number_type!(
+    /// How many partitions a worker runs at once; placement quotas are proportional to it.
+    Capacity(u32)
+);
+
+impl Epoch {
+    pub const fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+impl Generation {
+    pub const fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_accept_letters_digits_dash_underscore() {
+        assert!(MemberId::new("worker-1_a").is_ok());
+        assert_eq!(JobName::new("job").unwrap().as_str(), "job");
+    }
+
+    #[test]
+    fn tokens_reject_wildcards_dots_and_empty() {
+        for bad in ["a.b", "*", ">", "a b", "", "ü"] {
+            let error = MemberId::new(bad).unwrap_err();
+            assert!(!error.to_string().is_empty(), "{bad}");
+        }
+        let long = "x".repeat(MAX_TOKEN_LEN + 1);
+        assert!(matches!(
+            Namespace::new(long),
+            Err(InvalidToken::TooLong { .. })
+        ));
+    }
+}
