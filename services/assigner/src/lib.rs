@@ -1,1 +1,290 @@
-//! elk-assigner
+//! elk-assigner — the partition authority.
+//!
+//! Every replica joins the members bucket as an `assigner` and follows `leases/role.assigner`.
+//! The replica named there (member id + incarnation) leads under the lease's epoch: it owns the
+//! `jobs`, `partitions` and `assignments` buckets (single writer, compare-and-set on every key),
+//! creates the partitions of jobs, grants them to live workers, ingests progress from the
+//! progress stream (durable consumer, acked after the KV write) and completes jobs.
+//!
+//! ```text
+//!   Follower ──lease names me (epoch e)──▶ Leader(e) ──lease names another / epoch changes──▶
+//!      ▲                                       │        cancel the leader task, AWAIT it,
+//!      └───────────────────────────────────────┘        then follow again
+//! ```
+//! Losing the member key (renewal failed) also demotes at once, then the replica re-joins as a new
+//! incarnation.
+
+mod leader;
+mod state;
+
+pub use leader::AssignerMetrics;
+
+use elk_nats::{MemberLease, NatsConfig, ProvisionConfig, Versioned, follow_key, new_incarnation};
+use elk_protocol::SCHEMA_VERSION;
+use elk_protocol::messages::{MemberRecord, MemberRef, MemberRole, MembershipView, RoleLease};
+use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
+use elk_types::{Capacity, Epoch, MemberId, Namespace};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Configuration of one assigner replica. Every field has a default; see `--print-config`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AssignerConfig {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Optional NATS credentials file.
+    pub credentials_file: Option<PathBuf>,
+    /// Namespace isolating this deployment.
+    pub namespace: String,
+    /// This replica's member id (unique in the namespace).
+    pub member_id: String,
+    /// TTL of the member key; renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub member_ttl: Duration,
+    /// Grants a worker holds per unit of capacity (running plus queued on the worker).
+    pub grants_per_capacity: u32,
+    /// Partitions created per reconcile round at most.
+    pub partitions_per_round: usize,
+    /// Resync tick of the leader loop.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+}
+
+impl Default for AssignerConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            credentials_file: None,
+            namespace: "default".to_owned(),
+            member_id: "assigner-1".to_owned(),
+            member_ttl: Duration::from_secs(3),
+            grants_per_capacity: 2,
+            partitions_per_round: 1_000,
+            tick: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Errors of the assigner service.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Nats(#[from] elk_nats::NatsError),
+    #[error(transparent)]
+    Join(#[from] elk_nats::JoinError),
+    #[error("{operation}: {message}")]
+    NatsOperation {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("deposed: a newer assigner than epoch {epoch} exists")]
+    Deposed { epoch: Epoch },
+    #[error("leader loop stopped: {0}")]
+    Stopped(String),
+}
+
+impl AssignerError {
+    pub(crate) fn nats(operation: &'static str, error: impl std::fmt::Display) -> Self {
+        AssignerError::NatsOperation {
+            operation,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Runs one assigner replica until `shutdown` resolves.
+pub async fn run(
+    config: AssignerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AssignerError> {
+    run_with_metrics(config, Arc::new(AssignerMetrics::default()), shutdown).await
+}
+
+/// Like [`run`], exposing the replica's counters.
+pub async fn run_with_metrics(
+    config: AssignerConfig,
+    metrics: Arc<AssignerMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AssignerError> {
+    let namespace =
+        Namespace::new(&config.namespace).map_err(|e| AssignerError::Config(e.to_string()))?;
+    let member_id =
+        MemberId::new(&config.member_id).map_err(|e| AssignerError::Config(e.to_string()))?;
+    let mut nats = NatsConfig::new(&config.nats_url, format!("elk-assigner {member_id}"));
+    nats.credentials_file = config.credentials_file.clone();
+    let client = elk_nats::connect(&nats).await?;
+    let resources =
+        elk_nats::provision(client, Names::new(namespace), &ProvisionConfig::default()).await?;
+    let role =
+        follow_key::<RoleLease>(&resources.leases, ControlRole::Assigner.lease_key()).await?;
+    let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
+    let policy = state::Policy {
+        grants_per_capacity: config.grants_per_capacity,
+        partitions_per_round: config.partitions_per_round.max(1),
+    };
+    let replica = Replica {
+        config,
+        resources,
+        member_id,
+        role,
+        view,
+        policy,
+        metrics,
+    };
+    replica.run(shutdown).await
+}
+
+struct Replica {
+    config: AssignerConfig,
+    resources: elk_nats::Resources,
+    member_id: MemberId,
+    role: watch::Receiver<Option<Versioned<RoleLease>>>,
+    view: watch::Receiver<Option<Versioned<MembershipView>>>,
+    policy: state::Policy,
+    metrics: Arc<AssignerMetrics>,
+}
+
+struct LeaderTask {
+    epoch: Epoch,
+    cancel: CancellationToken,
+    handle: JoinHandle<Result<(), AssignerError>>,
+}
+
+impl LeaderTask {
+    async fn stop(self) {
+        self.cancel.cancel();
+        match self.handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::info!(%error, "leader task ended"),
+            Err(error) => tracing::warn!(%error, "leader task panicked"),
+        }
+    }
+}
+
+impl Replica {
+    async fn join(&self) -> Result<MemberLease, AssignerError> {
+        let record = MemberRecord {
+            schema: SCHEMA_VERSION,
+            role: MemberRole::Assigner,
+            incarnation: new_incarnation(),
+            capacity: Capacity(0),
+            jobs: Vec::new(),
+            labels: Default::default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        Ok(MemberLease::join(
+            &self.resources,
+            self.member_id.clone(),
+            record,
+            self.config.member_ttl,
+        )
+        .await?)
+    }
+
+    async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AssignerError> {
+        let mut lease = self.join().await?;
+        let mut leader: Option<LeaderTask> = None;
+        tokio::pin!(shutdown);
+        loop {
+            let me = MemberRef {
+                id: self.member_id.clone(),
+                incarnation: lease.incarnation(),
+            };
+            let named_epoch = self.role.borrow().as_ref().and_then(|lease| {
+                (lease.value.holder.as_ref() == Some(&me)).then_some(lease.value.epoch)
+            });
+            let finished = leader
+                .as_ref()
+                .is_some_and(|task| task.handle.is_finished());
+            let keep = matches!((&leader, named_epoch), (Some(task), Some(epoch)) if task.epoch == epoch && !finished);
+            if !keep {
+                if let Some(task) = leader.take() {
+                    task.stop().await;
+                }
+                if let Some(epoch) = named_epoch.filter(|_| !finished) {
+                    leader = Some(self.start_leader(me.clone(), epoch));
+                }
+            }
+            let lost = lease.lost();
+            let leader_done = async {
+                match &leader {
+                    Some(task) if !task.handle.is_finished() => {
+                        while !task.handle.is_finished() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = self.role.changed() => {
+                    if changed.is_err() {
+                        return Err(AssignerError::Stopped("role lease follower ended".into()));
+                    }
+                }
+                _ = lost.cancelled() => {
+                    tracing::warn!("membership lost: stopping leader work and re-joining");
+                    if let Some(task) = leader.take() {
+                        task.stop().await;
+                    }
+                    lease = self.rejoin().await?;
+                }
+                _ = leader_done => {
+                    if let Some(task) = leader.take() {
+                        task.stop().await;
+                    }
+                    // Still named leader after an error: retry shortly under the same epoch.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if let Some(task) = leader.take() {
+            task.stop().await;
+        }
+        lease.leave().await?;
+        Ok(())
+    }
+
+    async fn rejoin(&self) -> Result<MemberLease, AssignerError> {
+        loop {
+            match self.join().await {
+                Ok(lease) => return Ok(lease),
+                Err(error) => {
+                    tracing::warn!(%error, "re-join failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    fn start_leader(&self, me: MemberRef, epoch: Epoch) -> LeaderTask {
+        let cancel = CancellationToken::new();
+        let inputs = leader::LeaderInputs {
+            resources: self.resources.clone(),
+            me,
+            epoch,
+            policy: self.policy.clone(),
+            tick: self.config.tick,
+            view: self.view.clone(),
+            role: self.role.clone(),
+            cancel: cancel.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let handle = tokio::spawn(leader::lead(inputs));
+        LeaderTask {
+            epoch,
+            cancel,
+            handle,
+        }
+    }
+}

@@ -131,7 +131,7 @@ async fn progress_stream(
             jetstream::consumer::pull::Config {
                 durable_name: Some(PROGRESS_CONSUMER.to_owned()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: Duration::from_secs(5),
                 max_ack_pending: 20_000,
                 ..Default::default()
             },

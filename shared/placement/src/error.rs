@@ -20,12 +20,19 @@ pub enum PlacementError {
 impl fmt::Display for PlacementError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::DuplicateWorker { first_position, duplicate_position } => write!(
+            Self::DuplicateWorker {
+                first_position,
+                duplicate_position,
+            } => write!(
                 formatter,
                 "duplicate worker id: workers[{duplicate_position}] repeats workers[{first_position}]"
             ),
             Self::TooManyWorkers { count } => {
-                write!(formatter, "too many workers: {count} (at most {})", crate::index::MAX_WORKERS)
+                write!(
+                    formatter,
+                    "too many workers: {count} (at most {})",
+                    crate::index::MAX_WORKERS
+                )
             }
             Self::TooManyPartitions { count } => write!(
                 formatter,

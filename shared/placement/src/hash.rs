@@ -88,8 +88,9 @@ mod tests {
 
     #[test]
     fn distinct_worker_ids_hash_apart() {
-        let hashes: std::collections::HashSet<u64> =
-            (0..10_000).map(|i| hash_of(&format!("worker-{i:05}"))).collect();
+        let hashes: std::collections::HashSet<u64> = (0..10_000)
+            .map(|i| hash_of(&format!("worker-{i:05}")))
+            .collect();
         assert_eq!(hashes.len(), 10_000);
         assert_ne!(hash_of("ab"), hash_of("ab\0"));
     }

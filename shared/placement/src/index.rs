@@ -38,7 +38,10 @@ impl IndexedProblem {
     }
 
     pub(crate) fn total_capacity(&self) -> u64 {
-        self.capacities.iter().map(|&capacity| u64::from(capacity)).sum()
+        self.capacities
+            .iter()
+            .map(|&capacity| u64::from(capacity))
+            .sum()
     }
 }
 
@@ -47,10 +50,14 @@ pub(crate) fn index_problem<K: Ord + Hash>(
     partitions: &[Partition<K>],
 ) -> Result<IndexedProblem, PlacementError> {
     if workers.len() > MAX_WORKERS {
-        return Err(PlacementError::TooManyWorkers { count: workers.len() });
+        return Err(PlacementError::TooManyWorkers {
+            count: workers.len(),
+        });
     }
     if partitions.len() > MAX_PARTITIONS {
-        return Err(PlacementError::TooManyPartitions { count: partitions.len() });
+        return Err(PlacementError::TooManyPartitions {
+            count: partitions.len(),
+        });
     }
 
     let mut position_of_id: FastHashMap<&K, u32> = FastHashMap::default();
@@ -86,5 +93,10 @@ pub(crate) fn index_problem<K: Ord + Hash>(
         .collect();
 
     let capacities = workers.iter().map(|worker| worker.capacity).collect();
-    Ok(IndexedProblem { positions_by_id, previous, held, capacities })
+    Ok(IndexedProblem {
+        positions_by_id,
+        previous,
+        held,
+        capacities,
+    })
 }

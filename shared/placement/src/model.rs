@@ -37,7 +37,10 @@ impl<K> Partition<K> {
 
     /// A partition that has never been granted.
     pub const fn unassigned(id: u64) -> Self {
-        Self { id, previous_owner: None }
+        Self {
+            id,
+            previous_owner: None,
+        }
     }
 }
 

@@ -1,0 +1,562 @@
+//! The assigner's in-memory model of jobs, partitions and assignments, and every decision made on
+//! it. Pure: no I/O. The leader loop (`leader.rs`) feeds it events and persists what it marks
+//! dirty, always partitions before the assignment records that point at them.
+//!
+//! Partition lifecycle (all transitions made here):
+//!
+//! ```text
+//!   created ─▶ Pending ──grant(token)──▶ Granted ──Completed──▶ Completed
+//!                ▲                          │ Failed ─▶ Failed
+//!                │   Released(token)        │ owner gone (key expired or deleted) ─▶ Pending
+//!                └──────────────────────── Revoking ◀── revoke (rebalance, later issue)
+//! ```
+//!
+//! Only progress carrying the partition's current token from its current owner is applied; any
+//! other report is stale, counted and dropped.
+
+use elk_protocol::SCHEMA_VERSION;
+use elk_protocol::messages::{
+    AssignmentRecord, Grant, JobRecord, JobState, MemberRef, MembershipView, PartitionRecord,
+    PartitionStatus, ProgressEvent, ProgressReport,
+};
+use elk_types::{
+    Capacity, Epoch, IdRange, Incarnation, JobName, MemberId, PartitionId, PartitionLeaseToken,
+    Revision, ViewSeq,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+pub(crate) type PartitionKey = (JobName, PartitionId);
+
+/// A record and the KV revision it is stored at (`None`: not written yet).
+#[derive(Debug, Clone)]
+pub(crate) struct Stored<T> {
+    pub value: T,
+    pub revision: Option<Revision>,
+}
+
+impl<T> Stored<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            value,
+            revision: None,
+        }
+    }
+}
+
+/// A live worker as the assigner sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerInfo {
+    pub incarnation: Incarnation,
+    pub capacity: Capacity,
+    pub jobs: Vec<JobName>,
+    /// Released work it was not asked to release: it is shutting down, grant it nothing more.
+    pub draining: bool,
+}
+
+impl WorkerInfo {
+    fn processes(&self, job: &JobName) -> bool {
+        self.jobs.is_empty() || self.jobs.contains(job)
+    }
+}
+
+/// Why a progress report was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    UnknownPartition,
+    StaleToken,
+}
+
+/// Tunables of the decisions.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Grants a worker holds per unit of capacity (running + queued on the worker).
+    pub grants_per_capacity: u32,
+    /// Partitions created per reconcile round (bounds the size of one flush).
+    pub partitions_per_round: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct AssignerState {
+    pub epoch: Epoch,
+    token_counter: u64,
+    pub policy: Policy,
+    pub jobs: BTreeMap<JobName, Stored<JobRecord>>,
+    /// Live (not completed) partitions only: memory follows live work.
+    pub partitions: BTreeMap<PartitionKey, Stored<PartitionRecord>>,
+    pub assignments: BTreeMap<MemberId, Stored<AssignmentRecord>>,
+    pub workers: BTreeMap<MemberId, WorkerInfo>,
+    grants_by_worker: BTreeMap<MemberId, BTreeSet<PartitionKey>>,
+    pending: BTreeSet<PartitionKey>,
+    pub dirty_partitions: BTreeSet<PartitionKey>,
+    pub dirty_jobs: BTreeSet<JobName>,
+    pub dirty_assignments: BTreeSet<MemberId>,
+    /// Completed partitions written to KV this round and then forgotten.
+    pub completed_to_write: Vec<Stored<PartitionRecord>>,
+    pub rejected_progress: u64,
+}
+
+impl AssignerState {
+    pub fn new(epoch: Epoch, policy: Policy) -> Self {
+        Self {
+            epoch,
+            token_counter: 0,
+            policy,
+            jobs: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            grants_by_worker: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            dirty_partitions: BTreeSet::new(),
+            dirty_jobs: BTreeSet::new(),
+            dirty_assignments: BTreeSet::new(),
+            completed_to_write: Vec::new(),
+            rejected_progress: 0,
+        }
+    }
+
+    /// Adds a partition loaded from KV (completed ones are not kept).
+    pub fn load_partition(&mut self, record: PartitionRecord, revision: Revision) {
+        if record.status == PartitionStatus::Completed {
+            return;
+        }
+        let key = (record.job.clone(), record.id);
+        self.index(&key, &record);
+        self.partitions.insert(
+            key,
+            Stored {
+                value: record,
+                revision: Some(revision),
+            },
+        );
+    }
+
+    fn index(&mut self, key: &PartitionKey, record: &PartitionRecord) {
+        match record.status {
+            PartitionStatus::Pending => {
+                self.pending.insert(key.clone());
+            }
+            PartitionStatus::Granted => {
+                if let Some(owner) = &record.owner {
+                    self.grants_by_worker
+                        .entry(owner.id.clone())
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn unindex(&mut self, key: &PartitionKey, record: &PartitionRecord) {
+        self.pending.remove(key);
+        if let Some(owner) = &record.owner {
+            if let Some(set) = self.grants_by_worker.get_mut(&owner.id) {
+                set.remove(key);
+            }
+        }
+    }
+
+    /// Changes a partition through `change`, keeping the indexes and the dirty set right.
+    fn update_partition(&mut self, key: &PartitionKey, change: impl FnOnce(&mut PartitionRecord)) {
+        let Some(mut stored) = self.partitions.remove(key) else {
+            return;
+        };
+        self.unindex(key, &stored.value);
+        change(&mut stored.value);
+        stored.value.epoch = self.epoch;
+        if let Some(owner) = &stored.value.owner {
+            self.dirty_assignments.insert(owner.id.clone());
+        }
+        if stored.value.status == PartitionStatus::Completed {
+            self.dirty_partitions.remove(key);
+            self.completed_to_write.push(stored);
+            return;
+        }
+        self.index(key, &stored.value);
+        self.partitions.insert(key.clone(), stored);
+        self.dirty_partitions.insert(key.clone());
+    }
+
+    fn next_token(&mut self) -> PartitionLeaseToken {
+        self.token_counter += 1;
+        PartitionLeaseToken((self.epoch.get() << 32) | self.token_counter)
+    }
+
+    /// Replaces the set of live workers from a membership view. Returns the members (with the
+    /// incarnation that held partitions) that are no longer live: their partitions may only be
+    /// reclaimed once every progress report they published before leaving has been applied.
+    pub fn apply_view(&mut self, view: &MembershipView) -> Vec<MemberRef> {
+        let mut next = BTreeMap::new();
+        for member in view.workers() {
+            let draining = self
+                .workers
+                .get(&member.id)
+                .is_some_and(|w| w.incarnation == member.incarnation && w.draining);
+            next.insert(
+                member.id.clone(),
+                WorkerInfo {
+                    incarnation: member.incarnation,
+                    capacity: member.capacity,
+                    jobs: member.jobs.clone(),
+                    draining,
+                },
+            );
+        }
+        self.workers = next;
+        let mut gone = BTreeSet::new();
+        for stored in self.partitions.values() {
+            if let Some(owner) = &stored.value.owner {
+                if !self.is_live(owner) && stored.value.status != PartitionStatus::Pending {
+                    gone.insert((owner.id.clone(), owner.incarnation));
+                }
+            }
+        }
+        for (id, stored) in &self.assignments {
+            let live = self
+                .workers
+                .get(id)
+                .is_some_and(|w| w.incarnation == stored.value.incarnation);
+            if !live && !stored.value.grants.is_empty() {
+                gone.insert((id.clone(), stored.value.incarnation));
+            }
+        }
+        for id in self.workers.keys() {
+            let stale = self
+                .assignments
+                .get(id)
+                .is_none_or(|a| a.value.incarnation != self.workers[id].incarnation);
+            if stale {
+                self.dirty_assignments.insert(id.clone());
+            }
+        }
+        gone.into_iter()
+            .map(|(id, incarnation)| MemberRef { id, incarnation })
+            .collect()
+    }
+
+    pub fn is_live(&self, member: &MemberRef) -> bool {
+        self.workers
+            .get(&member.id)
+            .is_some_and(|w| w.incarnation == member.incarnation)
+    }
+
+    /// Takes back every partition held by `member`, which is gone (its key expired, so it has
+    /// fenced itself, or it deleted its key after releasing). They resume from their checkpoint.
+    pub fn reclaim(&mut self, member: &MemberRef) -> usize {
+        if self.is_live(member) {
+            return 0;
+        }
+        let keys: Vec<PartitionKey> = self
+            .partitions
+            .iter()
+            .filter(|(_, stored)| {
+                stored.value.owner.as_ref() == Some(member)
+                    && matches!(
+                        stored.value.status,
+                        PartitionStatus::Granted | PartitionStatus::Revoking
+                    )
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            self.update_partition(key, |record| {
+                record.status = PartitionStatus::Pending;
+                record.owner = None;
+            });
+        }
+        if let Some(stored) = self.assignments.get(&member.id) {
+            if stored.value.incarnation == member.incarnation && !stored.value.grants.is_empty() {
+                self.dirty_assignments.insert(member.id.clone());
+            }
+        }
+        keys.len()
+    }
+
+    /// Applies one progress report. Stale reports (wrong token or owner) are rejected.
+    pub fn apply_progress(&mut self, report: &ProgressReport) -> Result<(), Rejection> {
+        let key = (report.job.clone(), report.partition);
+        let Some(stored) = self.partitions.get(&key) else {
+            self.rejected_progress += 1;
+            return Err(Rejection::UnknownPartition);
+        };
+        let record = &stored.value;
+        let owner_matches = record.owner.as_ref().is_some_and(|owner| {
+            owner.id == report.worker && owner.incarnation == report.incarnation
+        });
+        let active = matches!(
+            record.status,
+            PartitionStatus::Granted | PartitionStatus::Revoking
+        );
+        if !owner_matches || !active || record.token != report.token {
+            self.rejected_progress += 1;
+            return Err(Rejection::StaleToken);
+        }
+        let range = record.range;
+        match &report.event {
+            ProgressEvent::Checkpoint { last_done } => {
+                let last_done = (*last_done).min(range.last());
+                self.update_partition(&key, |record| {
+                    record.checkpoint = record.checkpoint.max(Some(last_done));
+                });
+            }
+            ProgressEvent::Completed => {
+                let already_done = done_ids(range, record.checkpoint);
+                self.update_partition(&key, |record| {
+                    record.status = PartitionStatus::Completed;
+                    record.checkpoint = Some(range.last());
+                });
+                if let Some(job) = self.jobs.get_mut(&report.job) {
+                    job.value.partitions_completed += 1;
+                    job.value.ids_completed += range.len() - already_done;
+                    self.dirty_jobs.insert(report.job.clone());
+                }
+            }
+            ProgressEvent::Failed { error, last_done } => {
+                let error = error.clone();
+                let last_done = last_done.map(|done| done.min(range.last()));
+                self.update_partition(&key, |record| {
+                    record.status = PartitionStatus::Failed;
+                    record.owner = None;
+                    record.attempts += 1;
+                    record.error = Some(error);
+                    record.checkpoint = record.checkpoint.max(last_done);
+                });
+                self.mark_owner_dirty(report);
+            }
+            ProgressEvent::Released { last_done } => {
+                let revoked = record.status == PartitionStatus::Revoking;
+                let last_done = last_done.map(|done| done.min(range.last()));
+                self.update_partition(&key, |record| {
+                    record.status = PartitionStatus::Pending;
+                    record.owner = None;
+                    record.checkpoint = record.checkpoint.max(last_done);
+                });
+                self.mark_owner_dirty(report);
+                if !revoked {
+                    // Released without being asked: the worker is shutting down.
+                    if let Some(worker) = self.workers.get_mut(&report.worker) {
+                        worker.draining = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_owner_dirty(&mut self, report: &ProgressReport) {
+        self.dirty_assignments.insert(report.worker.clone());
+    }
+
+    /// Creates the next partitions of active jobs (bounded per round) and completes jobs whose
+    /// every partition is done.
+    pub fn plan_partitions(&mut self) {
+        let mut budget = self.policy.partitions_per_round;
+        let names: Vec<JobName> = self.jobs.keys().cloned().collect();
+        for name in names {
+            let Some(stored) = self.jobs.get(&name) else {
+                continue;
+            };
+            let job = stored.value.clone();
+            if job.state != JobState::Active {
+                continue;
+            }
+            let range = job.spec.range;
+            let mut cursor = job.cursor;
+            let mut next_id = job.next_partition;
+            let mut created = 0u64;
+            while budget > 0 && cursor <= range.last() {
+                let last = cursor
+                    .saturating_add(job.spec.partition_size - 1)
+                    .min(range.last());
+                let partition_range = IdRange::new(cursor, last).expect("cursor <= last");
+                let record = PartitionRecord {
+                    schema: SCHEMA_VERSION,
+                    job: name.clone(),
+                    id: next_id,
+                    range: partition_range,
+                    status: PartitionStatus::Pending,
+                    owner: None,
+                    token: PartitionLeaseToken(0),
+                    checkpoint: None,
+                    attempts: 0,
+                    error: None,
+                    epoch: self.epoch,
+                };
+                let key = (name.clone(), next_id);
+                self.index(&key, &record);
+                self.partitions.insert(key.clone(), Stored::new(record));
+                self.dirty_partitions.insert(key);
+                next_id = PartitionId(next_id.get() + 1);
+                created += 1;
+                budget -= 1;
+                // Job ranges end below u64::MAX (checked at creation), so this cannot overflow.
+                cursor = last + 1;
+            }
+            let exhausted = cursor > range.last();
+            let stored = self.jobs.get_mut(&name).expect("job exists");
+            if created > 0 {
+                stored.value.cursor = cursor;
+                stored.value.next_partition = next_id;
+                stored.value.partitions_total += created;
+                self.dirty_jobs.insert(name.clone());
+            }
+            let job = &mut stored.value;
+            if exhausted && job.partitions_completed == job.partitions_total {
+                job.state = JobState::Completed;
+                job.completed_unix_ms = Some(elk_protocol::messages::unix_ms_now());
+                self.dirty_jobs.insert(name.clone());
+            }
+        }
+    }
+
+    /// Grants pending partitions to the least loaded live workers, up to each worker's slots.
+    pub fn plan_grants(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let slots_per_capacity = self.policy.grants_per_capacity.max(1) as u64;
+        // Min-heap on load relative to capacity; ties by id for determinism.
+        let mut heap: BinaryHeap<Reverse<(u64, MemberId)>> = BinaryHeap::new();
+        let mut free: BTreeMap<MemberId, u64> = BTreeMap::new();
+        for (id, worker) in &self.workers {
+            if worker.draining || worker.capacity.get() == 0 {
+                continue;
+            }
+            let slots = worker.capacity.get() as u64 * slots_per_capacity;
+            let held = self
+                .grants_by_worker
+                .get(id)
+                .map_or(0, |set| set.len() as u64);
+            if held < slots {
+                free.insert(id.clone(), slots - held);
+                heap.push(Reverse((held * 1_000_000 / slots, id.clone())));
+            }
+        }
+        let pending: Vec<PartitionKey> = self.pending.iter().cloned().collect();
+        let mut skipped: Vec<Reverse<(u64, MemberId)>> = Vec::new();
+        for key in pending {
+            if heap.is_empty() {
+                break;
+            }
+            // Pick the least loaded worker that processes this job.
+            let mut chosen = None;
+            while let Some(Reverse((load, id))) = heap.pop() {
+                if self.workers[&id].processes(&key.0) {
+                    chosen = Some((load, id));
+                    break;
+                }
+                skipped.push(Reverse((load, id)));
+            }
+            heap.extend(skipped.drain(..));
+            let Some((_, worker_id)) = chosen else {
+                continue;
+            };
+            let worker = &self.workers[&worker_id];
+            let owner = MemberRef {
+                id: worker_id.clone(),
+                incarnation: worker.incarnation,
+            };
+            let slots = worker.capacity.get() as u64 * slots_per_capacity;
+            let token = self.next_token();
+            self.update_partition(&key, |record| {
+                record.status = PartitionStatus::Granted;
+                record.owner = Some(owner);
+                record.token = token;
+                record.error = None;
+            });
+            let remaining = free.get_mut(&worker_id).expect("free slots tracked");
+            *remaining -= 1;
+            if *remaining > 0 {
+                let held = slots - *remaining;
+                heap.push(Reverse((held * 1_000_000 / slots, worker_id)));
+            }
+        }
+    }
+
+    /// The assignment record `worker` should hold now (its granted partitions), if it changed.
+    pub fn desired_assignment(&mut self, worker: &MemberId) -> Option<AssignmentRecord> {
+        let live = self.workers.get(worker);
+        let grants: Vec<Grant> = match live {
+            Some(info) => self
+                .grants_by_worker
+                .get(worker)
+                .into_iter()
+                .flatten()
+                .filter_map(|key| self.partitions.get(key))
+                .filter(|stored| {
+                    stored
+                        .value
+                        .owner
+                        .as_ref()
+                        .is_some_and(|o| o.incarnation == info.incarnation)
+                })
+                .map(|stored| grant_of(&stored.value))
+                .collect(),
+            None => Vec::new(),
+        };
+        let incarnation = match (live, self.assignments.get(worker)) {
+            (Some(info), _) => info.incarnation,
+            (None, Some(existing)) => existing.value.incarnation,
+            (None, None) => return None,
+        };
+        let previous = self.assignments.get(worker);
+        if let Some(previous) = previous {
+            let same = previous.value.grants == grants
+                && previous.value.incarnation == incarnation
+                && previous.value.epoch == self.epoch;
+            if same {
+                return None;
+            }
+        } else if grants.is_empty() && live.is_none() {
+            return None;
+        }
+        let seq = previous.map_or(ViewSeq(1), |p| ViewSeq(p.value.seq.get() + 1));
+        Some(AssignmentRecord {
+            schema: SCHEMA_VERSION,
+            incarnation,
+            epoch: self.epoch,
+            seq,
+            grants,
+            drain: false,
+        })
+    }
+
+    /// Marks every live worker's record for rewriting (a new leader re-stamps them with its epoch).
+    pub fn restamp_all_assignments(&mut self) {
+        let ids: Vec<MemberId> = self.workers.keys().cloned().collect();
+        self.dirty_assignments.extend(ids);
+    }
+
+    #[cfg(test)]
+    pub fn granted_to(&self, worker: &MemberId) -> usize {
+        self.grants_by_worker.get(worker).map_or(0, BTreeSet::len)
+    }
+
+    #[cfg(test)]
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+fn done_ids(range: IdRange, checkpoint: Option<u64>) -> u64 {
+    match range.remaining_after(checkpoint) {
+        None => range.len(),
+        Some(remaining) => range.len() - remaining.len(),
+    }
+}
+
+fn grant_of(record: &PartitionRecord) -> Grant {
+    let resume_from = match record.checkpoint {
+        Some(done) if done >= record.range.first() => done + 1,
+        _ => record.range.first(),
+    };
+    Grant {
+        job: record.job.clone(),
+        partition: record.id,
+        range: record.range,
+        resume_from,
+        token: record.token,
+    }
+}

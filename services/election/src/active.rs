@@ -1,0 +1,94 @@
+//! The work of the active replica: follow the members bucket (snapshot, then every change
+//! including TTL-expiry delete markers), write the membership view on each debounced burst of
+//! changes, and keep the role leases in line with it.
+//!
+//! Runs until `stop` is cancelled; the caller cancels it and awaits this task before doing
+//! anything else when the `election` lease is lost.
+
+use crate::ElectionConfig;
+use crate::ElectionError;
+use crate::roles::reconcile_roles;
+use crate::view::{MemberTable, ViewWriter};
+use elk_nats::{NatsError, Resources, WatchSnapshot, watch_snapshot};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// Delay before retrying a view write that failed with a transport error.
+const VIEW_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Coordinates membership until `stop` is cancelled. An error means this replica should step
+/// down (another replica, or this one later, takes over with a fresh snapshot).
+pub(crate) async fn run_active(
+    resources: Resources,
+    config: ElectionConfig,
+    stop: CancellationToken,
+) -> Result<(), ElectionError> {
+    tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        result = coordinate(&resources, &config) => result,
+    }
+}
+
+async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<(), ElectionError> {
+    let WatchSnapshot { entries, mut watch } = watch_snapshot(&resources.members).await?;
+    let mut table = MemberTable::from_entries(entries.values());
+    let mut writer = ViewWriter::load(resources).await?;
+    // A new active replica cannot know what it missed: it always starts a new generation.
+    let view = writer.publish(resources, table.members()).await?;
+    tracing::info!(generation = %view.generation, members = view.members.len(), "active: membership view published");
+    reconcile_roles(resources, view).await;
+
+    let mut resync =
+        tokio::time::interval_at(Instant::now() + config.role_resync, config.role_resync);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut flush_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            event = watch.next() => {
+                let entry = match event {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "members watch error");
+                        continue;
+                    }
+                    None => {
+                        return Err(ElectionError::Nats(NatsError::Watch {
+                            bucket: resources.members.name.clone(),
+                            message: "watch ended".to_owned(),
+                        }));
+                    }
+                };
+                let changed = table.apply(&entry.key, entry.operation, &entry.value);
+                if changed && flush_at.is_none() {
+                    flush_at = Some(Instant::now() + config.view_debounce);
+                }
+            }
+            () = sleep_until_some(flush_at) => {
+                flush_at = None;
+                match writer.publish(resources, table.members()).await {
+                    Ok(view) => reconcile_roles(resources, view).await,
+                    Err(ElectionError::Nats(error)) if error.is_retryable() => {
+                        tracing::warn!(%error, "cannot write membership view; retrying");
+                        flush_at = Some(Instant::now() + VIEW_RETRY_DELAY);
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            _ = resync.tick() => {
+                if let Some(view) = writer.current() {
+                    reconcile_roles(resources, view).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

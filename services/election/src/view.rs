@@ -1,0 +1,214 @@
+//! The membership view: the table of live members built from the members bucket, and the writer
+//! of `leases/view` whose generation only grows (also across failovers of the active replica).
+//!
+//! A change is a join, a leave, an expiry (delete marker) or a change of what the view shows of a
+//! member (incarnation, role, capacity, jobs). A renewal rewrites the same record and is not a
+//! change, so heartbeats cost one map lookup and a comparison, never a view write.
+
+use crate::ElectionError;
+use async_nats::jetstream::kv::Operation;
+use bytes::Bytes;
+use elk_nats::{CasOutcome, KvEntry, Resources, cas_write, read_entry};
+use elk_protocol::messages::{MemberRecord, MembershipView, ViewMember};
+use elk_protocol::names::VIEW_KEY;
+use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_types::{Generation, MemberId, Revision};
+use std::collections::BTreeMap;
+
+/// Live members by id, as the view lists them.
+#[derive(Debug, Default)]
+pub(crate) struct MemberTable {
+    members: BTreeMap<MemberId, ViewMember>,
+}
+
+impl MemberTable {
+    /// Builds the table from a snapshot of the members bucket.
+    pub(crate) fn from_entries<'a>(entries: impl IntoIterator<Item = &'a KvEntry>) -> Self {
+        let mut table = MemberTable::default();
+        for entry in entries {
+            table.apply_put(&entry.key, &entry.value);
+        }
+        table
+    }
+
+    /// Applies one watch event; returns whether the view changed.
+    pub(crate) fn apply(&mut self, key: &str, operation: Operation, value: &[u8]) -> bool {
+        match operation {
+            Operation::Put => self.apply_put(key, value),
+            Operation::Delete | Operation::Purge => self.apply_removal(key),
+        }
+    }
+
+    fn apply_put(&mut self, key: &str, value: &[u8]) -> bool {
+        let id = match MemberId::new(key) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::warn!(%key, %error, "ignoring member key that is not a valid member id");
+                return false;
+            }
+        };
+        let record = match decode::<MemberRecord>(value) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(member = %id, %error, "ignoring undecodable member record");
+                return false;
+            }
+        };
+        let member = ViewMember {
+            id: id.clone(),
+            role: record.role,
+            incarnation: record.incarnation,
+            capacity: record.capacity,
+            jobs: record.jobs,
+        };
+        if self.members.get(&id) == Some(&member) {
+            return false;
+        }
+        self.members.insert(id, member);
+        true
+    }
+
+    fn apply_removal(&mut self, key: &str) -> bool {
+        let Ok(id) = MemberId::new(key) else {
+            return false;
+        };
+        self.members.remove(&id).is_some()
+    }
+
+    /// The live members sorted by id.
+    pub(crate) fn members(&self) -> Vec<ViewMember> {
+        self.members.values().cloned().collect()
+    }
+}
+
+/// Writes `leases/view` by compare-and-set, continuing the generation found in the bucket.
+#[derive(Debug)]
+pub(crate) struct ViewWriter {
+    /// Generation of the last view written or seen.
+    generation: Generation,
+    /// Revision of the view key as last written or seen (`None`: absent).
+    revision: Option<Revision>,
+    current: Option<MembershipView>,
+}
+
+/// Conflicting writers in a row before the active replica gives up (and steps down).
+const MAX_VIEW_CONFLICTS: usize = 5;
+
+impl ViewWriter {
+    /// Reads the stored view so the next write continues its generation.
+    pub(crate) async fn load(resources: &Resources) -> Result<Self, ElectionError> {
+        let mut writer = ViewWriter {
+            generation: Generation(0),
+            revision: None,
+            current: None,
+        };
+        let stored = read_entry(&resources.leases, VIEW_KEY).await?;
+        writer.adopt(stored);
+        Ok(writer)
+    }
+
+    fn adopt(&mut self, stored: Option<KvEntry>) {
+        let Some(entry) = stored.filter(|entry| !entry.deleted) else {
+            self.revision = None;
+            return;
+        };
+        self.revision = Some(entry.revision);
+        match decode::<MembershipView>(&entry.value) {
+            Ok(view) => {
+                self.generation = self.generation.max(view.generation);
+            }
+            Err(error) => {
+                tracing::error!(%error, "stored membership view is undecodable; overwriting it");
+            }
+        }
+    }
+
+    /// The view last written by this writer.
+    pub(crate) fn current(&self) -> Option<&MembershipView> {
+        self.current.as_ref()
+    }
+
+    /// Writes a new view listing `members` at the next generation.
+    pub(crate) async fn publish(
+        &mut self,
+        resources: &Resources,
+        members: Vec<ViewMember>,
+    ) -> Result<&MembershipView, ElectionError> {
+        for _ in 0..MAX_VIEW_CONFLICTS {
+            let view = MembershipView {
+                schema: SCHEMA_VERSION,
+                generation: self.generation.next(),
+                members: members.clone(),
+            };
+            debug_assert!(view.members.windows(2).all(|pair| pair[0].id < pair[1].id));
+            let outcome = cas_write(
+                &resources.jetstream,
+                &resources.leases,
+                VIEW_KEY,
+                Bytes::from(encode(&view)),
+                self.revision,
+                None,
+            )
+            .await?;
+            match outcome {
+                CasOutcome::Written(revision) => {
+                    tracing::debug!(generation = %view.generation, members = view.members.len(), "membership view written");
+                    self.generation = view.generation;
+                    self.revision = Some(revision);
+                    return Ok(self.current.insert(view));
+                }
+                CasOutcome::Conflict { current } => {
+                    tracing::warn!(
+                        generation = %view.generation,
+                        "membership view changed under us; continuing from the stored one"
+                    );
+                    self.adopt(current);
+                }
+            }
+        }
+        Err(ElectionError::ViewContended {
+            attempts: MAX_VIEW_CONFLICTS,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elk_protocol::messages::MemberRole;
+    use elk_types::{Capacity, Incarnation};
+
+    fn record(role: MemberRole, incarnation: u64) -> Vec<u8> {
+        encode(&MemberRecord {
+            schema: SCHEMA_VERSION,
+            role,
+            incarnation: Incarnation(incarnation),
+            capacity: Capacity(2),
+            jobs: Vec::new(),
+            labels: Default::default(),
+            version: String::new(),
+        })
+    }
+
+    #[test]
+    fn renewal_is_not_a_change_but_join_leave_and_new_incarnation_are() {
+        let mut table = MemberTable::default();
+        assert!(table.apply("w-2", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(!table.apply("w-2", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(table.apply("w-2", Operation::Put, &record(MemberRole::Worker, 2)));
+        let ids: Vec<_> = table.members().iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(ids, ["w-1", "w-2"]);
+        assert!(table.apply("w-2", Operation::Purge, &[]));
+        assert!(!table.apply("w-2", Operation::Delete, &[]));
+        assert_eq!(table.members().len(), 1);
+    }
+
+    #[test]
+    fn bad_keys_and_records_are_skipped() {
+        let mut table = MemberTable::default();
+        assert!(!table.apply("w-1", Operation::Put, b"not msgpack"));
+        assert!(!table.apply("a.b", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(table.members().is_empty());
+    }
+}

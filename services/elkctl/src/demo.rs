@@ -1,0 +1,291 @@
+//! `elkctl demo`: the whole stack on one machine. Starts (or uses) a nats-server, runs election,
+//! assigner and scaler in-process, starts N workers whose processor folds each ID into a checksum,
+//! runs one job to completion with a live progress bar, and prints one summary line computed from
+//! what the workers actually processed (not from the coordinator's state).
+
+use crate::status;
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use elk_protocol::admin::{ASSIGNER_SERVICE, AdminReply, CREATE_JOB_VERB, CreateJobRequest};
+use elk_protocol::messages::{JobRecord, JobState};
+use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_types::{IdRange, JobName, MemberId, Namespace};
+use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Use this NATS server instead of starting a private one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Namespace of the demo deployment.
+    #[arg(long, default_value = "demo")]
+    pub namespace: String,
+    /// First ID of the job's range.
+    #[arg(long, default_value_t = 1)]
+    pub start: u64,
+    /// Last ID of the job's range (inclusive).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub end: u64,
+    /// IDs per partition.
+    #[arg(long, default_value_t = 10_000)]
+    pub partition_size: u64,
+    /// Number of workers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u32,
+    /// Partitions each worker runs at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: u32,
+    /// Cost of processing one ID, in rounds of a 64-bit mixing function.
+    #[arg(long, default_value_t = 200)]
+    pub per_id_cost: u32,
+    /// Member TTL of workers and services, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub member_ttl_secs: u64,
+    /// Give up if the job has not completed after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// What the workers really did: a processing count per ID.
+struct Ledger {
+    start: u64,
+    counts: Vec<AtomicU32>,
+    processed: AtomicU64,
+    checksum: AtomicU64,
+}
+
+impl Ledger {
+    fn new(range: IdRange) -> Self {
+        let len = usize::try_from(range.len()).expect("demo range fits in memory");
+        Self {
+            start: range.first(),
+            counts: (0..len).map(|_| AtomicU32::new(0)).collect(),
+            processed: AtomicU64::new(0),
+            checksum: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, id: u64) {
+        if let Some(count) = self.counts.get((id - self.start) as usize) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.processed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (distinct processed, IDs processed more than once, IDs never processed)
+    fn summary(&self) -> (u64, u64, u64) {
+        let mut distinct = 0;
+        let mut duplicates = 0;
+        let mut missing = 0;
+        for count in &self.counts {
+            match count.load(Ordering::Relaxed) {
+                0 => missing += 1,
+                1 => distinct += 1,
+                _ => {
+                    distinct += 1;
+                    duplicates += 1;
+                }
+            }
+        }
+        (distinct, duplicates, missing)
+    }
+}
+
+/// The demo's processor: folds every ID into a checksum with a configurable cost.
+struct ChecksumProcessor {
+    ledger: Arc<Ledger>,
+    rounds: u32,
+}
+
+fn mix(mut value: u64, rounds: u32) -> u64 {
+    for _ in 0..rounds {
+        value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        value ^= value >> 31;
+    }
+    value
+}
+
+impl Processor for ChecksumProcessor {
+    async fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
+        let mut checksum = 0u64;
+        for id in work.resume_from()..=work.range().last() {
+            if work.is_cancelled() {
+                self.ledger.checksum.fetch_xor(checksum, Ordering::Relaxed);
+                return Ok(ProcessOutcome::Interrupted);
+            }
+            checksum ^= mix(id, self.rounds);
+            self.ledger.record(id);
+            work.checkpoint(id);
+            if id % 256 == 0 {
+                // CPU-bound work: let the runtime's other tasks (renewals, progress) run.
+                tokio::task::yield_now().await;
+            }
+        }
+        self.ledger.checksum.fetch_xor(checksum, Ordering::Relaxed);
+        Ok(ProcessOutcome::Completed)
+    }
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let range = IdRange::new(args.start, args.end).context("--start/--end")?;
+    if args.partition_size == 0 {
+        bail!("--partition-size must be at least 1");
+    }
+    if args.workers == 0 || args.capacity == 0 {
+        bail!("--workers and --capacity must be at least 1");
+    }
+    let namespace = Namespace::new(&args.namespace).context("--namespace")?;
+    let started = Instant::now();
+
+    // A private nats-server unless one was given; kept alive until the end of the demo.
+    let (_server, url) = match &args.nats_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let server = elk_testkit::NatsServer::builder()
+                .start()
+                .context("starting a local nats-server")?;
+            let url = server.url().to_owned();
+            (Some(server), url)
+        }
+    };
+    eprintln!("nats-server at {url}, namespace {namespace}");
+    let resources = status::open(&url, namespace.clone()).await?;
+
+    let services = CancellationToken::new();
+    let member_ttl = Duration::from_secs(args.member_ttl_secs.max(1));
+    let service_tasks = crate::stack::start_services(&url, &namespace, member_ttl, &services);
+
+    let ledger = Arc::new(Ledger::new(range));
+    let mut workers = Vec::new();
+    for index in 1..=args.workers {
+        let id = MemberId::new(format!("worker-{index}"))?;
+        let worker = Worker::builder(
+            elk_nats::NatsConfig::new(&url, format!("elk-demo {id}")),
+            namespace.clone(),
+            id,
+        )
+        .capacity(args.capacity)
+        .member_ttl(member_ttl)
+        .start(ChecksumProcessor {
+            ledger: ledger.clone(),
+            rounds: args.per_id_cost,
+        })
+        .await
+        .context("starting a worker")?;
+        workers.push(worker);
+    }
+
+    let job = JobName::new(format!(
+        "checksum-{}",
+        elk_protocol::messages::unix_ms_now()
+    ))?;
+    let request = CreateJobRequest {
+        schema: SCHEMA_VERSION,
+        name: job.clone(),
+        range,
+        partition_size: args.partition_size,
+    };
+    let created = create_job(&resources, &request, Duration::from_secs(30)).await?;
+    let partitions = range.len().div_ceil(args.partition_size);
+    eprintln!(
+        "job {job}: {} ids in {partitions} partitions, {} workers",
+        range.len(),
+        args.workers
+    );
+
+    let bar = ProgressBar::new(range.len());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ids ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut record = created;
+    loop {
+        bar.set_position(ledger.processed.load(Ordering::Relaxed).min(range.len()));
+        bar.set_message(format!(
+            "partitions {}/{}",
+            record.partitions_completed, partitions
+        ));
+        if record.state == JobState::Completed {
+            break;
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            bail!("job did not complete within {}s", args.timeout_secs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(entry) = elk_nats::read_entry(&resources.jobs, job.as_str()).await? {
+            if let Ok(latest) = decode::<JobRecord>(&entry.value) {
+                record = latest;
+            }
+        }
+    }
+    bar.finish();
+
+    for worker in workers {
+        worker.shutdown().await.context("worker shutdown")?;
+    }
+    services.cancel();
+    for task in service_tasks {
+        let _ = task.await;
+    }
+
+    let (processed, duplicates, missing) = ledger.summary();
+    println!(
+        "demo-summary ids={} processed={processed} duplicates={duplicates} missing={missing} partitions={} workers={} seconds={:.3}",
+        range.len(),
+        record.partitions_total,
+        args.workers,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Asks the active assigner to create the job, retrying until one is leading.
+pub async fn create_job(
+    resources: &elk_nats::Resources,
+    request: &CreateJobRequest,
+    patience: Duration,
+) -> anyhow::Result<JobRecord> {
+    let subject = resources
+        .names
+        .admin_subject(ASSIGNER_SERVICE, CREATE_JOB_VERB);
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            resources
+                .client
+                .request(subject.clone(), Bytes::from(encode(request))),
+        )
+        .await;
+        if let Ok(Ok(reply)) = attempt {
+            let reply: AdminReply = decode(&reply.payload)?;
+            if let Some(job) = reply.job {
+                return Ok(job);
+            }
+            bail!(
+                "assigner refused the job: {}",
+                reply.error.unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("no assigner answered within {patience:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

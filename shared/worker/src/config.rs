@@ -1,0 +1,45 @@
+//! Worker settings, filled by [`crate::WorkerBuilder`].
+
+use elk_nats::{NatsConfig, ProvisionConfig};
+use elk_types::{Capacity, JobName, MemberId, Namespace};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Default TTL of the member key (renewed every third of it).
+pub const DEFAULT_MEMBER_TTL: Duration = Duration::from_secs(3);
+/// Default period of checkpoint flushes.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time processors get to return after cancellation (shutdown, self-fence).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerConfig {
+    pub(crate) nats: NatsConfig,
+    pub(crate) namespace: Namespace,
+    pub(crate) id: MemberId,
+    pub(crate) capacity: Capacity,
+    pub(crate) jobs: Vec<JobName>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) member_ttl: Duration,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) stop_grace: Duration,
+    pub(crate) provision: ProvisionConfig,
+}
+
+impl WorkerConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.capacity.get() == 0 {
+            return Err("capacity must be at least 1".to_owned());
+        }
+        if self.member_ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "member_ttl must be at least 1s (per-key TTLs are whole seconds), got {:?}",
+                self.member_ttl
+            ));
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err("checkpoint_interval must be greater than zero".to_owned());
+        }
+        Ok(())
+    }
+}

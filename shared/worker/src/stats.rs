@@ -1,0 +1,61 @@
+//! Cheap counters a [`crate::WorkerHandle`] exposes: atomics bumped by the worker's tasks, read as
+//! a [`WorkerStats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsCounters {
+    pub(crate) partitions_started: AtomicU64,
+    pub(crate) partitions_completed: AtomicU64,
+    pub(crate) partitions_failed: AtomicU64,
+    pub(crate) partitions_released: AtomicU64,
+    pub(crate) fences: AtomicU64,
+    pub(crate) records_applied: AtomicU64,
+    pub(crate) records_ignored: AtomicU64,
+    pub(crate) reports_published: AtomicU64,
+    pub(crate) reports_lost: AtomicU64,
+}
+
+impl StatsCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> WorkerStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        WorkerStats {
+            partitions_started: read(&self.partitions_started),
+            partitions_completed: read(&self.partitions_completed),
+            partitions_failed: read(&self.partitions_failed),
+            partitions_released: read(&self.partitions_released),
+            fences: read(&self.fences),
+            records_applied: read(&self.records_applied),
+            records_ignored: read(&self.records_ignored),
+            reports_published: read(&self.reports_published),
+            reports_lost: read(&self.reports_lost),
+        }
+    }
+}
+
+/// A snapshot of a worker's counters (all monotonic since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Processor invocations started.
+    pub partitions_started: u64,
+    /// Partitions reported `Completed`.
+    pub partitions_completed: u64,
+    /// Partitions reported `Failed`.
+    pub partitions_failed: u64,
+    /// Partitions handed back with `Released` (revoke or shutdown).
+    pub partitions_released: u64,
+    /// Times the worker lost its membership and self-fenced.
+    pub fences: u64,
+    /// Assignment records applied.
+    pub records_applied: u64,
+    /// Assignment records ignored (other incarnation, stale epoch/seq, undecodable, deletes).
+    pub records_ignored: u64,
+    /// Progress reports acknowledged by JetStream.
+    pub reports_published: u64,
+    /// Progress reports given up on after retries.
+    pub reports_lost: u64,
+}
