@@ -1,1 +1,266 @@
-//! Scenario tests over real NATS live in `tests/`.
+//! Fixtures for scenario tests over real NATS: an in-process control plane (election, assigner,
+//! scaler) on a private nats-server, workers with a recording processor, and helpers to create
+//! jobs and wait for them. The scenarios live in `tests/`.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use elk_nats::{NatsConfig, ProvisionConfig, Resources};
+use elk_protocol::admin::{ASSIGNER_SERVICE, AdminReply, CREATE_JOB_VERB, CreateJobRequest};
+use elk_protocol::messages::{JobRecord, JobState};
+use elk_protocol::names::Names;
+use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_testkit::{NatsServer, wait_until};
+use elk_types::{IdRange, JobName, MemberId, Namespace};
+use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker, WorkerHandle};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Member TTL used by the scenarios: short, so expiry-driven paths finish quickly.
+pub const TEST_MEMBER_TTL: Duration = Duration::from_secs(2);
+
+/// One in-process service replica that can be stopped gracefully or aborted.
+pub struct ServiceHandle {
+    pub name: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ServiceHandle {
+    fn spawn<F>(name: &str, run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(stop.clone()));
+        Self { name: name.to_owned(), stop, task }
+    }
+
+    /// Graceful stop: the replica hands its leases back and leaves.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Abrupt stop: the task is dropped mid-flight; its keys expire by TTL.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A private nats-server plus the namespace's resources.
+pub struct Stack {
+    pub server: NatsServer,
+    pub namespace: Namespace,
+    pub resources: Resources,
+}
+
+impl Stack {
+    pub async fn new() -> anyhow::Result<Self> {
+        let server = NatsServer::builder().start()?;
+        let namespace = Namespace::new("it")?;
+        let client = elk_nats::connect(&NatsConfig::new(server.url(), "integration-test")).await?;
+        let resources = elk_nats::provision(
+            client,
+            Names::new(namespace.clone()),
+            &ProvisionConfig::default(),
+        )
+        .await?;
+        Ok(Self { server, namespace, resources })
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url().to_owned()
+    }
+
+    pub fn election(&self, id: &str) -> ServiceHandle {
+        let config = elk_election::ElectionConfig {
+            nats_url: self.url(),
+            namespace: self.namespace.clone(),
+            member_id: MemberId::new(id).expect("valid id"),
+            member_ttl: TEST_MEMBER_TTL,
+            election_ttl: TEST_MEMBER_TTL,
+            ..Default::default()
+        };
+        let name = id.to_owned();
+        ServiceHandle::spawn(id, move |stop| async move {
+            if let Err(error) = elk_election::run(config, stop.cancelled_owned()).await {
+                tracing::warn!(%name, %error, "election replica stopped");
+            }
+        })
+    }
+
+    pub fn assigner(&self, id: &str) -> ServiceHandle {
+        let config = elk_assigner::AssignerConfig {
+            nats_url: self.url(),
+            namespace: self.namespace.to_string(),
+            member_id: id.to_owned(),
+            member_ttl: TEST_MEMBER_TTL,
+            ..Default::default()
+        };
+        let name = id.to_owned();
+        ServiceHandle::spawn(id, move |stop| async move {
+            if let Err(error) = elk_assigner::run(config, stop.cancelled_owned()).await {
+                tracing::warn!(%name, %error, "assigner replica stopped");
+            }
+        })
+    }
+
+    /// Starts a worker with `capacity` that records every ID it processes in `ledger`.
+    pub async fn worker(
+        &self,
+        id: &str,
+        capacity: u32,
+        processor: RecordingProcessor,
+    ) -> anyhow::Result<WorkerHandle> {
+        let worker = Worker::builder(
+            NatsConfig::new(self.server.url(), id),
+            self.namespace.clone(),
+            MemberId::new(id)?,
+        )
+        .capacity(capacity)
+        .member_ttl(TEST_MEMBER_TTL)
+        .checkpoint_interval(Duration::from_millis(200))
+        .start(processor)
+        .await?;
+        Ok(worker)
+    }
+
+    /// Creates a job through the active assigner's admin subject (retrying until one leads).
+    pub async fn create_job(
+        &self,
+        name: &str,
+        range: IdRange,
+        partition_size: u64,
+    ) -> anyhow::Result<JobRecord> {
+        let request = CreateJobRequest {
+            schema: SCHEMA_VERSION,
+            name: JobName::new(name)?,
+            range,
+            partition_size,
+        };
+        let subject = self.resources.names.admin_subject(ASSIGNER_SERVICE, CREATE_JOB_VERB);
+        for _ in 0..300 {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.resources.client.request(subject.clone(), Bytes::from(encode(&request))),
+            )
+            .await;
+            if let Ok(Ok(reply)) = reply {
+                let reply: AdminReply = decode(&reply.payload)?;
+                return reply.job.context(reply.error.unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no assigner answered the create_job request")
+    }
+
+    pub async fn job(&self, name: &str) -> anyhow::Result<Option<JobRecord>> {
+        let entry = elk_nats::read_entry(&self.resources.jobs, name).await?;
+        Ok(match entry.filter(|e| !e.deleted) {
+            Some(entry) => Some(decode(&entry.value)?),
+            None => None,
+        })
+    }
+
+    /// Waits until the job is completed and returns its final record.
+    pub async fn wait_job_completed(
+        &self,
+        name: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<JobRecord> {
+        wait_until(&format!("job {name} completed"), deadline, || async {
+            matches!(self.job(name).await, Ok(Some(job)) if job.state == JobState::Completed)
+        })
+        .await?;
+        self.job(name).await?.context("job vanished")
+    }
+}
+
+/// Counts how often each ID of a range was processed, across all workers.
+pub struct Ledger {
+    first: u64,
+    counts: Vec<AtomicU32>,
+    processed: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new(range: IdRange) -> Arc<Self> {
+        Arc::new(Self {
+            first: range.first(),
+            counts: (0..range.len()).map(|_| AtomicU32::new(0)).collect(),
+            processed: AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self, id: u64) {
+        self.counts[(id - self.first) as usize].fetch_add(1, Ordering::Relaxed);
+        self.processed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    /// IDs never processed.
+    pub fn missing(&self) -> Vec<u64> {
+        self.ids_where(|count| count == 0)
+    }
+
+    /// IDs processed more than once.
+    pub fn duplicates(&self) -> Vec<u64> {
+        self.ids_where(|count| count > 1)
+    }
+
+    fn ids_where(&self, predicate: impl Fn(u32) -> bool) -> Vec<u64> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| predicate(count.load(Ordering::Relaxed)))
+            .map(|(index, _)| self.first + index as u64)
+            .collect()
+    }
+}
+
+/// A processor doing real work per ID (a checksum fold) that records what it processed and
+/// pauses briefly every `pause_every` IDs so scenarios can act while a job is running.
+#[derive(Clone)]
+pub struct RecordingProcessor {
+    pub ledger: Arc<Ledger>,
+    pub pause_every: u64,
+    pub pause: Duration,
+}
+
+impl RecordingProcessor {
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger, pause_every: 0, pause: Duration::ZERO }
+    }
+
+    pub fn paced(ledger: Arc<Ledger>, pause_every: u64, pause: Duration) -> Self {
+        Self { ledger, pause_every, pause }
+    }
+}
+
+impl Processor for RecordingProcessor {
+    async fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
+        let mut checksum = 0u64;
+        for id in work.resume_from()..=work.range().last() {
+            if work.is_cancelled() {
+                return Ok(ProcessOutcome::Interrupted);
+            }
+            checksum = checksum.rotate_left(5) ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.ledger.record(id);
+            work.checkpoint(id);
+            if self.pause_every > 0 && id % self.pause_every == 0 {
+                tokio::time::sleep(self.pause).await;
+            } else if id % 512 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        std::hint::black_box(checksum);
+        Ok(ProcessOutcome::Completed)
+    }
+}

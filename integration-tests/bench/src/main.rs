@@ -1,1 +1,30 @@
-fn main() {}
+//! `elk-bench`: the project's benchmark scenarios. Every scenario prints one JSON object per line
+//! on stdout (progress goes to stderr), so results can be piped to `jq` or diffed across runs.
+//!
+//! One module per benchmark family; `main` only parses the command line and dispatches.
+
+mod measure;
+mod placement_bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "elk-bench", about = "ELK Coordinator benchmarks (one JSON object per line)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Assignment (`elk-placement::solve`) and gap detection (`elk-coverage`) against the
+    /// predecessor's naive algorithms, in one process.
+    Placement(placement_bench::PlacementArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Placement(arguments) => placement_bench::run(&arguments),
+    }
+}

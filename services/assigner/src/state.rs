@@ -302,14 +302,13 @@ impl AssignerState {
                 });
             }
             ProgressEvent::Completed => {
-                let already_done = done_ids(range, record.checkpoint);
                 self.update_partition(&key, |record| {
                     record.status = PartitionStatus::Completed;
                     record.checkpoint = Some(range.last());
                 });
                 if let Some(job) = self.jobs.get_mut(&report.job) {
                     job.value.partitions_completed += 1;
-                    job.value.ids_completed += range.len() - already_done;
+                    job.value.ids_completed += range.len();
                     self.dirty_jobs.insert(report.job.clone());
                 }
             }
@@ -537,13 +536,6 @@ impl AssignerState {
     #[cfg(test)]
     pub fn pending_count(&self) -> usize {
         self.pending.len()
-    }
-}
-
-fn done_ids(range: IdRange, checkpoint: Option<u64>) -> u64 {
-    match range.remaining_after(checkpoint) {
-        None => range.len(),
-        Some(remaining) => range.len() - remaining.len(),
     }
 }
 

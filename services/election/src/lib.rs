@@ -103,7 +103,8 @@ enum MembershipExit {
 
 /// Outcome of the standby phase.
 enum Standby {
-    Acquired(MemberLease),
+    /// Boxed: a lease carries the whole `Resources` (several kilobytes).
+    Acquired(Box<MemberLease>),
     Exit(MembershipExit),
 }
 
@@ -205,7 +206,7 @@ impl Replica {
                 Standby::Acquired(lease) => lease,
                 Standby::Exit(exit) => return Ok(exit),
             };
-            if let Some(exit) = self.active(election, &membership_lost).await {
+            if let Some(exit) = self.active(*election, &membership_lost).await {
                 return Ok(exit);
             }
         }
@@ -221,7 +222,7 @@ impl Replica {
         loop {
             let holder_absent = self.election_lease.borrow_and_update().is_none();
             if holder_absent && let Some(lease) = self.try_acquire(membership).await {
-                return Standby::Acquired(lease);
+                return Standby::Acquired(Box::new(lease));
             }
             tokio::select! {
                 () = self.stop.cancelled() => return Standby::Exit(MembershipExit::Shutdown),
@@ -234,7 +235,7 @@ impl Replica {
                 }
                 _ = retry.tick() => {
                     if let Some(lease) = self.try_acquire(membership).await {
-                        return Standby::Acquired(lease);
+                        return Standby::Acquired(Box::new(lease));
                     }
                 }
             }
@@ -296,10 +297,10 @@ impl Replica {
             ended = &mut task => Reason::TaskEnded(ended),
         };
         task_stop.cancel();
-        if !matches!(reason, Reason::TaskEnded(_)) {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "active task panicked");
-            }
+        if !matches!(reason, Reason::TaskEnded(_))
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "active task panicked");
         }
         match reason {
             Reason::ElectionLost => {

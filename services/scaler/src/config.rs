@@ -51,7 +51,10 @@ impl ScalerConfig {
     /// Rejects values the service cannot run with.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.member_ttl < Duration::from_secs(1) {
-            return Err(format!("member_ttl must be at least 1s, got {:?}", self.member_ttl));
+            return Err(format!(
+                "member_ttl must be at least 1s, got {:?}",
+                self.member_ttl
+            ));
         }
         if self.interval.is_zero() {
             return Err("interval must be greater than zero".to_owned());

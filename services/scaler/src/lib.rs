@@ -1,1 +1,265 @@
-//! elk-scaler
+//! elk-scaler — the fleet sizer. Every replica joins the members bucket as a scaler and follows
+//! `leases/role.scaler`; the one the lease names (id + incarnation) publishes the desired worker
+//! count to `fleet/desired` (see [`policy`] for the rule of this slice).
+//!
+//! ```text
+//!   Follower ── lease names (me, my incarnation) ──▶ Leader(task, epoch)
+//!      ▲                                                  │
+//!      └── another holder / new epoch / member key lost: cancel + AWAIT task
+//! ```
+//!
+//! If its member key is lost the replica demotes itself and re-joins with a new incarnation.
+//! [`run`] is cancel-safe: dropping it cancels every task it started.
+
+mod config;
+mod leader;
+pub mod policy;
+
+pub use config::ScalerConfig;
+
+use elk_nats::{
+    JoinError, MemberLease, NatsConfig, NatsError, ProvisionConfig, Resources, Versioned, connect,
+    follow_key, new_incarnation, provision,
+};
+use elk_protocol::SCHEMA_VERSION;
+use elk_protocol::messages::{MemberRecord, MemberRef, MemberRole, MembershipView, RoleLease};
+use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
+use elk_types::{Capacity, Epoch, MemberId};
+use leader::{LeaderContext, holds_role, lead};
+use std::future::Future;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the scaler service.
+#[derive(Debug, thiserror::Error)]
+pub enum ScalerError {
+    /// Terminal: fix the configuration.
+    #[error("invalid scaler configuration: {0}")]
+    Config(String),
+    /// Terminal at start-up: another live member uses this id.
+    #[error("cannot join as member '{id}': {source}")]
+    Join {
+        id: MemberId,
+        #[source]
+        source: JoinError,
+    },
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+}
+
+impl ScalerError {
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ScalerError::Config(_) | ScalerError::Join { .. } => false,
+            ScalerError::Nats(error) => error.is_retryable(),
+        }
+    }
+}
+
+/// Runs one scaler replica until `shutdown` resolves: demotes (awaiting leader work), then
+/// leaves the members bucket.
+pub async fn run(
+    config: ScalerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ScalerError> {
+    config.validate().map_err(ScalerError::Config)?;
+    let stop = CancellationToken::new();
+    // Dropping `run` (e.g. an aborted task) cancels everything it spawned.
+    let _cancel_on_drop = stop.clone().drop_guard();
+    let replica = serve(config, stop.clone());
+    tokio::pin!(replica);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut replica => return result,
+        () = &mut shutdown => stop.cancel(),
+    }
+    replica.await
+}
+
+/// Leader-only work is a state.
+enum LeaderState {
+    Follower,
+    Leader {
+        epoch: Epoch,
+        stop: CancellationToken,
+        task: JoinHandle<()>,
+    },
+}
+
+impl LeaderState {
+    /// Cancels and awaits the leader task (no-op for a follower).
+    async fn demote(self) -> LeaderState {
+        if let LeaderState::Leader { epoch, stop, task } = self {
+            stop.cancel();
+            if let Err(error) = task.await {
+                tracing::error!(%error, "scaler leader task panicked");
+            }
+            tracing::info!(epoch = %epoch, "scaler leader work stopped");
+        }
+        LeaderState::Follower
+    }
+}
+
+enum MembershipExit {
+    Shutdown,
+    Lost,
+}
+
+struct Replica {
+    config: ScalerConfig,
+    resources: Resources,
+    stop: CancellationToken,
+    role: watch::Receiver<Option<Versioned<RoleLease>>>,
+    view: watch::Receiver<Option<Versioned<MembershipView>>>,
+}
+
+async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), ScalerError> {
+    let mut nats = NatsConfig::new(
+        config.nats_url.clone(),
+        format!("elk-scaler/{}", config.member_id),
+    );
+    nats.credentials_file = config.credentials_file.clone();
+    let client = connect(&nats).await?;
+    let resources = provision(
+        client,
+        Names::new(config.namespace.clone()),
+        &ProvisionConfig::default(),
+    )
+    .await?;
+    let role = follow_key::<RoleLease>(&resources.leases, ControlRole::Scaler.lease_key()).await?;
+    let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
+    let mut replica = Replica {
+        config,
+        resources,
+        stop,
+        role,
+        view,
+    };
+    let mut membership = replica.join().await.map_err(|source| ScalerError::Join {
+        id: replica.config.member_id.clone(),
+        source,
+    })?;
+    loop {
+        match replica.follow_role(&membership).await {
+            MembershipExit::Shutdown => {
+                if let Err(error) = membership.leave().await {
+                    tracing::warn!(%error, "cannot leave membership; the key will expire");
+                }
+                return Ok(());
+            }
+            MembershipExit::Lost => {
+                drop(membership);
+                match replica.rejoin().await {
+                    Some(lease) => membership = lease,
+                    None => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl Replica {
+    async fn join(&self) -> Result<MemberLease, JoinError> {
+        let record = MemberRecord {
+            schema: SCHEMA_VERSION,
+            role: MemberRole::Scaler,
+            incarnation: new_incarnation(),
+            capacity: Capacity(0),
+            jobs: Vec::new(),
+            labels: Default::default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let lease = MemberLease::join(
+            &self.resources,
+            self.config.member_id.clone(),
+            record,
+            self.config.member_ttl,
+        )
+        .await?;
+        tracing::info!(member = %self.config.member_id, incarnation = %lease.incarnation(), "joined as scaler");
+        Ok(lease)
+    }
+
+    async fn rejoin(&self) -> Option<MemberLease> {
+        loop {
+            match self.join().await {
+                Ok(lease) => return Some(lease),
+                Err(error) => tracing::warn!(%error, "cannot re-join membership; retrying"),
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                () = tokio::time::sleep(self.config.interval) => {}
+            }
+        }
+    }
+
+    /// Follows the role lease while `membership` lives, leading when it names this incarnation.
+    async fn follow_role(&mut self, membership: &MemberLease) -> MembershipExit {
+        let me = MemberRef {
+            id: self.config.member_id.clone(),
+            incarnation: membership.incarnation(),
+        };
+        let membership_lost = membership.lost();
+        let mut state = LeaderState::Follower;
+        let mut role_follow_alive = true;
+        loop {
+            let lease = self.role.borrow_and_update().clone();
+            let designated = role_follow_alive
+                .then(|| holds_role(lease.as_ref(), &me))
+                .flatten();
+            state = match (state, designated) {
+                (LeaderState::Leader { epoch, stop, task }, Some(current)) if epoch == current => {
+                    LeaderState::Leader { epoch, stop, task }
+                }
+                (state, designated) => {
+                    let follower = state.demote().await;
+                    match designated {
+                        Some(epoch) => self.promote(&me, epoch, &membership_lost),
+                        None => follower,
+                    }
+                }
+            };
+            tokio::select! {
+                () = self.stop.cancelled() => {
+                    state.demote().await;
+                    return MembershipExit::Shutdown;
+                }
+                () = membership_lost.cancelled() => {
+                    state.demote().await;
+                    tracing::warn!("member key lost: demoted, re-joining");
+                    return MembershipExit::Lost;
+                }
+                changed = self.role.changed(), if role_follow_alive => {
+                    if changed.is_err() {
+                        // Without a follower we cannot see a demotion: stop leading.
+                        tracing::error!("role lease follower ended; acting as follower");
+                        role_follow_alive = false;
+                        state = state.demote().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn promote(
+        &self,
+        me: &MemberRef,
+        epoch: Epoch,
+        membership_lost: &CancellationToken,
+    ) -> LeaderState {
+        let stop = self.stop.child_token();
+        let context = LeaderContext {
+            resources: self.resources.clone(),
+            config: self.config.clone(),
+            me: me.clone(),
+            epoch,
+            role: self.role.clone(),
+            view: self.view.clone(),
+            membership_lost: membership_lost.clone(),
+        };
+        let task = tokio::spawn(lead(context, stop.clone()));
+        LeaderState::Leader { epoch, stop, task }
+    }
+}

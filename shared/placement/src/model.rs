@@ -5,7 +5,7 @@
 //! partition that has a previous owner and compared only when sorting the workers.
 
 /// A worker that may receive partitions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Worker<K> {
     /// Unique id of the worker. Duplicate ids make `solve` fail.
     pub id: K,
@@ -21,7 +21,7 @@ impl<K> Worker<K> {
 }
 
 /// A partition to place, with the worker that held it before this solution.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Partition<K> {
     /// The partition id; the solver never interprets it, it only travels along.
     pub id: u64,

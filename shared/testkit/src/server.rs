@@ -44,10 +44,10 @@ pub fn resolve_nats_server_binary() -> Result<PathBuf, ServerError> {
         .map(|dir| dir.join("nats-server"))
         .find(|candidate| candidate.is_file())
         .ok_or(ServerError::BinaryMissing)?;
-    if on_path.to_string_lossy().contains("/shims/") {
-        if let Some(real) = pyenv_which() {
-            return Ok(real);
-        }
+    if on_path.to_string_lossy().contains("/shims/")
+        && let Some(real) = pyenv_which()
+    {
+        return Ok(real);
     }
     Ok(on_path)
 }

@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 /// Processes the IDs of granted partitions. One instance serves every partition of the worker, up
 /// to `capacity` of them concurrently, so it is shared (`&self`).
 ///
+/// Each partition runs as its own tokio task next to the worker's membership renewal. CPU-heavy
+/// processors must yield regularly (or move the work to `spawn_blocking`): a task that never
+/// reaches an `.await` can starve the renewal, and a worker that cannot renew self-fences.
+///
 /// # Example
 ///
 /// ```no_run
@@ -38,6 +42,9 @@ use tokio_util::sync::CancellationToken;
 ///             }
 ///             checksum = checksum.wrapping_mul(31).wrapping_add(id);
 ///             work.checkpoint(id);
+///             if id % 1024 == 0 {
+///                 tokio::task::yield_now().await;
+///             }
 ///         }
 ///         tracing::debug!(checksum, "partition done");
 ///         Ok(ProcessOutcome::Completed)

@@ -249,10 +249,16 @@ impl<P: Processor> Supervisor<P> {
             Ok((id, result)) => (self.task_keys.remove(&id), result),
             Err(error) => {
                 let key = self.task_keys.remove(&error.id());
-                let reason = if error.is_panic() {
-                    "processor panicked".to_owned()
-                } else {
-                    "processor task was cancelled".to_owned()
+                let reason = match error.try_into_panic() {
+                    Ok(payload) => {
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|text| (*text).to_owned())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "non-string payload".to_owned());
+                        format!("processor panicked: {message}")
+                    }
+                    Err(_) => "processor task was cancelled".to_owned(),
                 };
                 (key, Err(ProcessError::new(reason)))
             }

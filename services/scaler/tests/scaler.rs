@@ -1,0 +1,218 @@
+//! elk-scaler against a real nats-server: it publishes the desired worker count while the
+//! `role.scaler` lease names it (id + incarnation), and stops writing once the lease names
+//! someone else.
+
+use bytes::Bytes;
+use elk_nats::{
+    CasOutcome, NatsConfig, ProvisionConfig, Resources, cas_write, connect, provision, read_entry,
+};
+use elk_protocol::messages::{
+    DesiredWorkers, JobRecord, JobSpec, JobState, MemberRecord, MemberRef, RoleLease,
+};
+use elk_protocol::names::{ControlRole, DESIRED_WORKERS_KEY, Names};
+use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_scaler::{ScalerConfig, ScalerError};
+use elk_testkit::{NatsServer, wait_until};
+use elk_types::{
+    Epoch, Generation, IdRange, Incarnation, JobName, MemberId, Namespace, PartitionId,
+};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn namespace() -> Namespace {
+    Namespace::new("scale").unwrap()
+}
+
+async fn resources(server: &NatsServer) -> Resources {
+    let client = connect(&NatsConfig::new(server.url(), "scaler-test"))
+        .await
+        .unwrap();
+    provision(client, Names::new(namespace()), &ProvisionConfig::default())
+        .await
+        .unwrap()
+}
+
+async fn put<M: elk_protocol::codec::Message>(
+    resources: &Resources,
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    value: &M,
+) {
+    let expected = read_entry(store, key)
+        .await
+        .unwrap()
+        .map(|entry| entry.revision);
+    let outcome = cas_write(
+        &resources.jetstream,
+        store,
+        key,
+        Bytes::from(encode(value)),
+        expected,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, CasOutcome::Written(_)), "{outcome:?}");
+}
+
+fn job(partitions_total: u64, partitions_completed: u64) -> JobRecord {
+    JobRecord {
+        schema: SCHEMA_VERSION,
+        name: JobName::new("backfill").unwrap(),
+        spec: JobSpec {
+            range: IdRange::new(1, 10_000).unwrap(),
+            partition_size: 100,
+        },
+        state: JobState::Active,
+        cursor: 10_001,
+        next_partition: PartitionId(partitions_total + 1),
+        partitions_total,
+        partitions_completed,
+        ids_completed: partitions_completed * 100,
+        created_unix_ms: 0,
+        completed_unix_ms: None,
+    }
+}
+
+fn lease(holder: MemberRef, epoch: u64) -> RoleLease {
+    RoleLease {
+        schema: SCHEMA_VERSION,
+        holder: Some(holder),
+        epoch: Epoch(epoch),
+        generation: Generation(1),
+    }
+}
+
+async fn incarnation_of(resources: &Resources, member_id: &MemberId) -> Option<Incarnation> {
+    let entry = read_entry(&resources.members, member_id.as_str())
+        .await
+        .ok()??;
+    if entry.deleted {
+        return None;
+    }
+    decode::<MemberRecord>(&entry.value)
+        .ok()
+        .map(|record| record.incarnation)
+}
+
+async fn desired(resources: &Resources) -> Option<DesiredWorkers> {
+    let entry = read_entry(&resources.fleet, DESIRED_WORKERS_KEY)
+        .await
+        .ok()??;
+    decode::<DesiredWorkers>(&entry.value).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_publishes_desired_workers_and_stops_when_demoted() {
+    let server = NatsServer::start();
+    let resources = resources(&server).await;
+    let member_id = MemberId::new("scaler-1").unwrap();
+    let config = ScalerConfig {
+        nats_url: server.url().to_owned(),
+        namespace: namespace(),
+        member_id: member_id.clone(),
+        member_ttl: Duration::from_secs(2),
+        interval: Duration::from_millis(50),
+        min_workers: 1,
+        max_workers: 100,
+        partitions_per_worker: 10,
+        ..ScalerConfig::default()
+    };
+    let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+    let scaler = tokio::spawn(elk_scaler::run(config, async move {
+        let _ = shutdown_signal.await;
+    }));
+
+    // 100 partitions, 25 completed: backlog 75 partitions → 8 workers.
+    put(&resources, &resources.jobs, "backfill", &job(100, 25)).await;
+    wait_until("scaler joined", DEADLINE, || async {
+        incarnation_of(&resources, &member_id).await.is_some()
+    })
+    .await
+    .unwrap();
+    let me = MemberRef {
+        id: member_id.clone(),
+        incarnation: incarnation_of(&resources, &member_id).await.unwrap(),
+    };
+    assert_eq!(
+        desired(&resources).await,
+        None,
+        "no write before being designated"
+    );
+
+    let role_key = ControlRole::Scaler.lease_key();
+    put(
+        &resources,
+        &resources.leases,
+        role_key,
+        &lease(me.clone(), 3),
+    )
+    .await;
+    wait_until("desired = 8 under epoch 3", DEADLINE, || async {
+        desired(&resources)
+            .await
+            .is_some_and(|d| d.desired == 8 && d.epoch == Epoch(3))
+    })
+    .await
+    .unwrap();
+    let published = desired(&resources).await.unwrap();
+    assert_eq!(published.backlog_partitions, 75);
+    assert_eq!(published.backlog_ids, 7_500);
+    assert_eq!(published.live_workers, 0);
+
+    // Progress changes the count.
+    put(&resources, &resources.jobs, "backfill", &job(100, 95)).await;
+    wait_until("desired follows the backlog", DEADLINE, || async {
+        desired(&resources)
+            .await
+            .is_some_and(|d| d.desired == 1 && d.backlog_partitions == 5)
+    })
+    .await
+    .unwrap();
+
+    // Another member takes the role: the scaler stops writing.
+    let other = MemberRef {
+        id: MemberId::new("scaler-2").unwrap(),
+        incarnation: Incarnation(7),
+    };
+    put(&resources, &resources.leases, role_key, &lease(other, 4)).await;
+    let revision_when_demoted = read_entry(&resources.fleet, DESIRED_WORKERS_KEY)
+        .await
+        .unwrap()
+        .unwrap()
+        .revision;
+    put(&resources, &resources.jobs, "backfill", &job(100, 0)).await;
+    // A bounded window of 20 intervals to show that nothing is written.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = read_entry(&resources.fleet, DESIRED_WORKERS_KEY)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.revision, revision_when_demoted,
+        "a demoted scaler wrote"
+    );
+
+    // Designated again under a newer epoch: it publishes again.
+    put(&resources, &resources.leases, role_key, &lease(me, 5)).await;
+    wait_until("desired = 10 under epoch 5", DEADLINE, || async {
+        desired(&resources)
+            .await
+            .is_some_and(|d| d.desired == 10 && d.epoch == Epoch(5))
+    })
+    .await
+    .unwrap();
+
+    shutdown.send(()).unwrap();
+    let result: Result<(), ScalerError> = scaler.await.unwrap();
+    result.unwrap();
+    let member = read_entry(&resources.members, member_id.as_str())
+        .await
+        .unwrap();
+    assert!(
+        member.is_none_or(|entry| entry.deleted),
+        "left membership on shutdown"
+    );
+}
