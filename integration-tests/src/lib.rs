@@ -35,7 +35,11 @@ impl ServiceHandle {
     {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(stop.clone()));
-        Self { name: name.to_owned(), stop, task }
+        Self {
+            name: name.to_owned(),
+            stop,
+            task,
+        }
     }
 
     /// Graceful stop: the replica hands its leases back and leaves.
@@ -69,7 +73,11 @@ impl Stack {
             &ProvisionConfig::default(),
         )
         .await?;
-        Ok(Self { server, namespace, resources })
+        Ok(Self {
+            server,
+            namespace,
+            resources,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -109,6 +117,22 @@ impl Stack {
         })
     }
 
+    pub fn scaler(&self, id: &str) -> ServiceHandle {
+        let config = elk_scaler::ScalerConfig {
+            nats_url: self.url(),
+            namespace: self.namespace.clone(),
+            member_id: MemberId::new(id).expect("valid id"),
+            member_ttl: TEST_MEMBER_TTL,
+            ..Default::default()
+        };
+        let name = id.to_owned();
+        ServiceHandle::spawn(id, move |stop| async move {
+            if let Err(error) = elk_scaler::run(config, stop.cancelled_owned()).await {
+                tracing::warn!(%name, %error, "scaler replica stopped");
+            }
+        })
+    }
+
     /// Starts a worker with `capacity` that records every ID it processes in `ledger`.
     pub async fn worker(
         &self,
@@ -142,11 +166,16 @@ impl Stack {
             range,
             partition_size,
         };
-        let subject = self.resources.names.admin_subject(ASSIGNER_SERVICE, CREATE_JOB_VERB);
+        let subject = self
+            .resources
+            .names
+            .admin_subject(ASSIGNER_SERVICE, CREATE_JOB_VERB);
         for _ in 0..300 {
             let reply = tokio::time::timeout(
                 Duration::from_secs(2),
-                self.resources.client.request(subject.clone(), Bytes::from(encode(&request))),
+                self.resources
+                    .client
+                    .request(subject.clone(), Bytes::from(encode(&request))),
             )
             .await;
             if let Ok(Ok(reply)) = reply {
@@ -236,11 +265,19 @@ pub struct RecordingProcessor {
 
 impl RecordingProcessor {
     pub fn new(ledger: Arc<Ledger>) -> Self {
-        Self { ledger, pause_every: 0, pause: Duration::ZERO }
+        Self {
+            ledger,
+            pause_every: 0,
+            pause: Duration::ZERO,
+        }
     }
 
     pub fn paced(ledger: Arc<Ledger>, pause_every: u64, pause: Duration) -> Self {
-        Self { ledger, pause_every, pause }
+        Self {
+            ledger,
+            pause_every,
+            pause,
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Issue 2 scenarios: a job through the whole stack on real NATS, and a graceful worker leave.
 
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack};
-use elk_protocol::messages::JobState;
+use elk_protocol::decode;
+use elk_protocol::messages::{DesiredWorkers, JobState};
+use elk_protocol::names::DESIRED_WORKERS_KEY;
 use elk_testkit::wait_until;
 use elk_types::IdRange;
 use std::time::Duration;
@@ -11,23 +13,47 @@ async fn three_workers_process_every_id_exactly_once() {
     let stack = Stack::new().await.unwrap();
     let election = stack.election("election-1");
     let assigner = stack.assigner("assigner-1");
+    let scaler = stack.scaler("scaler-1");
     let range = IdRange::new(1, 100_000).unwrap();
     let ledger = Ledger::new(range);
     let mut workers = Vec::new();
     for index in 1..=3 {
         let processor = RecordingProcessor::new(ledger.clone());
-        workers.push(stack.worker(&format!("worker-{index}"), 2, processor).await.unwrap());
+        workers.push(
+            stack
+                .worker(&format!("worker-{index}"), 2, processor)
+                .await
+                .unwrap(),
+        );
     }
 
     let created = stack.create_job("skeleton", range, 1_000).await.unwrap();
     assert_eq!(created.state, JobState::Active);
-    let job = stack.wait_job_completed("skeleton", Duration::from_secs(60)).await.unwrap();
+    // The scaler, once designated, publishes a desired worker count derived from the backlog.
+    wait_until("scaler publishes a desired worker count", Duration::from_secs(30), || async {
+        let entry = elk_nats::read_entry(&stack.resources.fleet, DESIRED_WORKERS_KEY).await;
+        matches!(entry, Ok(Some(ref e)) if decode::<DesiredWorkers>(&e.value).is_ok_and(|d| d.desired >= 1))
+    })
+    .await
+    .unwrap();
+    let job = stack
+        .wait_job_completed("skeleton", Duration::from_secs(60))
+        .await
+        .unwrap();
 
     assert_eq!(job.partitions_total, 100);
     assert_eq!(job.partitions_completed, 100);
     assert_eq!(job.ids_completed, 100_000);
-    assert!(ledger.missing().is_empty(), "missing ids: {:?}", &ledger.missing()[..10.min(ledger.missing().len())]);
-    assert!(ledger.duplicates().is_empty(), "duplicated ids: {}", ledger.duplicates().len());
+    assert!(
+        ledger.missing().is_empty(),
+        "missing ids: {:?}",
+        &ledger.missing()[..10.min(ledger.missing().len())]
+    );
+    assert!(
+        ledger.duplicates().is_empty(),
+        "duplicated ids: {}",
+        ledger.duplicates().len()
+    );
     let mut completed_per_worker = Vec::new();
     for worker in &workers {
         let stats = worker.stats();
@@ -35,11 +61,15 @@ async fn three_workers_process_every_id_exactly_once() {
         completed_per_worker.push(stats.partitions_completed);
     }
     assert_eq!(completed_per_worker.iter().sum::<u64>(), 100);
-    assert!(completed_per_worker.iter().all(|done| *done > 0), "every worker got work: {completed_per_worker:?}");
+    assert!(
+        completed_per_worker.iter().all(|done| *done > 0),
+        "every worker got work: {completed_per_worker:?}"
+    );
 
     for worker in workers {
         worker.shutdown().await.unwrap();
     }
+    scaler.stop().await;
     assigner.stop().await;
     election.stop().await;
 }
@@ -58,19 +88,35 @@ async fn graceful_leave_mid_job_hands_partitions_over_exactly() {
     let leaving = stack.worker("worker-c", 2, processor()).await.unwrap();
 
     stack.create_job("handover", range, 1_000).await.unwrap();
-    wait_until("worker-c is processing", Duration::from_secs(30), || async {
-        ledger.processed() > 5_000
-    })
+    wait_until(
+        "worker-c is processing",
+        Duration::from_secs(30),
+        || async { ledger.processed() > 5_000 },
+    )
     .await
     .unwrap();
     let leaving_stats_before = leaving.stats();
     leaving.shutdown().await.unwrap();
-    assert!(leaving_stats_before.partitions_started > 0, "worker-c had work when it left");
+    assert!(
+        leaving_stats_before.partitions_started > 0,
+        "worker-c had work when it left"
+    );
 
-    let job = stack.wait_job_completed("handover", Duration::from_secs(120)).await.unwrap();
+    let job = stack
+        .wait_job_completed("handover", Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(job.ids_completed, 60_000);
-    assert!(ledger.missing().is_empty(), "missing ids: {}", ledger.missing().len());
-    assert!(ledger.duplicates().is_empty(), "a graceful hand-over repeated {} ids", ledger.duplicates().len());
+    assert!(
+        ledger.missing().is_empty(),
+        "missing ids: {}",
+        ledger.missing().len()
+    );
+    assert!(
+        ledger.duplicates().is_empty(),
+        "a graceful hand-over repeated {} ids",
+        ledger.duplicates().len()
+    );
 
     staying_a.shutdown().await.unwrap();
     staying_b.shutdown().await.unwrap();

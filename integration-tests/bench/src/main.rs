@@ -9,7 +9,10 @@ mod placement_bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "elk-bench", about = "ELK Coordinator benchmarks (one JSON object per line)")]
+#[command(
+    name = "elk-bench",
+    about = "ELK Coordinator benchmarks (one JSON object per line)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

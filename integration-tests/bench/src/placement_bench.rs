@@ -39,7 +39,10 @@ pub fn run(arguments: &PlacementArgs) -> anyhow::Result<()> {
     let mut output = std::io::stdout().lock();
 
     let assign_calibration = assign::calibrate_naive();
-    eprintln!("naive assign: {:.2} ns per worker scanned", assign_calibration.nanos_per_scan);
+    eprintln!(
+        "naive assign: {:.2} ns per worker scanned",
+        assign_calibration.nanos_per_scan
+    );
     for &(worker_count, partition_count) in &sizes {
         for row in assign::bench_size(worker_count, partition_count, &assign_calibration)? {
             writeln!(output, "{}", serde_json::to_string(&row)?)?;
@@ -48,7 +51,10 @@ pub fn run(arguments: &PlacementArgs) -> anyhow::Result<()> {
     }
 
     let gaps_calibration = gaps::calibrate_naive();
-    eprintln!("naive gaps: {:.2} ns per range scanned", gaps_calibration.nanos_per_scan);
+    eprintln!(
+        "naive gaps: {:.2} ns per range scanned",
+        gaps_calibration.nanos_per_scan
+    );
     for &(_, partition_count) in &sizes {
         for row in gaps::bench_size(partition_count, &gaps_calibration)? {
             writeln!(output, "{}", serde_json::to_string(&row)?)?;

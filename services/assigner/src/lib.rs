@@ -288,3 +288,7 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod state_tests;

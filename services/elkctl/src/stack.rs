@@ -27,6 +27,13 @@ pub fn start_services(
         member_ttl,
         ..Default::default()
     };
+    let scaler = elk_scaler::ScalerConfig {
+        nats_url: url.to_owned(),
+        namespace: namespace.clone(),
+        member_id: MemberId::new("scaler-1").expect("valid id"),
+        member_ttl,
+        ..Default::default()
+    };
     let mut tasks = Vec::new();
     let token = stop.clone();
     tasks.push(tokio::spawn(async move {
@@ -38,6 +45,12 @@ pub fn start_services(
     tasks.push(tokio::spawn(async move {
         if let Err(error) = elk_assigner::run(assigner, token.cancelled_owned()).await {
             eprintln!("assigner stopped: {error}");
+        }
+    }));
+    let token = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(error) = elk_scaler::run(scaler, token.cancelled_owned()).await {
+            eprintln!("scaler stopped: {error}");
         }
     }));
     tasks

@@ -13,6 +13,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 pub(crate) type FastHashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 const MULTIPLIER: u64 = 0xf135_7aea_2e62_a9c5;
+const FINISH_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct FastHasher {
@@ -31,16 +32,23 @@ impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add_word(u64::from_le_bytes(word));
+            self.add_word(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
         }
         let tail = chunks.remainder();
         if !tail.is_empty() {
-            let mut word = [0u8; 8];
-            word[..tail.len()].copy_from_slice(tail);
-            // Mix in the tail length so that "ab" and "ab\0" differ.
-            self.add_word(u64::from_le_bytes(word) ^ ((tail.len() as u64) << 59));
+            // Whole-word loads, no byte copy into a buffer (that stalls store forwarding).
+            let length = tail.len();
+            let word = if length >= 4 {
+                let low = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
+                let high = u32::from_le_bytes(tail[length - 4..].try_into().expect("4 bytes"));
+                u64::from(low) | (u64::from(high) << 32)
+            } else {
+                u64::from(tail[0])
+                    | (u64::from(tail[length / 2]) << 8)
+                    | (u64::from(tail[length - 1]) << 16)
+            };
+            // Mix in the tail length so that overlapping reads of different tails differ.
+            self.add_word(word ^ ((length as u64) << 59));
         }
     }
 
@@ -71,9 +79,10 @@ impl Hasher for FastHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        // The multiply leaves the low bits weak and hashbrown indexes buckets with them: rotate
-        // the strong high bits down.
-        self.state.rotate_left(26)
+        // A plain multiply leaves the low bits weak, and hashbrown picks buckets with them: fold
+        // the full 128-bit product so that every input bit reaches every output bit.
+        let product = u128::from(self.state) * u128::from(FINISH_MULTIPLIER);
+        (product as u64) ^ ((product >> 64) as u64)
     }
 }
 

@@ -25,15 +25,24 @@ fn capacity_of(index: usize) -> u32 {
 }
 
 fn worker_ids(count: usize, prefix: &str) -> Vec<String> {
-    (0..count).map(|index| format!("{prefix}-{index:05}")).collect()
+    (0..count)
+        .map(|index| format!("{prefix}-{index:05}"))
+        .collect()
 }
 
 fn fleet(ids: &[String]) -> Vec<Worker<&str>> {
-    ids.iter().enumerate().map(|(index, id)| Worker::new(id.as_str(), capacity_of(index))).collect()
+    ids.iter()
+        .enumerate()
+        .map(|(index, id)| Worker::new(id.as_str(), capacity_of(index)))
+        .collect()
 }
 
 /// The fleet after `event`, starting from `base` (`joiners` holds the ids of newcomers).
-fn fleet_after<'a>(event: &str, base: &[Worker<&'a str>], joiners: &'a [String]) -> Vec<Worker<&'a str>> {
+fn fleet_after<'a>(
+    event: &str,
+    base: &[Worker<&'a str>],
+    joiners: &'a [String],
+) -> Vec<Worker<&'a str>> {
     let tenth = (base.len() / 10).max(1);
     match event {
         "cold" => base.to_vec(),
@@ -57,9 +66,12 @@ fn fleet_after<'a>(event: &str, base: &[Worker<&'a str>], joiners: &'a [String])
             );
             workers
         }
-        "leave10pct" => {
-            base.iter().enumerate().filter(|(index, _)| index % 10 != 3).map(|(_, w)| *w).collect()
-        }
+        "leave10pct" => base
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| index % 10 != 3)
+            .map(|(_, w)| *w)
+            .collect(),
         other => unreachable!("unknown event {other}"),
     }
 }
@@ -72,31 +84,47 @@ pub fn bench_size(
     let ids = worker_ids(worker_count, "worker");
     let joiner_ids = worker_ids((worker_count / 10).max(1), "joiner");
     let base = fleet(&ids);
-    let unassigned: Vec<Partition<&str>> =
-        (0..partition_count as u64).map(Partition::unassigned).collect();
+    let unassigned: Vec<Partition<&str>> = (0..partition_count as u64)
+        .map(Partition::unassigned)
+        .collect();
     let balanced = solve(&base, &unassigned)?.to_partitions(&base, &unassigned);
 
     let mut rows = Vec::new();
     for event in ["cold", "join1", "leave1", "join10pct", "leave10pct"] {
         let workers = fleet_after(event, &base, &joiner_ids);
-        let partitions = if event == "cold" { &unassigned } else { &balanced };
+        let partitions = if event == "cold" {
+            &unassigned
+        } else {
+            &balanced
+        };
         eprintln!("assign {worker_count} x {partition_count} {event}");
 
-        let elk_us = median_micros(RepeatPolicy::DEFAULT, || time(|| solve(&workers, partitions)).0);
+        let elk_us = median_micros(RepeatPolicy::DEFAULT, || {
+            time(|| solve(&workers, partitions)).0
+        });
         let assignment = solve(&workers, partitions)?;
 
         let scans = naive_scans(&workers, partitions) as f64 * workers.len() as f64;
         let naive_us = calibration.affordable(scans).then(|| {
-            median_micros(RepeatPolicy::DEFAULT, || time(|| naive_assign(&workers, partitions)).0)
+            median_micros(RepeatPolicy::DEFAULT, || {
+                time(|| naive_assign(&workers, partitions)).0
+            })
         });
 
-        let total_capacity: u64 = workers.iter().map(|worker| u64::from(worker.capacity)).sum();
+        let total_capacity: u64 = workers
+            .iter()
+            .map(|worker| u64::from(worker.capacity))
+            .sum();
         let max_over_quota = workers
             .iter()
             .zip(assignment.loads())
             .map(|(worker, &load)| {
                 let ceil = quota(partition_count as u64, worker.capacity, total_capacity).ceil;
-                if ceil == 0 { 0.0 } else { load as f64 / ceil as f64 }
+                if ceil == 0 {
+                    0.0
+                } else {
+                    load as f64 / ceil as f64
+                }
             })
             .fold(0.0, f64::max);
 
@@ -120,21 +148,34 @@ fn naive_scans(workers: &[Worker<&str>], partitions: &[Partition<&str>]) -> usiz
     let present: std::collections::HashSet<&str> = workers.iter().map(|worker| worker.id).collect();
     partitions
         .iter()
-        .filter(|partition| partition.previous_owner.is_none_or(|owner| !present.contains(owner)))
+        .filter(|partition| {
+            partition
+                .previous_owner
+                .is_none_or(|owner| !present.contains(owner))
+        })
         .count()
 }
 
 /// The predecessor's approach: partitions keep a present owner (it never rebalanced); every
 /// other partition goes to the least loaded worker (relative to capacity), found by a linear
 /// scan over all workers.
-pub fn naive_assign(workers: &[Worker<&str>], partitions: &[Partition<&str>]) -> Vec<Option<usize>> {
-    let position_of: HashMap<&str, usize> =
-        workers.iter().enumerate().map(|(position, worker)| (worker.id, position)).collect();
+pub fn naive_assign(
+    workers: &[Worker<&str>],
+    partitions: &[Partition<&str>],
+) -> Vec<Option<usize>> {
+    let position_of: HashMap<&str, usize> = workers
+        .iter()
+        .enumerate()
+        .map(|(position, worker)| (worker.id, position))
+        .collect();
     let mut loads = vec![0u64; workers.len()];
     let mut owners = vec![None; partitions.len()];
     let mut orphans = Vec::new();
     for (partition, input) in partitions.iter().enumerate() {
-        match input.previous_owner.and_then(|owner| position_of.get(owner)) {
+        match input
+            .previous_owner
+            .and_then(|owner| position_of.get(owner))
+        {
             Some(&position) => {
                 owners[partition] = Some(position);
                 loads[position] += 1;
@@ -170,7 +211,11 @@ pub fn calibrate_naive() -> NaiveCalibration {
     let ids = worker_ids(500, "worker");
     let workers = fleet(&ids);
     let partitions: Vec<Partition<&str>> = (0..20_000).map(Partition::unassigned).collect();
-    let micros = median_micros(RepeatPolicy::DEFAULT, || time(|| naive_assign(&workers, &partitions)).0);
+    let micros = median_micros(RepeatPolicy::DEFAULT, || {
+        time(|| naive_assign(&workers, &partitions)).0
+    });
     let scans = (workers.len() * partitions.len()) as f64;
-    NaiveCalibration { nanos_per_scan: micros * 1_000.0 / scans }
+    NaiveCalibration {
+        nanos_per_scan: micros * 1_000.0 / scans,
+    }
 }

@@ -29,8 +29,11 @@ const PARTITION_SIZE: u64 = 1_000;
 const INCREMENTAL_BATCH: usize = 1_000;
 
 fn partition_range(index: u64) -> IdRange {
-    IdRange::new(index * PARTITION_SIZE, index * PARTITION_SIZE + PARTITION_SIZE - 1)
-        .expect("ordered bounds")
+    IdRange::new(
+        index * PARTITION_SIZE,
+        index * PARTITION_SIZE + PARTITION_SIZE - 1,
+    )
+    .expect("ordered bounds")
 }
 
 /// The job's partitions in id order, with every 1,000th one missing.
@@ -114,7 +117,9 @@ pub fn bench_size(
     let elk_total = median_micros(RepeatPolicy::DEFAULT, || {
         let (duration, ()) = time(|| {
             for partition in &new_partitions {
-                let gap = growing.insert_live(*partition).expect("appended partitions never overlap");
+                let gap = growing
+                    .insert_live(*partition)
+                    .expect("appended partitions never overlap");
                 std::hint::black_box(gap);
             }
         });
@@ -159,5 +164,7 @@ pub fn calibrate_naive() -> NaiveCalibration {
         duration.max(Duration::from_nanos(1))
     });
     let scans = (partitions.len() as f64).powi(2) / 2.0;
-    NaiveCalibration { nanos_per_scan: micros * 1_000.0 / scans }
+    NaiveCalibration {
+        nanos_per_scan: micros * 1_000.0 / scans,
+    }
 }

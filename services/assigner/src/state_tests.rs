@@ -1,0 +1,261 @@
+//! Unit tests of the assigner's decisions (no NATS).
+
+use crate::state::{AssignerState, Policy, Rejection, Stored};
+use elk_protocol::SCHEMA_VERSION;
+use elk_protocol::messages::*;
+use elk_types::*;
+
+fn job_name() -> JobName {
+    JobName::new("j").unwrap()
+}
+
+fn state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
+    let mut state = AssignerState::new(
+        Epoch(3),
+        Policy {
+            grants_per_capacity: 2,
+            partitions_per_round: 10_000,
+        },
+    );
+    let job = JobRecord {
+        schema: SCHEMA_VERSION,
+        name: job_name(),
+        spec: JobSpec {
+            range,
+            partition_size,
+        },
+        state: JobState::Active,
+        cursor: range.first(),
+        next_partition: PartitionId(1),
+        partitions_total: 0,
+        partitions_completed: 0,
+        ids_completed: 0,
+        created_unix_ms: 0,
+        completed_unix_ms: None,
+    };
+    state.jobs.insert(job_name(), Stored::new(job));
+    state
+}
+
+fn view(workers: &[(&str, u64, u32)]) -> MembershipView {
+    let mut members: Vec<ViewMember> = workers
+        .iter()
+        .map(|(id, incarnation, capacity)| ViewMember {
+            id: MemberId::new(*id).unwrap(),
+            role: MemberRole::Worker,
+            incarnation: Incarnation(*incarnation),
+            capacity: Capacity(*capacity),
+            jobs: vec![],
+        })
+        .collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    MembershipView {
+        schema: SCHEMA_VERSION,
+        generation: Generation(1),
+        members,
+    }
+}
+
+fn report(
+    worker: &str,
+    incarnation: u64,
+    partition: u64,
+    token: PartitionLeaseToken,
+    event: ProgressEvent,
+) -> ProgressReport {
+    ProgressReport {
+        schema: SCHEMA_VERSION,
+        worker: MemberId::new(worker).unwrap(),
+        incarnation: Incarnation(incarnation),
+        job: job_name(),
+        partition: PartitionId(partition),
+        token,
+        event,
+    }
+}
+
+fn owner_and_token(
+    state: &AssignerState,
+    partition: u64,
+) -> (Option<MemberRef>, PartitionLeaseToken) {
+    let record = &state.partitions[&(job_name(), PartitionId(partition))].value;
+    (record.owner.clone(), record.token)
+}
+
+#[test]
+fn partitions_cover_the_range_exactly() {
+    let range = IdRange::new(10, 10_004).unwrap();
+    let mut state = state_with_job(range, 1_000);
+    state.plan_partitions();
+    let ranges: Vec<IdRange> = state.partitions.values().map(|p| p.value.range).collect();
+    assert_eq!(ranges.len(), 10);
+    assert_eq!(ranges[0].first(), 10);
+    assert_eq!(ranges.last().unwrap().last(), 10_004);
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].last() + 1, pair[1].first(), "no gap, no overlap");
+    }
+    assert_eq!(state.jobs[&job_name()].value.partitions_total, 10);
+    // A second round creates nothing more.
+    state.plan_partitions();
+    assert_eq!(state.partitions.len(), 10);
+}
+
+#[test]
+fn grants_fill_slots_evenly_and_tokens_are_unique() {
+    let mut state = state_with_job(IdRange::new(1, 100_000).unwrap(), 1_000);
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 1)]));
+    state.plan_grants();
+    let a = MemberId::new("a").unwrap();
+    let c = MemberId::new("c").unwrap();
+    assert_eq!(
+        state.granted_to(&a),
+        4,
+        "capacity 2 x 2 grants per capacity"
+    );
+    assert_eq!(state.granted_to(&c), 2);
+    assert_eq!(state.pending_count(), 100 - 10);
+    let mut tokens: Vec<u64> = state
+        .partitions
+        .values()
+        .map(|p| p.value.token.get())
+        .filter(|t| *t != 0)
+        .collect();
+    let before = tokens.len();
+    tokens.dedup();
+    assert_eq!(tokens.len(), before);
+    let record = state.desired_assignment(&a).unwrap();
+    assert_eq!(record.grants.len(), 4);
+    assert_eq!(record.epoch, Epoch(3));
+}
+
+#[test]
+fn progress_with_a_stale_token_or_owner_is_rejected() {
+    let mut state = state_with_job(IdRange::new(1, 10_000).unwrap(), 1_000);
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.plan_grants();
+    let (_, token) = owner_and_token(&state, 1);
+    let stale = PartitionLeaseToken(token.get() + 1000);
+    assert_eq!(
+        state.apply_progress(&report("a", 1, 1, stale, ProgressEvent::Completed)),
+        Err(Rejection::StaleToken)
+    );
+    assert_eq!(
+        state.apply_progress(&report("a", 2, 1, token, ProgressEvent::Completed)),
+        Err(Rejection::StaleToken)
+    );
+    assert_eq!(
+        state.apply_progress(&report("b", 1, 1, token, ProgressEvent::Completed)),
+        Err(Rejection::StaleToken)
+    );
+    assert_eq!(
+        state.apply_progress(&report("a", 1, 99, token, ProgressEvent::Completed)),
+        Err(Rejection::UnknownPartition)
+    );
+    assert_eq!(state.rejected_progress, 4);
+    assert!(
+        state
+            .apply_progress(&report(
+                "a",
+                1,
+                1,
+                token,
+                ProgressEvent::Checkpoint { last_done: 500 }
+            ))
+            .is_ok()
+    );
+    assert_eq!(
+        state.partitions[&(job_name(), PartitionId(1))]
+            .value
+            .checkpoint,
+        Some(500)
+    );
+    assert!(
+        state
+            .apply_progress(&report("a", 1, 1, token, ProgressEvent::Completed))
+            .is_ok()
+    );
+    assert!(
+        !state.partitions.contains_key(&(job_name(), PartitionId(1))),
+        "completed partitions leave memory"
+    );
+    assert_eq!(state.jobs[&job_name()].value.partitions_completed, 1);
+    assert_eq!(state.jobs[&job_name()].value.ids_completed, 1_000);
+}
+
+#[test]
+fn departed_worker_is_reclaimed_and_regranted_from_its_checkpoint() {
+    let mut state = state_with_job(IdRange::new(1, 2_000).unwrap(), 1_000);
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.plan_grants();
+    let (_, token) = owner_and_token(&state, 1);
+    state
+        .apply_progress(&report(
+            "a",
+            1,
+            1,
+            token,
+            ProgressEvent::Checkpoint { last_done: 400 },
+        ))
+        .unwrap();
+    let gone = state.apply_view(&view(&[("b", 1, 1)]));
+    assert_eq!(
+        gone,
+        vec![MemberRef {
+            id: MemberId::new("a").unwrap(),
+            incarnation: Incarnation(1)
+        }]
+    );
+    assert_eq!(state.reclaim(&gone[0]), 2);
+    state.plan_grants();
+    let (owner, new_token) = owner_and_token(&state, 1);
+    assert_eq!(owner.unwrap().id.as_str(), "b");
+    assert_ne!(new_token, token);
+    let record = state
+        .desired_assignment(&MemberId::new("b").unwrap())
+        .unwrap();
+    let grant = record
+        .grants
+        .iter()
+        .find(|g| g.partition == PartitionId(1))
+        .unwrap();
+    assert_eq!(grant.resume_from, 401);
+    // Late progress from the departed owner is rejected.
+    assert!(
+        state
+            .apply_progress(&report("a", 1, 1, token, ProgressEvent::Completed))
+            .is_err()
+    );
+}
+
+#[test]
+fn unrequested_release_marks_the_worker_draining() {
+    let mut state = state_with_job(IdRange::new(1, 4_000).unwrap(), 1_000);
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
+    state.plan_grants();
+    let a = MemberId::new("a").unwrap();
+    let (owner, token) = owner_and_token(&state, 1);
+    assert_eq!(owner.unwrap().id, a);
+    state
+        .apply_progress(&report(
+            "a",
+            1,
+            1,
+            token,
+            ProgressEvent::Released {
+                last_done: Some(250),
+            },
+        ))
+        .unwrap();
+    state.plan_grants();
+    let (owner, _) = owner_and_token(&state, 1);
+    assert_ne!(
+        owner.map(|o| o.id),
+        Some(a.clone()),
+        "a draining worker gets nothing back"
+    );
+    assert!(state.workers[&a].draining);
+}
