@@ -81,8 +81,8 @@ async fn graceful_leave_mid_job_hands_partitions_over_exactly() {
     let assigner = stack.assigner("assigner-1");
     let range = IdRange::new(1, 60_000).unwrap();
     let ledger = Ledger::new(range);
-    // Paced so the job is still running when a worker leaves: ~10 ms per 500 IDs.
-    let processor = || RecordingProcessor::paced(ledger.clone(), 500, Duration::from_millis(10));
+    // Paced so the job is still running when a worker leaves: ~10 ms per 100 IDs.
+    let processor = || RecordingProcessor::paced(ledger.clone(), 100, Duration::from_millis(10));
     let staying_a = stack.worker("worker-a", 2, processor()).await.unwrap();
     let staying_b = stack.worker("worker-b", 2, processor()).await.unwrap();
     let leaving = stack.worker("worker-c", 2, processor()).await.unwrap();

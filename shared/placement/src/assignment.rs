@@ -1,6 +1,6 @@
 //! The result of `solve`: an owner per partition, indexed by position.
 
-use crate::index::{GONE_OWNER, NO_OWNER};
+use crate::index::{GONE_OWNER, NO_OWNER, Slot};
 use crate::model::{Partition, Worker};
 
 /// Who held a partition before the solution.
@@ -30,26 +30,17 @@ pub struct Change {
 /// `partitions[p]`, worker `w` is `workers[w]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
-    /// Per partition: the owner's worker position, or `NO_OWNER`.
-    owners: Vec<u32>,
-    /// Per partition: the previous owner's position, `NO_OWNER` or `GONE_OWNER`.
-    previous: Vec<u32>,
+    /// Per partition: previous and new owner.
+    slots: Vec<Slot>,
     loads: Vec<u64>,
     targets: Vec<u64>,
     moved: u64,
 }
 
 impl Assignment {
-    pub(crate) fn new(
-        owners: Vec<u32>,
-        previous: Vec<u32>,
-        loads: Vec<u64>,
-        targets: Vec<u64>,
-        moved: u64,
-    ) -> Self {
+    pub(crate) fn new(slots: Vec<Slot>, loads: Vec<u64>, targets: Vec<u64>, moved: u64) -> Self {
         Self {
-            owners,
-            previous,
+            slots,
             loads,
             targets,
             moved,
@@ -57,7 +48,7 @@ impl Assignment {
     }
 
     pub fn partition_count(&self) -> usize {
-        self.owners.len()
+        self.slots.len()
     }
 
     pub fn worker_count(&self) -> usize {
@@ -70,12 +61,12 @@ impl Assignment {
     ///
     /// When `partition` is out of range.
     pub fn owner(&self, partition: usize) -> Option<usize> {
-        decode_owner(self.owners[partition])
+        decode_owner(self.slots[partition].owner)
     }
 
     /// The owner of every partition, in partition order.
     pub fn owners(&self) -> impl ExactSizeIterator<Item = Option<usize>> + '_ {
-        self.owners.iter().map(|&owner| decode_owner(owner))
+        self.slots.iter().map(|slot| decode_owner(slot.owner))
     }
 
     /// Who held `partitions[partition]` before.
@@ -84,7 +75,7 @@ impl Assignment {
     ///
     /// When `partition` is out of range.
     pub fn previous_owner(&self, partition: usize) -> PreviousOwner {
-        match self.previous[partition] {
+        match self.slots[partition].previous {
             NO_OWNER => PreviousOwner::None,
             GONE_OWNER => PreviousOwner::Gone,
             position => PreviousOwner::Worker(position as usize),
@@ -109,25 +100,23 @@ impl Assignment {
     /// Every partition whose owner is not its previous owner: moves and first placements. This
     /// is what the assigner turns into revokes and grants.
     pub fn changes(&self) -> impl Iterator<Item = Change> + '_ {
-        self.owners
+        self.slots
             .iter()
-            .zip(&self.previous)
             .enumerate()
-            .filter_map(|(partition, (&owner, &previous))| {
-                (owner != previous).then(|| Change {
-                    partition,
-                    previous_owner: self.previous_owner(partition),
-                    owner: decode_owner(owner),
-                })
+            .filter(|(_, slot)| slot.owner != slot.previous)
+            .map(|(partition, slot)| Change {
+                partition,
+                previous_owner: self.previous_owner(partition),
+                owner: decode_owner(slot.owner),
             })
     }
 
     /// Positions of the partitions owned by `workers[worker]`, in partition order. `O(P)`.
     pub fn partitions_of(&self, worker: usize) -> impl Iterator<Item = usize> + '_ {
-        self.owners
+        self.slots
             .iter()
             .enumerate()
-            .filter(move |&(_, &owner)| decode_owner(owner) == Some(worker))
+            .filter(move |&(_, slot)| decode_owner(slot.owner) == Some(worker))
             .map(|(partition, _)| partition)
     }
 
@@ -144,7 +133,7 @@ impl Assignment {
     ) -> Vec<Partition<K>> {
         assert_eq!(
             partitions.len(),
-            self.owners.len(),
+            self.slots.len(),
             "not the partitions that were solved"
         );
         assert_eq!(

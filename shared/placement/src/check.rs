@@ -40,9 +40,9 @@ fn min_moves_indexed(problem: &IndexedProblem) -> u64 {
     let partition_count = problem.partition_count();
     let total_capacity = problem.total_capacity();
     let had_owner = problem
-        .previous
+        .slots
         .iter()
-        .filter(|&&previous| previous != NO_OWNER)
+        .filter(|slot| slot.previous != NO_OWNER)
         .count();
 
     let mut max_kept = 0u64;
@@ -191,9 +191,9 @@ pub fn verify<K: Ord + Hash>(
     let mut counted_loads = vec![0u64; workers.len()];
     let mut kept = vec![0u64; workers.len()];
     let mut counted_moves = 0u64;
-    for (partition, (owner, &previous)) in assignment.owners().zip(&problem.previous).enumerate() {
+    for (partition, (owner, slot)) in assignment.owners().zip(&problem.slots).enumerate() {
         let previous_owner = assignment.previous_owner(partition);
-        let expected_previous = match previous {
+        let expected_previous = match slot.previous {
             NO_OWNER => PreviousOwner::None,
             position if (position as usize) < workers.len() => {
                 PreviousOwner::Worker(position as usize)

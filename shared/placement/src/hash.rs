@@ -109,21 +109,3 @@ mod tests {
         assert_eq!(hash_of("worker-1"), hash_of("worker-1"));
     }
 }
-#[cfg(test)]
-mod scratch_distribution {
-    use super::*;
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    #[test]
-    fn scratch_print_distribution() {
-        let build = BuildHasherDefault::<FastHasher>::default();
-        let mut low = std::collections::HashMap::new();
-        let mut top = std::collections::HashMap::new();
-        for i in 0..500 {
-            let h = build.hash_one(format!("worker-{i:05}").as_str());
-            *low.entry(h & 1023).or_insert(0) += 1;
-            *top.entry(h >> 57).or_insert(0) += 1;
-        }
-        println!("distinct low buckets {} top7 {}", low.len(), top.len());
-        println!("max per low bucket {}", low.values().max().unwrap());
-    }
-}

@@ -66,49 +66,94 @@ pub fn solve<K: Ord + Hash>(
 
 fn solve_indexed(problem: IndexedProblem) -> Assignment {
     let targets = compute_targets(&problem);
+    let total_capacity = problem.total_capacity();
+    let IndexedProblem {
+        positions_by_id,
+        mut slots,
+        held,
+        ..
+    } = problem;
 
-    // Phase 3: keep every partition whose previous owner is present and below its target.
-    let mut loads = vec![0u64; problem.worker_count()];
-    let mut owners = vec![NO_OWNER; problem.previous.len()];
-    let mut pool: Vec<u32> = Vec::new();
+    // Phases 3 and 4 in one pass. Phase 3 keeps the first `min(held, target)` partitions of each
+    // present owner, so every deficit is known up front and the pool never needs to be stored:
+    // each partition that is not kept goes straight to the next worker, in id order, that still
+    // has a deficit. A worker that sheds is at its target, so it has no deficit and receives
+    // nothing: no partition returns to the owner it was just taken from.
+    let mut kept = vec![0u64; held.len()];
+    let mut fill = FillCursor::new(&positions_by_id, &held, &targets);
     let mut moved = 0u64;
-    for (partition, (&previous_owner, owner)) in
-        problem.previous.iter().zip(owners.iter_mut()).enumerate()
-    {
+    for slot in &mut slots {
+        let previous_owner = slot.previous;
         if previous_owner < GONE_OWNER {
             let position = previous_owner as usize;
-            if loads[position] < targets[position] {
-                loads[position] += 1;
-                *owner = previous_owner;
+            if kept[position] < targets[position] {
+                kept[position] += 1;
+                slot.owner = previous_owner;
                 continue;
             }
         }
         if previous_owner != NO_OWNER {
             moved += 1;
         }
-        pool.push(partition as u32);
-    }
-
-    // Phase 4: fill deficits in worker-id order. A worker that shed in phase 3 is at its target
-    // and receives nothing, so no partition returns to the owner it was just taken from.
-    let mut next_in_pool = 0usize;
-    for &position in &problem.positions_by_id {
-        let position_index = position as usize;
-        let deficit = targets[position_index] - loads[position_index];
-        let remaining = pool.len() - next_in_pool;
-        let taken = usize::try_from(deficit).map_or(remaining, |deficit| deficit.min(remaining));
-        for &partition in &pool[next_in_pool..next_in_pool + taken] {
-            owners[partition as usize] = position;
-        }
-        loads[position_index] += taken as u64;
-        next_in_pool += taken;
+        slot.owner = fill.next_owner();
     }
     debug_assert!(
-        next_in_pool == pool.len() || problem.total_capacity() == 0,
-        "targets sum to the partition count, so the pool drains"
+        fill.is_exhausted() || total_capacity == 0,
+        "targets sum to the partition count, so the deficits absorb every unkept partition"
     );
 
-    Assignment::new(owners, problem.previous, loads, targets, moved)
+    let mut loads = kept;
+    for (load, filled) in loads.iter_mut().zip(fill.filled) {
+        *load += filled;
+    }
+    Assignment::new(slots, loads, targets, moved)
+}
+
+/// Phase 4: hands out owners to the workers with a deficit, in worker-id order.
+struct FillCursor<'a> {
+    positions_by_id: &'a [u32],
+    /// `target - min(held, target)`: what phase 3 leaves each worker short of its target.
+    deficits: Vec<u64>,
+    filled: Vec<u64>,
+    /// Index in `positions_by_id` of the worker being filled.
+    next_in_order: usize,
+}
+
+impl<'a> FillCursor<'a> {
+    fn new(positions_by_id: &'a [u32], held: &[u64], targets: &[u64]) -> Self {
+        let deficits = targets
+            .iter()
+            .zip(held)
+            .map(|(&target, &held)| target - held.min(target))
+            .collect();
+        Self {
+            positions_by_id,
+            deficits,
+            filled: vec![0; targets.len()],
+            next_in_order: 0,
+        }
+    }
+
+    /// The next owner for a partition that was not kept, `NO_OWNER` once every deficit is
+    /// filled (which only happens when no worker has capacity).
+    #[inline]
+    fn next_owner(&mut self) -> u32 {
+        while let Some(&position) = self.positions_by_id.get(self.next_in_order) {
+            let position_index = position as usize;
+            if self.filled[position_index] < self.deficits[position_index] {
+                self.filled[position_index] += 1;
+                return position;
+            }
+            self.next_in_order += 1;
+        }
+        NO_OWNER
+    }
+
+    fn is_exhausted(&self) -> bool {
+        self.positions_by_id[self.next_in_order.min(self.positions_by_id.len())..]
+            .iter()
+            .all(|&position| self.filled[position as usize] == self.deficits[position as usize])
+    }
 }
 
 /// Phase 2: each worker's target, `floor(quota)` or `ceil(quota)`, summing to the partition count.

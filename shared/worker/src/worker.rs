@@ -183,11 +183,11 @@ impl WorkerHandle {
 
     /// Graceful stop: applies no new record, cancels every processor and waits for it, publishes
     /// `Released` for every partition (running and queued) with its checkpoint and waits for the
-    /// acks, then deletes the member key and closes the connection.
-    pub async fn shutdown(mut self) -> Result<(), WorkerError> {
+    /// acks, then deletes the member key and closes the connection. Returns the final counters.
+    pub async fn shutdown(mut self) -> Result<WorkerStats, WorkerError> {
         self.shutdown.cancel();
         let Some(tasks) = self.tasks.take() else {
-            return Ok(());
+            return Ok(self.stats());
         };
         let outcome = match tasks.supervisor.await {
             Ok(outcome) => outcome,
@@ -199,7 +199,7 @@ impl WorkerHandle {
         if let Err(error) = tasks.publisher.await {
             tracing::warn!(%error, "progress publisher ended abnormally");
         }
-        outcome
+        outcome.map(|()| self.stats())
     }
 
     /// Abrupt stop, as `kill -9` would: aborts every task at once, publishes nothing, does not

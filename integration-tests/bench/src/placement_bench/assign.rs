@@ -219,3 +219,40 @@ pub fn calibrate_naive() -> NaiveCalibration {
         nanos_per_scan: micros * 1_000.0 / scans,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naive_reference_places_everything_by_capacity() {
+        let ids = worker_ids(8, "worker");
+        let workers = fleet(&ids);
+        let partitions: Vec<Partition<&str>> = (0..200).map(Partition::unassigned).collect();
+        let owners = naive_assign(&workers, &partitions);
+        assert!(owners.iter().all(Option::is_some));
+        let mut loads = vec![0u64; workers.len()];
+        for owner in owners.into_iter().flatten() {
+            loads[owner] += 1;
+        }
+        // Capacities 1, 2, 3, 4, 1, 2, 3, 4 (total 20): 10 partitions per unit of capacity.
+        for (worker, load) in workers.iter().zip(loads) {
+            assert!(
+                load.abs_diff(u64::from(worker.capacity) * 10) <= 1,
+                "{worker:?}: {load}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_change_the_fleet_as_named() {
+        let ids = worker_ids(20, "worker");
+        let joiners = worker_ids(2, "joiner");
+        let base = fleet(&ids);
+        assert_eq!(fleet_after("cold", &base, &joiners).len(), 20);
+        assert_eq!(fleet_after("join1", &base, &joiners).len(), 21);
+        assert_eq!(fleet_after("leave1", &base, &joiners).len(), 19);
+        assert_eq!(fleet_after("join10pct", &base, &joiners).len(), 22);
+        assert_eq!(fleet_after("leave10pct", &base, &joiners).len(), 18);
+    }
+}

@@ -168,3 +168,18 @@ pub fn calibrate_naive() -> NaiveCalibration {
         nanos_per_scan: micros * 1_000.0 / scans,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naive_and_elk_find_the_same_gaps() {
+        let partitions = job_partitions(5_000);
+        let coverage = build_coverage(&partitions).unwrap();
+        let audit = coverage.audit(partitions.last().unwrap().last());
+        assert_eq!(audit.gaps.len(), 5);
+        assert!(audit.overlaps.is_empty());
+        assert_eq!(naive_full(&partitions), audit.gaps.len());
+    }
+}
