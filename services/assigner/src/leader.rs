@@ -87,11 +87,11 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
     );
     let mut admin = resources
         .client
-        .subscribe(admin_subject)
+        // A queue group: during a leader change only one replica answers a request.
+        .queue_subscribe(admin_subject, "assigner".to_owned())
         .await
         .map_err(|e| AssignerError::nats("admin subscription", e))?;
 
-    let mut last_applied_seq = 0u64;
     let mut reclaims: Vec<PendingReclaim> = Vec::new();
     let view = inputs.view.borrow_and_update().clone();
     if let Some(view) = view {
@@ -134,9 +134,6 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
         }
 
         for message in &batch {
-            if let Ok(info) = message.info() {
-                last_applied_seq = last_applied_seq.max(info.stream_sequence);
-            }
             apply_progress_message(&mut state, message, &inputs.metrics);
         }
         let mut admin_reply = None;
@@ -147,8 +144,9 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
             ));
         }
         if !reclaims.is_empty() {
-            let ack_floor = consumer_ack_floor(&consumer).await;
-            let caught_up = last_applied_seq.max(ack_floor);
+            // The ack floor is contiguous (every report up to it is applied); the highest
+            // sequence seen is not, since redelivered reports may arrive after newer ones.
+            let caught_up = consumer_ack_floor(&consumer).await;
             reclaims.retain(|pending| {
                 if pending.barrier > caught_up {
                     return true;

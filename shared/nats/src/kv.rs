@@ -97,7 +97,13 @@ pub async fn cas_write(
             Err(PublishFailure::Ambiguous(reason)) => {
                 let current = read_entry(store, key).await?;
                 return match current {
-                    Some(entry) if !entry.deleted && entry.value == value => {
+                    // Ours only if the stored value is ours AND newer than what we expected:
+                    // a renewal re-sends identical bytes, so equality alone proves nothing.
+                    Some(entry)
+                        if !entry.deleted
+                            && entry.value == value
+                            && entry.revision.get() > expected_sequence =>
+                    {
                         Ok(CasOutcome::Written(entry.revision))
                     }
                     Some(entry) if entry.revision.get() == expected_sequence => Err(kv_error(

@@ -110,7 +110,8 @@ impl MemberLease {
         value: Bytes,
         ttl: Duration,
     ) -> Result<MemberLease, JoinError> {
-        let ttl = ttl.max(Duration::from_secs(1));
+        // The server's TTL is whole seconds (the header is truncated): fence on the same value.
+        let ttl = Duration::from_secs(ttl.as_secs().max(1));
         let sent_at = Instant::now();
         let outcome = cas_write(
             &resources.jetstream,

@@ -268,3 +268,28 @@ fn unknown_fields_are_ignored_for_forward_compatibility() {
     let lease: ElectionLease = decode(&bytes).unwrap();
     assert_eq!(lease.incarnation, Incarnation(4));
 }
+
+#[test]
+fn inverted_range_inside_a_message_is_refused() {
+    #[derive(serde::Serialize)]
+    struct Range {
+        min: u64,
+        max: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct Raw<'a> {
+        schema: u16,
+        name: &'a str,
+        range: Range,
+        partition_size: u64,
+    }
+    let bytes = rmp_serde::to_vec_named(&Raw {
+        schema: 1,
+        name: "j",
+        range: Range { min: 10, max: 1 },
+        partition_size: 5,
+    })
+    .unwrap();
+    let error = decode::<CreateJobRequest>(&bytes).unwrap_err();
+    assert!(error.to_string().contains("invalid id range"), "{error}");
+}

@@ -12,9 +12,24 @@ pub struct InvalidRange {
 
 /// An inclusive range of IDs. `min <= max` always holds.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawIdRange")]
 pub struct IdRange {
     min: u64,
     max: u64,
+}
+
+/// The wire shape of [`IdRange`], validated on the way in.
+#[derive(Deserialize)]
+struct RawIdRange {
+    min: u64,
+    max: u64,
+}
+
+impl TryFrom<RawIdRange> for IdRange {
+    type Error = InvalidRange;
+    fn try_from(raw: RawIdRange) -> Result<Self, Self::Error> {
+        IdRange::new(raw.min, raw.max)
+    }
 }
 
 impl IdRange {
