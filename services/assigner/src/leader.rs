@@ -501,10 +501,10 @@ async fn write_all(
                 // Only the leader writes these keys: a conflict means another (older or newer)
                 // assigner wrote. A newer epoch deposes us; an older one is overwritten.
                 let current_revision = current.as_ref().map(|entry| entry.revision);
-                if let Some(entry) = &current {
-                    if stored_epoch(&target, &entry.value).is_some_and(|e| e > state.epoch) {
-                        return Err(AssignerError::Deposed { epoch: state.epoch });
-                    }
+                if let Some(entry) = &current
+                    && stored_epoch(&target, &entry.value).is_some_and(|e| e > state.epoch)
+                {
+                    return Err(AssignerError::Deposed { epoch: state.epoch });
                 }
                 match cas_write(
                     &resources.jetstream,

@@ -151,10 +151,10 @@ impl AssignerState {
 
     fn unindex(&mut self, key: &PartitionKey, record: &PartitionRecord) {
         self.pending.remove(key);
-        if let Some(owner) = &record.owner {
-            if let Some(set) = self.grants_by_worker.get_mut(&owner.id) {
-                set.remove(key);
-            }
+        if let Some(owner) = &record.owner
+            && let Some(set) = self.grants_by_worker.get_mut(&owner.id)
+        {
+            set.remove(key);
         }
     }
 
@@ -207,10 +207,11 @@ impl AssignerState {
         self.workers = next;
         let mut gone = BTreeSet::new();
         for stored in self.partitions.values() {
-            if let Some(owner) = &stored.value.owner {
-                if !self.is_live(owner) && stored.value.status != PartitionStatus::Pending {
-                    gone.insert((owner.id.clone(), owner.incarnation));
-                }
+            if let Some(owner) = &stored.value.owner
+                && !self.is_live(owner)
+                && stored.value.status != PartitionStatus::Pending
+            {
+                gone.insert((owner.id.clone(), owner.incarnation));
             }
         }
         for (id, stored) in &self.assignments {
@@ -266,10 +267,11 @@ impl AssignerState {
                 record.owner = None;
             });
         }
-        if let Some(stored) = self.assignments.get(&member.id) {
-            if stored.value.incarnation == member.incarnation && !stored.value.grants.is_empty() {
-                self.dirty_assignments.insert(member.id.clone());
-            }
+        if let Some(stored) = self.assignments.get(&member.id)
+            && stored.value.incarnation == member.incarnation
+            && !stored.value.grants.is_empty()
+        {
+            self.dirty_assignments.insert(member.id.clone());
         }
         keys.len()
     }

@@ -224,10 +224,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             bail!("job did not complete within {}s", args.timeout_secs);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(entry) = elk_nats::read_entry(&resources.jobs, job.as_str()).await? {
-            if let Ok(latest) = decode::<JobRecord>(&entry.value) {
-                record = latest;
-            }
+        if let Some(entry) = elk_nats::read_entry(&resources.jobs, job.as_str()).await?
+            && let Ok(latest) = decode::<JobRecord>(&entry.value)
+        {
+            record = latest;
         }
     }
     bar.finish();

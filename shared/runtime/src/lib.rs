@@ -159,17 +159,16 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    fn unique() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
     fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("elk-runtime-{}", crate::tests_unique()));
+        let dir = std::env::temp_dir().join(format!("elk-runtime-{}", unique()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
-}
-
-#[cfg(test)]
-fn tests_unique() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
