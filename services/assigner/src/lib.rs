@@ -19,11 +19,12 @@ mod state;
 
 pub use leader::AssignerMetrics;
 
-use elk_nats::{MemberLease, NatsConfig, ProvisionConfig, Versioned, follow_key, new_incarnation};
-use elk_protocol::SCHEMA_VERSION;
-use elk_protocol::messages::{MemberRecord, MemberRef, MemberRole, MembershipView, RoleLease};
+use elk_nats::{
+    MemberLease, NatsConfig, ProvisionConfig, Versioned, follow_key, join_service, rejoin_service,
+};
+use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
-use elk_types::{Capacity, Epoch, MemberId, Namespace};
+use elk_types::{Epoch, MemberId, Namespace};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::PathBuf;
@@ -172,22 +173,14 @@ impl LeaderTask {
 
 impl Replica {
     async fn join(&self) -> Result<MemberLease, AssignerError> {
-        let record = MemberRecord {
-            schema: SCHEMA_VERSION,
-            role: MemberRole::Assigner,
-            incarnation: new_incarnation(),
-            capacity: Capacity(0),
-            jobs: Vec::new(),
-            labels: Default::default(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        Ok(MemberLease::join(
+        let lease = join_service(
             &self.resources,
-            self.member_id.clone(),
-            record,
+            &self.member_id,
+            MemberRole::Assigner,
             self.config.member_ttl,
         )
-        .await?)
+        .await?;
+        Ok(lease)
     }
 
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AssignerError> {
@@ -237,7 +230,22 @@ impl Replica {
                     if let Some(task) = leader.take() {
                         task.stop().await;
                     }
-                    lease = self.rejoin().await?;
+                    let never = CancellationToken::new();
+                    let rejoin = rejoin_service(
+                        &self.resources,
+                        &self.member_id,
+                        MemberRole::Assigner,
+                        self.config.member_ttl,
+                        Duration::from_millis(250),
+                        &never,
+                    );
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        rejoined = rejoin => match rejoined {
+                            Some(rejoined) => lease = rejoined,
+                            None => return Ok(()),
+                        },
+                    }
                 }
                 _ = leader_done => {
                     if let Some(task) = leader.take() {
@@ -253,18 +261,6 @@ impl Replica {
         }
         lease.leave().await?;
         Ok(())
-    }
-
-    async fn rejoin(&self) -> Result<MemberLease, AssignerError> {
-        loop {
-            match self.join().await {
-                Ok(lease) => return Ok(lease),
-                Err(error) => {
-                    tracing::warn!(%error, "re-join failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
     }
 
     fn start_leader(&self, me: MemberRef, epoch: Epoch) -> LeaderTask {

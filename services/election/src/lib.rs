@@ -30,12 +30,12 @@ pub use config::ElectionConfig;
 use bytes::Bytes;
 use elk_nats::{
     JoinError, MemberLease, NatsConfig, NatsError, ProvisionConfig, Resources, Versioned, connect,
-    follow_key, new_incarnation, provision,
+    follow_key, join_service, provision, rejoin_service,
 };
-use elk_protocol::messages::{ElectionLease, MemberRecord, MemberRole};
+use elk_protocol::messages::{ElectionLease, MemberRole};
 use elk_protocol::names::{ELECTION_KEY, Names};
 use elk_protocol::{SCHEMA_VERSION, encode};
-use elk_types::{Capacity, MemberId};
+use elk_types::MemberId;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -161,38 +161,26 @@ async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), El
 
 impl Replica {
     async fn join(&self) -> Result<MemberLease, JoinError> {
-        let record = MemberRecord {
-            schema: SCHEMA_VERSION,
-            role: MemberRole::Election,
-            incarnation: new_incarnation(),
-            capacity: Capacity(0),
-            jobs: Vec::new(),
-            labels: Default::default(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        let lease = MemberLease::join(
+        join_service(
             &self.resources,
-            self.config.member_id.clone(),
-            record,
+            &self.config.member_id,
+            MemberRole::Election,
             self.config.member_ttl,
         )
-        .await?;
-        tracing::info!(member = %self.config.member_id, incarnation = %lease.incarnation(), "joined as election replica");
-        Ok(lease)
+        .await
     }
 
     /// Re-joins after the member key was lost, until it works or the replica stops.
     async fn rejoin(&self) -> Option<MemberLease> {
-        loop {
-            match self.join().await {
-                Ok(lease) => return Some(lease),
-                Err(error) => tracing::warn!(%error, "cannot re-join membership; retrying"),
-            }
-            tokio::select! {
-                () = self.stop.cancelled() => return None,
-                () = tokio::time::sleep(self.config.standby_retry) => {}
-            }
-        }
+        rejoin_service(
+            &self.resources,
+            &self.config.member_id,
+            MemberRole::Election,
+            self.config.member_ttl,
+            self.config.standby_retry,
+            &self.stop,
+        )
+        .await
     }
 
     /// Alternates standby and active phases while `membership` lives.

@@ -19,12 +19,11 @@ pub use config::ScalerConfig;
 
 use elk_nats::{
     JoinError, MemberLease, NatsConfig, NatsError, ProvisionConfig, Resources, Versioned, connect,
-    follow_key, new_incarnation, provision,
+    follow_key, join_service, provision, rejoin_service,
 };
-use elk_protocol::SCHEMA_VERSION;
-use elk_protocol::messages::{MemberRecord, MemberRef, MemberRole, MembershipView, RoleLease};
+use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
-use elk_types::{Capacity, Epoch, MemberId};
+use elk_types::{Epoch, MemberId};
 use leader::{LeaderContext, holds_role, lead};
 use std::future::Future;
 use tokio::sync::watch;
@@ -162,37 +161,26 @@ async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), Scal
 
 impl Replica {
     async fn join(&self) -> Result<MemberLease, JoinError> {
-        let record = MemberRecord {
-            schema: SCHEMA_VERSION,
-            role: MemberRole::Scaler,
-            incarnation: new_incarnation(),
-            capacity: Capacity(0),
-            jobs: Vec::new(),
-            labels: Default::default(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        let lease = MemberLease::join(
+        join_service(
             &self.resources,
-            self.config.member_id.clone(),
-            record,
+            &self.config.member_id,
+            MemberRole::Scaler,
             self.config.member_ttl,
         )
-        .await?;
-        tracing::info!(member = %self.config.member_id, incarnation = %lease.incarnation(), "joined as scaler");
-        Ok(lease)
+        .await
     }
 
+    /// Re-joins after the member key was lost, until it works or the replica stops.
     async fn rejoin(&self) -> Option<MemberLease> {
-        loop {
-            match self.join().await {
-                Ok(lease) => return Some(lease),
-                Err(error) => tracing::warn!(%error, "cannot re-join membership; retrying"),
-            }
-            tokio::select! {
-                () = self.stop.cancelled() => return None,
-                () = tokio::time::sleep(self.config.interval) => {}
-            }
-        }
+        rejoin_service(
+            &self.resources,
+            &self.config.member_id,
+            MemberRole::Scaler,
+            self.config.member_ttl,
+            self.config.interval,
+            &self.stop,
+        )
+        .await
     }
 
     /// Follows the role lease while `membership` lives, leading when it names this incarnation.

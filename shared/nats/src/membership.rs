@@ -252,3 +252,48 @@ impl Drop for MemberLease {
         self.stop_renewing.cancel();
     }
 }
+
+/// Joins as a control-plane service replica (`role`, capacity 0, no jobs) with a new incarnation.
+pub async fn join_service(
+    resources: &Resources,
+    id: &MemberId,
+    role: elk_protocol::messages::MemberRole,
+    ttl: Duration,
+) -> Result<MemberLease, JoinError> {
+    let record = MemberRecord {
+        schema: elk_protocol::SCHEMA_VERSION,
+        role,
+        incarnation: new_incarnation(),
+        capacity: elk_types::Capacity(0),
+        jobs: Vec::new(),
+        labels: Default::default(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let lease = MemberLease::join(resources, id.clone(), record, ttl).await?;
+    tracing::info!(member = %id, ?role, incarnation = %lease.incarnation(), "joined");
+    Ok(lease)
+}
+
+/// Re-joins a service replica after its member key was lost, retrying every `retry` until it
+/// works; `None` if `stop` fires first.
+pub async fn rejoin_service(
+    resources: &Resources,
+    id: &MemberId,
+    role: elk_protocol::messages::MemberRole,
+    ttl: Duration,
+    retry: Duration,
+    stop: &CancellationToken,
+) -> Option<MemberLease> {
+    loop {
+        match join_service(resources, id, role, ttl).await {
+            Ok(lease) => return Some(lease),
+            Err(error) => {
+                tracing::warn!(member = %id, %error, "cannot re-join membership; retrying")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(retry) => {}
+        }
+    }
+}

@@ -81,6 +81,70 @@ async fn wait_for_signal() {
     }
 }
 
+/// Command-line flags every service binary shares. Only the flags given override the config.
+#[derive(Debug, clap::Parser)]
+pub struct ServiceFlags {
+    /// TOML config file (defaults → file → ELK_* environment → flags).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// NATS server URL.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Deployment namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// This replica's member id (unique per replica).
+    #[arg(long)]
+    pub member_id: Option<String>,
+    /// Print the effective configuration (TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Serialize)]
+struct FlagOverrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member_id: Option<&'a str>,
+}
+
+/// The whole `main` of a service binary: parse [`ServiceFlags`] (with `name` and `about` shown in
+/// `--help`), load the layered config, print it or start logging and call `run` until SIGINT/SIGTERM.
+pub async fn service_main<C, E, F, Fut>(
+    name: &'static str,
+    about: &'static str,
+    run: F,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: Serialize + DeserializeOwned + Default,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnOnce(C, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ServiceFlags::command()
+        .name(name)
+        .about(about)
+        .get_matches();
+    let flags = ServiceFlags::from_arg_matches(&matches)?;
+    let overrides = FlagOverrides {
+        nats_url: flags.nats_url.as_deref(),
+        namespace: flags.namespace.as_deref(),
+        member_id: flags.member_id.as_deref(),
+    };
+    let config: C = load_config(flags.config.as_deref(), overrides)?;
+    if flags.print_config {
+        println!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    init_logging();
+    run(config, Box::pin(shutdown_signal())).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
