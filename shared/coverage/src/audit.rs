@@ -113,12 +113,10 @@ impl<Left: Iterator<Item = IdRange>, Right: Iterator<Item = IdRange>> Iterator
     }
 }
 
-/// The sweep. `entries` must be sorted by first id. Ids below `start` are never gaps.
+/// The sweep. `entries` must be sorted by first id. Ids below `start` are never gaps, but
+/// overlaps are reported wherever they are (also when `up_to < start`).
 pub(crate) fn sweep(start: u64, up_to: u64, entries: impl Iterator<Item = IdRange>) -> Audit {
     let mut audit = Audit::default();
-    if up_to < start {
-        return audit;
-    }
     // Highest id covered by the entries seen so far.
     let mut covered_through: Option<u64> = None;
     for entry in entries {
