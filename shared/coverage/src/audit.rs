@@ -66,7 +66,7 @@ impl CoverageRecord {
         let watermark = self
             .low_watermark
             .filter(|&low_watermark| low_watermark >= self.start)
-            .map(|low_watermark| IdRange::from_ordered(self.start, low_watermark));
+            .map(|low_watermark| crate::range::ordered(self.start, low_watermark));
         let entries = MergeByFirst::new(
             watermark.into_iter(),
             MergeByFirst::new(completed.iter().copied(), live.iter().copied()),
@@ -129,13 +129,13 @@ pub(crate) fn sweep(start: u64, up_to: u64, entries: impl Iterator<Item = IdRang
         {
             audit
                 .gaps
-                .push(IdRange::from_ordered(next_uncovered, entry.first() - 1));
+                .push(crate::range::ordered(next_uncovered, entry.first() - 1));
         }
         if let Some(through) = covered_through
             && entry.first() <= through
         {
             let doubly_covered =
-                IdRange::from_ordered(entry.first(), entry.last().min(through).min(up_to));
+                crate::range::ordered(entry.first(), entry.last().min(through).min(up_to));
             push_coalesced(&mut audit.overlaps, doubly_covered);
         }
         covered_through =
@@ -146,7 +146,7 @@ pub(crate) fn sweep(start: u64, up_to: u64, entries: impl Iterator<Item = IdRang
     {
         audit
             .gaps
-            .push(IdRange::from_ordered(next_uncovered, up_to));
+            .push(crate::range::ordered(next_uncovered, up_to));
     }
     audit
 }
@@ -165,7 +165,7 @@ fn push_coalesced(runs: &mut Vec<IdRange>, run: IdRange) {
     if let Some(last) = runs.last_mut()
         && last.last().saturating_add(1) >= run.first()
     {
-        *last = IdRange::from_ordered(last.first(), last.last().max(run.last()));
+        *last = crate::range::ordered(last.first(), last.last().max(run.last()));
         return;
     }
     runs.push(run);

@@ -87,14 +87,14 @@ impl Coverage {
     pub fn live_ranges(&self) -> impl DoubleEndedIterator<Item = IdRange> + '_ {
         self.live
             .iter()
-            .map(|(&first, &last)| IdRange::from_ordered(first, last))
+            .map(|(&first, &last)| crate::range::ordered(first, last))
     }
 
     /// Completed intervals above the watermark, in id order.
     pub fn completed_ranges(&self) -> impl DoubleEndedIterator<Item = IdRange> + '_ {
         self.completed
             .iter()
-            .map(|(&first, &last)| IdRange::from_ordered(first, last))
+            .map(|(&first, &last)| crate::range::ordered(first, last))
     }
 
     /// Whether `id` is completed, live or uncovered. `O(log n)`.
@@ -224,7 +224,7 @@ impl Coverage {
     pub fn audit(&self, up_to: u64) -> Audit {
         let watermark = self
             .low_watermark
-            .map(|low_watermark| IdRange::from_ordered(self.start, low_watermark));
+            .map(|low_watermark| crate::range::ordered(self.start, low_watermark));
         let entries = watermark.into_iter().chain(MergeByFirst::new(
             self.completed_ranges(),
             self.live_ranges(),
@@ -248,7 +248,7 @@ impl Coverage {
         if let Some(low_watermark) = self.low_watermark
             && range.first() <= low_watermark
         {
-            let existing = IdRange::from_ordered(self.start, low_watermark);
+            let existing = crate::range::ordered(self.start, low_watermark);
             return Some(Overlap {
                 range,
                 existing,
@@ -275,7 +275,7 @@ impl Coverage {
             Some(frontier) => frontier.checked_add(1)?,
         };
         (range.first() > next_uncovered)
-            .then(|| IdRange::from_ordered(next_uncovered, range.first() - 1))
+            .then(|| crate::range::ordered(next_uncovered, range.first() - 1))
     }
 
     fn take_live(&mut self, range: IdRange) -> Result<(), CoverageError> {
@@ -321,7 +321,7 @@ impl Coverage {
 /// that one starts.
 fn entry_overlapping(entries: &BTreeMap<u64, u64>, range: IdRange) -> Option<IdRange> {
     let (&first, &last) = entries.range(..=range.last()).next_back()?;
-    (last >= range.first()).then(|| IdRange::from_ordered(first, last))
+    (last >= range.first()).then(|| crate::range::ordered(first, last))
 }
 
 impl Serialize for Coverage {
@@ -343,7 +343,7 @@ impl Serialize for RangesOf<'_> {
         serializer.collect_seq(
             self.0
                 .iter()
-                .map(|(&first, &last)| IdRange::from_ordered(first, last)),
+                .map(|(&first, &last)| crate::range::ordered(first, last)),
         )
     }
 }

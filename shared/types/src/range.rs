@@ -40,6 +40,11 @@ impl IdRange {
         Ok(Self { min, max })
     }
 
+    /// The range holding only `id`.
+    pub const fn single(id: u64) -> Self {
+        Self { min: id, max: id }
+    }
+
     pub const fn first(self) -> u64 {
         self.min
     }
@@ -48,9 +53,9 @@ impl IdRange {
         self.max
     }
 
-    /// Number of IDs in the range (never zero).
+    /// Number of IDs in the range (never zero; `[0, u64::MAX]` saturates at `u64::MAX`).
     pub const fn len(self) -> u64 {
-        self.max - self.min + 1
+        (self.max - self.min).saturating_add(1)
     }
 
     pub const fn is_empty(self) -> bool {
@@ -59,6 +64,11 @@ impl IdRange {
 
     pub const fn contains(self, id: u64) -> bool {
         self.min <= id && id <= self.max
+    }
+
+    /// Whether the two ranges share at least one ID.
+    pub const fn overlaps(self, other: IdRange) -> bool {
+        self.min <= other.max && other.min <= self.max
     }
 
     /// The IDs still to process after `checkpoint` (the last ID done), or `None` when done.
