@@ -19,9 +19,7 @@ mod state;
 
 pub use leader::AssignerMetrics;
 
-use elk_nats::{
-    MemberLease, NatsConfig, ProvisionConfig, Versioned, follow_key, join_service, rejoin_service,
-};
+use elk_nats::{NatsConfig, ProvisionConfig, ServiceMember, Versioned, follow_key};
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
 use elk_types::{Epoch, MemberId, Namespace};
@@ -172,19 +170,22 @@ impl LeaderTask {
 }
 
 impl Replica {
-    async fn join(&self) -> Result<MemberLease, AssignerError> {
-        let lease = join_service(
-            &self.resources,
-            &self.member_id,
-            MemberRole::Assigner,
-            self.config.member_ttl,
-        )
-        .await?;
-        Ok(lease)
+    /// This replica's membership; re-joins retry every 250 ms until they work (shutdown is
+    /// watched by the caller).
+    fn member<'a>(&'a self, never: &'a CancellationToken) -> ServiceMember<'a> {
+        ServiceMember {
+            resources: &self.resources,
+            id: &self.member_id,
+            role: MemberRole::Assigner,
+            ttl: self.config.member_ttl,
+            retry: Duration::from_millis(250),
+            stop: never,
+        }
     }
 
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AssignerError> {
-        let mut lease = self.join().await?;
+        let never = CancellationToken::new();
+        let mut lease = self.member(&never).join().await?;
         let mut leader: Option<LeaderTask> = None;
         tokio::pin!(shutdown);
         loop {
@@ -230,18 +231,10 @@ impl Replica {
                     if let Some(task) = leader.take() {
                         task.stop().await;
                     }
-                    let never = CancellationToken::new();
-                    let rejoin = rejoin_service(
-                        &self.resources,
-                        &self.member_id,
-                        MemberRole::Assigner,
-                        self.config.member_ttl,
-                        Duration::from_millis(250),
-                        &never,
-                    );
+                    let member = self.member(&never);
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
-                        rejoined = rejoin => match rejoined {
+                        rejoined = member.rejoin() => match rejoined {
                             Some(rejoined) => lease = rejoined,
                             None => return Ok(()),
                         },

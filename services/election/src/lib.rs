@@ -29,8 +29,8 @@ pub use config::ElectionConfig;
 
 use bytes::Bytes;
 use elk_nats::{
-    JoinError, MemberLease, NatsConfig, NatsError, ProvisionConfig, Resources, Versioned, connect,
-    follow_key, join_service, provision, rejoin_service,
+    JoinError, MemberLease, MembershipExit, NatsConfig, NatsError, ProvisionConfig, Resources,
+    ServiceMember, Versioned, connect, follow_key, provision,
 };
 use elk_protocol::messages::{ElectionLease, MemberRole};
 use elk_protocol::names::{ELECTION_KEY, Names};
@@ -95,12 +95,6 @@ pub async fn run(
     replica.await
 }
 
-/// Why a membership's life ended.
-enum MembershipExit {
-    Shutdown,
-    Lost,
-}
-
 /// Outcome of the standby phase.
 enum Standby {
     /// Boxed: a lease carries the whole `Resources` (several kilobytes).
@@ -136,53 +130,31 @@ async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), El
         election_lease,
         election_follow_alive: true,
     };
-    let mut membership = replica.join().await.map_err(|source| ElectionError::Join {
-        id: replica.config.member_id.clone(),
+    let resources = replica.resources.clone();
+    let member_id = replica.config.member_id.clone();
+    let stop = replica.stop.clone();
+    let member = ServiceMember {
+        resources: &resources,
+        id: &member_id,
+        role: MemberRole::Election,
+        ttl: replica.config.member_ttl,
+        retry: replica.config.standby_retry,
+        stop: &stop,
+    };
+    let mut membership = member.join().await.map_err(|source| ElectionError::Join {
+        id: member_id.clone(),
         source,
     })?;
     loop {
-        match replica.serve_membership(&membership).await? {
-            MembershipExit::Shutdown => {
-                if let Err(error) = membership.leave().await {
-                    tracing::warn!(%error, "cannot leave membership; the key will expire");
-                }
-                return Ok(());
-            }
-            MembershipExit::Lost => {
-                drop(membership);
-                match replica.rejoin().await {
-                    Some(lease) => membership = lease,
-                    None => return Ok(()),
-                }
-            }
+        let exit = replica.serve_membership(&membership).await?;
+        match member.next(membership, exit).await {
+            Some(next) => membership = next,
+            None => return Ok(()),
         }
     }
 }
 
 impl Replica {
-    async fn join(&self) -> Result<MemberLease, JoinError> {
-        join_service(
-            &self.resources,
-            &self.config.member_id,
-            MemberRole::Election,
-            self.config.member_ttl,
-        )
-        .await
-    }
-
-    /// Re-joins after the member key was lost, until it works or the replica stops.
-    async fn rejoin(&self) -> Option<MemberLease> {
-        rejoin_service(
-            &self.resources,
-            &self.config.member_id,
-            MemberRole::Election,
-            self.config.member_ttl,
-            self.config.standby_retry,
-            &self.stop,
-        )
-        .await
-    }
-
     /// Alternates standby and active phases while `membership` lives.
     async fn serve_membership(
         &mut self,

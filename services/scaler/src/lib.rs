@@ -18,8 +18,8 @@ pub mod policy;
 pub use config::ScalerConfig;
 
 use elk_nats::{
-    JoinError, MemberLease, NatsConfig, NatsError, ProvisionConfig, Resources, Versioned, connect,
-    follow_key, join_service, provision, rejoin_service,
+    JoinError, MemberLease, MembershipExit, NatsConfig, NatsError, ProvisionConfig, Resources,
+    ServiceMember, Versioned, connect, follow_key, provision,
 };
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
@@ -101,11 +101,6 @@ impl LeaderState {
     }
 }
 
-enum MembershipExit {
-    Shutdown,
-    Lost,
-}
-
 struct Replica {
     config: ScalerConfig,
     resources: Resources,
@@ -136,53 +131,31 @@ async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), Scal
         role,
         view,
     };
-    let mut membership = replica.join().await.map_err(|source| ScalerError::Join {
-        id: replica.config.member_id.clone(),
+    let resources = replica.resources.clone();
+    let member_id = replica.config.member_id.clone();
+    let stop = replica.stop.clone();
+    let member = ServiceMember {
+        resources: &resources,
+        id: &member_id,
+        role: MemberRole::Scaler,
+        ttl: replica.config.member_ttl,
+        retry: replica.config.interval,
+        stop: &stop,
+    };
+    let mut membership = member.join().await.map_err(|source| ScalerError::Join {
+        id: member_id.clone(),
         source,
     })?;
     loop {
-        match replica.follow_role(&membership).await {
-            MembershipExit::Shutdown => {
-                if let Err(error) = membership.leave().await {
-                    tracing::warn!(%error, "cannot leave membership; the key will expire");
-                }
-                return Ok(());
-            }
-            MembershipExit::Lost => {
-                drop(membership);
-                match replica.rejoin().await {
-                    Some(lease) => membership = lease,
-                    None => return Ok(()),
-                }
-            }
+        let exit = replica.follow_role(&membership).await;
+        match member.next(membership, exit).await {
+            Some(next) => membership = next,
+            None => return Ok(()),
         }
     }
 }
 
 impl Replica {
-    async fn join(&self) -> Result<MemberLease, JoinError> {
-        join_service(
-            &self.resources,
-            &self.config.member_id,
-            MemberRole::Scaler,
-            self.config.member_ttl,
-        )
-        .await
-    }
-
-    /// Re-joins after the member key was lost, until it works or the replica stops.
-    async fn rejoin(&self) -> Option<MemberLease> {
-        rejoin_service(
-            &self.resources,
-            &self.config.member_id,
-            MemberRole::Scaler,
-            self.config.member_ttl,
-            self.config.interval,
-            &self.stop,
-        )
-        .await
-    }
-
     /// Follows the role lease while `membership` lives, leading when it names this incarnation.
     async fn follow_role(&mut self, membership: &MemberLease) -> MembershipExit {
         let me = MemberRef {

@@ -253,47 +253,78 @@ impl Drop for MemberLease {
     }
 }
 
-/// Joins as a control-plane service replica (`role`, capacity 0, no jobs) with a new incarnation.
-pub async fn join_service(
-    resources: &Resources,
-    id: &MemberId,
-    role: elk_protocol::messages::MemberRole,
-    ttl: Duration,
-) -> Result<MemberLease, JoinError> {
-    let record = MemberRecord {
-        schema: elk_protocol::SCHEMA_VERSION,
-        role,
-        incarnation: new_incarnation(),
-        capacity: elk_types::Capacity(0),
-        jobs: Vec::new(),
-        labels: Default::default(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
-    let lease = MemberLease::join(resources, id.clone(), record, ttl).await?;
-    tracing::info!(member = %id, ?role, incarnation = %lease.incarnation(), "joined");
-    Ok(lease)
+/// How a service's work under one membership ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipExit {
+    /// The service is stopping: leave gracefully.
+    Shutdown,
+    /// The member key was lost (the replica self-fenced): re-join as a new incarnation.
+    Lost,
 }
 
-/// Re-joins a service replica after its member key was lost, retrying every `retry` until it
-/// works; `None` if `stop` fires first.
-pub async fn rejoin_service(
-    resources: &Resources,
-    id: &MemberId,
-    role: elk_protocol::messages::MemberRole,
-    ttl: Duration,
-    retry: Duration,
-    stop: &CancellationToken,
-) -> Option<MemberLease> {
-    loop {
-        match join_service(resources, id, role, ttl).await {
-            Ok(lease) => return Some(lease),
-            Err(error) => {
-                tracing::warn!(member = %id, %error, "cannot re-join membership; retrying")
+/// A control-plane service replica's membership: joins with capacity 0 and no jobs, re-joins
+/// with a new incarnation after a loss, and leaves on shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceMember<'a> {
+    pub resources: &'a Resources,
+    pub id: &'a MemberId,
+    pub role: elk_protocol::messages::MemberRole,
+    pub ttl: Duration,
+    /// Pause between failed re-join attempts.
+    pub retry: Duration,
+    /// Ends re-join attempts.
+    pub stop: &'a CancellationToken,
+}
+
+impl ServiceMember<'_> {
+    /// Joins with a new incarnation.
+    pub async fn join(&self) -> Result<MemberLease, JoinError> {
+        let record = MemberRecord {
+            schema: elk_protocol::SCHEMA_VERSION,
+            role: self.role,
+            incarnation: new_incarnation(),
+            capacity: elk_types::Capacity(0),
+            jobs: Vec::new(),
+            labels: Default::default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let lease = MemberLease::join(self.resources, self.id.clone(), record, self.ttl).await?;
+        tracing::info!(member = %self.id, role = ?self.role, incarnation = %lease.incarnation(), "joined");
+        Ok(lease)
+    }
+
+    /// Re-joins after the member key was lost, retrying every `retry` until it works; `None` if
+    /// `stop` fires first.
+    pub async fn rejoin(&self) -> Option<MemberLease> {
+        loop {
+            match self.join().await {
+                Ok(lease) => return Some(lease),
+                Err(error) => {
+                    tracing::warn!(member = %self.id, %error, "cannot re-join membership; retrying");
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                () = tokio::time::sleep(self.retry) => {}
             }
         }
-        tokio::select! {
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(retry) => {}
+    }
+
+    /// Acts on how the work under `membership` ended: on [`MembershipExit::Shutdown`] leaves and
+    /// returns `None`; on [`MembershipExit::Lost`] re-joins and returns the new membership
+    /// (`None` if `stop` fired first).
+    pub async fn next(&self, membership: MemberLease, exit: MembershipExit) -> Option<MemberLease> {
+        match exit {
+            MembershipExit::Shutdown => {
+                if let Err(error) = membership.leave().await {
+                    tracing::warn!(%error, "cannot leave membership; the key will expire");
+                }
+                None
+            }
+            MembershipExit::Lost => {
+                drop(membership);
+                self.rejoin().await
+            }
         }
     }
 }
