@@ -102,6 +102,15 @@ impl Stack {
     }
 
     pub fn assigner(&self, id: &str) -> ServiceHandle {
+        self.assigner_with_metrics(id, Arc::new(elk_assigner::AssignerMetrics::default()))
+    }
+
+    /// An assigner replica whose counters (revocations, gaps, rejected progress...) the test reads.
+    pub fn assigner_with_metrics(
+        &self,
+        id: &str,
+        metrics: Arc<elk_assigner::AssignerMetrics>,
+    ) -> ServiceHandle {
         let config = elk_assigner::AssignerConfig {
             nats_url: self.url(),
             namespace: self.namespace.to_string(),
@@ -111,7 +120,9 @@ impl Stack {
         };
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
-            if let Err(error) = elk_assigner::run(config, stop.cancelled_owned()).await {
+            if let Err(error) =
+                elk_assigner::run_with_metrics(config, metrics, stop.cancelled_owned()).await
+            {
                 tracing::warn!(%name, %error, "assigner replica stopped");
             }
         })

@@ -36,6 +36,14 @@ pub struct AssignerMetrics {
     pub progress_malformed: AtomicU64,
     pub partitions_reclaimed: AtomicU64,
     pub kv_writes: AtomicU64,
+    /// Gaps found (full audit at leader start, or in front of a new partition).
+    pub gaps_detected: AtomicU64,
+    /// Partitions created to fill gaps.
+    pub gaps_repaired: AtomicU64,
+    /// Overlapping partitions found or refused.
+    pub overlaps_detected: AtomicU64,
+    /// Partitions revoked from over-quota workers to rebalance.
+    pub revocations: AtomicU64,
     pub leader_terms: AtomicU64,
 }
 
@@ -175,11 +183,22 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
                 .publish(reply, Bytes::from(encode(&outcome)))
                 .await;
         }
-        inputs
-            .metrics
-            .progress_rejected
-            .store(state.rejected_progress, Ordering::Relaxed);
+        publish_counters(&state, &inputs.metrics);
     }
+}
+
+/// Copies the state's counters of this term into the shared metrics.
+fn publish_counters(state: &AssignerState, metrics: &AssignerMetrics) {
+    let relaxed = Ordering::Relaxed;
+    metrics
+        .progress_rejected
+        .store(state.rejected_progress, relaxed);
+    metrics.gaps_detected.store(state.gaps_detected, relaxed);
+    metrics.gaps_repaired.store(state.gaps_repaired, relaxed);
+    metrics
+        .overlaps_detected
+        .store(state.overlaps_detected, relaxed);
+    metrics.revocations.store(state.revocations, relaxed);
 }
 
 fn ensure_still_leader(inputs: &LeaderInputs) -> Result<(), AssignerError> {
@@ -352,12 +371,17 @@ async fn load_state(
     let partitions = watch_snapshot(&resources.partitions)
         .await
         .map_err(AssignerError::Nats)?;
+    let mut loaded = Vec::with_capacity(partitions.entries.len());
     for (key, entry) in partitions.entries {
         match decode::<PartitionRecord>(&entry.value) {
-            Ok(record) => state.load_partition(record, entry.revision),
+            Ok(record) => {
+                state.load_partition(record.clone(), entry.revision);
+                loaded.push(record);
+            }
             Err(error) => tracing::warn!(%key, %error, "skipping undecodable partition record"),
         }
     }
+    state.build_coverage(loaded);
     let assignments = watch_snapshot(&resources.assignments)
         .await
         .map_err(AssignerError::Nats)?;

@@ -23,8 +23,12 @@ use elk_types::{
     Capacity, Epoch, IdRange, Incarnation, JobName, MemberId, PartitionId, PartitionLeaseToken,
     Revision, ViewSeq,
 };
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[path = "gaps.rs"]
+mod gaps;
+#[path = "grants.rs"]
+mod grants;
 
 pub(crate) type PartitionKey = (JobName, PartitionId);
 
@@ -94,6 +98,15 @@ pub(crate) struct AssignerState {
     /// Completed partitions written to KV this round and then forgotten.
     pub completed_to_write: Vec<Stored<PartitionRecord>>,
     pub rejected_progress: u64,
+    /// Per job: low watermark + completed intervals + live partitions (gap detection).
+    coverage: BTreeMap<JobName, elk_coverage::Coverage>,
+    /// Gaps waiting for partitions to be created over them.
+    repairs: Vec<(JobName, IdRange)>,
+    pub gaps_detected: u64,
+    pub gaps_repaired: u64,
+    pub overlaps_detected: u64,
+    /// Partitions taken from over-quota workers to rebalance.
+    pub revocations: u64,
 }
 
 impl AssignerState {
@@ -113,6 +126,12 @@ impl AssignerState {
             dirty_assignments: BTreeSet::new(),
             completed_to_write: Vec::new(),
             rejected_progress: 0,
+            coverage: BTreeMap::new(),
+            repairs: Vec::new(),
+            gaps_detected: 0,
+            gaps_repaired: 0,
+            overlaps_detected: 0,
+            revocations: 0,
         }
     }
 
@@ -308,6 +327,7 @@ impl AssignerState {
                     record.status = PartitionStatus::Completed;
                     record.checkpoint = Some(range.last());
                 });
+                self.coverage_completed(&report.job, range);
                 if let Some(job) = self.jobs.get_mut(&report.job) {
                     job.value.partitions_completed += 1;
                     job.value.ids_completed += range.len();
@@ -354,57 +374,55 @@ impl AssignerState {
     /// every partition is done.
     pub fn plan_partitions(&mut self) {
         let mut budget = self.policy.partitions_per_round;
-        let names: Vec<JobName> = self.jobs.keys().cloned().collect();
-        for name in names {
-            let Some(stored) = self.jobs.get(&name) else {
+        // Repairs first: a gap means IDs below the cursor that nothing covers.
+        while budget > 0 {
+            let Some((name, gap)) = self.repairs.pop() else {
+                break;
+            };
+            let Some(size) = self
+                .jobs
+                .get(&name)
+                .map(|job| job.value.spec.partition_size)
+            else {
                 continue;
             };
-            let job = stored.value.clone();
+            let chunks: Vec<IdRange> = gap.chunks(size).collect();
+            let (now, later) = chunks.split_at(chunks.len().min(budget));
+            for range in now {
+                if self.create_partition(&name, *range) {
+                    self.gaps_repaired += 1;
+                }
+            }
+            budget -= now.len();
+            if let (Some(first), Some(last)) = (later.first(), later.last()) {
+                let rest = IdRange::new(first.first(), last.last()).expect("ordered chunks");
+                self.repairs.push((name, rest));
+            }
+        }
+        let names: Vec<JobName> = self.jobs.keys().cloned().collect();
+        for name in names {
+            let job = &self.jobs[&name].value;
             if job.state != JobState::Active {
                 continue;
             }
-            let range = job.spec.range;
+            let (range, size) = (job.spec.range, job.spec.partition_size);
             let mut cursor = job.cursor;
-            let mut next_id = job.next_partition;
-            let mut created = 0u64;
             while budget > 0 && cursor <= range.last() {
-                let last = cursor
-                    .saturating_add(job.spec.partition_size - 1)
-                    .min(range.last());
-                let partition_range = IdRange::new(cursor, last).expect("cursor <= last");
-                let record = PartitionRecord {
-                    schema: SCHEMA_VERSION,
-                    job: name.clone(),
-                    id: next_id,
-                    range: partition_range,
-                    status: PartitionStatus::Pending,
-                    owner: None,
-                    token: PartitionLeaseToken(0),
-                    checkpoint: None,
-                    attempts: 0,
-                    error: None,
-                    epoch: self.epoch,
-                };
-                let key = (name.clone(), next_id);
-                self.index(&key, &record);
-                self.partitions.insert(key.clone(), Stored::new(record));
-                self.dirty_partitions.insert(key);
-                next_id = PartitionId(next_id.get() + 1);
-                created += 1;
+                let last = cursor.saturating_add(size - 1).min(range.last());
+                self.create_partition(&name, IdRange::new(cursor, last).expect("cursor <= last"));
                 budget -= 1;
                 // Job ranges end below u64::MAX (checked at creation), so this cannot overflow.
                 cursor = last + 1;
             }
-            let exhausted = cursor > range.last();
             let stored = self.jobs.get_mut(&name).expect("job exists");
-            if created > 0 {
+            if stored.value.cursor != cursor {
                 stored.value.cursor = cursor;
-                stored.value.next_partition = next_id;
-                stored.value.partitions_total += created;
                 self.dirty_jobs.insert(name.clone());
             }
             let job = &mut stored.value;
-            if exhausted && job.partitions_completed == job.partitions_total {
+            let exhausted = job.cursor > range.last();
+            let repairs_pending = self.repairs.iter().any(|(job_name, _)| *job_name == name);
+            if exhausted && !repairs_pending && job.partitions_completed == job.partitions_total {
                 job.state = JobState::Completed;
                 job.completed_unix_ms = Some(elk_protocol::messages::unix_ms_now());
                 self.dirty_jobs.insert(name.clone());
@@ -412,68 +430,34 @@ impl AssignerState {
         }
     }
 
-    /// Grants pending partitions to the least loaded live workers, up to each worker's slots.
-    pub fn plan_grants(&mut self) {
-        if self.pending.is_empty() {
-            return;
+    /// Creates one pending partition of `job` over `range` unless it overlaps existing coverage.
+    fn create_partition(&mut self, job: &JobName, range: IdRange) -> bool {
+        if !self.admit_new_partition(job, range) {
+            return false;
         }
-        let slots_per_capacity = self.policy.grants_per_capacity.max(1) as u64;
-        // Min-heap on load relative to capacity; ties by id for determinism.
-        let mut heap: BinaryHeap<Reverse<(u64, MemberId)>> = BinaryHeap::new();
-        let mut free: BTreeMap<MemberId, u64> = BTreeMap::new();
-        for (id, worker) in &self.workers {
-            if worker.draining || worker.capacity.get() == 0 {
-                continue;
-            }
-            let slots = worker.capacity.get() as u64 * slots_per_capacity;
-            let held = self
-                .grants_by_worker
-                .get(id)
-                .map_or(0, |set| set.len() as u64);
-            if held < slots {
-                free.insert(id.clone(), slots - held);
-                heap.push(Reverse((held * 1_000_000 / slots, id.clone())));
-            }
-        }
-        let pending: Vec<PartitionKey> = self.pending.iter().cloned().collect();
-        let mut skipped: Vec<Reverse<(u64, MemberId)>> = Vec::new();
-        for key in pending {
-            if heap.is_empty() {
-                break;
-            }
-            // Pick the least loaded worker that processes this job.
-            let mut chosen = None;
-            while let Some(Reverse((load, id))) = heap.pop() {
-                if self.workers[&id].processes(&key.0) {
-                    chosen = Some((load, id));
-                    break;
-                }
-                skipped.push(Reverse((load, id)));
-            }
-            heap.extend(skipped.drain(..));
-            let Some((_, worker_id)) = chosen else {
-                continue;
-            };
-            let worker = &self.workers[&worker_id];
-            let owner = MemberRef {
-                id: worker_id.clone(),
-                incarnation: worker.incarnation,
-            };
-            let slots = worker.capacity.get() as u64 * slots_per_capacity;
-            let token = self.next_token();
-            self.update_partition(&key, |record| {
-                record.status = PartitionStatus::Granted;
-                record.owner = Some(owner);
-                record.token = token;
-                record.error = None;
-            });
-            let remaining = free.get_mut(&worker_id).expect("free slots tracked");
-            *remaining -= 1;
-            if *remaining > 0 {
-                let held = slots - *remaining;
-                heap.push(Reverse((held * 1_000_000 / slots, worker_id)));
-            }
-        }
+        let stored = self.jobs.get_mut(job).expect("job exists");
+        let id = stored.value.next_partition;
+        stored.value.next_partition = PartitionId(id.get() + 1);
+        stored.value.partitions_total += 1;
+        self.dirty_jobs.insert(job.clone());
+        let record = PartitionRecord {
+            schema: SCHEMA_VERSION,
+            job: job.clone(),
+            id,
+            range,
+            status: PartitionStatus::Pending,
+            owner: None,
+            token: PartitionLeaseToken(0),
+            checkpoint: None,
+            attempts: 0,
+            error: None,
+            epoch: self.epoch,
+        };
+        let key = (job.clone(), id);
+        self.index(&key, &record);
+        self.partitions.insert(key.clone(), Stored::new(record));
+        self.dirty_partitions.insert(key);
+        true
     }
 
     /// The assignment record `worker` should hold now (its granted partitions), if it changed.

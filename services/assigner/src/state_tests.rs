@@ -259,3 +259,151 @@ fn unrequested_release_marks_the_worker_draining() {
     );
     assert!(state.workers[&a].draining);
 }
+
+#[test]
+fn a_joining_worker_gets_its_share_by_minimal_revocations() {
+    let mut state = state_with_job(IdRange::new(1, 8_000).unwrap(), 1_000);
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2)]));
+    state.plan_grants();
+    let a = MemberId::new("a").unwrap();
+    let b = MemberId::new("b").unwrap();
+    assert_eq!((state.granted_to(&a), state.granted_to(&b)), (4, 4));
+    assert_eq!(state.revocations, 0);
+
+    // c joins: 8 partitions over 12 slots → quotas 3, 3, 2 (ceil); a and b shed what is over.
+    state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 2)]));
+    state.plan_grants();
+    assert_eq!(state.revocations, 2, "exactly the minimum moves");
+    let revoking: Vec<(u64, MemberRef, PartitionLeaseToken)> = state
+        .partitions
+        .values()
+        .filter(|p| p.value.status == PartitionStatus::Revoking)
+        .map(|p| {
+            (
+                p.value.id.get(),
+                p.value.owner.clone().unwrap(),
+                p.value.token,
+            )
+        })
+        .collect();
+    assert_eq!(revoking.len(), 2);
+    let c = MemberId::new("c").unwrap();
+    assert_eq!(
+        state.granted_to(&c),
+        0,
+        "nothing is granted while the old owner may still run it"
+    );
+    // Revoked partitions leave the owner's record at once.
+    let record_a = state.desired_assignment(&a).unwrap();
+    assert!(
+        record_a
+            .grants
+            .iter()
+            .all(|g| !revoking.iter().any(|(id, _, _)| g.partition.get() == *id))
+    );
+
+    // The owners release with their checkpoints; the partitions go to c, resuming after them.
+    for (id, owner, token) in &revoking {
+        let event = ProgressEvent::Released {
+            last_done: Some((id - 1) * 1_000 + 10),
+        };
+        state
+            .apply_progress(&report(owner.id.as_str(), 1, *id, *token, event))
+            .unwrap();
+    }
+    state.plan_grants();
+    assert_eq!(state.granted_to(&c), 2);
+    assert_eq!(state.revocations, 2, "no further moves once balanced");
+    let record_c = state.desired_assignment(&c).unwrap();
+    for grant in &record_c.grants {
+        assert_eq!(grant.resume_from, grant.range.first() + 10);
+    }
+    assert!(
+        state.workers.values().all(|w| !w.draining),
+        "a revoked release is not a shutdown"
+    );
+}
+
+fn partition_record(id: u64, range: IdRange, status: PartitionStatus) -> PartitionRecord {
+    PartitionRecord {
+        schema: SCHEMA_VERSION,
+        job: job_name(),
+        id: PartitionId(id),
+        range,
+        status,
+        owner: None,
+        token: PartitionLeaseToken(0),
+        checkpoint: None,
+        attempts: 0,
+        error: None,
+        epoch: Epoch(1),
+    }
+}
+
+#[test]
+fn the_audit_at_load_repairs_a_deleted_partition() {
+    let range = IdRange::new(1, 5_000).unwrap();
+    let mut state = state_with_job(range, 1_000);
+    {
+        let job = &mut state.jobs.get_mut(&job_name()).unwrap().value;
+        job.cursor = 5_001;
+        job.next_partition = PartitionId(6);
+        job.partitions_total = 5;
+        job.partitions_completed = 1;
+    }
+    // Partition 3 ([2001, 3000]) was deleted by hand; partition 1 is completed.
+    let mut loaded = Vec::new();
+    for (id, status) in [
+        (1, PartitionStatus::Completed),
+        (2, PartitionStatus::Pending),
+        (4, PartitionStatus::Pending),
+        (5, PartitionStatus::Pending),
+    ] {
+        let record = partition_record(
+            id,
+            IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap(),
+            status,
+        );
+        state.load_partition(record.clone(), Revision(id));
+        loaded.push(record);
+    }
+    state.build_coverage(loaded);
+    assert_eq!(state.gaps_detected, 1);
+    state.plan_partitions();
+    assert_eq!(state.gaps_repaired, 1);
+    let repaired = &state.partitions[&(job_name(), PartitionId(6))].value;
+    assert_eq!(repaired.range, IdRange::new(2_001, 3_000).unwrap());
+    // Counters follow KV (4 partitions left) plus the repair.
+    assert_eq!(state.jobs[&job_name()].value.partitions_total, 5);
+    // Nothing else is created: the range is covered again.
+    state.plan_partitions();
+    assert_eq!(state.partitions.len(), 4);
+    assert_eq!(state.overlaps_detected, 0);
+}
+
+#[test]
+fn overlapping_partitions_are_reported_never_created_twice() {
+    let range = IdRange::new(1, 2_000).unwrap();
+    let mut state = state_with_job(range, 1_000);
+    {
+        let job = &mut state.jobs.get_mut(&job_name()).unwrap().value;
+        job.cursor = 2_001;
+        job.next_partition = PartitionId(3);
+        job.partitions_total = 2;
+    }
+    let loaded = vec![
+        partition_record(1, IdRange::new(1, 1_000).unwrap(), PartitionStatus::Pending),
+        partition_record(
+            2,
+            IdRange::new(500, 2_000).unwrap(),
+            PartitionStatus::Pending,
+        ),
+    ];
+    state.build_coverage(loaded);
+    assert_eq!(state.overlaps_detected, 1);
+    // The refused partition's IDs are not re-created: partition 2 still exists in KV.
+    state.plan_partitions();
+    assert_eq!(state.gaps_repaired, 0);
+    assert_eq!(state.jobs[&job_name()].value.partitions_total, 2);
+}
