@@ -314,6 +314,7 @@ async fn create_job(
         ids_completed: 0,
         created_unix_ms: unix_ms_now(),
         completed_unix_ms: None,
+        epoch: state.epoch,
     };
     let written = cas_write(
         &resources.jetstream,
@@ -453,8 +454,10 @@ async fn flush(
     state.completed_to_write.clear();
 
     let mut job_writes = Vec::new();
+    let epoch = state.epoch;
     for name in std::mem::take(&mut state.dirty_jobs) {
-        if let Some(stored) = state.jobs.get(&name) {
+        if let Some(stored) = state.jobs.get_mut(&name) {
+            stored.value.epoch = epoch;
             job_writes.push((
                 WriteTarget::Job(name.clone()),
                 name.to_string(),
@@ -580,6 +583,6 @@ fn stored_epoch(target: &WriteTarget, value: &[u8]) -> Option<Epoch> {
             .ok()
             .map(|record| record.epoch),
         WriteTarget::Assignment(..) => decode::<AssignmentRecord>(value).ok().map(|r| r.epoch),
-        WriteTarget::Job(_) => None,
+        WriteTarget::Job(_) => decode::<JobRecord>(value).ok().map(|record| record.epoch),
     }
 }

@@ -32,6 +32,7 @@ fn state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
         ids_completed: 0,
         created_unix_ms: 0,
         completed_unix_ms: None,
+        epoch: Epoch(0),
     };
     state.jobs.insert(job_name(), Stored::new(job));
     state

@@ -78,6 +78,7 @@ mod tests {
             ids_completed,
             created_unix_ms: 0,
             completed_unix_ms: None,
+            epoch: elk_types::Epoch(0),
         }
     }
 

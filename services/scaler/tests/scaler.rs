@@ -73,6 +73,7 @@ fn job(partitions_total: u64, partitions_completed: u64) -> JobRecord {
         ids_completed: partitions_completed * 100,
         created_unix_ms: 0,
         completed_unix_ms: None,
+        epoch: Epoch(0),
     }
 }
 

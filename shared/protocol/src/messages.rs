@@ -157,6 +157,9 @@ pub struct JobRecord {
     pub created_unix_ms: u64,
     #[serde(default)]
     pub completed_unix_ms: Option<u64>,
+    /// Epoch of the assigner that last wrote this record (fencing of job writes).
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 message!(JobRecord, "job");
 

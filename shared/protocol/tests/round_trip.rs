@@ -93,6 +93,7 @@ fn all_messages_round_trip() {
         ids_completed: 100_000,
         created_unix_ms: 1,
         completed_unix_ms: None,
+        epoch: Epoch(0),
     });
     round_trip(sample_partition());
     round_trip(AssignmentRecord {
