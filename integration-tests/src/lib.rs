@@ -5,10 +5,10 @@
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use elk_nats::{NatsConfig, ProvisionConfig, Resources};
-use elk_protocol::admin::{ASSIGNER_SERVICE, AdminReply, CREATE_JOB_VERB, CreateJobRequest};
-use elk_protocol::messages::{JobRecord, JobState};
+use elk_protocol::admin::{ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult};
+use elk_protocol::messages::{JobRecord, JobSpec, JobState};
 use elk_protocol::names::Names;
-use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_protocol::{decode, encode};
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{IdRange, JobName, MemberId, Namespace};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker, WorkerHandle};
@@ -60,6 +60,9 @@ pub struct Stack {
     pub server: NatsServer,
     pub namespace: Namespace,
     pub resources: Resources,
+    /// Member TTL (and election lease TTL) of every service replica and worker this stack starts:
+    /// [`TEST_MEMBER_TTL`] unless changed with [`Stack::with_member_ttl`].
+    pub member_ttl: Duration,
 }
 
 impl Stack {
@@ -77,7 +80,14 @@ impl Stack {
             server,
             namespace,
             resources,
+            member_ttl: TEST_MEMBER_TTL,
         })
+    }
+
+    /// Uses `ttl` instead of [`TEST_MEMBER_TTL`] for the replicas and workers started afterwards.
+    pub fn with_member_ttl(mut self, ttl: Duration) -> Self {
+        self.member_ttl = ttl;
+        self
     }
 
     pub fn url(&self) -> String {
@@ -89,8 +99,8 @@ impl Stack {
             nats_url: self.url(),
             namespace: self.namespace.clone(),
             member_id: MemberId::new(id).expect("valid id"),
-            member_ttl: TEST_MEMBER_TTL,
-            election_ttl: TEST_MEMBER_TTL,
+            member_ttl: self.member_ttl,
+            election_ttl: self.member_ttl,
             ..Default::default()
         };
         let name = id.to_owned();
@@ -115,7 +125,7 @@ impl Stack {
             nats_url: self.url(),
             namespace: self.namespace.to_string(),
             member_id: id.to_owned(),
-            member_ttl: TEST_MEMBER_TTL,
+            member_ttl: self.member_ttl,
             ..Default::default()
         };
         let name = id.to_owned();
@@ -133,7 +143,7 @@ impl Stack {
             nats_url: self.url(),
             namespace: self.namespace.clone(),
             member_id: MemberId::new(id).expect("valid id"),
-            member_ttl: TEST_MEMBER_TTL,
+            member_ttl: self.member_ttl,
             ..Default::default()
         };
         let name = id.to_owned();
@@ -151,51 +161,84 @@ impl Stack {
         capacity: u32,
         processor: RecordingProcessor,
     ) -> anyhow::Result<WorkerHandle> {
+        self.worker_with(id, capacity, &[], processor).await
+    }
+
+    /// Starts a worker with any processor that only processes `jobs` (empty: every job).
+    pub async fn worker_with<P: Processor>(
+        &self,
+        id: &str,
+        capacity: u32,
+        jobs: &[&str],
+        processor: P,
+    ) -> anyhow::Result<WorkerHandle> {
+        let jobs = jobs
+            .iter()
+            .map(|job| JobName::new(*job))
+            .collect::<Result<Vec<_>, _>>()?;
         let worker = Worker::builder(
             NatsConfig::new(self.server.url(), id),
             self.namespace.clone(),
             MemberId::new(id)?,
         )
         .capacity(capacity)
-        .member_ttl(TEST_MEMBER_TTL)
+        .jobs(jobs)
+        .member_ttl(self.member_ttl)
         .checkpoint_interval(Duration::from_millis(200))
         .start(processor)
         .await?;
         Ok(worker)
     }
 
-    /// Creates a job through the active assigner's admin subject (retrying until one leads).
+    /// Sends an admin command to the active assigner (retrying while none answers) and returns
+    /// its result; an error reply becomes an `Err` with the assigner's message.
+    pub async fn admin(&self, command: AdminCommand) -> anyhow::Result<AdminResult> {
+        let subject = self
+            .resources
+            .names
+            .admin_subject(ASSIGNER_SERVICE, command.verb());
+        let request = Bytes::from(encode(&AdminRequest::new(command)));
+        for _ in 0..300 {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.resources
+                    .client
+                    .request(subject.clone(), request.clone()),
+            )
+            .await;
+            if let Ok(Ok(reply)) = reply {
+                let reply: AdminReply = decode(&reply.payload)?;
+                return match (reply.result, reply.error) {
+                    (Some(result), _) => Ok(result),
+                    (None, error) => bail!("assigner refused: {}", error.unwrap_or_default()),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no assigner answered the admin request")
+    }
+
+    /// Creates a fixed-range job through the active assigner.
     pub async fn create_job(
         &self,
         name: &str,
         range: IdRange,
         partition_size: u64,
     ) -> anyhow::Result<JobRecord> {
-        let request = CreateJobRequest {
-            schema: SCHEMA_VERSION,
+        self.create_job_with(name, JobSpec::fixed(range, partition_size))
+            .await
+    }
+
+    /// Creates a job with a full spec (open-ended, retry settings...).
+    pub async fn create_job_with(&self, name: &str, spec: JobSpec) -> anyhow::Result<JobRecord> {
+        let command = AdminCommand::CreateJob {
             name: JobName::new(name)?,
-            range,
-            partition_size,
+            spec,
         };
-        let subject = self
-            .resources
-            .names
-            .admin_subject(ASSIGNER_SERVICE, CREATE_JOB_VERB);
-        for _ in 0..300 {
-            let reply = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.resources
-                    .client
-                    .request(subject.clone(), Bytes::from(encode(&request))),
-            )
-            .await;
-            if let Ok(Ok(reply)) = reply {
-                let reply: AdminReply = decode(&reply.payload)?;
-                return reply.job.context(reply.error.unwrap_or_default());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match self.admin(command).await? {
+            AdminResult::Job { job } => Ok(job),
+            other => bail!("unexpected reply {other:?}"),
         }
-        bail!("no assigner answered the create_job request")
     }
 
     pub async fn job(&self, name: &str) -> anyhow::Result<Option<JobRecord>> {

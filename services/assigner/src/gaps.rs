@@ -1,42 +1,74 @@
-//! Gap and overlap detection with the coverage engine (`elk-coverage`): a full audit when a
-//! leader loads its state, and an `O(log n)` check for every partition it creates. A gap (IDs
-//! below a job's cursor that no partition covers, e.g. a partition key deleted by hand) is
-//! reported and repaired by creating partitions over it; an overlap is reported and the
-//! overlapping partition is never created.
+//! Coverage with the coverage engine (`elk-coverage`): gap and overlap detection (a full audit
+//! when a leader loads its state, an `O(log n)` check for every partition it creates) and
+//! compaction.
+//!
+//! * A gap (IDs below a job's cursor that no partition covers, e.g. a partition key deleted by
+//!   hand) is reported and repaired by creating partitions over it; an overlap is reported and
+//!   the overlapping partition is never created.
+//! * Compaction: a completed partition whose range lies at or below the job's low watermark is
+//!   deleted from the partitions bucket. The job record keeps the watermark and the completed
+//!   ranges above it, so questions about compacted IDs are answered from it. Job records are
+//!   written before the deletes, so a crash in between leaves extra keys, never a hole.
 
 use super::AssignerState;
-use elk_coverage::{Coverage, CoverageError};
+use elk_coverage::{Coverage, CoverageError, CoverageRecord};
 use elk_protocol::messages::{PartitionRecord, PartitionStatus};
 use elk_types::{IdRange, JobName};
+use std::collections::BTreeMap;
 
 impl AssignerState {
     fn coverage_of(&mut self, job: &JobName) -> Option<&mut Coverage> {
-        let first = self.jobs.get(job)?.value.spec.range.first();
-        Some(
-            self.coverage
-                .entry(job.clone())
-                .or_insert_with(|| Coverage::new(first)),
-        )
+        let record = &self.jobs.get(job)?.value;
+        if !self.coverage.contains_key(job) {
+            let persisted = CoverageRecord {
+                start: record.spec.range.first(),
+                low_watermark: record.low_watermark,
+                completed: record.completed_above_watermark.clone(),
+                live: Vec::new(),
+            };
+            let coverage = Coverage::try_from(persisted).unwrap_or_else(|error| {
+                tracing::warn!(%job, %error, "invalid coverage summary in the job record: rebuilt from partitions");
+                Coverage::new(record.spec.range.first())
+            });
+            self.coverage.insert(job.clone(), coverage);
+        }
+        self.coverage.get_mut(job)
     }
 
-    /// Builds every job's coverage from the partitions read from KV (all statuses), then audits
-    /// each job up to its cursor, queueing repairs for gaps.
+    /// Builds every job's coverage from its record's summary and the partitions read from KV
+    /// (all statuses), corrects job counters that disagree with KV, then audits each job up to its
+    /// cursor, queueing repairs for gaps.
     pub fn build_coverage(&mut self, mut loaded: Vec<PartitionRecord>) {
         loaded.sort_by_key(|record| (record.job.clone(), record.range.first()));
         // Partitions refused for overlapping others still exist in KV: never re-create their IDs.
         let mut refused: Vec<(JobName, IdRange)> = Vec::new();
-        // What KV really holds per job: (partitions, completed partitions).
-        let mut counts: std::collections::BTreeMap<JobName, (u64, u64)> = Default::default();
+        // What KV really holds per job beyond compaction: (partitions, completed partitions).
+        let mut counts: BTreeMap<JobName, (u64, u64)> = BTreeMap::new();
         for record in loaded {
+            let completed = record.status == PartitionStatus::Completed;
+            let already_compacted = completed
+                && self.jobs.get(&record.job).is_some_and(|job| {
+                    job.value.id_completed(record.range.first())
+                        && job.value.id_completed(record.range.last())
+                        && job
+                            .value
+                            .low_watermark
+                            .is_some_and(|low| record.range.last() <= low)
+                });
+            if completed {
+                self.await_compaction(&record);
+            }
+            if already_compacted {
+                // Counted as compacted already; its delete did not happen before a failover.
+                continue;
+            }
             let count = counts.entry(record.job.clone()).or_default();
             count.0 += 1;
-            count.1 += u64::from(record.status == PartitionStatus::Completed);
+            count.1 += u64::from(completed);
             let Some(coverage) = self.coverage_of(&record.job) else {
                 continue;
             };
-            let inserted = coverage.insert_live(record.range);
-            let completed = record.status == PartitionStatus::Completed;
-            match inserted {
+            match coverage.insert_live(record.range) {
                 Ok(_) if completed => {
                     let _ = coverage.complete(record.range);
                 }
@@ -51,8 +83,10 @@ impl AssignerState {
         for name in &names {
             // A deleted partition key leaves the job's counters ahead of KV: follow KV, so the
             // job completes once what exists (and the repairs) is done.
-            let (total, completed) = counts.get(name).copied().unwrap_or_default();
+            let (in_kv, completed_in_kv) = counts.get(name).copied().unwrap_or_default();
             let job = &mut self.jobs.get_mut(name).expect("listed").value;
+            let total = in_kv + job.partitions_compacted;
+            let completed = completed_in_kv + job.partitions_compacted;
             if (job.partitions_total, job.partitions_completed) != (total, completed) {
                 tracing::warn!(job = %name, recorded_total = job.partitions_total, total, completed, "job counters disagree with the partitions bucket: corrected");
                 job.partitions_total = total;
@@ -86,6 +120,7 @@ impl AssignerState {
                 tracing::warn!(job = %name, %gap, "gap found by the audit: repairing");
                 self.repairs.push((name.clone(), gap));
             }
+            self.sync_coverage_summary(&name);
         }
     }
 
@@ -110,9 +145,64 @@ impl AssignerState {
         }
     }
 
-    pub(super) fn coverage_completed(&mut self, job: &JobName, range: IdRange) {
-        if let Some(coverage) = self.coverage_of(job) {
-            let _ = coverage.complete(range);
+    /// A partition completed: record it in the coverage and the job's summary, and schedule its
+    /// key for compaction.
+    pub(super) fn coverage_completed(&mut self, record: &PartitionRecord) {
+        if let Some(coverage) = self.coverage_of(&record.job) {
+            let _ = coverage.complete(record.range);
+        }
+        self.await_compaction(record);
+        self.sync_coverage_summary(&record.job);
+    }
+
+    fn await_compaction(&mut self, record: &PartitionRecord) {
+        self.awaiting_compaction
+            .entry(record.job.clone())
+            .or_default()
+            .insert(record.range.last(), record.id);
+    }
+
+    /// Copies the coverage's watermark and completed ranges into the job record.
+    fn sync_coverage_summary(&mut self, job: &JobName) {
+        let Some(coverage) = self.coverage.get(job) else {
+            return;
+        };
+        let low_watermark = coverage.low_watermark();
+        let completed: Vec<IdRange> = coverage.completed_ranges().collect();
+        let Some(stored) = self.jobs.get_mut(job) else {
+            return;
+        };
+        if stored.value.low_watermark != low_watermark
+            || stored.value.completed_above_watermark != completed
+        {
+            stored.value.low_watermark = low_watermark;
+            stored.value.completed_above_watermark = completed;
+            self.dirty_jobs.insert(job.clone());
+        }
+    }
+
+    /// Queues the deletion of completed partitions now below their job's low watermark.
+    pub fn compact(&mut self) {
+        let jobs: Vec<JobName> = self.awaiting_compaction.keys().cloned().collect();
+        for job in jobs {
+            let Some(low_watermark) = self.jobs.get(&job).and_then(|j| j.value.low_watermark)
+            else {
+                continue;
+            };
+            let waiting = self.awaiting_compaction.get_mut(&job).expect("listed");
+            let above = waiting.split_off(&low_watermark.saturating_add(1));
+            let below = std::mem::replace(waiting, above);
+            if below.is_empty() {
+                continue;
+            }
+            let count = below.len() as u64;
+            self.compaction_deletes
+                .extend(below.into_values().map(|id| (job.clone(), id)));
+            self.partitions_compacted += count;
+            if let Some(stored) = self.jobs.get_mut(&job) {
+                stored.value.partitions_compacted += count;
+                self.dirty_jobs.insert(job.clone());
+            }
         }
     }
 

@@ -14,7 +14,7 @@
 
 use super::{AssignerState, PartitionKey};
 use elk_placement::{Partition, Worker, solve};
-use elk_protocol::messages::{MemberRef, PartitionStatus};
+use elk_protocol::messages::{JobState, MemberRef, PartitionStatus};
 use elk_types::MemberId;
 
 impl AssignerState {
@@ -41,22 +41,33 @@ impl AssignerState {
             .sum();
 
         let mut active: Vec<(PartitionKey, Option<MemberId>)> = Vec::new();
+        let mut stopped_jobs: Vec<PartitionKey> = Vec::new();
         for worker in &workers {
             let incarnation = self.workers[&worker.id].incarnation;
             for key in self.grants_by_worker.get(&worker.id).into_iter().flatten() {
+                if !self.job_is_active(&key.0) {
+                    stopped_jobs.push(key.clone());
+                    continue;
+                }
                 let current = self.partitions[key].value.owner.as_ref();
                 if current.is_some_and(|owner| owner.incarnation == incarnation) {
                     active.push((key.clone(), Some(worker.id.clone())));
                 }
             }
         }
-        let room = total_slots.saturating_sub(active.len() as u64);
-        active.extend(
-            self.pending
-                .iter()
-                .take(room as usize)
-                .map(|key| (key.clone(), None)),
-        );
+        // Paused or cancelled while granted (e.g. seen at load): hand them back.
+        for key in &stopped_jobs {
+            self.revoke(key);
+        }
+        let room = total_slots.saturating_sub(active.len() as u64) as usize;
+        let grantable: Vec<PartitionKey> = self
+            .pending
+            .iter()
+            .filter(|key| self.job_is_active(&key.0))
+            .take(room)
+            .cloned()
+            .collect();
+        active.extend(grantable.into_iter().map(|key| (key, None)));
         if active.is_empty() {
             return;
         }
@@ -74,20 +85,50 @@ impl AssignerState {
             }
         };
 
+        // Partitions held per worker after this round, for the fallback below.
+        let mut held: std::collections::BTreeMap<MemberId, u64> = std::collections::BTreeMap::new();
+        let mut unplaced: Vec<PartitionKey> = Vec::new();
         for (position, (key, previous)) in active.into_iter().enumerate() {
             let target = assignment.owner(position).map(|index| &workers[index].id);
+            let compatible = target.is_some_and(|target| self.workers[target].processes(&key.0));
             match (previous, target) {
-                (Some(previous), Some(target)) if &previous == target => {}
-                (Some(_), _) => self.revoke(&key),
-                (None, Some(target)) => {
-                    if self.workers[target].processes(&key.0) {
-                        let target = target.clone();
-                        self.grant(&key, target);
-                    }
+                (Some(previous), Some(target)) if &previous == target => {
+                    *held.entry(previous).or_default() += 1;
                 }
-                (None, None) => {}
+                // Move only to a worker that processes the job; otherwise it stays put.
+                (Some(_), Some(_)) if compatible => self.revoke(&key),
+                (Some(previous), _) => *held.entry(previous).or_default() += 1,
+                (None, Some(target)) if compatible => {
+                    *held.entry(target.clone()).or_default() += 1;
+                    let target = target.clone();
+                    self.grant(&key, target);
+                }
+                (None, _) => unplaced.push(key),
             }
         }
+        // Workers that declared jobs: a partition the balance put on a worker that does not
+        // process its job goes to the least loaded worker that does and has a free slot.
+        for key in unplaced {
+            let candidate = workers
+                .iter()
+                .filter(|worker| self.workers[&worker.id].processes(&key.0))
+                .map(|worker| (held.get(&worker.id).copied().unwrap_or(0), worker))
+                .filter(|(load, worker)| *load < u64::from(worker.capacity))
+                .min_by_key(|(load, worker)| {
+                    (*load * 1_000_000 / u64::from(worker.capacity), &worker.id)
+                })
+                .map(|(_, worker)| worker.id.clone());
+            if let Some(target) = candidate {
+                *held.entry(target.clone()).or_default() += 1;
+                self.grant(&key, target);
+            }
+        }
+    }
+
+    fn job_is_active(&self, job: &elk_types::JobName) -> bool {
+        self.jobs
+            .get(job)
+            .is_some_and(|job| job.value.state == JobState::Active)
     }
 
     fn grant(&mut self, key: &PartitionKey, worker: MemberId) {
@@ -107,7 +148,7 @@ impl AssignerState {
 
     /// Takes a granted partition off its owner's record; it stays `revoking` (still owned, same
     /// token) until the owner releases it or its membership ends.
-    fn revoke(&mut self, key: &PartitionKey) {
+    pub(super) fn revoke(&mut self, key: &PartitionKey) {
         self.revocations += 1;
         self.update_partition(key, |record| record.status = PartitionStatus::Revoking);
     }

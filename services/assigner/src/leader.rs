@@ -3,19 +3,19 @@
 //! `reconcile` (plan partitions, plan grants) and a flush that persists partitions before the
 //! assignment records pointing at them; progress messages are acked only after that flush.
 
-use crate::AssignerError;
-use crate::state::{AssignerState, PartitionKey, Policy, Stored};
+use crate::state::{AssignerState, Policy, Stored};
+use crate::{AssignerError, admin, flush};
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
-use elk_nats::{CasOutcome, Resources, Versioned, cas_write, watch_snapshot};
-use elk_protocol::admin::{AdminReply, CreateJobRequest};
+use elk_nats::{Resources, Versioned, watch_snapshot};
+use elk_protocol::admin::{PlanReply, PlanRequest};
 use elk_protocol::messages::{
-    AssignmentRecord, JobRecord, JobState, MemberRef, MembershipView, PartitionRecord,
-    ProgressReport, RoleLease, unix_ms_now,
+    AssignmentRecord, JobRecord, MemberRef, MembershipView, PartitionRecord, ProgressReport,
+    RoleLease, unix_ms_now,
 };
-use elk_protocol::names::{Names, PROGRESS_CONSUMER};
-use elk_protocol::{SCHEMA_VERSION, decode, encode};
-use elk_types::{Epoch, MemberId, PartitionId, Revision};
+use elk_protocol::names::PROGRESS_CONSUMER;
+use elk_protocol::{decode, encode};
+use elk_types::{Epoch, MemberId};
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +23,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Writes in flight at once during a flush (well below the client's 5,000 ack limit).
-const WRITE_WINDOW: usize = 256;
+/// How long the assigner waits for a planner's answer.
+const PLANNER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Progress reports applied per iteration at most.
 const PROGRESS_BATCH: usize = 1_000;
 
@@ -89,10 +89,9 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
         .messages()
         .await
         .map_err(|e| AssignerError::nats("progress stream", e))?;
-    let admin_subject = resources.names.admin_subject(
-        elk_protocol::admin::ASSIGNER_SERVICE,
-        elk_protocol::admin::CREATE_JOB_VERB,
-    );
+    let admin_subject = resources
+        .names
+        .admin_subject(elk_protocol::admin::ASSIGNER_SERVICE, ">");
     let mut admin = resources
         .client
         // A queue group: during a leader change only one replica answers a request.
@@ -106,6 +105,8 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
         queue_reclaims(&mut state, &view.value, &resources, &mut reclaims).await?;
     }
     state.restamp_all_assignments();
+    // Planner answers come back through this channel from short-lived request tasks.
+    let (plan_sender, mut plan_answers) = tokio::sync::mpsc::unbounded_channel();
     let mut tick = tokio::time::interval(inputs.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -138,18 +139,19 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
                 }
             }
             request = admin.next() => admin_request = request,
+            Some((job, max_id)) = plan_answers.recv() => state.apply_plan_answer(&job, max_id),
             _ = tick.tick() => {}
         }
+        state.now_ms = unix_ms_now();
 
         for message in &batch {
             apply_progress_message(&mut state, message, &inputs.metrics);
         }
         let mut admin_reply = None;
         if let Some(request) = admin_request {
-            admin_reply = Some((
-                request.reply.clone(),
-                create_job(&mut state, &resources, &request.payload).await,
-            ));
+            let reply =
+                admin::handle(&mut state, &resources, &inputs.metrics, &request.payload).await;
+            admin_reply = Some((request.reply.clone(), reply));
         }
         if !reclaims.is_empty() {
             // The ack floor is contiguous (every report up to it is applied); the highest
@@ -168,10 +170,15 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
             });
         }
 
+        state.release_due_retries();
         state.plan_partitions();
+        for question in state.plan_questions() {
+            ask_planner(&resources, question, plan_sender.clone());
+        }
         state.plan_grants();
+        state.compact();
         ensure_still_leader(&inputs)?;
-        flush(&mut state, &resources, &inputs.metrics).await?;
+        flush::flush(&mut state, &resources, &inputs.metrics).await?;
         for message in &batch {
             if let Err(error) = message.ack().await {
                 tracing::debug!(%error, "progress ack failed; the report will be redelivered");
@@ -199,6 +206,45 @@ fn publish_counters(state: &AssignerState, metrics: &AssignerMetrics) {
         .overlaps_detected
         .store(state.overlaps_detected, relaxed);
     metrics.revocations.store(state.revocations, relaxed);
+}
+
+/// Asks an open-ended job's planner in the background; the answer (or `None` after a failure or
+/// timeout) comes back to the leader loop.
+fn ask_planner(
+    resources: &Resources,
+    question: crate::state::PlanQuestion,
+    answers: tokio::sync::mpsc::UnboundedSender<(elk_types::JobName, Option<u64>)>,
+) {
+    let client = resources.client.clone();
+    let subject = resources.names.plan_subject(&question.job);
+    let request = PlanRequest {
+        schema: elk_protocol::SCHEMA_VERSION,
+        job: question.job.clone(),
+        cursor: question.cursor,
+        wanted: question.wanted,
+    };
+    tokio::spawn(async move {
+        let reply = tokio::time::timeout(
+            PLANNER_TIMEOUT,
+            client.request(subject, Bytes::from(encode(&request))),
+        )
+        .await;
+        let max_id = match reply {
+            Ok(Ok(message)) => match decode::<PlanReply>(&message.payload) {
+                Ok(reply) => reply.max_id,
+                Err(error) => {
+                    tracing::warn!(job = %question.job, %error, "malformed planner reply");
+                    None
+                }
+            },
+            Ok(Err(error)) => {
+                tracing::debug!(job = %question.job, %error, "planner not reachable");
+                None
+            }
+            Err(_) => None,
+        };
+        let _ = answers.send((question.job, max_id));
+    });
 }
 
 fn ensure_still_leader(inputs: &LeaderInputs) -> Result<(), AssignerError> {
@@ -276,75 +322,6 @@ fn apply_progress_message(
     }
 }
 
-async fn create_job(
-    state: &mut AssignerState,
-    resources: &Resources,
-    payload: &[u8],
-) -> AdminReply {
-    let fail = |message: String| AdminReply {
-        schema: SCHEMA_VERSION,
-        job: None,
-        error: Some(message),
-    };
-    let request: CreateJobRequest = match decode(payload) {
-        Ok(request) => request,
-        Err(error) => return fail(format!("bad request: {error}")),
-    };
-    if request.partition_size == 0 {
-        return fail("partition_size must be at least 1".to_owned());
-    }
-    if request.range.last() == u64::MAX {
-        return fail("the range must end below u64::MAX".to_owned());
-    }
-    if state.jobs.contains_key(&request.name) {
-        return fail(format!("job '{}' already exists", request.name));
-    }
-    let record = JobRecord {
-        schema: SCHEMA_VERSION,
-        name: request.name.clone(),
-        spec: elk_protocol::messages::JobSpec {
-            range: request.range,
-            partition_size: request.partition_size,
-        },
-        state: JobState::Active,
-        cursor: request.range.first(),
-        next_partition: PartitionId(1),
-        partitions_total: 0,
-        partitions_completed: 0,
-        ids_completed: 0,
-        created_unix_ms: unix_ms_now(),
-        completed_unix_ms: None,
-        epoch: state.epoch,
-    };
-    let written = cas_write(
-        &resources.jetstream,
-        &resources.jobs,
-        request.name.as_str(),
-        Bytes::from(encode(&record)),
-        None,
-        None,
-    )
-    .await;
-    match written {
-        Ok(CasOutcome::Written(revision)) => {
-            state.jobs.insert(
-                request.name,
-                Stored {
-                    value: record.clone(),
-                    revision: Some(revision),
-                },
-            );
-            AdminReply {
-                schema: SCHEMA_VERSION,
-                job: Some(record),
-                error: None,
-            }
-        }
-        Ok(CasOutcome::Conflict { .. }) => fail(format!("job '{}' already exists", request.name)),
-        Err(error) => fail(format!("could not store the job: {error}")),
-    }
-}
-
 /// Reads jobs, live partitions and assignment records from KV.
 async fn load_state(
     resources: &Resources,
@@ -407,182 +384,4 @@ async fn load_state(
         }
     }
     Ok(state)
-}
-
-enum WriteTarget {
-    Partition(PartitionKey),
-    Completed,
-    Job(elk_types::JobName),
-    Assignment(MemberId, AssignmentRecord),
-}
-
-/// Persists everything dirty: partitions first, then jobs, then assignment records.
-async fn flush(
-    state: &mut AssignerState,
-    resources: &Resources,
-    metrics: &AssignerMetrics,
-) -> Result<(), AssignerError> {
-    let mut partition_writes: Vec<(WriteTarget, String, Bytes, Option<Revision>)> = Vec::new();
-    for key in std::mem::take(&mut state.dirty_partitions) {
-        if let Some(stored) = state.partitions.get(&key) {
-            let name = Names::partition_key(&key.0, key.1);
-            partition_writes.push((
-                WriteTarget::Partition(key),
-                name,
-                Bytes::from(encode(&stored.value)),
-                stored.revision,
-            ));
-        }
-    }
-    for stored in &state.completed_to_write {
-        let name = Names::partition_key(&stored.value.job, stored.value.id);
-        partition_writes.push((
-            WriteTarget::Completed,
-            name,
-            Bytes::from(encode(&stored.value)),
-            stored.revision,
-        ));
-    }
-    write_all(
-        state,
-        resources,
-        &resources.partitions,
-        partition_writes,
-        metrics,
-    )
-    .await?;
-    state.completed_to_write.clear();
-
-    let mut job_writes = Vec::new();
-    let epoch = state.epoch;
-    for name in std::mem::take(&mut state.dirty_jobs) {
-        if let Some(stored) = state.jobs.get_mut(&name) {
-            stored.value.epoch = epoch;
-            job_writes.push((
-                WriteTarget::Job(name.clone()),
-                name.to_string(),
-                Bytes::from(encode(&stored.value)),
-                stored.revision,
-            ));
-        }
-    }
-    write_all(state, resources, &resources.jobs, job_writes, metrics).await?;
-
-    let mut assignment_writes = Vec::new();
-    for worker in std::mem::take(&mut state.dirty_assignments) {
-        if let Some(record) = state.desired_assignment(&worker) {
-            let revision = state
-                .assignments
-                .get(&worker)
-                .and_then(|stored| stored.revision);
-            let value = Bytes::from(encode(&record));
-            assignment_writes.push((
-                WriteTarget::Assignment(worker.clone(), record),
-                worker.to_string(),
-                value,
-                revision,
-            ));
-        }
-    }
-    write_all(
-        state,
-        resources,
-        &resources.assignments,
-        assignment_writes,
-        metrics,
-    )
-    .await
-}
-
-async fn write_all(
-    state: &mut AssignerState,
-    resources: &Resources,
-    store: &async_nats::jetstream::kv::Store,
-    writes: Vec<(WriteTarget, String, Bytes, Option<Revision>)>,
-    metrics: &AssignerMetrics,
-) -> Result<(), AssignerError> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let jetstream = &resources.jetstream;
-    let results: Vec<(
-        WriteTarget,
-        Result<CasOutcome, elk_nats::NatsError>,
-        String,
-        Bytes,
-    )> = futures::stream::iter(writes)
-        .map(|(target, key, value, revision)| async move {
-            let outcome = cas_write(jetstream, store, &key, value.clone(), revision, None).await;
-            (target, outcome, key, value)
-        })
-        .buffer_unordered(WRITE_WINDOW)
-        .collect()
-        .await;
-    metrics
-        .kv_writes
-        .fetch_add(results.len() as u64, Ordering::Relaxed);
-    for (target, outcome, key, value) in results {
-        let revision = match outcome.map_err(AssignerError::Nats)? {
-            CasOutcome::Written(revision) => revision,
-            CasOutcome::Conflict { current } => {
-                // Only the leader writes these keys: a conflict means another (older or newer)
-                // assigner wrote. A newer epoch deposes us; an older one is overwritten.
-                let current_revision = current.as_ref().map(|entry| entry.revision);
-                if let Some(entry) = &current
-                    && stored_epoch(&target, &entry.value).is_some_and(|e| e > state.epoch)
-                {
-                    return Err(AssignerError::Deposed { epoch: state.epoch });
-                }
-                match cas_write(
-                    &resources.jetstream,
-                    store,
-                    &key,
-                    value,
-                    current_revision,
-                    None,
-                )
-                .await
-                .map_err(AssignerError::Nats)?
-                {
-                    CasOutcome::Written(revision) => revision,
-                    CasOutcome::Conflict { .. } => {
-                        return Err(AssignerError::Deposed { epoch: state.epoch });
-                    }
-                }
-            }
-        };
-        match target {
-            WriteTarget::Partition(key) => {
-                if let Some(stored) = state.partitions.get_mut(&key) {
-                    stored.revision = Some(revision);
-                }
-            }
-            WriteTarget::Completed => {}
-            WriteTarget::Job(name) => {
-                if let Some(stored) = state.jobs.get_mut(&name) {
-                    stored.revision = Some(revision);
-                }
-            }
-            WriteTarget::Assignment(worker, record) => {
-                state.assignments.insert(
-                    worker,
-                    Stored {
-                        value: record,
-                        revision: Some(revision),
-                    },
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-fn stored_epoch(target: &WriteTarget, value: &[u8]) -> Option<Epoch> {
-    match target {
-        WriteTarget::Partition(_) | WriteTarget::Completed => decode::<PartitionRecord>(value)
-            .ok()
-            .map(|record| record.epoch),
-        WriteTarget::Assignment(..) => decode::<AssignmentRecord>(value).ok().map(|r| r.epoch),
-        WriteTarget::Job(_) => decode::<JobRecord>(value).ok().map(|record| record.epoch),
-    }
 }

@@ -14,6 +14,8 @@
 //! Losing the member key (renewal failed) also demotes at once, then the replica re-joins as a new
 //! incarnation.
 
+mod admin;
+mod flush;
 mod leader;
 mod state;
 

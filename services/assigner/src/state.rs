@@ -16,7 +16,7 @@
 
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{
-    AssignmentRecord, Grant, JobRecord, JobState, MemberRef, MembershipView, PartitionRecord,
+    AssignmentRecord, Grant, JobRecord, MemberRef, MembershipView, PartitionRecord,
     PartitionStatus, ProgressEvent, ProgressReport,
 };
 use elk_types::{
@@ -29,6 +29,12 @@ use std::collections::{BTreeMap, BTreeSet};
 mod gaps;
 #[path = "grants.rs"]
 mod grants;
+#[path = "jobs.rs"]
+mod jobs;
+#[path = "plan.rs"]
+mod plan;
+
+pub(crate) use plan::PlanQuestion;
 
 pub(crate) type PartitionKey = (JobName, PartitionId);
 
@@ -107,6 +113,18 @@ pub(crate) struct AssignerState {
     pub overlaps_detected: u64,
     /// Partitions taken from over-quota workers to rebalance.
     pub revocations: u64,
+    /// Failed partitions waiting for their retry: key → not before (Unix ms).
+    delayed: BTreeMap<PartitionKey, u64>,
+    /// Completed partitions still in KV, per job by last ID, deleted once below the watermark.
+    awaiting_compaction: BTreeMap<JobName, BTreeMap<u64, PartitionId>>,
+    /// Partition keys to delete in the next flush (after the job records are written).
+    pub compaction_deletes: Vec<PartitionKey>,
+    /// Open-ended jobs: when the planner was last asked, and whether an answer is outstanding.
+    plan_asked: BTreeMap<JobName, (u64, bool)>,
+    /// Current time (Unix ms), set by the leader loop every round; tests set it by hand.
+    pub now_ms: u64,
+    pub retries_scheduled: u64,
+    pub partitions_compacted: u64,
 }
 
 impl AssignerState {
@@ -132,6 +150,13 @@ impl AssignerState {
             gaps_repaired: 0,
             overlaps_detected: 0,
             revocations: 0,
+            delayed: BTreeMap::new(),
+            awaiting_compaction: BTreeMap::new(),
+            compaction_deletes: Vec::new(),
+            plan_asked: BTreeMap::new(),
+            now_ms: 0,
+            retries_scheduled: 0,
+            partitions_compacted: 0,
         }
     }
 
@@ -153,9 +178,14 @@ impl AssignerState {
 
     fn index(&mut self, key: &PartitionKey, record: &PartitionRecord) {
         match record.status {
-            PartitionStatus::Pending => {
-                self.pending.insert(key.clone());
-            }
+            PartitionStatus::Pending => match record.not_before_unix_ms {
+                Some(due) => {
+                    self.delayed.insert(key.clone(), due);
+                }
+                None => {
+                    self.pending.insert(key.clone());
+                }
+            },
             PartitionStatus::Granted => {
                 if let Some(owner) = &record.owner {
                     self.grants_by_worker
@@ -170,6 +200,7 @@ impl AssignerState {
 
     fn unindex(&mut self, key: &PartitionKey, record: &PartitionRecord) {
         self.pending.remove(key);
+        self.delayed.remove(key);
         if let Some(owner) = &record.owner
             && let Some(set) = self.grants_by_worker.get_mut(&owner.id)
         {
@@ -323,11 +354,12 @@ impl AssignerState {
                 });
             }
             ProgressEvent::Completed => {
+                let completed = record.clone();
                 self.update_partition(&key, |record| {
                     record.status = PartitionStatus::Completed;
                     record.checkpoint = Some(range.last());
                 });
-                self.coverage_completed(&report.job, range);
+                self.coverage_completed(&completed);
                 if let Some(job) = self.jobs.get_mut(&report.job) {
                     job.value.partitions_completed += 1;
                     job.value.ids_completed += range.len();
@@ -335,15 +367,8 @@ impl AssignerState {
                 }
             }
             ProgressEvent::Failed { error, last_done } => {
-                let error = error.clone();
                 let last_done = last_done.map(|done| done.min(range.last()));
-                self.update_partition(&key, |record| {
-                    record.status = PartitionStatus::Failed;
-                    record.owner = None;
-                    record.attempts += 1;
-                    record.error = Some(error);
-                    record.checkpoint = record.checkpoint.max(last_done);
-                });
+                self.fail_partition(&key, error.clone(), last_done);
                 self.mark_owner_dirty(report);
             }
             ProgressEvent::Released { last_done } => {
@@ -368,96 +393,6 @@ impl AssignerState {
 
     fn mark_owner_dirty(&mut self, report: &ProgressReport) {
         self.dirty_assignments.insert(report.worker.clone());
-    }
-
-    /// Creates the next partitions of active jobs (bounded per round) and completes jobs whose
-    /// every partition is done.
-    pub fn plan_partitions(&mut self) {
-        let mut budget = self.policy.partitions_per_round;
-        // Repairs first: a gap means IDs below the cursor that nothing covers.
-        while budget > 0 {
-            let Some((name, gap)) = self.repairs.pop() else {
-                break;
-            };
-            let Some(size) = self
-                .jobs
-                .get(&name)
-                .map(|job| job.value.spec.partition_size)
-            else {
-                continue;
-            };
-            let chunks: Vec<IdRange> = gap.chunks(size).collect();
-            let (now, later) = chunks.split_at(chunks.len().min(budget));
-            for range in now {
-                if self.create_partition(&name, *range) {
-                    self.gaps_repaired += 1;
-                }
-            }
-            budget -= now.len();
-            if let (Some(first), Some(last)) = (later.first(), later.last()) {
-                let rest = IdRange::new(first.first(), last.last()).expect("ordered chunks");
-                self.repairs.push((name, rest));
-            }
-        }
-        let names: Vec<JobName> = self.jobs.keys().cloned().collect();
-        for name in names {
-            let job = &self.jobs[&name].value;
-            if job.state != JobState::Active {
-                continue;
-            }
-            let (range, size) = (job.spec.range, job.spec.partition_size);
-            let mut cursor = job.cursor;
-            while budget > 0 && cursor <= range.last() {
-                let last = cursor.saturating_add(size - 1).min(range.last());
-                self.create_partition(&name, IdRange::new(cursor, last).expect("cursor <= last"));
-                budget -= 1;
-                // Job ranges end below u64::MAX (checked at creation), so this cannot overflow.
-                cursor = last + 1;
-            }
-            let stored = self.jobs.get_mut(&name).expect("job exists");
-            if stored.value.cursor != cursor {
-                stored.value.cursor = cursor;
-                self.dirty_jobs.insert(name.clone());
-            }
-            let job = &mut stored.value;
-            let exhausted = job.cursor > range.last();
-            let repairs_pending = self.repairs.iter().any(|(job_name, _)| *job_name == name);
-            if exhausted && !repairs_pending && job.partitions_completed == job.partitions_total {
-                job.state = JobState::Completed;
-                job.completed_unix_ms = Some(elk_protocol::messages::unix_ms_now());
-                self.dirty_jobs.insert(name.clone());
-            }
-        }
-    }
-
-    /// Creates one pending partition of `job` over `range` unless it overlaps existing coverage.
-    fn create_partition(&mut self, job: &JobName, range: IdRange) -> bool {
-        if !self.admit_new_partition(job, range) {
-            return false;
-        }
-        let stored = self.jobs.get_mut(job).expect("job exists");
-        let id = stored.value.next_partition;
-        stored.value.next_partition = PartitionId(id.get() + 1);
-        stored.value.partitions_total += 1;
-        self.dirty_jobs.insert(job.clone());
-        let record = PartitionRecord {
-            schema: SCHEMA_VERSION,
-            job: job.clone(),
-            id,
-            range,
-            status: PartitionStatus::Pending,
-            owner: None,
-            token: PartitionLeaseToken(0),
-            checkpoint: None,
-            attempts: 0,
-            error: None,
-            epoch: self.epoch,
-        };
-        let key = (job.clone(), id);
-        self.index(&key, &record);
-        self.partitions.insert(key.clone(), Stored::new(record));
-        self.dirty_partitions.insert(key);
-        true
     }
 
     /// The assignment record `worker` should hold now (its granted partitions), if it changed.

@@ -17,23 +17,12 @@ fn state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
             partitions_per_round: 10_000,
         },
     );
-    let job = JobRecord {
-        schema: SCHEMA_VERSION,
-        name: job_name(),
-        spec: JobSpec {
-            range,
-            partition_size,
-        },
-        state: JobState::Active,
-        cursor: range.first(),
-        next_partition: PartitionId(1),
-        partitions_total: 0,
-        partitions_completed: 0,
-        ids_completed: 0,
-        created_unix_ms: 0,
-        completed_unix_ms: None,
-        epoch: Epoch(0),
-    };
+    let job = JobRecord::new(
+        job_name(),
+        JobSpec::fixed(range, partition_size),
+        Epoch(3),
+        0,
+    );
     state.jobs.insert(job_name(), Stored::new(job));
     state
 }
@@ -327,19 +316,9 @@ fn a_joining_worker_gets_its_share_by_minimal_revocations() {
 }
 
 fn partition_record(id: u64, range: IdRange, status: PartitionStatus) -> PartitionRecord {
-    PartitionRecord {
-        schema: SCHEMA_VERSION,
-        job: job_name(),
-        id: PartitionId(id),
-        range,
-        status,
-        owner: None,
-        token: PartitionLeaseToken(0),
-        checkpoint: None,
-        attempts: 0,
-        error: None,
-        epoch: Epoch(1),
-    }
+    let mut record = PartitionRecord::pending(job_name(), PartitionId(id), range, Epoch(1));
+    record.status = status;
+    record
 }
 
 #[test]
@@ -407,4 +386,168 @@ fn overlapping_partitions_are_reported_never_created_twice() {
     state.plan_partitions();
     assert_eq!(state.gaps_repaired, 0);
     assert_eq!(state.jobs[&job_name()].value.partitions_total, 2);
+}
+
+#[test]
+fn failures_back_off_then_park_and_retry_requeues() {
+    let mut state = state_with_job(IdRange::new(1, 1_000).unwrap(), 1_000);
+    state
+        .jobs
+        .get_mut(&job_name())
+        .unwrap()
+        .value
+        .spec
+        .retry_backoff_ms = 100;
+    state.now_ms = 10_000;
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.plan_grants();
+    let fail = |state: &mut AssignerState| {
+        let (_, token) = owner_and_token(state, 1);
+        let event = ProgressEvent::Failed {
+            error: "boom".to_owned(),
+            last_done: Some(99),
+        };
+        state
+            .apply_progress(&report("a", 1, 1, token, event))
+            .unwrap();
+    };
+
+    fail(&mut state);
+    let record = &state.partitions[&(job_name(), PartitionId(1))].value;
+    assert_eq!(record.status, PartitionStatus::Pending);
+    assert_eq!(record.attempts, 1);
+    assert_eq!(
+        record.not_before_unix_ms,
+        Some(10_100),
+        "first retry after the base backoff"
+    );
+    assert_eq!(
+        record.checkpoint,
+        Some(99),
+        "a retry resumes after the last checkpoint"
+    );
+    state.plan_grants();
+    assert_eq!(
+        owner_and_token(&state, 1).0,
+        None,
+        "not granted during the backoff"
+    );
+    state.now_ms = 10_100;
+    state.release_due_retries();
+    state.plan_grants();
+    assert!(owner_and_token(&state, 1).0.is_some());
+
+    fail(&mut state);
+    assert_eq!(
+        state.partitions[&(job_name(), PartitionId(1))]
+            .value
+            .not_before_unix_ms,
+        Some(10_300),
+        "the backoff doubles"
+    );
+    state.now_ms = 10_300;
+    state.release_due_retries();
+    state.plan_grants();
+    fail(&mut state);
+    let record = &state.partitions[&(job_name(), PartitionId(1))].value;
+    assert_eq!(
+        record.status,
+        PartitionStatus::Failed,
+        "parked after max_attempts (3)"
+    );
+    assert_eq!(state.jobs[&job_name()].value.partitions_failed, 1);
+    assert_eq!(state.retries_scheduled, 2);
+
+    assert_eq!(state.retry(Some(&job_name()), None), Ok(1));
+    let record = &state.partitions[&(job_name(), PartitionId(1))].value;
+    assert_eq!(
+        (record.status, record.attempts),
+        (PartitionStatus::Pending, 0)
+    );
+    assert_eq!(state.jobs[&job_name()].value.partitions_failed, 0);
+    assert!(
+        state
+            .retry(Some(&JobName::new("nope").unwrap()), None)
+            .is_err()
+    );
+}
+
+#[test]
+fn open_ended_jobs_plan_what_the_planner_reports_within_the_backlog() {
+    let mut state = AssignerState::new(
+        Epoch(3),
+        Policy {
+            grants_per_capacity: 2,
+            partitions_per_round: 10_000,
+        },
+    );
+    let spec = JobSpec {
+        lookahead: 2,
+        ..JobSpec::open_ended(1, 100)
+    };
+    state.jobs.insert(
+        job_name(),
+        Stored::new(JobRecord::new(job_name(), spec, Epoch(3), 0)),
+    );
+    state.apply_view(&view(&[("a", 1, 2)]));
+    state.now_ms = 5_000;
+
+    state.plan_partitions();
+    assert!(state.partitions.is_empty(), "nothing known yet");
+    let questions = state.plan_questions();
+    assert_eq!(questions.len(), 1);
+    assert_eq!((questions[0].cursor, questions[0].wanted), (1, 400));
+    assert!(
+        state.plan_questions().is_empty(),
+        "one outstanding question per job"
+    );
+
+    state.apply_plan_answer(&job_name(), Some(1_050));
+    state.plan_partitions();
+    // Backlog target: capacity 2 × lookahead 2 = 4 partitions, though 11 are known.
+    assert_eq!(state.partitions.len(), 4);
+    assert_eq!(state.jobs[&job_name()].value.cursor, 401);
+    assert!(
+        state.plan_questions().is_empty(),
+        "known data is not planned yet"
+    );
+
+    // Completing partitions makes room; the rest of the known data is planned, then asked again.
+    state.plan_grants();
+    for id in 1..=4 {
+        let (_, token) = owner_and_token(&state, id);
+        state
+            .apply_progress(&report("a", 1, id, token, ProgressEvent::Completed))
+            .unwrap();
+    }
+    state.plan_partitions();
+    state.plan_partitions();
+    assert_eq!(state.jobs[&job_name()].value.cursor, 801);
+    state.plan_grants();
+    for id in 5..=8 {
+        let (_, token) = owner_and_token(&state, id);
+        state
+            .apply_progress(&report("a", 1, id, token, ProgressEvent::Completed))
+            .unwrap();
+    }
+    state.plan_partitions();
+    let last = state
+        .partitions
+        .values()
+        .map(|p| p.value.range.last())
+        .max()
+        .unwrap();
+    assert_eq!(last, 1_050, "the last partition ends at the known max");
+    assert_eq!(
+        state.jobs[&job_name()].value.state,
+        JobState::Active,
+        "open-ended jobs stay open"
+    );
+    state.now_ms += 1_000;
+    assert_eq!(
+        state.plan_questions().len(),
+        1,
+        "asks again once everything known is planned"
+    );
 }

@@ -6,9 +6,9 @@
 use crate::status;
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use elk_protocol::admin::{ASSIGNER_SERVICE, AdminReply, CREATE_JOB_VERB, CreateJobRequest};
-use elk_protocol::messages::{JobRecord, JobState};
-use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_protocol::admin::{ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult};
+use elk_protocol::messages::{JobRecord, JobSpec, JobState};
+use elk_protocol::{decode, encode};
 use elk_types::{IdRange, JobName, MemberId, Namespace};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -187,13 +187,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "checksum-{}",
         elk_protocol::messages::unix_ms_now()
     ))?;
-    let request = CreateJobRequest {
-        schema: SCHEMA_VERSION,
+    let command = AdminCommand::CreateJob {
         name: job.clone(),
-        range,
-        partition_size: args.partition_size,
+        spec: JobSpec::fixed(range, args.partition_size),
     };
-    let created = create_job(&resources, &request, Duration::from_secs(30)).await?;
+    let created = create_job(&resources, command, Duration::from_secs(30)).await?;
     let partitions = range.len().div_ceil(args.partition_size);
     eprintln!(
         "job {job}: {} ids in {partitions} partitions, {} workers",
@@ -258,24 +256,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// Asks the active assigner to create the job, retrying until one is leading.
 pub async fn create_job(
     resources: &elk_nats::Resources,
-    request: &CreateJobRequest,
+    command: AdminCommand,
     patience: Duration,
 ) -> anyhow::Result<JobRecord> {
     let subject = resources
         .names
-        .admin_subject(ASSIGNER_SERVICE, CREATE_JOB_VERB);
+        .admin_subject(ASSIGNER_SERVICE, command.verb());
+    let request = AdminRequest::new(command);
     let deadline = Instant::now() + patience;
     loop {
         let attempt = tokio::time::timeout(
             Duration::from_secs(2),
             resources
                 .client
-                .request(subject.clone(), Bytes::from(encode(request))),
+                .request(subject.clone(), Bytes::from(encode(&request))),
         )
         .await;
         if let Ok(Ok(reply)) = attempt {
             let reply: AdminReply = decode(&reply.payload)?;
-            if let Some(job) = reply.job {
+            if let Some(AdminResult::Job { job }) = reply.result {
                 return Ok(job);
             }
             bail!(

@@ -32,14 +32,16 @@ pub fn backlog_of<'a>(jobs: impl IntoIterator<Item = &'a JobRecord>) -> Backlog 
     backlog
 }
 
-/// Partitions the assigner has yet to create for the IDs beyond the job's cursor.
+/// Partitions the assigner has yet to create for the known IDs beyond the job's cursor.
 fn unplanned_partitions(job: &JobRecord) -> u64 {
-    let range = job.spec.range;
-    let first_unplanned = job.cursor.max(range.first());
-    if first_unplanned > range.last() {
+    let Some(last) = job.planning_limit() else {
+        return 0;
+    };
+    let first_unplanned = job.cursor.max(job.spec.range.first());
+    if first_unplanned > last {
         return 0;
     }
-    let unplanned_ids = range.last() - first_unplanned + 1;
+    let unplanned_ids = last - first_unplanned + 1;
     unplanned_ids.div_ceil(job.spec.partition_size.max(1))
 }
 
@@ -58,28 +60,23 @@ pub fn desired_workers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use elk_protocol::SCHEMA_VERSION;
     use elk_protocol::messages::JobSpec;
     use elk_types::{IdRange, JobName, PartitionId};
 
     fn job(state: JobState, cursor: u64, partitions: (u64, u64), ids_completed: u64) -> JobRecord {
-        JobRecord {
-            schema: SCHEMA_VERSION,
-            name: JobName::new("job").unwrap(),
-            spec: JobSpec {
-                range: IdRange::new(1, 1_000).unwrap(),
-                partition_size: 10,
-            },
-            state,
-            cursor,
-            next_partition: PartitionId(partitions.0 + 1),
-            partitions_total: partitions.0,
-            partitions_completed: partitions.1,
-            ids_completed,
-            created_unix_ms: 0,
-            completed_unix_ms: None,
-            epoch: elk_types::Epoch(0),
-        }
+        let mut record = JobRecord::new(
+            JobName::new("job").unwrap(),
+            JobSpec::fixed(IdRange::new(1, 1_000).unwrap(), 10),
+            elk_types::Epoch(0),
+            0,
+        );
+        record.state = state;
+        record.cursor = cursor;
+        record.next_partition = PartitionId(partitions.0 + 1);
+        record.partitions_total = partitions.0;
+        record.partitions_completed = partitions.1;
+        record.ids_completed = ids_completed;
+        record
     }
 
     #[test]

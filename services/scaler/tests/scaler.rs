@@ -7,7 +7,7 @@ use elk_nats::{
     CasOutcome, NatsConfig, ProvisionConfig, Resources, cas_write, connect, provision, read_entry,
 };
 use elk_protocol::messages::{
-    DesiredWorkers, JobRecord, JobSpec, JobState, MemberRecord, MemberRef, RoleLease,
+    DesiredWorkers, JobRecord, JobSpec, MemberRecord, MemberRef, RoleLease,
 };
 use elk_protocol::names::{ControlRole, DESIRED_WORKERS_KEY, Names};
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
@@ -58,23 +58,18 @@ async fn put<M: elk_protocol::codec::Message>(
 }
 
 fn job(partitions_total: u64, partitions_completed: u64) -> JobRecord {
-    JobRecord {
-        schema: SCHEMA_VERSION,
-        name: JobName::new("backfill").unwrap(),
-        spec: JobSpec {
-            range: IdRange::new(1, 10_000).unwrap(),
-            partition_size: 100,
-        },
-        state: JobState::Active,
-        cursor: 10_001,
-        next_partition: PartitionId(partitions_total + 1),
-        partitions_total,
-        partitions_completed,
-        ids_completed: partitions_completed * 100,
-        created_unix_ms: 0,
-        completed_unix_ms: None,
-        epoch: Epoch(0),
-    }
+    let mut record = JobRecord::new(
+        JobName::new("backfill").unwrap(),
+        JobSpec::fixed(IdRange::new(1, 10_000).unwrap(), 100),
+        Epoch(0),
+        0,
+    );
+    record.cursor = 10_001;
+    record.next_partition = PartitionId(partitions_total + 1);
+    record.partitions_total = partitions_total;
+    record.partitions_completed = partitions_completed;
+    record.ids_completed = partitions_completed * 100;
+    record
 }
 
 fn lease(holder: MemberRef, epoch: u64) -> RoleLease {

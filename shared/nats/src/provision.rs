@@ -62,7 +62,8 @@ pub async fn provision(
     let members = bucket(&jetstream, names.members_bucket(), with_ttl).await?;
     let leases = bucket(&jetstream, names.leases_bucket(), with_ttl).await?;
     let jobs = bucket(&jetstream, names.jobs_bucket(), None).await?;
-    let partitions = bucket(&jetstream, names.partitions_bucket(), None).await?;
+    // Per-message TTL on: compaction purges partition keys with a marker that expires too.
+    let partitions = bucket(&jetstream, names.partitions_bucket(), with_ttl).await?;
     let assignments = bucket(&jetstream, names.assignments_bucket(), None).await?;
     let fleet = bucket(&jetstream, names.fleet_bucket(), None).await?;
     let progress = progress_stream(&jetstream, &names, config).await?;

@@ -123,19 +123,80 @@ pub struct RoleLease {
 }
 message!(RoleLease, "role lease");
 
-/// How a job's ID space is defined.
+/// Default retry budget of a partition (attempts, including the first).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default delay before the first retry; doubled on every further failure (capped at 5 minutes).
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1_000;
+/// Default backlog of an open-ended job, in partitions per unit of live worker capacity.
+pub const DEFAULT_LOOKAHEAD: u32 = 4;
+
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    DEFAULT_RETRY_BACKOFF_MS
+}
+
+fn default_lookahead() -> u32 {
+    DEFAULT_LOOKAHEAD
+}
+
+/// How a job's ID space is defined and processed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// The inclusive ID range to process.
+    /// The inclusive ID range. For an open-ended job `range.min` is the first ID and `range.max`
+    /// only a bound: how far data really goes is asked from the job's planner.
     pub range: IdRange,
     /// IDs per partition.
     pub partition_size: u64,
+    /// The ID space grows: the assigner asks a planner (`elk.<ns>.plan.<job>`) for the max ID.
+    #[serde(default)]
+    pub open_ended: bool,
+    /// Attempts of a partition before it is parked as `failed` (including the first).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry of a failed partition; doubles with every attempt.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Open-ended jobs: pending backlog kept near `live worker capacity × lookahead` partitions.
+    #[serde(default = "default_lookahead")]
+    pub lookahead: u32,
+}
+
+impl JobSpec {
+    /// A fixed-range job with default retry settings.
+    pub fn fixed(range: IdRange, partition_size: u64) -> Self {
+        Self {
+            range,
+            partition_size,
+            open_ended: false,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
+            lookahead: DEFAULT_LOOKAHEAD,
+        }
+    }
+
+    /// An open-ended job starting at `first`, bounded by `u64::MAX - 1`.
+    pub fn open_ended(first: u64, partition_size: u64) -> Self {
+        let range = IdRange::new(first, (u64::MAX - 1).max(first)).expect("ordered");
+        Self {
+            open_ended: true,
+            ..Self::fixed(range, partition_size)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Partitions are planned and granted.
     Active,
+    /// Nothing of the job is granted; granted partitions were revoked (resume continues them).
+    Paused,
+    /// Terminal: nothing more is planned or granted.
+    Cancelled,
+    /// Terminal: every ID of the range (fixed jobs) is processed.
     Completed,
 }
 
@@ -151,8 +212,15 @@ pub struct JobRecord {
     pub cursor: u64,
     /// Id the next created partition gets.
     pub next_partition: PartitionId,
+    /// Partitions that exist (compacted ones included).
     pub partitions_total: u64,
     pub partitions_completed: u64,
+    /// Partitions parked as `failed` after `max_attempts`.
+    #[serde(default)]
+    pub partitions_failed: u64,
+    /// Completed partitions deleted from the partitions bucket (covered by the low watermark).
+    #[serde(default)]
+    pub partitions_compacted: u64,
     pub ids_completed: u64,
     pub created_unix_ms: u64,
     #[serde(default)]
@@ -160,13 +228,74 @@ pub struct JobRecord {
     /// Epoch of the assigner that last wrote this record (fencing of job writes).
     #[serde(default)]
     pub epoch: Epoch,
+    /// Open-ended jobs: the highest ID the planner reported so far.
+    #[serde(default)]
+    pub known_max: Option<u64>,
+    /// Every ID from `spec.range.min` to this one is processed (compacted partitions live here).
+    #[serde(default)]
+    pub low_watermark: Option<u64>,
+    /// Completed ranges above the low watermark (merged).
+    #[serde(default)]
+    pub completed_above_watermark: Vec<IdRange>,
 }
 message!(JobRecord, "job");
 
 impl JobRecord {
-    /// IDs in the job's range.
+    /// A new, active job with nothing planned yet.
+    pub fn new(name: JobName, spec: JobSpec, epoch: Epoch, created_unix_ms: u64) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            name,
+            cursor: spec.range.first(),
+            spec,
+            state: JobState::Active,
+            next_partition: PartitionId(1),
+            partitions_total: 0,
+            partitions_completed: 0,
+            partitions_failed: 0,
+            partitions_compacted: 0,
+            ids_completed: 0,
+            created_unix_ms,
+            completed_unix_ms: None,
+            epoch,
+            known_max: None,
+            low_watermark: None,
+            completed_above_watermark: Vec::new(),
+        }
+    }
+
+    /// IDs in the job's range; for an open-ended job, up to the planner's latest max ID.
     pub fn ids_total(&self) -> u64 {
-        self.spec.range.len()
+        let first = self.spec.range.first();
+        match self.planning_limit() {
+            Some(last) if last >= first => last - first + 1,
+            _ => 0,
+        }
+    }
+
+    /// The last ID partitions may be created up to now (`None`: nothing known yet).
+    pub fn planning_limit(&self) -> Option<u64> {
+        if self.spec.open_ended {
+            self.known_max.map(|max| max.min(self.spec.range.last()))
+        } else {
+            Some(self.spec.range.last())
+        }
+    }
+
+    /// Whether the job is over (completed or cancelled).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state, JobState::Completed | JobState::Cancelled)
+    }
+
+    /// Whether `id` is known processed from the coverage summary (compacted partitions included).
+    pub fn id_completed(&self, id: u64) -> bool {
+        let first = self.spec.range.first();
+        if id >= first && self.low_watermark.is_some_and(|low| id <= low) {
+            return true;
+        }
+        self.completed_above_watermark
+            .iter()
+            .any(|range| range.contains(id))
     }
 }
 
@@ -199,10 +328,33 @@ pub struct PartitionRecord {
     pub checkpoint: Option<u64>,
     pub attempts: u32,
     pub error: Option<String>,
+    /// A failed partition waiting for its retry is not granted before this time.
+    #[serde(default)]
+    pub not_before_unix_ms: Option<u64>,
     /// Epoch of the assigner that last wrote this record.
     pub epoch: Epoch,
 }
 message!(PartitionRecord, "partition");
+
+impl PartitionRecord {
+    /// A newly created partition, waiting for its first grant.
+    pub fn pending(job: JobName, id: PartitionId, range: IdRange, epoch: Epoch) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            job,
+            id,
+            range,
+            status: PartitionStatus::Pending,
+            owner: None,
+            token: PartitionLeaseToken(0),
+            checkpoint: None,
+            attempts: 0,
+            error: None,
+            not_before_unix_ms: None,
+            epoch,
+        }
+    }
+}
 
 /// One partition granted to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

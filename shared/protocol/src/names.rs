@@ -117,6 +117,11 @@ impl Names {
         format!("elk.{}.admin.{service}.{verb}", self.namespace)
     }
 
+    /// Subject an open-ended job's planner serves.
+    pub fn plan_subject(&self, job: &JobName) -> String {
+        format!("elk.{}.plan.{job}", self.namespace)
+    }
+
     /// Key of one partition in the partitions bucket.
     pub fn partition_key(job: &JobName, partition: PartitionId) -> String {
         format!("{job}.{partition}")

@@ -1,7 +1,9 @@
 //! Every message survives a MessagePack round trip, is encoded with named fields, and bad input is
 //! an error rather than a panic or a misread.
 
-use elk_protocol::admin::{AdminReply, CreateJobRequest};
+use elk_protocol::admin::{
+    AdminCommand, AdminReply, AdminRequest, AdminResult, PlanReply, PlanRequest,
+};
 use elk_protocol::codec::Message;
 use elk_protocol::messages::*;
 use elk_protocol::{DecodeError, SCHEMA_VERSION, decode, encode};
@@ -38,6 +40,7 @@ fn sample_partition() -> PartitionRecord {
         checkpoint: Some(65_000),
         attempts: 1,
         error: None,
+        not_before_unix_ms: None,
         epoch: Epoch(4),
     }
 }
@@ -78,23 +81,17 @@ fn all_messages_round_trip() {
         epoch: Epoch(3),
         generation: Generation(9),
     });
-    round_trip(JobRecord {
-        schema: SCHEMA_VERSION,
-        name: job(),
-        spec: JobSpec {
-            range: IdRange::new(1, 1_000_000).unwrap(),
-            partition_size: 10_000,
-        },
-        state: JobState::Active,
-        cursor: 500_001,
-        next_partition: PartitionId(51),
-        partitions_total: 50,
-        partitions_completed: 10,
-        ids_completed: 100_000,
-        created_unix_ms: 1,
-        completed_unix_ms: None,
-        epoch: Epoch(0),
-    });
+    let mut job_record = JobRecord::new(
+        job(),
+        JobSpec::fixed(IdRange::new(1, 1_000_000).unwrap(), 10_000),
+        Epoch(2),
+        1,
+    );
+    job_record.cursor = 500_001;
+    job_record.partitions_total = 50;
+    job_record.low_watermark = Some(100_000);
+    job_record.completed_above_watermark = vec![IdRange::new(200_001, 210_000).unwrap()];
+    round_trip(job_record);
     round_trip(sample_partition());
     round_trip(AssignmentRecord {
         schema: SCHEMA_VERSION,
@@ -138,16 +135,38 @@ fn all_messages_round_trip() {
         backlog_partitions: 1,
         computed_unix_ms: 7,
     });
-    round_trip(CreateJobRequest {
+    for command in [
+        AdminCommand::CreateJob {
+            name: job(),
+            spec: JobSpec::open_ended(1, 500),
+        },
+        AdminCommand::ListJobs,
+        AdminCommand::PauseJob { name: job() },
+        AdminCommand::ListPartitions {
+            job: Some(job()),
+            statuses: vec![PartitionStatus::Failed],
+            after: Some((job(), PartitionId(3))),
+            limit: Some(50),
+        },
+        AdminCommand::Retry {
+            job: None,
+            partition: None,
+        },
+        AdminCommand::Stats,
+    ] {
+        round_trip(AdminRequest::new(command));
+    }
+    round_trip(AdminReply::error("nope"));
+    round_trip(AdminReply::ok(AdminResult::Retried { count: 2 }));
+    round_trip(PlanRequest {
         schema: SCHEMA_VERSION,
-        name: job(),
-        range: IdRange::new(1, 10).unwrap(),
-        partition_size: 5,
+        job: job(),
+        cursor: 10,
+        wanted: 100,
     });
-    round_trip(AdminReply {
+    round_trip(PlanReply {
         schema: SCHEMA_VERSION,
-        job: None,
-        error: Some("nope".to_owned()),
+        max_id: Some(99),
     });
 }
 
@@ -278,19 +297,29 @@ fn inverted_range_inside_a_message_is_refused() {
         max: u64,
     }
     #[derive(serde::Serialize)]
-    struct Raw<'a> {
-        schema: u16,
-        name: &'a str,
+    struct RawSpec {
         range: Range,
         partition_size: u64,
     }
-    let bytes = rmp_serde::to_vec_named(&Raw {
-        schema: 1,
-        name: "j",
+    let bytes = rmp_serde::to_vec_named(&RawSpec {
         range: Range { min: 10, max: 1 },
         partition_size: 5,
     })
     .unwrap();
-    let error = decode::<CreateJobRequest>(&bytes).unwrap_err();
+    let error = rmp_serde::from_slice::<JobSpec>(&bytes).unwrap_err();
     assert!(error.to_string().contains("invalid id range"), "{error}");
+}
+
+#[test]
+fn open_ended_jobs_plan_up_to_the_known_max() {
+    let mut record = JobRecord::new(job(), JobSpec::open_ended(100, 10), Epoch(1), 0);
+    assert_eq!(record.planning_limit(), None);
+    assert_eq!(record.ids_total(), 0);
+    record.known_max = Some(149);
+    assert_eq!(record.planning_limit(), Some(149));
+    assert_eq!(record.ids_total(), 50);
+    record.low_watermark = Some(120);
+    record.completed_above_watermark = vec![IdRange::new(130, 139).unwrap()];
+    assert!(record.id_completed(100) && record.id_completed(120) && record.id_completed(135));
+    assert!(!record.id_completed(125) && !record.id_completed(99));
 }

@@ -1,0 +1,237 @@
+//! Planning: cutting jobs into partitions (gap repairs first), asking planners how far
+//! open-ended jobs go, keeping an open-ended job's backlog near `live capacity × lookahead`,
+//! retry backoff, and completing jobs.
+
+use super::{AssignerState, PartitionKey, Stored};
+use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
+use elk_types::{IdRange, JobName, PartitionId};
+
+/// Longest delay between two retries of a partition.
+const MAX_RETRY_BACKOFF_MS: u64 = 5 * 60 * 1_000;
+/// How often an open-ended job's planner is asked while it reports no new data.
+pub(crate) const PLAN_INTERVAL_MS: u64 = 1_000;
+
+/// A question for an open-ended job's planner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlanQuestion {
+    pub job: JobName,
+    pub cursor: u64,
+    pub wanted: u64,
+}
+
+impl AssignerState {
+    /// Creates the next partitions (repairs first, bounded per round) and completes jobs whose
+    /// every partition is done.
+    pub fn plan_partitions(&mut self) {
+        let mut budget = self.policy.partitions_per_round;
+        // Repairs first: a gap means IDs below the cursor that nothing covers.
+        while budget > 0 {
+            let Some((name, gap)) = self.repairs.pop() else {
+                break;
+            };
+            let Some(size) = self
+                .jobs
+                .get(&name)
+                .map(|job| job.value.spec.partition_size)
+            else {
+                continue;
+            };
+            let chunks: Vec<IdRange> = gap.chunks(size).collect();
+            let (now, later) = chunks.split_at(chunks.len().min(budget));
+            for range in now {
+                if self.create_partition(&name, *range) {
+                    self.gaps_repaired += 1;
+                }
+            }
+            budget -= now.len();
+            if let (Some(first), Some(last)) = (later.first(), later.last()) {
+                let rest = IdRange::new(first.first(), last.last()).expect("ordered chunks");
+                self.repairs.push((name, rest));
+            }
+        }
+        let names: Vec<JobName> = self.jobs.keys().cloned().collect();
+        for name in names {
+            let job = &self.jobs[&name].value;
+            if job.state != JobState::Active {
+                continue;
+            }
+            let size = job.spec.partition_size;
+            let limit = job.planning_limit();
+            let mut cursor = job.cursor;
+            let mut room = self.backlog_room(&name);
+            while budget > 0 && room > 0 && limit.is_some_and(|last| cursor <= last) {
+                let last = cursor.saturating_add(size - 1).min(limit.expect("checked"));
+                self.create_partition(&name, IdRange::new(cursor, last).expect("cursor <= last"));
+                budget -= 1;
+                room -= 1;
+                // Job ranges end below u64::MAX (checked at creation), so this cannot overflow.
+                cursor = last + 1;
+            }
+            let stored = self.jobs.get_mut(&name).expect("job exists");
+            if stored.value.cursor != cursor {
+                stored.value.cursor = cursor;
+                self.dirty_jobs.insert(name.clone());
+            }
+            self.complete_job_if_done(&name);
+        }
+    }
+
+    /// How many more partitions a job may create now: unbounded for fixed jobs (the per-round
+    /// budget paces them), `live capacity × lookahead` minus its live partitions for open-ended.
+    fn backlog_room(&self, name: &JobName) -> u64 {
+        let job = &self.jobs[name].value;
+        if !job.spec.open_ended {
+            return u64::MAX;
+        }
+        let target = self
+            .live_capacity()
+            .saturating_mul(u64::from(job.spec.lookahead))
+            .max(1);
+        target.saturating_sub(self.live_partitions_of(name))
+    }
+
+    fn live_capacity(&self) -> u64 {
+        self.workers
+            .values()
+            .filter(|worker| !worker.draining)
+            .map(|worker| u64::from(worker.capacity.get()))
+            .sum()
+    }
+
+    fn live_partitions_of(&self, name: &JobName) -> u64 {
+        let first = (name.clone(), PartitionId(0));
+        let last = (name.clone(), PartitionId(u64::MAX));
+        self.partitions.range(first..=last).count() as u64
+    }
+
+    fn complete_job_if_done(&mut self, name: &JobName) {
+        let repairs_pending = self.repairs.iter().any(|(job, _)| job == name);
+        let job = &mut self.jobs.get_mut(name).expect("job exists").value;
+        let exhausted =
+            !job.spec.open_ended && job.planning_limit().is_some_and(|last| job.cursor > last);
+        if job.state == JobState::Active
+            && exhausted
+            && !repairs_pending
+            && job.partitions_completed == job.partitions_total
+        {
+            job.state = JobState::Completed;
+            job.completed_unix_ms = Some(self.now_ms);
+            self.dirty_jobs.insert(name.clone());
+        }
+    }
+
+    /// Creates one pending partition of `job` over `range` unless it overlaps existing coverage.
+    pub(super) fn create_partition(&mut self, job: &JobName, range: IdRange) -> bool {
+        if !self.admit_new_partition(job, range) {
+            return false;
+        }
+        let stored = self.jobs.get_mut(job).expect("job exists");
+        let id = stored.value.next_partition;
+        stored.value.next_partition = PartitionId(id.get() + 1);
+        stored.value.partitions_total += 1;
+        self.dirty_jobs.insert(job.clone());
+        let record = PartitionRecord::pending(job.clone(), id, range, self.epoch);
+        let key = (job.clone(), id);
+        self.index(&key, &record);
+        self.partitions.insert(key.clone(), Stored::new(record));
+        self.dirty_partitions.insert(key);
+        true
+    }
+
+    /// A failed attempt: back to pending after an exponential backoff while attempts remain,
+    /// otherwise parked as `failed` with its error.
+    pub(super) fn fail_partition(
+        &mut self,
+        key: &PartitionKey,
+        error: String,
+        last_done: Option<u64>,
+    ) {
+        let Some(job) = self.jobs.get(&key.0).map(|job| job.value.spec.clone()) else {
+            return;
+        };
+        let attempts = self.partitions.get(key).map_or(0, |p| p.value.attempts) + 1;
+        let retry = attempts < job.max_attempts;
+        let now = self.now_ms;
+        self.update_partition(key, |record| {
+            record.owner = None;
+            record.attempts = attempts;
+            record.error = Some(error);
+            record.checkpoint = record.checkpoint.max(last_done);
+            if retry {
+                let doublings = (attempts - 1).min(20);
+                let delay = job.retry_backoff_ms.saturating_mul(1 << doublings);
+                record.status = PartitionStatus::Pending;
+                record.not_before_unix_ms = Some(now + delay.min(MAX_RETRY_BACKOFF_MS));
+            } else {
+                record.status = PartitionStatus::Failed;
+                record.not_before_unix_ms = None;
+            }
+        });
+        if retry {
+            self.retries_scheduled += 1;
+        } else if let Some(stored) = self.jobs.get_mut(&key.0) {
+            stored.value.partitions_failed += 1;
+            self.dirty_jobs.insert(key.0.clone());
+        }
+    }
+
+    /// Makes retries whose backoff has passed grantable again.
+    pub fn release_due_retries(&mut self) {
+        let due: Vec<PartitionKey> = self
+            .delayed
+            .iter()
+            .filter(|(_, not_before)| **not_before <= self.now_ms)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.update_partition(&key, |record| record.not_before_unix_ms = None);
+        }
+    }
+
+    /// Questions for the planners of open-ended jobs that have room for more partitions but
+    /// nothing left to plan; at most one outstanding question per job, at most one per
+    /// [`PLAN_INTERVAL_MS`].
+    pub fn plan_questions(&mut self) -> Vec<PlanQuestion> {
+        let mut questions = Vec::new();
+        let names: Vec<JobName> = self.jobs.keys().cloned().collect();
+        for name in names {
+            let job = &self.jobs[&name].value;
+            if !job.spec.open_ended || job.state != JobState::Active {
+                continue;
+            }
+            let planned_all = job.planning_limit().is_none_or(|last| job.cursor > last);
+            let room = self.backlog_room(&name);
+            if !planned_all || room == 0 {
+                continue;
+            }
+            let (asked_at, outstanding) = self.plan_asked.get(&name).copied().unwrap_or((0, false));
+            if outstanding || self.now_ms < asked_at + PLAN_INTERVAL_MS {
+                continue;
+            }
+            let wanted = room.saturating_mul(job.spec.partition_size);
+            questions.push(PlanQuestion {
+                job: name.clone(),
+                cursor: job.cursor,
+                wanted,
+            });
+            self.plan_asked.insert(name, (self.now_ms, true));
+        }
+        questions
+    }
+
+    /// The planner's answer (`None` when it failed or had nothing): a higher max ID extends
+    /// what may be planned.
+    pub fn apply_plan_answer(&mut self, job: &JobName, max_id: Option<u64>) {
+        if let Some(entry) = self.plan_asked.get_mut(job) {
+            entry.1 = false;
+        }
+        let Some(max_id) = max_id else { return };
+        let Some(stored) = self.jobs.get_mut(job) else {
+            return;
+        };
+        if stored.value.known_max.is_none_or(|known| max_id > known) {
+            stored.value.known_max = Some(max_id.min(stored.value.spec.range.last()));
+            self.dirty_jobs.insert(job.clone());
+        }
+    }
+}
