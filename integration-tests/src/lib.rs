@@ -121,8 +121,18 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_assigner::AssignerMetrics>,
     ) -> ServiceHandle {
+        self.assigner_at(&self.url(), id, metrics)
+    }
+
+    /// An assigner replica that reaches NATS at `url` (e.g. through a proxy the test can cut).
+    pub fn assigner_at(
+        &self,
+        url: &str,
+        id: &str,
+        metrics: Arc<elk_assigner::AssignerMetrics>,
+    ) -> ServiceHandle {
         let config = elk_assigner::AssignerConfig {
-            nats_url: self.url(),
+            nats_url: url.to_owned(),
             namespace: self.namespace.to_string(),
             member_id: id.to_owned(),
             member_ttl: self.member_ttl,
@@ -172,12 +182,25 @@ impl Stack {
         jobs: &[&str],
         processor: P,
     ) -> anyhow::Result<WorkerHandle> {
+        self.worker_at(self.server.url(), id, capacity, jobs, processor)
+            .await
+    }
+
+    /// Starts a worker that reaches NATS at `url` (e.g. through a [`elk_testkit::TcpProxy`]).
+    pub async fn worker_at<P: Processor>(
+        &self,
+        url: &str,
+        id: &str,
+        capacity: u32,
+        jobs: &[&str],
+        processor: P,
+    ) -> anyhow::Result<WorkerHandle> {
         let jobs = jobs
             .iter()
             .map(|job| JobName::new(*job))
             .collect::<Result<Vec<_>, _>>()?;
         let worker = Worker::builder(
-            NatsConfig::new(self.server.url(), id),
+            NatsConfig::new(url, id),
             self.namespace.clone(),
             MemberId::new(id)?,
         )
@@ -284,6 +307,19 @@ impl Ledger {
         self.processed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// First ID of the ledger's range.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Processing count per ID (`counts[i]` is ID `first + i`).
+    pub fn counts(&self) -> Vec<u32> {
+        self.counts
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect()
+    }
+
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)
     }
@@ -354,4 +390,21 @@ impl Processor for RecordingProcessor {
         std::hint::black_box(checksum);
         Ok(ProcessOutcome::Completed)
     }
+}
+
+/// Checks invariants 1, 2, 3 and 5 of ARCHITECTURE §6 for `job` after it completed: every ID
+/// processed, no overlap, no acknowledged checkpoint lost, repetition only after crashes and only
+/// beyond the last checkpoint.
+pub async fn assert_invariants(
+    auditor: &elk_testkit::OwnershipAuditor,
+    job: &str,
+    ledger: &Ledger,
+) {
+    let report = auditor.check().await;
+    let counts = ledger.counts();
+    elk_testkit::assert_full_coverage(ledger.first(), &counts);
+    report.assert_no_overlap();
+    report.assert_durable_progress();
+    let job = JobName::new(job).expect("valid job name");
+    report.assert_bounded_repetition(&job, ledger.first(), &counts);
 }

@@ -16,6 +16,7 @@
 
 mod admin;
 mod flush;
+pub mod http;
 mod leader;
 mod state;
 
@@ -56,6 +57,9 @@ pub struct AssignerConfig {
     /// Resync tick of the leader loop.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
+    /// Address of the HTTP JSON admin API (e.g. `127.0.0.1:8080`); none when unset. Every
+    /// replica serves it and forwards to the active assigner over NATS.
+    pub http_listen: Option<String>,
 }
 
 impl Default for AssignerConfig {
@@ -69,6 +73,7 @@ impl Default for AssignerConfig {
             grants_per_capacity: 2,
             partitions_per_round: 1_000,
             tick: Duration::from_millis(200),
+            http_listen: None,
         }
     }
 }
@@ -132,6 +137,10 @@ pub async fn run_with_metrics(
         grants_per_capacity: config.grants_per_capacity,
         partitions_per_round: config.partitions_per_round.max(1),
     };
+    let http = match &config.http_listen {
+        Some(address) => Some(spawn_http(address, &resources).await?),
+        None => None,
+    };
     let replica = Replica {
         config,
         resources,
@@ -141,7 +150,36 @@ pub async fn run_with_metrics(
         policy,
         metrics,
     };
-    replica.run(shutdown).await
+    let outcome = replica.run(shutdown).await;
+    if let Some((stop, task)) = http {
+        stop.cancel();
+        let _ = task.await;
+    }
+    outcome
+}
+
+/// Binds the HTTP admin API and serves it until the returned token is cancelled.
+async fn spawn_http(
+    address: &str,
+    resources: &elk_nats::Resources,
+) -> Result<(CancellationToken, JoinHandle<()>), AssignerError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| AssignerError::Config(format!("http_listen {address}: {e}")))?;
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP admin API listening");
+    let stop = CancellationToken::new();
+    let serve = http::serve_http(
+        listener,
+        resources.client.clone(),
+        resources.names.clone(),
+        stop.clone(),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            tracing::warn!(%error, "HTTP admin API stopped");
+        }
+    });
+    Ok((stop, task))
 }
 
 struct Replica {
@@ -154,19 +192,38 @@ struct Replica {
     metrics: Arc<AssignerMetrics>,
 }
 
+/// The running leader loop. Dropping it (the replica's `run` future was dropped, as when its
+/// task is aborted) aborts the loop at once, like a killed process: no leader work survives the
+/// replica.
 struct LeaderTask {
     epoch: Epoch,
     cancel: CancellationToken,
-    handle: JoinHandle<Result<(), AssignerError>>,
+    handle: Option<JoinHandle<Result<(), AssignerError>>>,
 }
 
 impl LeaderTask {
-    async fn stop(self) {
+    fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Graceful stop: cancel and await the loop.
+    async fn stop(mut self) {
         self.cancel.cancel();
-        match self.handle.await {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        match handle.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::info!(%error, "leader task ended"),
             Err(error) => tracing::warn!(%error, "leader task panicked"),
+        }
+    }
+}
+
+impl Drop for LeaderTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
         }
     }
 }
@@ -198,9 +255,7 @@ impl Replica {
             let named_epoch = self.role.borrow().as_ref().and_then(|lease| {
                 (lease.value.holder.as_ref() == Some(&me)).then_some(lease.value.epoch)
             });
-            let finished = leader
-                .as_ref()
-                .is_some_and(|task| task.handle.is_finished());
+            let finished = leader.as_ref().is_some_and(|task| task.is_finished());
             let keep = matches!((&leader, named_epoch), (Some(task), Some(epoch)) if task.epoch == epoch && !finished);
             if !keep {
                 if let Some(task) = leader.take() {
@@ -213,8 +268,8 @@ impl Replica {
             let lost = lease.lost();
             let leader_done = async {
                 match &leader {
-                    Some(task) if !task.handle.is_finished() => {
-                        while !task.handle.is_finished() {
+                    Some(task) if !task.is_finished() => {
+                        while !task.is_finished() {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -275,7 +330,7 @@ impl Replica {
         LeaderTask {
             epoch,
             cancel,
-            handle,
+            handle: Some(handle),
         }
     }
 }

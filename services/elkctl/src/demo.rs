@@ -3,12 +3,11 @@
 //! runs one job to completion with a live progress bar, and prints one summary line computed from
 //! what the workers actually processed (not from the coordinator's state).
 
-use crate::status;
+use crate::{admin_client, status};
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use elk_protocol::admin::{ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult};
+use elk_protocol::admin::AdminCommand;
+use elk_protocol::decode;
 use elk_protocol::messages::{JobRecord, JobSpec, JobState};
-use elk_protocol::{decode, encode};
 use elk_types::{IdRange, JobName, MemberId, Namespace};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -191,7 +190,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         name: job.clone(),
         spec: JobSpec::fixed(range, args.partition_size),
     };
-    let created = create_job(&resources, command, Duration::from_secs(30)).await?;
+    let created = admin_client::request(&resources, command, Duration::from_secs(30))
+        .await
+        .and_then(admin_client::into_job)
+        .context("creating the demo job")?;
     let partitions = range.len().div_ceil(args.partition_size);
     eprintln!(
         "job {job}: {} ids in {partitions} partitions, {} workers",
@@ -251,40 +253,4 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Asks the active assigner to create the job, retrying until one is leading.
-pub async fn create_job(
-    resources: &elk_nats::Resources,
-    command: AdminCommand,
-    patience: Duration,
-) -> anyhow::Result<JobRecord> {
-    let subject = resources
-        .names
-        .admin_subject(ASSIGNER_SERVICE, command.verb());
-    let request = AdminRequest::new(command);
-    let deadline = Instant::now() + patience;
-    loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(2),
-            resources
-                .client
-                .request(subject.clone(), Bytes::from(encode(&request))),
-        )
-        .await;
-        if let Ok(Ok(reply)) = attempt {
-            let reply: AdminReply = decode(&reply.payload)?;
-            if let Some(AdminResult::Job { job }) = reply.result {
-                return Ok(job);
-            }
-            bail!(
-                "assigner refused the job: {}",
-                reply.error.unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("no assigner answered within {patience:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

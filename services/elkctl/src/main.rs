@@ -1,8 +1,16 @@
 //! `elkctl` — the operator CLI of ELK Coordinator, and the local all-in-one runner (`demo`).
+//!
+//! Every admin command goes to the assigner leader over NATS request/reply
+//! (`elk.<ns>.admin.assigner.<verb>`, see `docs/admin-api.md`); arguments are checked before any
+//! network call, output is an aligned table (or `--json`).
 
+mod admin;
+mod admin_client;
 mod demo;
+mod render;
 mod stack;
 mod status;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +31,19 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Show members, role leaders with epochs, and jobs with progress.
     Status(status::StatusArgs),
+    /// Create, list, inspect, pause, resume and cancel jobs.
+    #[command(subcommand)]
+    Job(admin::JobCommand),
+    /// List live partitions, filtered by job and status, a page at a time.
+    Partitions(admin::PartitionsArgs),
+    /// Re-queue failed partitions: every one, one job's (--job) or one (--job --partition).
+    Retry(admin::RetryArgs),
+    /// Where one ID of a job stands: in which partition, completed, or not planned yet.
+    IdStatus(admin::IdStatusArgs),
+    /// The assigner leader's counters.
+    Stats(admin::StatsArgs),
+    /// Live progress bars per job until every watched job is over (or Ctrl-C).
+    Watch(watch::WatchArgs),
 }
 
 #[tokio::main]
@@ -31,6 +52,12 @@ async fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Job(command) => admin::run_job(command).await,
+        Command::Partitions(args) => admin::run_partitions(args).await,
+        Command::Retry(args) => admin::run_retry(args).await,
+        Command::IdStatus(args) => admin::run_id_status(args).await,
+        Command::Stats(args) => admin::run_stats(args).await,
+        Command::Watch(args) => watch::run(args).await,
     };
     match outcome {
         Ok(code) => code,

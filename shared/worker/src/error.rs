@@ -1,6 +1,6 @@
-//! The error shape of elk-worker: what can stop a worker from starting or from shutting down
-//! cleanly. Problems while running (an undecodable record, a failed publish) are logged and
-//! counted, never fatal.
+//! The error shape of elk-worker: what can stop a worker (or a planner) from starting or from
+//! shutting down cleanly. Problems while running (an undecodable record, a failed publish) are
+//! logged and counted, never fatal.
 
 use elk_nats::NatsError;
 use elk_types::MemberId;
@@ -18,6 +18,8 @@ pub enum WorkerError {
     Nats(#[from] NatsError),
     #[error("worker task ended abnormally: {reason}")]
     TaskFailed { reason: String },
+    #[error("cannot subscribe to {subject}: {message}")]
+    Subscribe { subject: String, message: String },
 }
 
 impl WorkerError {
@@ -25,7 +27,7 @@ impl WorkerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             WorkerError::InvalidConfig { .. } | WorkerError::TaskFailed { .. } => false,
-            WorkerError::IdTaken { .. } => true,
+            WorkerError::IdTaken { .. } | WorkerError::Subscribe { .. } => true,
             WorkerError::Nats(error) => error.is_retryable(),
         }
     }

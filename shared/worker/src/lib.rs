@@ -21,9 +21,14 @@
 //!    member key, so the coordinator can hand the partitions over at once.
 //!
 //! See [`Processor`] for an example.
+//!
+//! **Planners.** An open-ended job's ID space grows; the assigner asks the job's [`Planner`]
+//! (served by any user process with [`serve_planner`] on `elk.<ns>.plan.<job>`) for the highest ID
+//! that exists now. See [`Planner`] for an example.
 
 mod config;
 mod error;
+mod planner;
 mod processor;
 mod progress;
 mod stats;
@@ -32,6 +37,10 @@ mod worker;
 
 pub use config::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MEMBER_TTL, DEFAULT_STOP_GRACE};
 pub use error::WorkerError;
+pub use planner::{
+    PLANNER_QUEUE_GROUP, PlanError, Planner, PlannerHandle, PlannerStats, serve_planner,
+    serve_planner_with_client,
+};
 pub use processor::{PartitionWork, ProcessError, ProcessOutcome, Processor};
 pub use stats::WorkerStats;
 pub use worker::{Worker, WorkerBuilder, WorkerHandle};

@@ -1,0 +1,475 @@
+//! The HTTP JSON API of the assigner: REST in, the NATS admin request/reply
+//! (`elk.<ns>.admin.assigner.<verb>`) out. Every replica serves it, leader or not: a request is
+//! forwarded to whichever replica leads (queue group `assigner`), so a load balancer can point at
+//! all of them.
+//!
+//! | route | admin command |
+//! |---|---|
+//! | `GET /v1/jobs` | `list_jobs` |
+//! | `POST /v1/jobs` (JSON body) | `create_job` → `201 Created` |
+//! | `GET /v1/jobs/{name}` | `get_job` |
+//! | `POST /v1/jobs/{name}/pause`, `/resume`, `/cancel` | `pause_job`, `resume_job`, `cancel_job` |
+//! | `GET /v1/jobs/{name}/ids/{id}` | `id_status` |
+//! | `GET /v1/partitions?job=&status=&after_job=&after_id=&limit=` | `list_partitions` |
+//! | `POST /v1/retry` (JSON body `{job?, partition?}`, may be empty) | `retry` |
+//! | `GET /v1/stats` | `stats` |
+//! | `GET /healthz` | — (this process and its NATS connection) |
+//!
+//! A successful response is the JSON of the [`AdminResult`] (tagged by `kind`). Every error is
+//! `{"error": "..."}` with status 400 (bad input, refused by validation), 404 (unknown job,
+//! partition or route), 405 (wrong method), 409 (conflicts with the job's state, e.g. the job
+//! already exists or is cancelled), 503 (no assigner answered in time: no leader right now) or
+//! 500 (anything else).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use elk_protocol::admin::{
+    ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult, MAX_PAGE,
+};
+use elk_protocol::messages::{JobSpec, PartitionStatus};
+use elk_protocol::names::Names;
+use elk_protocol::{decode, encode};
+use elk_types::{IdRange, JobName, PartitionId};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long a request waits for an assigner leader to appear (no responders) before a 503.
+const LEADER_PATIENCE: Duration = Duration::from_secs(5);
+/// How long one admin request may take once a leader received it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the HTTP API on `listener` until `shutdown` is cancelled (then finishes the requests in
+/// flight and returns).
+pub async fn serve_http(
+    listener: TcpListener,
+    client: async_nats::Client,
+    names: Names,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let bridge = Bridge {
+        client,
+        names,
+        patience: LEADER_PATIENCE,
+        request_timeout: REQUEST_TIMEOUT,
+    };
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "admin HTTP API listening");
+    }
+    axum::serve(listener, router(bridge))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Forwards admin commands to the assigner leader over NATS.
+#[derive(Clone)]
+struct Bridge {
+    client: async_nats::Client,
+    names: Names,
+    patience: Duration,
+    request_timeout: Duration,
+}
+
+impl Bridge {
+    /// Sends `command`, retrying while nobody serves the subject (no leader yet), for `patience`.
+    async fn ask(&self, command: AdminCommand) -> Result<AdminResult, ApiError> {
+        use async_nats::RequestErrorKind;
+        let subject = self.names.admin_subject(ASSIGNER_SERVICE, command.verb());
+        let payload = bytes::Bytes::from(encode(&AdminRequest::new(command)));
+        let deadline = Instant::now() + self.patience;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let request = async_nats::Request::new()
+                .payload(payload.clone())
+                .timeout(Some(self.request_timeout));
+            match self.client.send_request(subject.clone(), request).await {
+                Ok(message) => return reply_result(&message.payload),
+                Err(error) if error.kind() == RequestErrorKind::NoResponders => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "no assigner answered within {:?}: no leader right now \
+                                 (is an assigner running in namespace '{}'?)",
+                                self.patience,
+                                self.names.namespace()
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(backoff.min(deadline - now)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(error) if error.kind() == RequestErrorKind::TimedOut => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the assigner did not answer within {:?}",
+                            self.request_timeout
+                        ),
+                    ));
+                }
+                Err(error) => {
+                    return Err(ApiError::internal(format!(
+                        "admin request on {subject} failed: {error}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Turns an assigner's reply into a result or an API error.
+fn reply_result(payload: &[u8]) -> Result<AdminResult, ApiError> {
+    let reply: AdminReply = decode(payload)
+        .map_err(|error| ApiError::internal(format!("undecodable assigner reply: {error}")))?;
+    match (reply.result, reply.error) {
+        (Some(result), _) => Ok(result),
+        (None, Some(message)) => Err(ApiError::new(refusal_status(&message), message)),
+        (None, None) => Err(ApiError::internal(
+            "the assigner replied with neither a result nor an error",
+        )),
+    }
+}
+
+/// The HTTP status of an assigner's refusal, from its message.
+fn refusal_status(message: &str) -> StatusCode {
+    if message.starts_with("unknown job") || message.contains("is not a live partition") {
+        StatusCode::NOT_FOUND
+    } else if message.contains("already exists")
+        || message.contains("cannot be")
+        || message.contains("already completed")
+        || message.contains("is not failed")
+    {
+        StatusCode::CONFLICT
+    } else if message.starts_with("could not") {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+/// An error response: `{"error": message}` with `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, error = %self.message, "admin HTTP request failed");
+        }
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn router(bridge: Bridge) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/jobs", get(list_jobs).post(create_job))
+        .route("/v1/jobs/{name}", get(get_job))
+        .route("/v1/jobs/{name}/pause", post(pause_job))
+        .route("/v1/jobs/{name}/resume", post(resume_job))
+        .route("/v1/jobs/{name}/cancel", post(cancel_job))
+        .route("/v1/jobs/{name}/ids/{id}", get(id_status))
+        .route("/v1/partitions", get(list_partitions))
+        .route("/v1/retry", post(retry))
+        .route("/v1/stats", get(stats))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(bridge)
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn forward(bridge: &Bridge, command: AdminCommand, status: StatusCode) -> ApiResult {
+    let result = bridge.ask(command).await?;
+    Ok((status, axum::Json(result)).into_response())
+}
+
+async fn healthz(State(bridge): State<Bridge>) -> ApiResult {
+    match bridge.client.connection_state() {
+        async_nats::connection::State::Connected => Ok(axum::Json(
+            serde_json::json!({"status": "ok", "nats": "connected"}),
+        )
+        .into_response()),
+        state => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not connected to NATS ({state})"),
+        )),
+    }
+}
+
+async fn list_jobs(State(bridge): State<Bridge>) -> ApiResult {
+    forward(&bridge, AdminCommand::ListJobs, StatusCode::OK).await
+}
+
+async fn create_job(State(bridge): State<Bridge>, body: Bytes) -> ApiResult {
+    let command = create_job_command(&body)?;
+    forward(&bridge, command, StatusCode::CREATED).await
+}
+
+async fn get_job(State(bridge): State<Bridge>, Path(name): Path<String>) -> ApiResult {
+    let name = job_name(&name)?;
+    forward(&bridge, AdminCommand::GetJob { name }, StatusCode::OK).await
+}
+
+async fn pause_job(State(bridge): State<Bridge>, Path(name): Path<String>) -> ApiResult {
+    let name = job_name(&name)?;
+    forward(&bridge, AdminCommand::PauseJob { name }, StatusCode::OK).await
+}
+
+async fn resume_job(State(bridge): State<Bridge>, Path(name): Path<String>) -> ApiResult {
+    let name = job_name(&name)?;
+    forward(&bridge, AdminCommand::ResumeJob { name }, StatusCode::OK).await
+}
+
+async fn cancel_job(State(bridge): State<Bridge>, Path(name): Path<String>) -> ApiResult {
+    let name = job_name(&name)?;
+    forward(&bridge, AdminCommand::CancelJob { name }, StatusCode::OK).await
+}
+
+async fn id_status(
+    State(bridge): State<Bridge>,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult {
+    let job = job_name(&name)?;
+    let id = parse_u64("id", &id)?;
+    forward(&bridge, AdminCommand::IdStatus { job, id }, StatusCode::OK).await
+}
+
+async fn list_partitions(
+    State(bridge): State<Bridge>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let command = partitions_command(&params)?;
+    forward(&bridge, command, StatusCode::OK).await
+}
+
+async fn retry(State(bridge): State<Bridge>, body: Bytes) -> ApiResult {
+    let command = retry_command(&body)?;
+    forward(&bridge, command, StatusCode::OK).await
+}
+
+async fn stats(State(bridge): State<Bridge>) -> ApiResult {
+    forward(&bridge, AdminCommand::Stats, StatusCode::OK).await
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {}", uri.path()),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn job_name(raw: &str) -> Result<JobName, ApiError> {
+    JobName::new(raw).map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+fn parse_u64(what: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!("{what} '{raw}' is not an unsigned 64-bit integer"))
+    })
+}
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateJobBody {
+    name: String,
+    start: u64,
+    /// Last ID (inclusive); omitted for an open-ended job.
+    #[serde(default)]
+    end: Option<u64>,
+    partition_size: u64,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    retry_backoff_ms: Option<u64>,
+    #[serde(default)]
+    lookahead: Option<u32>,
+}
+
+fn create_job_command(body: &[u8]) -> Result<AdminCommand, ApiError> {
+    let body: CreateJobBody = serde_json::from_slice(body)
+        .map_err(|error| ApiError::bad_request(format!("invalid job body: {error}")))?;
+    let name = job_name(&body.name)?;
+    if body.partition_size == 0 {
+        return Err(ApiError::bad_request("partition_size must be at least 1"));
+    }
+    let mut spec = match body.end {
+        Some(end) => {
+            if end < body.start {
+                return Err(ApiError::bad_request(format!(
+                    "end {end} is below start {}",
+                    body.start
+                )));
+            }
+            if end == u64::MAX {
+                return Err(ApiError::bad_request(format!(
+                    "end must be below {}",
+                    u64::MAX
+                )));
+            }
+            if body.lookahead.is_some() {
+                return Err(ApiError::bad_request(
+                    "lookahead applies to open-ended jobs only (omit end)",
+                ));
+            }
+            let range = IdRange::new(body.start, end).expect("checked: start <= end");
+            JobSpec::fixed(range, body.partition_size)
+        }
+        None => {
+            if body.start == u64::MAX {
+                return Err(ApiError::bad_request(format!(
+                    "start must be below {}",
+                    u64::MAX
+                )));
+            }
+            JobSpec::open_ended(body.start, body.partition_size)
+        }
+    };
+    if let Some(max_attempts) = body.max_attempts {
+        if max_attempts == 0 {
+            return Err(ApiError::bad_request("max_attempts must be at least 1"));
+        }
+        spec.max_attempts = max_attempts;
+    }
+    if let Some(backoff) = body.retry_backoff_ms {
+        spec.retry_backoff_ms = backoff;
+    }
+    if let Some(lookahead) = body.lookahead {
+        if lookahead == 0 {
+            return Err(ApiError::bad_request("lookahead must be at least 1"));
+        }
+        spec.lookahead = lookahead;
+    }
+    Ok(AdminCommand::CreateJob { name, spec })
+}
+
+/// Query of `GET /v1/partitions`: `job`, `status` (comma-separated, may repeat), `after_job` with
+/// `after_id` (the previous page's `next_after`), `limit` (1..=1000, default 100).
+fn partitions_command(params: &[(String, String)]) -> Result<AdminCommand, ApiError> {
+    let mut job = None;
+    let mut statuses = Vec::new();
+    let mut after_job = None;
+    let mut after_id = None;
+    let mut limit = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "job" => job = Some(job_name(value)?),
+            "status" => {
+                for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let status = parse_status(name)?;
+                    if !statuses.contains(&status) {
+                        statuses.push(status);
+                    }
+                }
+            }
+            "after_job" => after_job = Some(job_name(value)?),
+            "after_id" => after_id = Some(PartitionId(parse_u64("after_id", value)?)),
+            "limit" => {
+                let parsed = parse_u64("limit", value)?;
+                if parsed == 0 || parsed > u64::from(MAX_PAGE) {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be between 1 and {MAX_PAGE}"
+                    )));
+                }
+                limit = Some(parsed as u32);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}' (expected job, status, after_job, \
+                     after_id, limit)"
+                )));
+            }
+        }
+    }
+    let after = match (after_job, after_id) {
+        (Some(job), Some(id)) => Some((job, id)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "after_job and after_id go together (the previous page's next_after)",
+            ));
+        }
+    };
+    Ok(AdminCommand::ListPartitions {
+        job,
+        statuses,
+        after,
+        limit,
+    })
+}
+
+/// Parses a partition status by its wire name (`pending`, `granted`, ...).
+fn parse_status(name: &str) -> Result<PartitionStatus, ApiError> {
+    serde_json::from_value(serde_json::Value::String(name.to_ascii_lowercase())).map_err(|_| {
+        ApiError::bad_request(format!(
+            "unknown status '{name}' (expected pending, granted, revoking, completed, failed)"
+        ))
+    })
+}
+
+/// Body of `POST /v1/retry`; an empty body retries every failed partition.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    partition: Option<u64>,
+}
+
+fn retry_command(body: &[u8]) -> Result<AdminCommand, ApiError> {
+    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|error| ApiError::bad_request(format!("invalid retry body: {error}")))?
+    };
+    let job = body.job.as_deref().map(job_name).transpose()?;
+    if body.partition.is_some() && job.is_none() {
+        return Err(ApiError::bad_request("a partition needs its job"));
+    }
+    Ok(AdminCommand::Retry {
+        job,
+        partition: body.partition.map(PartitionId),
+    })
+}
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;
