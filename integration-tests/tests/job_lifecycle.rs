@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+const DEADLINE: Duration = Duration::from_secs(60);
+
 /// Fails chosen partitions: `fail_first[p]` attempts of partition `p`, or every attempt while
 /// `poison` names it and `fixed` is false. Everything else is processed and recorded.
 #[derive(Clone)]
@@ -378,6 +380,97 @@ async fn completed_partitions_are_compacted_and_still_answered() {
         }
     ));
     assert!(ledger.missing().is_empty() && ledger.duplicates().is_empty());
+    worker.shutdown().await.unwrap();
+    assigner.stop().await;
+    election.stop().await;
+}
+
+/// A planner over a table that keeps growing: it reports the highest ID written so far.
+struct GrowingTable {
+    max_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl elk_worker::Planner for GrowingTable {
+    async fn next_max_id(
+        &self,
+        _job: &JobName,
+        _cursor: u64,
+        _wanted: u64,
+    ) -> Result<Option<u64>, elk_worker::PlanError> {
+        let max = self.max_id.load(Ordering::SeqCst);
+        Ok((max > 0).then_some(max))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_ended_job_follows_a_growing_planner_and_waits_for_data() {
+    let stack = Stack::new().await.unwrap();
+    let election = stack.election("election-1");
+    let assigner = stack.assigner("assigner-1");
+    let job = JobName::new("growing").unwrap();
+    let max_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let planner = elk_worker::serve_planner(
+        elk_nats::NatsConfig::new(stack.server.url(), "planner"),
+        stack.namespace.clone(),
+        job.clone(),
+        GrowingTable {
+            max_id: max_id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let everything = IdRange::new(1, 30_000).unwrap();
+    let ledger = Ledger::new(everything);
+    let worker = stack
+        .worker("worker-a", 2, RecordingProcessor::new(ledger.clone()))
+        .await
+        .unwrap();
+    let spec = JobSpec {
+        lookahead: 2,
+        ..JobSpec::open_ended(1, 1_000)
+    };
+    stack.create_job_with("growing", spec).await.unwrap();
+
+    // No data yet: the job waits. Then the table grows three times while the job runs.
+    for max in [10_000, 18_500, 30_000] {
+        max_id.store(max, Ordering::SeqCst);
+        wait_until(
+            "everything written so far is processed",
+            DEADLINE,
+            || async {
+                ledger.counts()[..max as usize]
+                    .iter()
+                    .all(|count| *count >= 1)
+            },
+        )
+        .await
+        .unwrap();
+        let record = stack.job("growing").await.unwrap().unwrap();
+        assert_eq!(record.known_max, Some(max));
+        assert_eq!(
+            record.state,
+            JobState::Active,
+            "an open-ended job stays open"
+        );
+        assert!(
+            ledger.counts()[max as usize..]
+                .iter()
+                .all(|count| *count == 0),
+            "nothing beyond the data"
+        );
+    }
+    assert!(
+        ledger.missing().is_empty(),
+        "missing {}",
+        ledger.missing().len()
+    );
+    assert!(ledger.duplicates().is_empty(), "every ID processed once");
+    let record = stack.job("growing").await.unwrap().unwrap();
+    assert_eq!(record.low_watermark, Some(30_000));
+    // 1,000-ID partitions cut at each max: 10 + 9 (to 18,500) + 12 (to 30,000).
+    assert_eq!(record.partitions_total, 31);
+
+    planner.shutdown().await.unwrap();
     worker.shutdown().await.unwrap();
     assigner.stop().await;
     election.stop().await;
