@@ -391,3 +391,46 @@ async fn every_role_hands_off_gracefully_mid_job() {
     assigner_2.stop().await;
     election_2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_assigner_is_replaced_and_rejoins_as_standby() {
+    let stack = Stack::new().await.unwrap();
+    let audit = auditor(&stack).await;
+    let election = stack.election("election-1");
+    let proxy = TcpProxy::start(stack.server.url());
+    let cut_metrics = Arc::new(AssignerMetrics::default());
+    let cut = stack.assigner_at(&proxy.url(), "assigner-1", cut_metrics.clone());
+    let range = IdRange::new(1, 30_000).unwrap();
+    let ledger = Ledger::new(range);
+    let a = stack.worker("worker-a", 2, paced(&ledger)).await.unwrap();
+    let b = stack.worker("worker-b", 2, paced(&ledger)).await.unwrap();
+    stack
+        .create_job("cut-assigner", range, 1_000)
+        .await
+        .unwrap();
+    let first_epoch = role_epoch(&stack).await;
+    let standby = stack.assigner("assigner-2");
+    wait_until("processing started", DEADLINE, || async {
+        ledger.processed() > 500
+    })
+    .await
+    .unwrap();
+
+    proxy.cut();
+    wait_until("the standby leads", DEADLINE, || async {
+        role_epoch(&stack).await > first_epoch
+    })
+    .await
+    .unwrap();
+    proxy.heal();
+    stack
+        .wait_job_completed("cut-assigner", DEADLINE)
+        .await
+        .unwrap();
+    assert_invariants(&audit, "cut-assigner", &ledger).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    standby.stop().await;
+    cut.stop().await;
+    election.stop().await;
+}

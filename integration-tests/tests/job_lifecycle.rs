@@ -465,8 +465,14 @@ async fn an_open_ended_job_follows_a_growing_planner_and_waits_for_data() {
         ledger.missing().len()
     );
     assert!(ledger.duplicates().is_empty(), "every ID processed once");
+    // The last completion reaches the job record in the flush after its report.
+    wait_until("the watermark reaches the data's end", DEADLINE, || async {
+        let record = stack.job("growing").await.unwrap().unwrap();
+        record.low_watermark == Some(30_000)
+    })
+    .await
+    .unwrap();
     let record = stack.job("growing").await.unwrap().unwrap();
-    assert_eq!(record.low_watermark, Some(30_000));
     // 1,000-ID partitions cut at each max: 10 + 9 (to 18,500) + 12 (to 30,000).
     assert_eq!(record.partitions_total, 31);
 

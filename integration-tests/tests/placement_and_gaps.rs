@@ -14,6 +14,10 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_joining_mid_job_gets_its_share_without_repeats() {
     let stack = Stack::new().await.unwrap();
+    // Follows every grant, release and expiry from before the workload starts.
+    let audit = elk_testkit::OwnershipAuditor::start_on(stack.resources.clone())
+        .await
+        .unwrap();
     let election = stack.election("election-1");
     let metrics = Arc::new(AssignerMetrics::default());
     let assigner = stack.assigner_with_metrics("assigner-1", metrics.clone());
@@ -69,6 +73,8 @@ async fn a_worker_joining_mid_job_gets_its_share_without_repeats() {
         "revoked partitions were released by their owners"
     );
 
+    // Every move was the placement engine's, and none overlapped or lost a checkpoint.
+    elk_integration_tests::assert_invariants(&audit, "scale-up", &ledger).await;
     for worker in [first, second, newcomer] {
         worker.shutdown().await.unwrap();
     }

@@ -114,6 +114,7 @@ fn stats(state: &AssignerState, metrics: &AssignerMetrics) -> AdminStats {
         gaps_repaired: state.gaps_repaired,
         overlaps_detected: state.overlaps_detected,
         revocations: state.revocations,
+        revokes_overdue: state.revokes_overdue,
         retries_scheduled: state.retries_scheduled,
         partitions_compacted: state.partitions_compacted,
     }

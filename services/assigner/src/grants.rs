@@ -59,6 +59,14 @@ impl AssignerState {
         for key in &stopped_jobs {
             self.revoke(key);
         }
+        // Partitions being handed over take a place in the balance (their future owner's), so
+        // the solver does not revoke more while they are in flight.
+        let in_flight: Vec<PartitionKey> = self
+            .revoking_keys()
+            .filter(|key| self.job_is_active(&key.0))
+            .collect();
+        let moving: std::collections::BTreeSet<PartitionKey> = in_flight.iter().cloned().collect();
+        active.extend(in_flight.into_iter().map(|key| (key, None)));
         let room = total_slots.saturating_sub(active.len() as u64) as usize;
         let grantable: Vec<PartitionKey> = self
             .pending
@@ -98,6 +106,11 @@ impl AssignerState {
                 // Move only to a worker that processes the job; otherwise it stays put.
                 (Some(_), Some(_)) if compatible => self.revoke(&key),
                 (Some(previous), _) => *held.entry(previous).or_default() += 1,
+                // A hand-over in flight: its place is reserved, the grant waits for the release.
+                (None, Some(target)) if moving.contains(&key) => {
+                    *held.entry(target.clone()).or_default() += 1;
+                }
+                (None, _) if moving.contains(&key) => {}
                 (None, Some(target)) if compatible => {
                     *held.entry(target.clone()).or_default() += 1;
                     let target = target.clone();

@@ -44,6 +44,8 @@ pub struct AssignerMetrics {
     pub overlaps_detected: AtomicU64,
     /// Partitions revoked from over-quota workers to rebalance.
     pub revocations: AtomicU64,
+    /// Revokes not answered within the revoke timeout.
+    pub revokes_overdue: AtomicU64,
     pub leader_terms: AtomicU64,
 }
 
@@ -171,6 +173,7 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
         }
 
         state.release_due_retries();
+        state.report_overdue_revokes();
         state.plan_partitions();
         for question in state.plan_questions() {
             ask_planner(&resources, question, plan_sender.clone());
@@ -206,6 +209,9 @@ fn publish_counters(state: &AssignerState, metrics: &AssignerMetrics) {
         .overlaps_detected
         .store(state.overlaps_detected, relaxed);
     metrics.revocations.store(state.revocations, relaxed);
+    metrics
+        .revokes_overdue
+        .store(state.revokes_overdue, relaxed);
 }
 
 /// Asks an open-ended job's planner in the background; the answer (or `None` after a failure or

@@ -54,6 +54,10 @@ pub struct AssignerConfig {
     pub grants_per_capacity: u32,
     /// Partitions created per reconcile round at most.
     pub partitions_per_round: usize,
+    /// A revoke not answered within this time is reported (`revokes_overdue`); the partition
+    /// still waits for the old owner's release or member expiry before it is granted again.
+    #[serde(with = "humantime_serde")]
+    pub revoke_timeout: Duration,
     /// Resync tick of the leader loop.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
@@ -72,6 +76,7 @@ impl Default for AssignerConfig {
             member_ttl: Duration::from_secs(3),
             grants_per_capacity: 2,
             partitions_per_round: 1_000,
+            revoke_timeout: Duration::from_secs(5),
             tick: Duration::from_millis(200),
             http_listen: None,
         }
@@ -136,6 +141,7 @@ pub async fn run_with_metrics(
     let policy = state::Policy {
         grants_per_capacity: config.grants_per_capacity,
         partitions_per_round: config.partitions_per_round.max(1),
+        revoke_timeout_ms: config.revoke_timeout.as_millis() as u64,
     };
     let http = match &config.http_listen {
         Some(address) => Some(spawn_http(address, &resources).await?),

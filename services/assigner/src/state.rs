@@ -84,6 +84,9 @@ pub(crate) struct Policy {
     pub grants_per_capacity: u32,
     /// Partitions created per reconcile round (bounds the size of one flush).
     pub partitions_per_round: usize,
+    /// A revoke not answered by then is reported; the partition keeps waiting for the owner's
+    /// release or member expiry (it is never granted while the old owner may still run it).
+    pub revoke_timeout_ms: u64,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,10 @@ pub(crate) struct AssignerState {
     pub now_ms: u64,
     pub retries_scheduled: u64,
     pub partitions_compacted: u64,
+    /// Revoking partitions: since when (Unix ms), and whether already reported as overdue.
+    revoking_since: BTreeMap<PartitionKey, (u64, bool)>,
+    /// Revokes not answered within the revoke timeout.
+    pub revokes_overdue: u64,
 }
 
 impl AssignerState {
@@ -157,6 +164,8 @@ impl AssignerState {
             now_ms: 0,
             retries_scheduled: 0,
             partitions_compacted: 0,
+            revoking_since: BTreeMap::new(),
+            revokes_overdue: 0,
         }
     }
 
@@ -166,6 +175,10 @@ impl AssignerState {
             return;
         }
         let key = (record.job.clone(), record.id);
+        if record.status == PartitionStatus::Revoking {
+            self.revoking_since
+                .insert(key.clone(), (self.now_ms, false));
+        }
         self.index(&key, &record);
         self.partitions.insert(
             key,
@@ -216,6 +229,13 @@ impl AssignerState {
         self.unindex(key, &stored.value);
         change(&mut stored.value);
         stored.value.epoch = self.epoch;
+        if stored.value.status == PartitionStatus::Revoking {
+            self.revoking_since
+                .entry(key.clone())
+                .or_insert((self.now_ms, false));
+        } else {
+            self.revoking_since.remove(key);
+        }
         if let Some(owner) = &stored.value.owner {
             self.dirty_assignments.insert(owner.id.clone());
         }
@@ -227,6 +247,26 @@ impl AssignerState {
         self.index(key, &stored.value);
         self.partitions.insert(key.clone(), stored);
         self.dirty_partitions.insert(key.clone());
+    }
+
+    /// Partitions being revoked (waiting for their owner's release or expiry).
+    pub(crate) fn revoking_keys(&self) -> impl Iterator<Item = PartitionKey> + '_ {
+        self.revoking_since.keys().cloned()
+    }
+
+    /// Reports (once each) revokes unanswered for longer than the revoke timeout. Nothing else
+    /// happens to them: they are granted again only after a release or the owner's expiry.
+    pub fn report_overdue_revokes(&mut self) {
+        let deadline = self.now_ms.saturating_sub(self.policy.revoke_timeout_ms);
+        for (key, (since, reported)) in self.revoking_since.iter_mut() {
+            if *reported || *since > deadline {
+                continue;
+            }
+            *reported = true;
+            self.revokes_overdue += 1;
+            let owner = self.partitions.get(key).and_then(|p| p.value.owner.clone());
+            tracing::warn!(job = %key.0, partition = %key.1, owner = ?owner.map(|o| o.id), "revoke not answered in time: waiting for the owner's release or member expiry");
+        }
     }
 
     fn next_token(&mut self) -> PartitionLeaseToken {

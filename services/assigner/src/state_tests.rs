@@ -15,6 +15,7 @@ fn state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
         Policy {
             grants_per_capacity: 2,
             partitions_per_round: 10_000,
+            revoke_timeout_ms: 5_000,
         },
     );
     let job = JobRecord::new(
@@ -480,6 +481,7 @@ fn open_ended_jobs_plan_what_the_planner_reports_within_the_backlog() {
         Policy {
             grants_per_capacity: 2,
             partitions_per_round: 10_000,
+            revoke_timeout_ms: 5_000,
         },
     );
     let spec = JobSpec {
@@ -550,4 +552,39 @@ fn open_ended_jobs_plan_what_the_planner_reports_within_the_backlog() {
         1,
         "asks again once everything known is planned"
     );
+}
+
+#[test]
+fn an_unanswered_revoke_is_reported_but_never_granted_elsewhere() {
+    let mut state = state_with_job(IdRange::new(1, 8_000).unwrap(), 1_000);
+    state.now_ms = 1_000;
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2)]));
+    state.plan_grants();
+    state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 2)]));
+    state.plan_grants();
+    assert_eq!(state.revocations, 2);
+
+    state.now_ms = 1_000 + 4_999;
+    state.report_overdue_revokes();
+    assert_eq!(state.revokes_overdue, 0);
+    state.now_ms = 1_000 + 5_000;
+    state.report_overdue_revokes();
+    state.report_overdue_revokes();
+    assert_eq!(
+        state.revokes_overdue, 2,
+        "each overdue revoke is reported once"
+    );
+    state.plan_grants();
+    let c = MemberId::new("c").unwrap();
+    assert_eq!(
+        state.granted_to(&c),
+        0,
+        "still waiting for the release or the owner's expiry"
+    );
+    let revoking = state
+        .partitions
+        .values()
+        .filter(|p| p.value.status == PartitionStatus::Revoking);
+    assert_eq!(revoking.count(), 2);
 }

@@ -140,6 +140,9 @@ pub struct AdminStats {
     pub gaps_repaired: u64,
     pub overlaps_detected: u64,
     pub revocations: u64,
+    /// Revokes not answered within the revoke timeout (still waiting for release or expiry).
+    #[serde(default)]
+    pub revokes_overdue: u64,
     pub retries_scheduled: u64,
     pub partitions_compacted: u64,
 }
