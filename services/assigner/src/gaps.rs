@@ -55,12 +55,15 @@ impl AssignerState {
                             .low_watermark
                             .is_some_and(|low| record.range.last() <= low)
                 });
+            if already_compacted {
+                // Counted as compacted already; its delete did not happen before a failover:
+                // delete it now without counting it twice.
+                self.compaction_deletes
+                    .push((record.job.clone(), record.id));
+                continue;
+            }
             if completed {
                 self.await_compaction(&record);
-            }
-            if already_compacted {
-                // Counted as compacted already; its delete did not happen before a failover.
-                continue;
             }
             let count = counts.entry(record.job.clone()).or_default();
             count.0 += 1;

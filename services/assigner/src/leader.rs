@@ -335,6 +335,8 @@ async fn load_state(
     policy: Policy,
 ) -> Result<AssignerState, AssignerError> {
     let mut state = AssignerState::new(epoch, policy);
+    // The clock first, so that revokes found at load are timed from now, not from 1970.
+    state.now_ms = unix_ms_now();
     let jobs = watch_snapshot(&resources.jobs)
         .await
         .map_err(AssignerError::Nats)?;

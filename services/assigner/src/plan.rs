@@ -98,10 +98,15 @@ impl AssignerState {
             .sum()
     }
 
+    /// Partitions of the job that are in flight (pending, granted, revoking; not parked).
     fn live_partitions_of(&self, name: &JobName) -> u64 {
         let first = (name.clone(), PartitionId(0));
         let last = (name.clone(), PartitionId(u64::MAX));
-        self.partitions.range(first..=last).count() as u64
+        // Parked failures wait for an operator: they must not hold back new data.
+        self.partitions
+            .range(first..=last)
+            .filter(|(_, stored)| stored.value.status != PartitionStatus::Failed)
+            .count() as u64
     }
 
     fn complete_job_if_done(&mut self, name: &JobName) {

@@ -5,10 +5,14 @@
 //! Partition lifecycle (all transitions made here):
 //!
 //! ```text
-//!   created ─▶ Pending ──grant(token)──▶ Granted ──Completed──▶ Completed
-//!                ▲                          │ Failed ─▶ Failed
-//!                │   Released(token)        │ owner gone (key expired or deleted) ─▶ Pending
-//!                └──────────────────────── Revoking ◀── revoke (rebalance, later issue)
+//!   created ─▶ Pending ──grant(fresh token)──▶ Granted ──Completed──▶ Completed ─▶ compacted
+//!               ▲  ▲                             │  │
+//!               │  │ backoff over (retry)        │  │ Failed: attempts < max ─▶ Pending (not before
+//!               │  └─────────────────────────────┘  │         now + backoff); else ─▶ Failed
+//!               │                                   │ over quota / job paused ─▶ Revoking
+//!               │   Released(token), or the owner's │ owner gone (key expired or deleted,
+//!               └── member gone ◀── Revoking ◀──────┘ after the progress barrier) ─▶ Pending
+//!   Failed ──retry command──▶ Pending (attempts reset)
 //! ```
 //!
 //! Only progress carrying the partition's current token from its current owner is applied; any
@@ -138,7 +142,9 @@ impl AssignerState {
     pub fn new(epoch: Epoch, policy: Policy) -> Self {
         Self {
             epoch,
-            token_counter: 0,
+            // A random start: a leader task restarted under the same epoch never re-issues a
+            // token of its previous run (tokens are `epoch << 32 | counter`).
+            token_counter: u64::from(rand::random::<u32>() >> 1),
             policy,
             jobs: BTreeMap::new(),
             partitions: BTreeMap::new(),
@@ -270,7 +276,7 @@ impl AssignerState {
     }
 
     fn next_token(&mut self) -> PartitionLeaseToken {
-        self.token_counter += 1;
+        self.token_counter = (self.token_counter + 1) & 0xFFFF_FFFF;
         PartitionLeaseToken((self.epoch.get() << 32) | self.token_counter)
     }
 
