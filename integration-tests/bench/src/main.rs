@@ -3,6 +3,7 @@
 //!
 //! One module per benchmark family; `main` only parses the command line and dispatches.
 
+mod failover_bench;
 mod measure;
 mod placement_bench;
 
@@ -23,11 +24,15 @@ enum Command {
     /// Assignment (`elk-placement::solve`) and gap detection (`elk-coverage`) against the
     /// predecessor's naive algorithms, in one process.
     Placement(placement_bench::PlacementArgs),
+    /// Recovery latencies on a real nats-server with the services in-process: worker kill and
+    /// cut, assigner kill (10k/100k partitions), graceful hand-off, join → first grant.
+    Failover(failover_bench::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Placement(arguments) => placement_bench::run(&arguments),
+        Command::Failover(arguments) => failover_bench::run(&arguments),
     }
 }
