@@ -1,0 +1,269 @@
+//! `elk-bench lifecycle`: what a job costs the coordinator end to end (issue 5, item 7), on a real
+//! nats-server with the election, the assigner and the workers in this process.
+//!
+//! Prints one JSON object per line:
+//! - `{"bench":"compaction","partitions":100000,"kv_partition_keys_after":n,"seconds":f,...}`: a
+//!   job of 100,000 one-ID partitions, no-op processor, run to completion; the live keys left in
+//!   the partitions bucket once compaction settled, and the peak of live partition keys.
+//! - `{"bench":"throughput","workers":W,"partitions":P,"completions_per_s":f,...}`: no-op
+//!   partitions at several worker counts, measured between 10 % and 90 % of the job, with where
+//!   the time goes (KV writes per completion, leader rounds, CPU per component).
+//! - `{"bench":"kv_ceiling",...}`: how many compare-and-set writes and purges per second this
+//!   nats-server accepts with the assigner's write window (256 in flight), the bound on any
+//!   flush.
+//!
+//! The assigner runs on its own tokio runtime (threads named `elk-assigner-*`) so its CPU can be
+//! told apart from the workers'; that mirrors a separate assigner process.
+
+mod compaction;
+mod cpu;
+mod kv_ceiling;
+mod throughput;
+
+use anyhow::Context;
+use elk_integration_tests::{ServiceHandle, Stack};
+use elk_protocol::decode;
+use elk_protocol::messages::{JobRecord, MembershipView};
+use elk_protocol::names::VIEW_KEY;
+use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, WorkerHandle};
+use serde::Serialize;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Member TTL of the services and workers (the production default).
+const MEMBER_TTL: Duration = Duration::from_secs(3);
+/// Capacity of every worker.
+const CAPACITY: u32 = 4;
+/// The job every scenario runs.
+const JOB: &str = "lifecycle";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// 100,000 one-ID partitions run to completion; partition keys left afterwards.
+    Compaction,
+    /// Completions per second at each `--workers` count.
+    Throughput,
+    /// Compare-and-set writes and purges per second the nats-server takes at 256 in flight.
+    #[value(name = "kv_ceiling")]
+    KvCeiling,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 3] = [
+        Scenario::KvCeiling,
+        Scenario::Compaction,
+        Scenario::Throughput,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Compaction => "compaction",
+            Scenario::Throughput => "throughput",
+            Scenario::KvCeiling => "kv_ceiling",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LifecycleArgs {
+    /// Scenario to run (repeatable); default: all of them.
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Worker counts of `throughput` (repeatable; default 4, 16 and 64; 4 with --quick).
+    #[arg(long = "workers")]
+    workers: Vec<usize>,
+    /// Partitions of each `throughput` run (default 30,000; 2,000 with --quick).
+    #[arg(long)]
+    partitions: Option<u64>,
+    /// Partitions of the `compaction` job (default 100,000; 2,000 with --quick).
+    #[arg(long)]
+    compaction_partitions: Option<u64>,
+    /// Workers of the `compaction` run (default 16; 4 with --quick).
+    #[arg(long)]
+    compaction_workers: Option<usize>,
+    /// Smoke run: small sizes, a few seconds per scenario.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// What the scenarios need to know.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub throughput_workers: Vec<usize>,
+    pub throughput_partitions: u64,
+    pub compaction_partitions: u64,
+    pub compaction_workers: usize,
+    pub quick: bool,
+}
+
+pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
+    init_logging();
+    let quick = arguments.quick;
+    let settings = Settings {
+        throughput_workers: if !arguments.workers.is_empty() {
+            arguments.workers.clone()
+        } else if quick {
+            vec![4]
+        } else {
+            vec![4, 16, 64]
+        },
+        throughput_partitions: arguments
+            .partitions
+            .unwrap_or(if quick { 2_000 } else { 30_000 })
+            .max(10),
+        compaction_partitions: arguments
+            .compaction_partitions
+            .unwrap_or(if quick { 2_000 } else { 100_000 })
+            .max(1),
+        compaction_workers: arguments
+            .compaction_workers
+            .unwrap_or(if quick { 4 } else { 16 })
+            .max(1),
+        quick,
+    };
+    let scenarios = if arguments.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        arguments.scenarios.clone()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("elk-bench")
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    // A runtime of its own for the assigner, as if it were its own process on this machine.
+    let assigner_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(cpu::ASSIGNER_THREAD)
+        .enable_all()
+        .build()
+        .context("assigner runtime")?;
+    let mut failed = Vec::new();
+    for scenario in scenarios {
+        eprintln!("== lifecycle {} ==", scenario.name());
+        let outcome = runtime.block_on(async {
+            match scenario {
+                Scenario::Compaction => compaction::run(&settings, assigner_runtime.handle()).await,
+                Scenario::Throughput => throughput::run(&settings, assigner_runtime.handle()).await,
+                Scenario::KvCeiling => kv_ceiling::run(&settings).await,
+            }
+        });
+        if let Err(error) = outcome {
+            eprintln!("lifecycle {} failed: {error:#}", scenario.name());
+            failed.push(scenario.name());
+        }
+    }
+    assigner_runtime.shutdown_timeout(Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {failed:?}");
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,async_nats=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints one JSON line on stdout.
+pub(crate) fn print_line(line: &impl Serialize) -> anyhow::Result<()> {
+    let mut output = std::io::stdout().lock();
+    writeln!(output, "{}", serde_json::to_string(line)?)?;
+    output.flush()?;
+    Ok(())
+}
+
+/// Rounds to `digits` decimals, for readable JSON.
+pub(crate) fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+/// The cheapest possible processor: checkpoints nothing and completes at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoopProcessor;
+
+impl Processor for NoopProcessor {
+    async fn process(&self, _work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
+        Ok(ProcessOutcome::Completed)
+    }
+}
+
+/// One election replica, one assigner (on `assigner_runtime`, with readable counters) and
+/// `workers` no-op workers of capacity [`CAPACITY`], all live in the view.
+pub(crate) struct Services {
+    pub metrics: Arc<elk_assigner::AssignerMetrics>,
+    election: ServiceHandle,
+    assigner: ServiceHandle,
+    workers: Vec<WorkerHandle>,
+}
+
+impl Services {
+    pub async fn start(
+        stack: &Stack,
+        assigner_runtime: &tokio::runtime::Handle,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        let election = stack.election("election-1");
+        let metrics = Arc::new(elk_assigner::AssignerMetrics::default());
+        let assigner = {
+            let _entered = assigner_runtime.enter();
+            stack.assigner_with_metrics("assigner-1", metrics.clone())
+        };
+        let mut handles = Vec::with_capacity(workers);
+        for index in 1..=workers {
+            handles.push(
+                stack
+                    .worker_with(&format!("worker-{index}"), CAPACITY, &[], NoopProcessor)
+                    .await
+                    .with_context(|| format!("start worker {index}"))?,
+            );
+        }
+        wait_for_view(stack, workers).await?;
+        Ok(Self {
+            metrics,
+            election,
+            assigner,
+            workers: handles,
+        })
+    }
+
+    pub async fn stop(self) {
+        drop(self.workers);
+        self.assigner.abort().await;
+        self.election.abort().await;
+    }
+}
+
+/// Waits until the membership view lists `workers` workers (setup, not measured).
+async fn wait_for_view(stack: &Stack, workers: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let entry = elk_nats::read_entry(&stack.resources.leases, VIEW_KEY).await?;
+        let live = entry
+            .filter(|entry| !entry.deleted)
+            .and_then(|entry| decode::<MembershipView>(&entry.value).ok())
+            .map_or(0, |view| view.workers().count());
+        if live >= workers {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {live} of {workers} workers in the view"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The job record, if stored.
+pub(crate) async fn job(stack: &Stack) -> anyhow::Result<Option<JobRecord>> {
+    stack.job(JOB).await
+}
+
+/// A generous bound on running a job of `partitions` no-op partitions.
+pub(crate) fn job_deadline(partitions: u64) -> Duration {
+    Duration::from_secs(60 + partitions / 200)
+}
