@@ -1,0 +1,189 @@
+//! Recording: the events the auditor keeps and the background tasks that collect them.
+//!
+//! [`follow_kv`] (one task per bucket: `members`, `assignments`, watched with history) and
+//! [`follow_progress`] (the auditor's durable pull consumer on the progress stream) append
+//! [`AuditEvent`]s to the shared [`Recorded`] log, each stamped with the **server** time of its KV
+//! entry or JetStream message, never the local clock. Progress messages are deduplicated by stream
+//! sequence (a NATS restart may redeliver them) and acked only once recorded. Values that do not
+//! decode and watch errors become `problems` rather than being dropped. The highest KV revision
+//! seen per bucket is kept so `OwnershipAuditor::settle` can tell when the log has caught up.
+//! Nothing here interprets the events: that is the replay's job.
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv::{self, Operation};
+use elk_protocol::decode;
+use elk_protocol::messages::{AssignmentRecord, MemberRecord, ProgressReport};
+use elk_types::{Incarnation, MemberId};
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One recorded event, with its server timestamp.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// Server time of the KV entry or JetStream message.
+    pub at: SystemTime,
+    /// Stream sequence within its source (KV revision or progress stream sequence).
+    pub seq: u64,
+    pub kind: AuditEventKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuditEventKind {
+    MemberPut {
+        member: MemberId,
+        incarnation: Incarnation,
+    },
+    /// `members/<id>` deleted (graceful leave).
+    MemberDeleted {
+        member: MemberId,
+    },
+    /// `members/<id>` expired (TTL delete marker) or purged.
+    MemberExpired {
+        member: MemberId,
+    },
+    Assignment {
+        worker: MemberId,
+        record: AssignmentRecord,
+    },
+    Progress(ProgressReport),
+}
+
+impl AuditEventKind {
+    /// Tie-break rank for events with the same server timestamp.
+    pub(super) fn rank(&self) -> u8 {
+        match self {
+            AuditEventKind::MemberPut { .. }
+            | AuditEventKind::MemberDeleted { .. }
+            | AuditEventKind::MemberExpired { .. } => 0,
+            AuditEventKind::Progress(_) => 1,
+            AuditEventKind::Assignment { .. } => 2,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Recorded {
+    pub(super) events: Vec<AuditEvent>,
+    progress_seqs: HashSet<u64>,
+    pub(super) members_seq: u64,
+    pub(super) assignments_seq: u64,
+    /// Values that did not decode, and watch errors.
+    pub(super) problems: Vec<String>,
+}
+
+fn entry_time(entry: &kv::Entry) -> SystemTime {
+    to_system_time(entry.created.unix_timestamp_nanos())
+}
+
+fn to_system_time(nanos: i128) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Source {
+    Members,
+    Assignments,
+}
+
+pub(super) async fn follow_kv(
+    mut watch: kv::Watch,
+    recorded: Arc<Mutex<Recorded>>,
+    source: Source,
+) {
+    while let Some(entry) = watch.next().await {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                let mut recorded = recorded.lock().expect("auditor lock");
+                recorded.problems.push(format!("watch error: {error}"));
+                continue;
+            }
+        };
+        let at = entry_time(&entry);
+        let seq = entry.revision;
+        let kind = kv_event(source, &entry);
+        let mut recorded = recorded.lock().expect("auditor lock");
+        match source {
+            Source::Members => recorded.members_seq = recorded.members_seq.max(seq),
+            Source::Assignments => recorded.assignments_seq = recorded.assignments_seq.max(seq),
+        }
+        match kind {
+            Ok(Some(kind)) => recorded.events.push(AuditEvent { at, seq, kind }),
+            Ok(None) => {}
+            Err(problem) => recorded.problems.push(problem),
+        }
+    }
+    recorded
+        .lock()
+        .expect("auditor lock")
+        .problems
+        .push("a KV watch ended".to_owned());
+}
+
+fn kv_event(source: Source, entry: &kv::Entry) -> Result<Option<AuditEventKind>, String> {
+    let id = MemberId::new(entry.key.as_str())
+        .map_err(|e| format!("{} key '{}': {e}", entry.bucket, entry.key))?;
+    let undecodable = |e: elk_protocol::DecodeError| {
+        format!("{}/{} rev {}: {e}", entry.bucket, entry.key, entry.revision)
+    };
+    Ok(match (source, entry.operation) {
+        (Source::Members, Operation::Put) => {
+            let record: MemberRecord = decode(&entry.value).map_err(undecodable)?;
+            Some(AuditEventKind::MemberPut {
+                member: id,
+                incarnation: record.incarnation,
+            })
+        }
+        (Source::Members, Operation::Delete) => Some(AuditEventKind::MemberDeleted { member: id }),
+        (Source::Members, Operation::Purge) => Some(AuditEventKind::MemberExpired { member: id }),
+        (Source::Assignments, Operation::Put) => {
+            let record: AssignmentRecord = decode(&entry.value).map_err(undecodable)?;
+            Some(AuditEventKind::Assignment { worker: id, record })
+        }
+        (Source::Assignments, _) => None,
+    })
+}
+
+pub(super) async fn follow_progress(consumer: PullConsumer, recorded: Arc<Mutex<Recorded>>) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::debug!(%error, "auditor: cannot pull progress; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::debug!(%error, "auditor: progress pull error");
+                    continue;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            let at = to_system_time(info.published.unix_timestamp_nanos());
+            {
+                let mut recorded = recorded.lock().expect("auditor lock");
+                if recorded.progress_seqs.insert(seq) {
+                    match decode::<ProgressReport>(&message.payload) {
+                        Ok(report) => recorded.events.push(AuditEvent {
+                            at,
+                            seq,
+                            kind: AuditEventKind::Progress(report),
+                        }),
+                        Err(error) => recorded
+                            .problems
+                            .push(format!("progress seq {seq} ({}): {error}", message.subject)),
+                    }
+                }
+            }
+            let _ = message.ack().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
