@@ -10,7 +10,8 @@
 //!   the time goes (KV writes per completion, leader rounds, CPU per component).
 //! - `{"bench":"kv_ceiling",...}`: how many compare-and-set writes and purges per second this
 //!   nats-server accepts with the assigner's write window (256 in flight), the bound on any
-//!   flush.
+//!   flush; and `{"bench":"flush_model",...}`: the KV side of one leader round emulated on an idle
+//!   server (the assigner's four flush phases for 16 and 64 completions).
 //!
 //! The assigner runs on its own tokio runtime (threads named `elk-assigner-*`) so its CPU can be
 //! told apart from the workers'; that mirrors a separate assigner process.
@@ -18,6 +19,7 @@
 mod compaction;
 mod cpu;
 mod kv_ceiling;
+mod monitor;
 mod throughput;
 
 use anyhow::Context;
@@ -44,7 +46,8 @@ pub enum Scenario {
     Compaction,
     /// Completions per second at each `--workers` count.
     Throughput,
-    /// Compare-and-set writes and purges per second the nats-server takes at 256 in flight.
+    /// Compare-and-set writes and purges per second the nats-server takes at 256 in flight, and
+    /// the KV side of one leader round emulated on an idle server.
     #[value(name = "kv_ceiling")]
     KvCeiling,
 }
@@ -73,10 +76,14 @@ pub struct LifecycleArgs {
     /// Worker counts of `throughput` (repeatable; default 4, 16 and 64; 4 with --quick).
     #[arg(long = "workers")]
     workers: Vec<usize>,
-    /// Partitions of each `throughput` run (default 30,000; 2,000 with --quick).
+    /// Partitions of each `throughput` run (default 50,000; 5,000 with --quick).
     #[arg(long)]
     partitions: Option<u64>,
-    /// Partitions of the `compaction` job (default 100,000; 2,000 with --quick).
+    /// Runs per worker count of `throughput` (each on a fresh nats-server); the line reports the
+    /// median run (default 3; 1 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Partitions of the `compaction` job (default 100,000; 5,000 with --quick).
     #[arg(long)]
     compaction_partitions: Option<u64>,
     /// Workers of the `compaction` run (default 16; 4 with --quick).
@@ -92,6 +99,7 @@ pub struct LifecycleArgs {
 pub(crate) struct Settings {
     pub throughput_workers: Vec<usize>,
     pub throughput_partitions: u64,
+    pub runs: usize,
     pub compaction_partitions: u64,
     pub compaction_workers: usize,
     pub quick: bool,
@@ -110,11 +118,12 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
         },
         throughput_partitions: arguments
             .partitions
-            .unwrap_or(if quick { 2_000 } else { 30_000 })
+            .unwrap_or(if quick { 5_000 } else { 50_000 })
             .max(10),
+        runs: arguments.runs.unwrap_or(if quick { 1 } else { 3 }).max(1),
         compaction_partitions: arguments
             .compaction_partitions
-            .unwrap_or(if quick { 2_000 } else { 100_000 })
+            .unwrap_or(if quick { 5_000 } else { 100_000 })
             .max(1),
         compaction_workers: arguments
             .compaction_workers
@@ -145,7 +154,10 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
             match scenario {
                 Scenario::Compaction => compaction::run(&settings, assigner_runtime.handle()).await,
                 Scenario::Throughput => throughput::run(&settings, assigner_runtime.handle()).await,
-                Scenario::KvCeiling => kv_ceiling::run(&settings).await,
+                Scenario::KvCeiling => {
+                    kv_ceiling::run(&settings).await?;
+                    kv_ceiling::run_flush_model(&settings).await
+                }
             }
         });
         if let Err(error) = outcome {

@@ -4,6 +4,7 @@
 //! One module per benchmark family; `main` only parses the command line and dispatches.
 
 mod failover_bench;
+mod lifecycle_bench;
 mod measure;
 mod placement_bench;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Recovery latencies on a real nats-server with the services in-process: worker kill and
     /// cut, assigner kill (10k/100k partitions), graceful hand-off, join → first grant.
     Failover(failover_bench::FailoverArgs),
+    /// Job lifecycle on a real nats-server: compaction of a 100,000-partition job, completions
+    /// per second of no-op partitions at several worker counts, and the KV write ceiling.
+    Lifecycle(lifecycle_bench::LifecycleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Placement(arguments) => placement_bench::run(&arguments),
         Command::Failover(arguments) => failover_bench::run(&arguments),
+        Command::Lifecycle(arguments) => lifecycle_bench::run(&arguments),
     }
 }

@@ -65,7 +65,8 @@ impl CpuSnapshot {
     /// CPU used from `earlier` to `self`.
     pub fn since(&self, earlier: &CpuSnapshot) -> CpuUse {
         let seconds = (self.at - earlier.at).as_secs_f64().max(1e-9);
-        let cores = |now: u64, then: u64| now.saturating_sub(then) as f64 / TICKS_PER_SECOND / seconds;
+        let cores =
+            |now: u64, then: u64| now.saturating_sub(then) as f64 / TICKS_PER_SECOND / seconds;
         let total = self.machine_total.saturating_sub(earlier.machine_total) as f64;
         let busy = self.machine_busy.saturating_sub(earlier.machine_busy) as f64;
         let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
@@ -73,7 +74,11 @@ impl CpuSnapshot {
             nats_server: cores(self.nats, earlier.nats),
             assigner: cores(self.assigner, earlier.assigner),
             workers: cores(self.rest, earlier.rest),
-            machine: if total > 0.0 { busy / total * cpus } else { 0.0 },
+            machine: if total > 0.0 {
+                busy / total * cpus
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -122,7 +127,11 @@ pub(crate) fn find_nats_server(store_dir: &Path) -> Option<u32> {
     let me = std::process::id();
     let store = store_dir.to_string_lossy().into_owned();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
