@@ -8,6 +8,8 @@ use elk_types::{IdRange, JobName, PartitionId};
 
 /// Longest delay between two retries of a partition.
 const MAX_RETRY_BACKOFF_MS: u64 = 5 * 60 * 1_000;
+/// Upper bound of an open-ended job's backlog of partitions, whatever the fleet's size.
+pub(crate) const MAX_OPEN_ENDED_BACKLOG: u64 = 10_000;
 /// How often an open-ended job's planner is asked while it reports no new data.
 pub(crate) const PLAN_INTERVAL_MS: u64 = 1_000;
 
@@ -86,7 +88,7 @@ impl AssignerState {
         let target = self
             .live_capacity()
             .saturating_mul(u64::from(job.spec.lookahead))
-            .max(1);
+            .clamp(1, MAX_OPEN_ENDED_BACKLOG);
         target.saturating_sub(self.live_partitions_of(name))
     }
 
