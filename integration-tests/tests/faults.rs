@@ -247,6 +247,27 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
         .await
         .unwrap();
 
+    // A report naming another worker than the subject it came from is refused outright.
+    let mut spoofed = forged.clone();
+    spoofed.worker = MemberId::new("worker-b").unwrap();
+    let subject = stack
+        .resources
+        .names
+        .progress_subject(&MemberId::new("worker-a").unwrap());
+    stack
+        .resources
+        .jetstream
+        .publish(subject, Bytes::from(encode(&spoofed)))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_until("the spoofed report was refused", DEADLINE, || async {
+        metrics.progress_malformed.load(Ordering::Relaxed) >= 1
+    })
+    .await
+    .unwrap();
+
     wait_until("the worker ignored the stale record", DEADLINE, || async {
         worker_a.stats().records_ignored > ignored_before
     })

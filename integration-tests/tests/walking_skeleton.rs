@@ -102,6 +102,18 @@ async fn graceful_leave_mid_job_hands_partitions_over_exactly() {
         "worker-c had work when it left"
     );
 
+    // The departed worker's (empty) assignment record is pruned: one key per live worker.
+    wait_until(
+        "worker-c's assignment record is deleted",
+        Duration::from_secs(30),
+        || async {
+            elk_nats::read_entry(&stack.resources.assignments, "worker-c")
+                .await
+                .is_ok_and(|entry| entry.is_none_or(|entry| entry.deleted))
+        },
+    )
+    .await
+    .unwrap();
     let job = stack
         .wait_job_completed("handover", Duration::from_secs(120))
         .await

@@ -102,7 +102,8 @@ pub(crate) async fn flush(
         assignment_writes,
         metrics,
     )
-    .await
+    .await?;
+    prune_departed_assignments(state, resources).await
 }
 
 async fn write_all(
@@ -229,6 +230,34 @@ async fn delete_compacted(
         // A failed delete leaves a completed key behind; the next leader's load compacts it.
         if let Err(error) = result {
             tracing::warn!(%error, "compaction delete failed");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the (empty) assignment records of workers that left, so the bucket holds one key per
+/// live worker, not one per worker id ever seen. Compare-and-set on the revision last written.
+async fn prune_departed_assignments(
+    state: &mut AssignerState,
+    resources: &Resources,
+) -> Result<(), AssignerError> {
+    let departed: Vec<(MemberId, Revision)> = state
+        .assignments
+        .iter()
+        .filter(|(id, stored)| !state.workers.contains_key(*id) && stored.value.grants.is_empty())
+        .filter_map(|(id, stored)| stored.revision.map(|revision| (id.clone(), revision)))
+        .collect();
+    for (id, revision) in departed {
+        let deleted = resources
+            .assignments
+            .delete_expect_revision(id.as_str(), Some(revision.get()))
+            .await;
+        match deleted {
+            Ok(()) => {
+                state.assignments.remove(&id);
+            }
+            // Someone else wrote it (a newer leader): leave it to them.
+            Err(error) => tracing::debug!(worker = %id, %error, "assignment record not pruned"),
         }
     }
     Ok(())

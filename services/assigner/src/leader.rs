@@ -311,7 +311,21 @@ fn apply_progress_message(
     message: &async_nats::jetstream::Message,
     metrics: &AssignerMetrics,
 ) {
-    match decode::<ProgressReport>(&message.payload) {
+    let decoded = decode::<ProgressReport>(&message.payload).map_err(|e| e.to_string());
+    // A report must come from the subject of the worker it names: with per-worker publish
+    // permissions, no client can speak for another worker.
+    let checked = decoded.and_then(|report| {
+        let from_subject = message.subject.rsplit('.').next().unwrap_or_default();
+        if from_subject == report.worker.as_str() {
+            Ok(report)
+        } else {
+            Err(format!(
+                "report names worker {} but came from {}",
+                report.worker, message.subject
+            ))
+        }
+    });
+    match checked {
         Ok(report) => match state.apply_progress(&report) {
             Ok(()) => {
                 metrics.progress_applied.fetch_add(1, Ordering::Relaxed);
