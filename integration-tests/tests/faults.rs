@@ -442,3 +442,42 @@ async fn a_cut_off_assigner_is_replaced_and_rejoins_as_standby() {
     cut.stop().await;
     election.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_scaler_is_replaced_under_a_higher_epoch() {
+    use elk_protocol::messages::DesiredWorkers;
+    use elk_protocol::names::DESIRED_WORKERS_KEY;
+    let stack = Stack::new().await.unwrap();
+    let election = stack.election("election-1");
+    let assigner = stack.assigner("assigner-1");
+    let first = stack.scaler("scaler-1");
+    stack
+        .create_job("sized", IdRange::new(1, 100_000).unwrap(), 1_000)
+        .await
+        .unwrap();
+    let desired = || async {
+        let entry = elk_nats::read_entry(&stack.resources.fleet, DESIRED_WORKERS_KEY).await;
+        entry
+            .ok()
+            .flatten()
+            .and_then(|e| decode::<DesiredWorkers>(&e.value).ok())
+    };
+    wait_until("the first scaler publishes", DEADLINE, || async {
+        desired().await.is_some()
+    })
+    .await
+    .unwrap();
+    let first_epoch = desired().await.unwrap().epoch;
+    let standby = stack.scaler("scaler-2");
+    first.abort().await;
+    wait_until(
+        "the standby scaler publishes under a higher epoch",
+        DEADLINE,
+        || async { desired().await.is_some_and(|d| d.epoch > first_epoch) },
+    )
+    .await
+    .unwrap();
+    standby.stop().await;
+    assigner.stop().await;
+    election.stop().await;
+}
