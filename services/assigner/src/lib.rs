@@ -204,12 +204,14 @@ struct Replica {
 struct LeaderTask {
     epoch: Epoch,
     cancel: CancellationToken,
+    /// Cancelled by the task itself when the leader loop returns (for any reason).
+    finished: CancellationToken,
     handle: Option<JoinHandle<Result<(), AssignerError>>>,
 }
 
 impl LeaderTask {
     fn is_finished(&self) -> bool {
-        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+        self.finished.is_cancelled()
     }
 
     /// Graceful stop: cancel and await the loop.
@@ -267,19 +269,21 @@ impl Replica {
                 if let Some(task) = leader.take() {
                     task.stop().await;
                 }
-                if let Some(epoch) = named_epoch.filter(|_| !finished) {
+                if finished {
+                    // The loop ended on an error while still named: back off, then lead again
+                    // (a deposed loop finds the lease moved on and is not restarted).
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                if let Some(epoch) = named_epoch {
                     leader = Some(self.start_leader(me.clone(), epoch));
                 }
             }
             let lost = lease.lost();
             let leader_done = async {
                 match &leader {
-                    Some(task) if !task.is_finished() => {
-                        while !task.is_finished() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                    _ => std::future::pending::<()>().await,
+                    Some(task) => task.finished.cancelled().await,
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
@@ -303,13 +307,8 @@ impl Replica {
                         },
                     }
                 }
-                _ = leader_done => {
-                    if let Some(task) = leader.take() {
-                        task.stop().await;
-                    }
-                    // Still named leader after an error: retry shortly under the same epoch.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                // Handled at the top of the loop (stop, back off, lead again if still named).
+                _ = leader_done => {}
             }
         }
         if let Some(task) = leader.take() {
@@ -332,10 +331,17 @@ impl Replica {
             cancel: cancel.clone(),
             metrics: self.metrics.clone(),
         };
-        let handle = tokio::spawn(leader::lead(inputs));
+        let finished = CancellationToken::new();
+        let signal = finished.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = leader::lead(inputs).await;
+            signal.cancel();
+            outcome
+        });
         LeaderTask {
             epoch,
             cancel,
+            finished,
             handle: Some(handle),
         }
     }
