@@ -33,15 +33,6 @@ pub enum CasOutcome {
     Conflict { current: Option<KvEntry> },
 }
 
-impl CasOutcome {
-    pub fn revision(&self) -> Option<Revision> {
-        match self {
-            CasOutcome::Written(revision) => Some(*revision),
-            CasOutcome::Conflict { .. } => None,
-        }
-    }
-}
-
 fn kv_error(operation: &'static str, store: &Store, key: &str, message: String) -> NatsError {
     NatsError::Kv {
         operation,

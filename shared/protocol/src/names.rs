@@ -127,11 +127,6 @@ impl Names {
         format!("{job}.{partition}")
     }
 
-    /// Key filter matching every partition of `job`.
-    pub fn job_partitions_filter(job: &JobName) -> String {
-        format!("{job}.>")
-    }
-
     /// Inverse of [`Names::partition_key`]; `None` for a key of another shape.
     pub fn parse_partition_key(key: &str) -> Option<(JobName, PartitionId)> {
         let (job, id) = key.split_once('.')?;
