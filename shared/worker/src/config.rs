@@ -9,7 +9,7 @@ use std::time::Duration;
 pub const DEFAULT_MEMBER_TTL: Duration = Duration::from_secs(3);
 /// Default period of checkpoint flushes.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// Default time processors get to return after cancellation (shutdown, self-fence).
+/// Default time processors get to return after cancellation on shutdown (a self-fence aborts).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]

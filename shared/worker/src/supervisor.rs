@@ -556,7 +556,11 @@ impl<P: Processor> Supervisor<P> {
         drop(session);
         self.cancel_running();
         self.queue.clear();
-        self.await_processors(|_, _| {}).await;
+        // No grace here: another worker may get these partitions as soon as the member key
+        // expires, so every processor is stopped at its next await point (results are dropped,
+        // nothing is reported under the fenced incarnation).
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
         self.slots.clear();
         self.finished.clear();
         self.last_applied = None;

@@ -86,8 +86,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long processors get to return after cancellation on shutdown or self-fence before
-    /// they are aborted (default 30 s).
+    /// How long processors get to return after cancellation on graceful shutdown or revoke
+    /// before they are aborted (default 30 s). A self-fence aborts them at once.
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.config.stop_grace = grace;
         self
