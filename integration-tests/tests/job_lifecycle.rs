@@ -284,6 +284,18 @@ async fn pause_resume_and_cancel() {
             .to_string()
             .contains("cannot be resumed")
     );
+    // What is left of the cancelled job is deleted from the partitions bucket.
+    wait_until(
+        "the cancelled job's partitions are deleted",
+        DEADLINE,
+        || async {
+            let keys = stack.resources.partitions.keys().await.unwrap();
+            let keys: Vec<String> = futures::TryStreamExt::try_collect(keys).await.unwrap();
+            !keys.iter().any(|key| key.starts_with("cancelled."))
+        },
+    )
+    .await
+    .unwrap();
     worker.shutdown().await.unwrap();
     assigner.stop().await;
     election.stop().await;

@@ -10,9 +10,9 @@
 //!   ranges above it, so questions about compacted IDs are answered from it. Job records are
 //!   written before the deletes, so a crash in between leaves extra keys, never a hole.
 
-use super::AssignerState;
+use super::{AssignerState, PartitionKey};
 use elk_coverage::{Coverage, CoverageError, CoverageRecord};
-use elk_protocol::messages::{PartitionRecord, PartitionStatus};
+use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
 use elk_types::{IdRange, JobName};
 use std::collections::BTreeMap;
 
@@ -88,6 +88,10 @@ impl AssignerState {
             // job completes once what exists (and the repairs) is done.
             let (in_kv, completed_in_kv) = counts.get(name).copied().unwrap_or_default();
             let job = &mut self.jobs.get_mut(name).expect("listed").value;
+            if job.state == JobState::Cancelled {
+                // Its partitions are being deleted on purpose: the counters keep the history.
+                continue;
+            }
             let total = in_kv + job.partitions_compacted;
             let completed = completed_in_kv + job.partitions_compacted;
             if (job.partitions_total, job.partitions_completed) != (total, completed) {
@@ -98,6 +102,10 @@ impl AssignerState {
             }
         }
         for name in names {
+            if self.jobs[&name].value.is_terminal() {
+                // Nothing of a completed or cancelled job is planned again: no gap to repair.
+                continue;
+            }
             let cursor = self.jobs[&name].value.cursor;
             let first = self.jobs[&name].value.spec.range.first();
             if cursor <= first {
@@ -205,6 +213,39 @@ impl AssignerState {
             if let Some(stored) = self.jobs.get_mut(&job) {
                 stored.value.partitions_compacted += count;
                 self.dirty_jobs.insert(job.clone());
+            }
+        }
+    }
+
+    /// Deletes what is left of cancelled jobs: their pending and parked partitions (never granted
+    /// again) and their completed ones; granted or revoking ones are deleted once released.
+    pub fn clear_cancelled(&mut self) {
+        let cancelled: Vec<JobName> = self
+            .jobs
+            .iter()
+            .filter(|(_, stored)| stored.value.state == JobState::Cancelled)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for job in cancelled {
+            let idle: Vec<PartitionKey> = self
+                .partitions
+                .iter()
+                .filter(|(key, stored)| {
+                    key.0 == job
+                        && matches!(
+                            stored.value.status,
+                            PartitionStatus::Pending | PartitionStatus::Failed
+                        )
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in idle {
+                self.forget_partition(&key);
+                self.compaction_deletes.push(key);
+            }
+            if let Some(waiting) = self.awaiting_compaction.remove(&job) {
+                self.compaction_deletes
+                    .extend(waiting.into_values().map(|id| (job.clone(), id)));
             }
         }
     }

@@ -180,6 +180,7 @@ pub(crate) async fn lead(mut inputs: LeaderInputs) -> Result<(), AssignerError> 
         }
         state.plan_grants();
         state.compact();
+        state.clear_cancelled();
         ensure_still_leader(&inputs)?;
         flush::flush(&mut state, &resources, &inputs.metrics).await?;
         for message in &batch {

@@ -227,6 +227,15 @@ impl AssignerState {
         }
     }
 
+    /// Drops a partition from memory (its key is being deleted).
+    fn forget_partition(&mut self, key: &PartitionKey) {
+        if let Some(stored) = self.partitions.remove(key) {
+            self.unindex(key, &stored.value);
+            self.dirty_partitions.remove(key);
+            self.revoking_since.remove(key);
+        }
+    }
+
     /// Changes a partition through `change`, keeping the indexes and the dirty set right.
     fn update_partition(&mut self, key: &PartitionKey, change: impl FnOnce(&mut PartitionRecord)) {
         let Some(mut stored) = self.partitions.remove(key) else {
