@@ -311,6 +311,7 @@ pub fn stats(stats: &AdminStats) -> String {
     row("gaps repaired", stats.gaps_repaired);
     row("overlaps detected", stats.overlaps_detected);
     row("revocations", stats.revocations);
+    row("revokes overdue", stats.revokes_overdue);
     row("retries scheduled", stats.retries_scheduled);
     row("partitions compacted", stats.partitions_compacted);
     table.render()
