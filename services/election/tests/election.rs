@@ -245,8 +245,23 @@ async fn view_tracks_members_and_roles_stay_with_live_holders() {
 
     // Heartbeats are not changes: the generation stays put while everyone just renews.
     let quiet = generation(&view);
-    // A bounded window (several renewals of every member) to show that nothing happens.
-    tokio::time::sleep(worker_steady.ttl()).await;
+    // Let the steady worker renew its key three times (each renewal gives its key a new
+    // revision), then check: a logical window, not a timed one.
+    let renewals = std::sync::Mutex::new((None, 0u32));
+    wait_until("three renewals of the steady worker", DEADLINE, || async {
+        let revision = elk_nats::read_entry(&resources.members, "worker-steady")
+            .await
+            .unwrap()
+            .map(|entry| entry.revision);
+        let mut seen = renewals.lock().unwrap();
+        if seen.0.is_some() && seen.0 != revision {
+            seen.1 += 1;
+        }
+        seen.0 = revision;
+        seen.1 >= 3
+    })
+    .await
+    .unwrap();
     assert_eq!(
         generation(&view),
         quiet,

@@ -180,8 +180,23 @@ async fn leader_publishes_desired_workers_and_stops_when_demoted() {
         .unwrap()
         .revision;
     put(&resources, &resources.jobs, "backfill", &job(100, 0)).await;
-    // A bounded window of 20 intervals to show that nothing is written.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A logical window: two renewals of the scaler's member key (≈ 1.3 s, about 25 of its
+    // 50 ms intervals) while the job changed; a demoted scaler must write nothing meanwhile.
+    let renewals = std::sync::Mutex::new((None, 0u32));
+    wait_until("two renewals of the demoted scaler", DEADLINE, || async {
+        let revision = read_entry(&resources.members, member_id.as_str())
+            .await
+            .unwrap()
+            .map(|entry| entry.revision);
+        let mut seen = renewals.lock().unwrap();
+        if seen.0.is_some() && seen.0 != revision {
+            seen.1 += 1;
+        }
+        seen.0 = revision;
+        seen.1 >= 2
+    })
+    .await
+    .unwrap();
     let after = read_entry(&resources.fleet, DESIRED_WORKERS_KEY)
         .await
         .unwrap()
