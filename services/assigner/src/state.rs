@@ -295,10 +295,14 @@ impl AssignerState {
     pub fn apply_view(&mut self, view: &MembershipView) -> Vec<MemberRef> {
         let mut next = BTreeMap::new();
         for member in view.workers() {
+            // Draining survives a leader change through the `drain` flag of the worker's record.
             let draining = self
                 .workers
                 .get(&member.id)
-                .is_some_and(|w| w.incarnation == member.incarnation && w.draining);
+                .is_some_and(|w| w.incarnation == member.incarnation && w.draining)
+                || self.assignments.get(&member.id).is_some_and(|record| {
+                    record.value.incarnation == member.incarnation && record.value.drain
+                });
             next.insert(
                 member.id.clone(),
                 WorkerInfo {
@@ -476,11 +480,13 @@ impl AssignerState {
             (None, Some(existing)) => existing.value.incarnation,
             (None, None) => return None,
         };
+        let drain = live.is_some_and(|info| info.draining);
         let previous = self.assignments.get(worker);
         if let Some(previous) = previous {
             let same = previous.value.grants == grants
                 && previous.value.incarnation == incarnation
-                && previous.value.epoch == self.epoch;
+                && previous.value.epoch == self.epoch
+                && previous.value.drain == drain;
             if same {
                 return None;
             }
@@ -494,7 +500,7 @@ impl AssignerState {
             epoch: self.epoch,
             seq,
             grants,
-            drain: false,
+            drain,
         })
     }
 

@@ -588,3 +588,39 @@ fn an_unanswered_revoke_is_reported_but_never_granted_elsewhere() {
         .filter(|p| p.value.status == PartitionStatus::Revoking);
     assert_eq!(revoking.count(), 2);
 }
+
+#[test]
+fn draining_is_written_to_the_record_and_survives_a_new_leader() {
+    let mut state = state_with_job(IdRange::new(1, 4_000).unwrap(), 1_000);
+    state.plan_partitions();
+    state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
+    state.plan_grants();
+    let a = MemberId::new("a").unwrap();
+    let (_, token) = owner_and_token(&state, 1);
+    state
+        .apply_progress(&report(
+            "a",
+            1,
+            1,
+            token,
+            ProgressEvent::Released { last_done: None },
+        ))
+        .unwrap();
+    let record = state.desired_assignment(&a).unwrap();
+    assert!(record.drain, "the shutting-down worker's record says drain");
+
+    // A new leader loads that record: the worker is still draining and gets nothing.
+    let mut next = state_with_job(IdRange::new(1, 4_000).unwrap(), 1_000);
+    next.assignments.insert(
+        a.clone(),
+        Stored {
+            value: record,
+            revision: Some(Revision(9)),
+        },
+    );
+    next.plan_partitions();
+    next.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
+    assert!(next.workers[&a].draining);
+    next.plan_grants();
+    assert_eq!(next.granted_to(&a), 0);
+}
