@@ -233,7 +233,10 @@ impl Stack {
                 let reply: AdminReply = decode(&reply.payload)?;
                 return match (reply.result, reply.error) {
                     (Some(result), _) => Ok(result),
-                    (None, error) => bail!("assigner refused: {}", error.unwrap_or_default()),
+                    (None, error) => bail!(
+                        "assigner refused: {}",
+                        error.map(|e| e.to_string()).unwrap_or_default()
+                    ),
                 };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -6,7 +6,9 @@ use crate::leader::AssignerMetrics;
 use crate::state::AssignerState;
 use bytes::Bytes;
 use elk_nats::{CasOutcome, Resources, cas_write};
-use elk_protocol::admin::{AdminCommand, AdminReply, AdminRequest, AdminResult, AdminStats};
+use elk_protocol::admin::{
+    AdminCommand, AdminErrorCode, AdminReply, AdminRequest, AdminResult, AdminStats,
+};
 use elk_protocol::{decode, encode};
 use std::sync::atomic::Ordering;
 
@@ -18,13 +20,15 @@ pub(crate) async fn handle(
 ) -> AdminReply {
     let request: AdminRequest = match decode(payload) {
         Ok(request) => request,
-        Err(error) => return AdminReply::error(format!("bad request: {error}")),
+        Err(error) => {
+            return AdminReply::error(AdminErrorCode::BadRequest, format!("bad request: {error}"));
+        }
     };
     let outcome = match request.command {
         AdminCommand::CreateJob { name, spec } => {
             let record = match state.new_job(&name, &spec) {
                 Ok(record) => record,
-                Err(error) => return AdminReply::error(error),
+                Err(error) => return AdminReply::error(classify(&error), error),
             };
             let written = cas_write(
                 &resources.jetstream,
@@ -75,7 +79,10 @@ pub(crate) async fn handle(
             if let Some(job) = &job
                 && !state.jobs.contains_key(job)
             {
-                return AdminReply::error(format!("unknown job '{job}'"));
+                return AdminReply::error(
+                    AdminErrorCode::UnknownJob,
+                    format!("unknown job '{job}'"),
+                );
             }
             let (partitions, next_after) =
                 state.list_partitions(job.as_ref(), &statuses, after.as_ref(), limit);
@@ -96,7 +103,28 @@ pub(crate) async fn handle(
     };
     match outcome {
         Ok(result) => AdminReply::ok(result),
-        Err(error) => AdminReply::error(error),
+        Err(error) => AdminReply::error(classify(&error), error),
+    }
+}
+
+/// The code of a refusal the model phrased as text.
+// TODO(structure issue): the model returns a typed refusal instead; this goes away then.
+fn classify(message: &str) -> AdminErrorCode {
+    if message.starts_with("unknown job") {
+        AdminErrorCode::UnknownJob
+    } else if message.contains("is not a live partition") {
+        AdminErrorCode::UnknownPartition
+    } else if message.contains("already exists") {
+        AdminErrorCode::AlreadyExists
+    } else if message.contains("cannot be")
+        || message.contains("already completed")
+        || message.contains("is not failed")
+    {
+        AdminErrorCode::InvalidState
+    } else if message.starts_with("could not") {
+        AdminErrorCode::Unavailable
+    } else {
+        AdminErrorCode::InvalidSpec
     }
 }
 

@@ -130,28 +130,16 @@ fn reply_result(payload: &[u8]) -> Result<AdminResult, ApiError> {
         .map_err(|error| ApiError::internal(format!("undecodable assigner reply: {error}")))?;
     match (reply.result, reply.error) {
         (Some(result), _) => Ok(result),
-        (None, Some(message)) => Err(ApiError::new(refusal_status(&message), message)),
+        (None, Some(error)) => Err(ApiError::new(refusal_status(error.code), error.message)),
         (None, None) => Err(ApiError::internal(
             "the assigner replied with neither a result nor an error",
         )),
     }
 }
 
-/// The HTTP status of an assigner's refusal, from its message.
-fn refusal_status(message: &str) -> StatusCode {
-    if message.starts_with("unknown job") || message.contains("is not a live partition") {
-        StatusCode::NOT_FOUND
-    } else if message.contains("already exists")
-        || message.contains("cannot be")
-        || message.contains("already completed")
-        || message.contains("is not failed")
-    {
-        StatusCode::CONFLICT
-    } else if message.starts_with("could not") {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::BAD_REQUEST
-    }
+/// The HTTP status of an assigner's refusal, from its code.
+fn refusal_status(code: elk_protocol::admin::AdminErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// An error response: `{"error": message}` with `status`.

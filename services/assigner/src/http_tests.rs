@@ -153,28 +153,17 @@ fn retry_body_selects_all_one_job_or_one_partition() {
 }
 
 #[test]
-fn refusals_map_to_statuses() {
-    assert_eq!(refusal_status("unknown job 'x'"), StatusCode::NOT_FOUND);
-    assert_eq!(
-        refusal_status("partition j.4 is not a live partition"),
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        refusal_status("job 'x' already exists"),
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
-        refusal_status("job 'x' is Cancelled and cannot be resumed"),
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
-        refusal_status("could not store the job: timeout"),
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-    assert_eq!(
-        refusal_status("partition_size must be between 1 and 1099511627776"),
-        StatusCode::BAD_REQUEST
-    );
+fn refusal_codes_map_to_statuses() {
+    use elk_protocol::admin::AdminErrorCode as Code;
+    let status = |code: Code| refusal_status(code);
+    assert_eq!(status(Code::UnknownJob), StatusCode::NOT_FOUND);
+    assert_eq!(status(Code::UnknownPartition), StatusCode::NOT_FOUND);
+    assert_eq!(status(Code::AlreadyExists), StatusCode::CONFLICT);
+    assert_eq!(status(Code::InvalidState), StatusCode::CONFLICT);
+    assert_eq!(status(Code::InvalidSpec), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status(Code::BadRequest), StatusCode::BAD_REQUEST);
+    assert_eq!(status(Code::Internal), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 /// Answers admin requests like a leader would, from a script; records the commands.
@@ -198,20 +187,24 @@ async fn fake_assigner(client: async_nats::Client, names: &Names) -> Arc<Mutex<V
             let request: AdminRequest = decode(&message.payload).unwrap();
             assert!(message.subject.ends_with(request.command.verb()));
             record.lock().unwrap().push(request.command.clone());
+            use elk_protocol::admin::AdminErrorCode as Code;
             let reply = match request.command {
                 AdminCommand::ListJobs => AdminReply::ok(AdminResult::Jobs { jobs: vec![] }),
                 AdminCommand::CreateJob { name, spec } => AdminReply::ok(AdminResult::Job {
                     job: JobRecord::new(name, spec, Epoch(1), 0),
                 }),
-                AdminCommand::GetJob { name } => AdminReply::error(format!("unknown job '{name}'")),
-                AdminCommand::PauseJob { name } => {
-                    AdminReply::error(format!("job '{name}' is Completed and cannot be paused"))
+                AdminCommand::GetJob { name } => {
+                    AdminReply::error(Code::UnknownJob, format!("unknown job '{name}'"))
                 }
+                AdminCommand::PauseJob { name } => AdminReply::error(
+                    Code::InvalidState,
+                    format!("job '{name}' is Completed and cannot be paused"),
+                ),
                 AdminCommand::Stats => AdminReply::ok(AdminResult::Stats {
                     stats: AdminStats::default(),
                 }),
                 AdminCommand::Retry { .. } => AdminReply::ok(AdminResult::Retried { count: 3 }),
-                _ => AdminReply::error("could not store the job: boom"),
+                _ => AdminReply::error(Code::Internal, "could not store the job: boom"),
             };
             let reply_to = message.reply.unwrap();
             client

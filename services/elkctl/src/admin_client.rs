@@ -129,7 +129,7 @@ pub fn reply_result(payload: &[u8]) -> anyhow::Result<AdminResult> {
     let reply: AdminReply = decode(payload).context("undecodable assigner reply")?;
     match (reply.result, reply.error) {
         (Some(result), _) => Ok(result),
-        (None, Some(error)) => bail!("{error}"),
+        (None, Some(error)) => bail!("{}", error.message),
         (None, None) => bail!("the assigner replied with neither a result nor an error"),
     }
 }
@@ -158,7 +158,10 @@ mod tests {
         );
         let ok = encode(&AdminReply::ok(AdminResult::Job { job: job.clone() }));
         assert_eq!(into_job(reply_result(&ok).unwrap()).unwrap(), job);
-        let refused = encode(&AdminReply::error("unknown job 'x'"));
+        let refused = encode(&AdminReply::error(
+            elk_protocol::admin::AdminErrorCode::UnknownJob,
+            "unknown job 'x'",
+        ));
         assert_eq!(
             reply_result(&refused).unwrap_err().to_string(),
             "unknown job 'x'"

@@ -35,6 +35,22 @@ pub enum NatsError {
     Watch { bucket: String, message: String },
 }
 
+/// Whether an error is worth retrying: implemented by every ELK crate's error type, so shared
+/// loops (role supervision, admin requests, reports) decide the same way everywhere.
+///
+/// *Retryable*: the same operation may succeed later without any change (a transport hiccup, a
+/// timeout, a server that is restarting). *Terminal*: it cannot (bad configuration, an
+/// incompatible server, a deposed leader, invalid input).
+pub trait Retryable {
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for NatsError {
+    fn is_retryable(&self) -> bool {
+        NatsError::is_retryable(self)
+    }
+}
+
 impl NatsError {
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {

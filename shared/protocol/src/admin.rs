@@ -2,7 +2,10 @@
 //! (one verb per [`AdminRequest`] variant, see [`AdminRequest::verb`]), and the planner
 //! request/reply on `elk.<ns>.plan.<job>`.
 //!
-//! Every reply is an [`AdminReply`]: either `result` or a human-readable `error`.
+//! Every reply is an [`AdminReply`]: either `result` or an [`AdminError`] carrying a machine-readable
+//! [`AdminErrorCode`] and a message for the operator. Admin replies are at schema
+//! [`ADMIN_REPLY_SCHEMA`] (2): schema 1 carried the error as a bare string, which is still
+//! accepted on decode (its code is then [`AdminErrorCode::Internal`]).
 
 use crate::SCHEMA_VERSION;
 use crate::codec::Message;
@@ -174,35 +177,152 @@ pub enum AdminResult {
     },
 }
 
-/// Reply to an admin request: the result, or an error message for the operator.
+/// Schema version of [`AdminReply`]: 2 since errors carry an [`AdminErrorCode`].
+pub const ADMIN_REPLY_SCHEMA: u16 = 2;
+
+/// Why an admin request was refused, in a form a client can act on without reading the text.
+/// HTTP maps each code to a status (see [`AdminErrorCode::http_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminErrorCode {
+    /// The request could not be decoded or names something malformed.
+    BadRequest,
+    /// A job specification is invalid (empty range, zero partition size, ...).
+    InvalidSpec,
+    /// No job of that name exists.
+    UnknownJob,
+    /// No live partition of that id exists.
+    UnknownPartition,
+    /// Something of that name exists already.
+    AlreadyExists,
+    /// The command conflicts with the current state (e.g. resuming a cancelled job).
+    InvalidState,
+    /// The request would exceed a configured limit (jobs, partitions, page size, ...).
+    LimitExceeded,
+    /// The request was understood but could not be carried out now (storage unavailable,
+    /// leadership changing); retrying later may succeed.
+    Unavailable,
+    /// The caller is not allowed to do this.
+    Forbidden,
+    /// Anything else.
+    Internal,
+}
+
+impl AdminErrorCode {
+    /// The HTTP status a gateway answers this refusal with.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            AdminErrorCode::BadRequest => 400,
+            AdminErrorCode::Forbidden => 403,
+            AdminErrorCode::UnknownJob | AdminErrorCode::UnknownPartition => 404,
+            AdminErrorCode::AlreadyExists | AdminErrorCode::InvalidState => 409,
+            AdminErrorCode::InvalidSpec => 422,
+            AdminErrorCode::LimitExceeded => 429,
+            AdminErrorCode::Unavailable => 503,
+            AdminErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether the same request may succeed later without any change.
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, AdminErrorCode::Unavailable)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AdminErrorCode::BadRequest => "bad_request",
+            AdminErrorCode::InvalidSpec => "invalid_spec",
+            AdminErrorCode::UnknownJob => "unknown_job",
+            AdminErrorCode::UnknownPartition => "unknown_partition",
+            AdminErrorCode::AlreadyExists => "already_exists",
+            AdminErrorCode::InvalidState => "invalid_state",
+            AdminErrorCode::LimitExceeded => "limit_exceeded",
+            AdminErrorCode::Unavailable => "unavailable",
+            AdminErrorCode::Forbidden => "forbidden",
+            AdminErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for AdminErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused admin request: a code for programs, a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct AdminError {
+    pub code: AdminErrorCode,
+    pub message: String,
+}
+
+impl AdminError {
+    pub fn new(code: AdminErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Schema 1 sent the error as a bare string; schema 2 sends `{code, message}`.
+impl<'de> Deserialize<'de> for AdminError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Coded {
+                code: AdminErrorCode,
+                message: String,
+            },
+            Legacy(String),
+        }
+        Ok(match Wire::deserialize(deserializer)? {
+            Wire::Coded { code, message } => AdminError { code, message },
+            Wire::Legacy(message) => AdminError {
+                code: AdminErrorCode::Internal,
+                message,
+            },
+        })
+    }
+}
+
+/// Reply to an admin request: the result, or a coded error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminReply {
     #[serde(default = "current_schema")]
     pub schema: u16,
     pub result: Option<AdminResult>,
-    pub error: Option<String>,
+    pub error: Option<AdminError>,
 }
 
 impl AdminReply {
     pub fn ok(result: AdminResult) -> Self {
         Self {
-            schema: SCHEMA_VERSION,
+            schema: ADMIN_REPLY_SCHEMA,
             result: Some(result),
             error: None,
         }
     }
 
-    pub fn error(message: impl Into<String>) -> Self {
+    pub fn error(code: AdminErrorCode, message: impl Into<String>) -> Self {
+        Self::refused(AdminError::new(code, message))
+    }
+
+    pub fn refused(error: AdminError) -> Self {
         Self {
-            schema: SCHEMA_VERSION,
+            schema: ADMIN_REPLY_SCHEMA,
             result: None,
-            error: Some(message.into()),
+            error: Some(error),
         }
     }
 }
 
 impl Message for AdminReply {
     const KIND: &'static str = "admin reply";
+    const MAX_SCHEMA: u16 = ADMIN_REPLY_SCHEMA;
     fn schema(&self) -> u16 {
         self.schema
     }

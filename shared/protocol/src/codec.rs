@@ -9,6 +9,8 @@ pub trait Message: Serialize + DeserializeOwned {
     const KIND: &'static str;
     /// Schema version carried by this instance.
     fn schema(&self) -> u16;
+    /// Newest schema version of this message kind this build understands (and writes).
+    const MAX_SCHEMA: u16 = SCHEMA_VERSION;
 }
 
 /// Why bytes could not be turned into a message.
@@ -41,11 +43,11 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, DecodeError> {
         source,
     })?;
     let found = message.schema();
-    if found == 0 || found > SCHEMA_VERSION {
+    if found == 0 || found > M::MAX_SCHEMA {
         return Err(DecodeError::UnsupportedSchema {
             kind: M::KIND,
             found,
-            supported: SCHEMA_VERSION,
+            supported: M::MAX_SCHEMA,
         });
     }
     Ok(message)

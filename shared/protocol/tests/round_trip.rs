@@ -2,7 +2,7 @@
 //! an error rather than a panic or a misread.
 
 use elk_protocol::admin::{
-    AdminCommand, AdminReply, AdminRequest, AdminResult, PlanReply, PlanRequest,
+    AdminCommand, AdminErrorCode, AdminReply, AdminRequest, AdminResult, PlanReply, PlanRequest,
 };
 use elk_protocol::codec::Message;
 use elk_protocol::messages::*;
@@ -156,7 +156,7 @@ fn all_messages_round_trip() {
     ] {
         round_trip(AdminRequest::new(command));
     }
-    round_trip(AdminReply::error("nope"));
+    round_trip(AdminReply::error(AdminErrorCode::UnknownJob, "nope"));
     round_trip(AdminReply::ok(AdminResult::Retried { count: 2 }));
     round_trip(PlanRequest {
         schema: SCHEMA_VERSION,
@@ -322,4 +322,28 @@ fn open_ended_jobs_plan_up_to_the_known_max() {
     record.completed_above_watermark = vec![IdRange::new(130, 139).unwrap()];
     assert!(record.id_completed(100) && record.id_completed(120) && record.id_completed(135));
     assert!(!record.id_completed(125) && !record.id_completed(99));
+}
+
+#[test]
+fn schema_1_admin_replies_with_a_bare_error_string_still_decode() {
+    #[derive(serde::Serialize)]
+    struct LegacyReply {
+        schema: u16,
+        result: Option<()>,
+        error: Option<String>,
+    }
+    let legacy = rmp_serde::to_vec_named(&LegacyReply {
+        schema: 1,
+        result: None,
+        error: Some("unknown job 'x'".to_owned()),
+    })
+    .unwrap();
+    let reply: AdminReply = elk_protocol::decode(&legacy).unwrap();
+    let error = reply.error.unwrap();
+    assert_eq!(error.code, AdminErrorCode::Internal);
+    assert_eq!(error.message, "unknown job 'x'");
+    // A reply from a newer schema than this build knows is refused, not misread.
+    let mut future = AdminReply::error(AdminErrorCode::UnknownJob, "x");
+    future.schema = elk_protocol::admin::ADMIN_REPLY_SCHEMA + 1;
+    assert!(elk_protocol::decode::<AdminReply>(&elk_protocol::encode(&future)).is_err());
 }
