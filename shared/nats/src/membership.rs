@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  join ──create(ttl)──▶ Alive ──renew ok──▶ Alive
+//!                          │ renew conflict, key still holds our value ─▶ Alive (adopt revision)
 //!                          │ renew conflict (key gone or taken over)   ─▶ Lost
 //!                          │ no successful renew before the fence deadline ─▶ Lost
 //!                          │ leave() ─delete(expected rev)─▶ Left
@@ -11,7 +12,16 @@
 //!
 //! The fence deadline is `send time of the last successful renewal + ttl × 5/6`: the server's TTL
 //! clock starts no earlier than that send, so a member that stops at the deadline has stopped
-//! before anyone else can see its key expire and take its work.
+//! before anyone else can see its key expire and take its work. The deadline is published in a
+//! [`LeaseDeadline`] (one atomic), so code that cannot wait for the loss signal — a thread busy in
+//! user code, another runtime — can still check it against the monotonic clock.
+//!
+//! **A lost ack is not a lost lease.** A renewal whose publish was stored but whose ack never
+//! arrived (the attempt timed out) leaves the key one revision ahead of what the lease expects; the
+//! retry then fails with *wrong last sequence* (JetStream error 10071). Before fencing, the lease
+//! re-reads the key: if it still holds exactly our value (same bytes, so same incarnation), the
+//! write was ours and the lease adopts its revision and renews again at once. Only a key that is
+//! gone or holds another value means the lease is lost.
 
 use crate::error::NatsError;
 use crate::kv::{CasOutcome, cas_write};
@@ -20,7 +30,8 @@ use bytes::Bytes;
 use elk_protocol::encode;
 use elk_protocol::messages::MemberRecord;
 use elk_types::{Incarnation, MemberId, Revision};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +58,75 @@ pub fn new_incarnation() -> Incarnation {
     Incarnation(nanos)
 }
 
+/// Until when a lease may be acted on: the fence deadline of its last successful renewal, readable
+/// from any thread without locking. It only moves forward while the lease renews, and drops to
+/// "expired" for good once the lease is lost or left.
+///
+/// The renewal task keeps it current; readers compare it with [`Instant::now`], so the check works
+/// even when no task (timer, loss signal) could run since the deadline passed.
+#[derive(Debug, Clone)]
+pub struct LeaseDeadline {
+    /// Nanoseconds after [`clock_base`] plus one; `0` means expired.
+    encoded: Arc<AtomicU64>,
+}
+
+/// The origin of the encoded deadlines: the first use in this process.
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+impl LeaseDeadline {
+    /// A deadline at `until`.
+    pub fn new(until: Instant) -> Self {
+        Self {
+            encoded: Arc::new(AtomicU64::new(Self::encode(until))),
+        }
+    }
+
+    /// A deadline that has already passed (for work that must not start).
+    pub fn expired() -> Self {
+        Self {
+            encoded: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn encode(until: Instant) -> u64 {
+        // An instant before the base encodes as the base itself: earlier, so on the safe side.
+        let nanos = until.saturating_duration_since(clock_base()).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Moves the deadline forward to `until`; an expired deadline stays expired (a renewal that
+    /// races with the loss never resurrects the lease).
+    fn extend_to(&self, until: Instant) {
+        let encoded = Self::encode(until);
+        let _ = self
+            .encoded
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current != 0).then_some(encoded.max(current))
+            });
+    }
+
+    /// Marks the lease lost: the deadline has passed for good.
+    pub fn expire(&self) {
+        self.encoded.store(0, Ordering::Release);
+    }
+
+    /// The deadline, or `None` once the lease is lost or left.
+    pub fn valid_until(&self) -> Option<Instant> {
+        match self.encoded.load(Ordering::Acquire) {
+            0 => None,
+            encoded => Some(clock_base() + Duration::from_nanos(encoded - 1)),
+        }
+    }
+
+    /// Whether the deadline is still ahead (checked against the monotonic clock now).
+    pub fn is_valid(&self) -> bool {
+        self.valid_until().is_some_and(|until| Instant::now() < until)
+    }
+}
+
 struct LeaseState {
     revision: Revision,
     left: bool,
@@ -60,6 +140,7 @@ pub struct MemberLease {
     incarnation: Incarnation,
     ttl: Duration,
     lost: CancellationToken,
+    deadline: LeaseDeadline,
     stop_renewing: CancellationToken,
     state: Arc<Mutex<LeaseState>>,
     resources: Resources,
@@ -133,6 +214,7 @@ impl MemberLease {
             incarnation,
             ttl,
             lost: CancellationToken::new(),
+            deadline: LeaseDeadline::new(sent_at + fence_after(ttl)),
             stop_renewing: CancellationToken::new(),
             state: Arc::new(Mutex::new(LeaseState {
                 revision,
@@ -162,67 +244,24 @@ impl MemberLease {
         self.lost.clone()
     }
 
+    /// The fence deadline of this lease, kept current by the renewal task and expired once the
+    /// lease is lost or left. Cheap to clone; readable from any thread.
+    pub fn deadline(&self) -> LeaseDeadline {
+        self.deadline.clone()
+    }
+
     fn spawn_renewal(&self, value: Bytes, first_sent_at: Instant) {
-        let resources = self.resources.clone();
-        let store = self.store.clone();
-        let key = self.key.clone();
-        let ttl = self.ttl;
-        let lost = self.lost.clone();
-        let stop = self.stop_renewing.clone();
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let fence_after = ttl * 5 / 6;
-            let mut fence_deadline = first_sent_at + fence_after;
-            let mut next_renewal = first_sent_at + ttl / 3;
-            loop {
-                let wake = next_renewal.min(fence_deadline);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(wake.into()) => {}
-                }
-                if Instant::now() >= fence_deadline {
-                    tracing::warn!(member = %key, "membership not renewed in time: self-fencing");
-                    lost.cancel();
-                    return;
-                }
-                let mut guard = state.lock().await;
-                if guard.left {
-                    return;
-                }
-                let sent_at = Instant::now();
-                let attempt = tokio::time::timeout(
-                    fence_deadline.saturating_duration_since(sent_at),
-                    cas_write(
-                        &resources.jetstream,
-                        &store,
-                        &key,
-                        value.clone(),
-                        Some(guard.revision),
-                        Some(ttl),
-                    ),
-                )
-                .await;
-                match attempt {
-                    Ok(Ok(CasOutcome::Written(revision))) => {
-                        guard.revision = revision;
-                        fence_deadline = sent_at + fence_after;
-                        next_renewal = sent_at + ttl / 3;
-                    }
-                    Ok(Ok(CasOutcome::Conflict { .. })) => {
-                        tracing::warn!(member = %key, "membership key lost (expired or taken over)");
-                        lost.cancel();
-                        return;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(member = %key, %error, "renewal failed; retrying");
-                        next_renewal = Instant::now() + Duration::from_millis(100);
-                    }
-                    Err(_) => {
-                        next_renewal = Instant::now();
-                    }
-                }
-            }
-        });
+        let renewal = Renewal {
+            resources: self.resources.clone(),
+            store: self.store.clone(),
+            key: self.key.clone(),
+            value,
+            ttl: self.ttl,
+            lost: self.lost.clone(),
+            deadline: self.deadline.clone(),
+            state: self.state.clone(),
+        };
+        tokio::spawn(renewal.run(first_sent_at, self.stop_renewing.clone()));
     }
 
     /// Graceful leave: stop renewing and delete the key (if it is still ours).
@@ -232,6 +271,7 @@ impl MemberLease {
         guard.left = true;
         let revision = guard.revision;
         drop(guard);
+        self.deadline.expire();
         if self.lost.is_cancelled() {
             return Ok(());
         }
@@ -244,6 +284,103 @@ impl MemberLease {
                 key: self.key.clone(),
                 message: e.to_string(),
             })
+    }
+}
+
+/// How long after a renewal's send the holder may still act: `ttl × 5/6`.
+fn fence_after(ttl: Duration) -> Duration {
+    ttl * 5 / 6
+}
+
+/// The renewal task's state: renews every `ttl / 3`, fences at the deadline.
+struct Renewal {
+    resources: Resources,
+    store: async_nats::jetstream::kv::Store,
+    key: String,
+    value: Bytes,
+    ttl: Duration,
+    lost: CancellationToken,
+    deadline: LeaseDeadline,
+    state: Arc<Mutex<LeaseState>>,
+}
+
+impl Renewal {
+    /// Renews until the lease is lost, left or `stop` fires. `stop` is only obeyed between
+    /// attempts: an attempt in flight holds the state lock, so `leave` sees its revision.
+    async fn run(self, first_sent_at: Instant, stop: CancellationToken) {
+        let ttl = self.ttl;
+        let mut fence_deadline = first_sent_at + fence_after(ttl);
+        let mut next_renewal = first_sent_at + ttl / 3;
+        loop {
+            let wake = next_renewal.min(fence_deadline);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if Instant::now() >= fence_deadline {
+                tracing::warn!(member = %self.key, "membership not renewed in time: self-fencing");
+                self.lose();
+                return;
+            }
+            let mut guard = self.state.lock().await;
+            if guard.left {
+                return;
+            }
+            let sent_at = Instant::now();
+            let attempt = tokio::time::timeout(
+                fence_deadline.saturating_duration_since(sent_at),
+                cas_write(
+                    &self.resources.jetstream,
+                    &self.store,
+                    &self.key,
+                    self.value.clone(),
+                    Some(guard.revision),
+                    Some(ttl),
+                ),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(CasOutcome::Written(revision))) => {
+                    guard.revision = revision;
+                    fence_deadline = sent_at + fence_after(ttl);
+                    self.deadline.extend_to(fence_deadline);
+                    next_renewal = sent_at + ttl / 3;
+                }
+                Ok(Ok(CasOutcome::Conflict {
+                    current: Some(stored),
+                })) if stored.value == self.value => {
+                    // An earlier attempt was stored but its ack was lost (error 10071 on this
+                    // retry): the key is still ours. Its send time is unknown, so the fence
+                    // deadline stays where the last acknowledged renewal put it (on the safe
+                    // side), and the next renewal goes out at once to move it again.
+                    tracing::debug!(
+                        member = %self.key,
+                        expected = %guard.revision,
+                        stored = %stored.revision,
+                        "renewal stored without an ack: adopting its revision"
+                    );
+                    guard.revision = stored.revision;
+                    next_renewal = Instant::now();
+                }
+                Ok(Ok(CasOutcome::Conflict { .. })) => {
+                    tracing::warn!(member = %self.key, "membership key lost (expired or taken over)");
+                    self.lose();
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(member = %self.key, %error, "renewal failed; retrying");
+                    next_renewal = Instant::now() + Duration::from_millis(100);
+                }
+                Err(_) => {
+                    next_renewal = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn lose(&self) {
+        self.deadline.expire();
+        self.lost.cancel();
     }
 }
 
