@@ -145,19 +145,20 @@ impl AssignerState {
         true
     }
 
-    /// A failed attempt: back to pending after an exponential backoff while attempts remain,
-    /// otherwise parked as `failed` with its error.
+    /// A failed attempt: back to pending after an exponential backoff while attempts remain and
+    /// the failure is not `permanent`, otherwise parked as `failed` with its error.
     pub(super) fn fail_partition(
         &mut self,
         key: &PartitionKey,
         error: String,
         last_done: Option<u64>,
+        permanent: bool,
     ) {
         let Some(job) = self.jobs.get(&key.0).map(|job| job.value.spec.clone()) else {
             return;
         };
         let attempts = self.partitions.get(key).map_or(0, |p| p.value.attempts) + 1;
-        let retry = attempts < job.max_attempts;
+        let retry = !permanent && attempts < job.max_attempts;
         let now = self.now_ms;
         self.update_partition(key, |record| {
             record.owner = None;

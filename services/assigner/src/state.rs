@@ -425,9 +425,13 @@ impl AssignerState {
                     self.dirty_jobs.insert(report.job.clone());
                 }
             }
-            ProgressEvent::Failed { error, last_done } => {
+            ProgressEvent::Failed {
+                error,
+                last_done,
+                permanent,
+            } => {
                 let last_done = last_done.map(|done| done.min(range.last()));
-                self.fail_partition(&key, error.clone(), last_done);
+                self.fail_partition(&key, error.clone(), last_done, *permanent);
                 self.mark_owner_dirty(report);
             }
             ProgressEvent::Released { last_done } => {

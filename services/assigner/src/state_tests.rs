@@ -408,6 +408,7 @@ fn failures_back_off_then_park_and_retry_requeues() {
         let event = ProgressEvent::Failed {
             error: "boom".to_owned(),
             last_done: Some(99),
+            permanent: false,
         };
         state
             .apply_progress(&report("a", 1, 1, token, event))

@@ -394,10 +394,13 @@ pub enum ProgressEvent {
     Checkpoint { last_done: u64 },
     /// The whole range is processed.
     Completed,
-    /// The processor failed; `last_done` is the last checkpoint it reached.
+    /// The processor failed; `last_done` is the last checkpoint it reached. `permanent`: retrying
+    /// cannot help (poison data), so the partition is parked at once instead of retried.
     Failed {
         error: String,
         last_done: Option<u64>,
+        #[serde(default)]
+        permanent: bool,
     },
     /// The worker stopped processing after a revoke (or on shutdown) and gives the partition back.
     Released { last_done: Option<u64> },

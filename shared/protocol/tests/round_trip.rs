@@ -113,6 +113,12 @@ fn all_messages_round_trip() {
         ProgressEvent::Failed {
             error: "boom".to_owned(),
             last_done: Some(3),
+            permanent: false,
+        },
+        ProgressEvent::Failed {
+            error: "poison".to_owned(),
+            last_done: None,
+            permanent: true,
         },
         ProgressEvent::Released { last_done: None },
     ] {

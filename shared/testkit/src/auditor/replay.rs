@@ -454,6 +454,7 @@ mod tests {
                 ProgressEvent::Failed {
                     error: "boom".into(),
                     last_done: Some(40),
+                    permanent: false,
                 },
             ),
             record(40, "a", 1, (1, 2), &[(1, 101, 41)]),
