@@ -13,5 +13,7 @@ pub use connect::{MIN_SERVER_VERSION, NatsConfig, check_server_version, connect,
 pub use error::{NatsError, Retryable};
 pub use follow::{Versioned, follow_key};
 pub use kv::{CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};
-pub use membership::{JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation};
+pub use membership::{
+    JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
+};
 pub use provision::{ProvisionConfig, Resources, provision};

@@ -123,7 +123,8 @@ impl LeaseDeadline {
 
     /// Whether the deadline is still ahead (checked against the monotonic clock now).
     pub fn is_valid(&self) -> bool {
-        self.valid_until().is_some_and(|until| Instant::now() < until)
+        self.valid_until()
+            .is_some_and(|until| Instant::now() < until)
     }
 }
 

@@ -90,19 +90,30 @@ async fn a_renewal_stored_without_its_ack_does_not_lose_the_lease() {
 
     // The lease renews on top of that revision (two renewals later, to be sure the conflict was
     // taken and survived), and never fences.
-    wait_until("the lease renewed past the foreign write, or fenced", DEADLINE, || async {
-        lost.is_cancelled() || stored_revision(&resources).await.get() >= behind_its_back.get() + 2
-    })
+    wait_until(
+        "the lease renewed past the foreign write, or fenced",
+        DEADLINE,
+        || async {
+            lost.is_cancelled()
+                || stored_revision(&resources).await.get() >= behind_its_back.get() + 2
+        },
+    )
     .await
     .unwrap();
     assert!(!lost.is_cancelled(), "the lease was not lost");
-    assert!(lease.deadline().is_valid(), "the fence deadline keeps moving");
+    assert!(
+        lease.deadline().is_valid(),
+        "the fence deadline keeps moving"
+    );
     lease.leave().await.unwrap();
     let entry = elk_nats::read_entry(&resources.members, "m1")
         .await
         .unwrap()
         .unwrap();
-    assert!(entry.deleted, "leave deleted the key at the adopted revision");
+    assert!(
+        entry.deleted,
+        "leave deleted the key at the adopted revision"
+    );
 }
 
 #[tokio::test]

@@ -1,64 +1,265 @@
-//! A complete worker process: joins a namespace, folds every ID of its partitions into a checksum,
-//! and hands everything back on Ctrl-C.
+//! A complete worker process, ready to run as a container: joins a namespace, folds every ID of its
+//! partitions into a checksum (CPU-bound, so it is a `BlockingProcessor`), logs its lifecycle,
+//! and on SIGTERM or SIGINT hands everything back and leaves within the shutdown grace; a second
+//! signal exits at once.
 //!
 //! ```text
-//! cargo run -p elk-worker --example checksum_worker -- nats://127.0.0.1:4222 default worker-1 4
+//! cargo run -p elk-worker --example checksum_worker -- --nats-url nats://127.0.0.1:4222 \
+//!     --namespace prod --capacity 4
+//! ELK_NATS_URL=nats://nats:4222 ELK_NAMESPACE=prod ELK_CAPACITY=4 checksum_worker
 //! ```
-//! Arguments: NATS URL, namespace, member id, capacity (all optional, in this order).
+//! Every flag has an `ELK_*` environment variable (`--help` lists them). The member id defaults to
+//! `<hostname>-<pid>`, unique per process (in Kubernetes the hostname is the pod name). The older
+//! positional form `checksum_worker <url> <namespace> <member-id> <capacity>` still works.
 
-use elk_nats::NatsConfig;
-use elk_types::{MemberId, Namespace};
-use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
+use clap::Parser;
+use elk_worker::{
+    BlockingProcessor, JobName, MemberId, Namespace, NatsConfig, PartitionWork, ProcessError,
+    ProcessOutcome, Worker, WorkerEvent,
+};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-struct Checksum;
+/// An ELK Coordinator worker that checksums the IDs of its partitions.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// NATS server URL (a comma-separated list is accepted).
+    #[arg(long, env = "ELK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// NATS credentials file (JWT + NKEY).
+    #[arg(long, env = "ELK_NATS_CREDENTIALS")]
+    nats_credentials: Option<PathBuf>,
+    /// Namespace (deployment) to join.
+    #[arg(long, env = "ELK_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Member id; must be unique among live members [default: <hostname>-<pid>].
+    #[arg(long, env = "ELK_MEMBER_ID")]
+    member_id: Option<String>,
+    /// Partitions processed at once.
+    #[arg(long, env = "ELK_CAPACITY", default_value_t = 4)]
+    capacity: u32,
+    /// Only process these jobs (comma-separated) [default: every job].
+    #[arg(long, env = "ELK_JOBS", value_delimiter = ',')]
+    jobs: Vec<String>,
+    /// Member key TTL, whole seconds (e.g. 3s).
+    #[arg(long, env = "ELK_MEMBER_TTL", default_value = "3s", value_parser = parse_duration)]
+    member_ttl: Duration,
+    /// How long a graceful shutdown may take in total, releases and leave included (e.g. 30s).
+    #[arg(long, env = "ELK_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// Simulated CPU work per ID (busy loop), e.g. 20us; 0 for none.
+    #[arg(long, env = "ELK_ID_COST", default_value = "0", value_parser = parse_duration)]
+    id_cost: Duration,
+    /// Older positional form: <url> <namespace> <member-id> <capacity>, each optional.
+    #[arg(hide = true, num_args = 0..=4)]
+    positional: Vec<String>,
+}
 
-impl Processor for Checksum {
-    async fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
+impl Args {
+    /// Applies the positional form over the flags, for scripts written against the old usage.
+    fn with_positional(mut self) -> Result<Self, String> {
+        let mut positional = std::mem::take(&mut self.positional).into_iter();
+        if let Some(url) = positional.next() {
+            self.nats_url = url;
+        }
+        if let Some(namespace) = positional.next() {
+            self.namespace = namespace;
+        }
+        if let Some(id) = positional.next() {
+            self.member_id = Some(id);
+        }
+        if let Some(capacity) = positional.next() {
+            self.capacity = capacity
+                .parse()
+                .map_err(|_| format!("capacity '{capacity}' is not a number"))?;
+        }
+        Ok(self)
+    }
+}
+
+/// `30s`, `500ms`, `20us`, `2m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 30s, 500ms)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use us, ms, s, m, h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("'{text}': {error}"))
+}
+
+/// `<hostname>-<pid>`, reduced to the characters a member id allows.
+fn default_member_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix = format!("-{}", std::process::id());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64 - suffix.len())
+        .collect();
+    host + &suffix
+}
+
+struct Checksum {
+    id_cost: Duration,
+}
+
+impl BlockingProcessor for Checksum {
+    fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
         let mut checksum = 0u64;
         for id in work.resume_from()..=work.range().last() {
             if work.is_cancelled() {
                 return Ok(ProcessOutcome::Interrupted);
             }
+            if !self.id_cost.is_zero() {
+                let until = Instant::now() + self.id_cost;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
             checksum = checksum.rotate_left(7) ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             work.checkpoint(id);
-            if id % 1_024 == 0 {
-                // CPU-bound work must yield, or membership renewal starves and the worker fences.
-                tokio::task::yield_now().await;
-            }
         }
-        println!(
-            "{} partition {} done, checksum {checksum:016x}",
-            work.job(),
-            work.partition()
+        tracing::info!(
+            job = %work.job(),
+            partition = %work.partition(),
+            range = %work.range(),
+            checksum = format_args!("{checksum:016x}"),
+            "partition done"
         );
         Ok(ProcessOutcome::Completed)
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
-    let namespace = Namespace::new(args.next().unwrap_or_else(|| "default".to_owned()))?;
-    let id = MemberId::new(args.next().unwrap_or_else(|| "worker-1".to_owned()))?;
-    let capacity: u32 = args.next().map_or(Ok(4), |raw| raw.parse())?;
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
 
-    let worker = Worker::builder(NatsConfig::new(url, id.to_string()), namespace, id)
-        .capacity(capacity)
-        .start(Checksum)
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let args = args.with_positional()?;
+    let namespace = Namespace::new(&args.namespace)?;
+    let id = MemberId::new(args.member_id.clone().unwrap_or_else(default_member_id))?;
+    let jobs = args
+        .jobs
+        .iter()
+        .map(JobName::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut nats = NatsConfig::new(&args.nats_url, id.as_str());
+    nats.credentials_file = args.nats_credentials.clone();
+    // Processors get most of the grace to return; the rest is for the releases and the leave.
+    let reserve = (args.shutdown_grace / 4).min(Duration::from_secs(5));
+    let worker = Worker::builder(namespace.clone(), id.clone())
+        .nats(nats)
+        .capacity(args.capacity)
+        .jobs(jobs)
+        .member_ttl(args.member_ttl)
+        .stop_grace(args.shutdown_grace - reserve)
+        .start_blocking(Checksum {
+            id_cost: args.id_cost,
+        })
         .await?;
-    println!(
-        "worker {} joined (incarnation {})",
-        worker.id(),
-        worker.incarnation()
+    tracing::info!(
+        member = %id,
+        %namespace,
+        incarnation = %worker.incarnation(),
+        capacity = args.capacity,
+        "worker joined"
     );
-    tokio::signal::ctrl_c().await?;
-    let stats = worker.shutdown().await?;
-    println!(
-        "left after {} completed partitions",
-        stats.partitions_completed
-    );
-    Ok(())
+    let mut events = worker.events();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                WorkerEvent::Fenced { incarnation, .. } => {
+                    tracing::warn!(%incarnation, "membership lost; re-joining");
+                }
+                other => tracing::info!(event = ?other, "worker event"),
+            }
+        }
+    });
+
+    termination_signal().await;
+    tracing::info!(grace = ?args.shutdown_grace, "signal received: handing partitions back");
+    let shutdown = tokio::time::timeout(args.shutdown_grace, worker.shutdown());
+    tokio::select! {
+        finished = shutdown => match finished {
+            Ok(Ok(stats)) => {
+                tracing::info!(
+                    completed = stats.partitions_completed,
+                    released = stats.partitions_released,
+                    "left"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => {
+                tracing::error!("shutdown exceeded its grace; partitions are reclaimed after the member TTL");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        () = termination_signal() => {
+            tracing::warn!("second signal: exiting at once");
+            Ok(ExitCode::from(130))
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Worker settings, filled by [`crate::WorkerBuilder`].
+//! Worker settings, filled by [`crate::WorkerBuilder`] and checked before anything starts.
 
 use elk_nats::{NatsConfig, ProvisionConfig};
 use elk_types::{Capacity, JobName, MemberId, Namespace};
@@ -11,6 +11,10 @@ pub const DEFAULT_MEMBER_TTL: Duration = Duration::from_secs(3);
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time processors get to return after cancellation on shutdown (a self-fence aborts).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
+/// Default silence of the assignment watch after which the worker re-reads its key directly.
+pub const DEFAULT_ASSIGNMENT_RESYNC: Duration = Duration::from_secs(10);
+/// Where a worker connects unless told otherwise.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerConfig {
@@ -23,6 +27,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) member_ttl: Duration,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) stop_grace: Duration,
+    pub(crate) assignment_resync: Duration,
     pub(crate) provision: ProvisionConfig,
 }
 
@@ -39,6 +44,12 @@ impl WorkerConfig {
         }
         if self.checkpoint_interval.is_zero() {
             return Err("checkpoint_interval must be greater than zero".to_owned());
+        }
+        if self.assignment_resync.is_zero() {
+            return Err("assignment_resync must be greater than zero".to_owned());
+        }
+        if self.nats.url.trim().is_empty() {
+            return Err("the NATS url is empty".to_owned());
         }
         Ok(())
     }

@@ -22,6 +22,12 @@ pub enum WorkerError {
     Subscribe { subject: String, message: String },
 }
 
+impl elk_nats::Retryable for WorkerError {
+    fn is_retryable(&self) -> bool {
+        WorkerError::is_retryable(self)
+    }
+}
+
 impl WorkerError {
     /// Whether starting again later may succeed (a taken id frees up when its TTL expires).
     pub fn is_retryable(&self) -> bool {

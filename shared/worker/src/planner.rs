@@ -49,9 +49,7 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Example
 ///
 /// ```no_run
-/// use elk_nats::NatsConfig;
-/// use elk_types::{JobName, Namespace};
-/// use elk_worker::{PlanError, Planner, serve_planner};
+/// use elk_worker::{JobName, NatsConfig, Namespace, PlanError, Planner, serve_planner};
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///

@@ -1,7 +1,8 @@
-//! The user-facing processing contract: a [`Processor`] receives one [`PartitionWork`] per granted
-//! partition and processes the IDs from [`PartitionWork::resume_from`] to the end of
-//! [`PartitionWork::range`], recording progress with [`PartitionWork::checkpoint`] and stopping
-//! promptly when [`PartitionWork::is_cancelled`] turns true.
+//! The user-facing processing contract: a [`Processor`] (async) or a [`BlockingProcessor`]
+//! (synchronous, CPU-bound or blocking I/O) receives one [`PartitionWork`] per granted partition and
+//! processes the IDs from [`PartitionWork::resume_from`] to the end of [`PartitionWork::range`],
+//! recording progress with [`PartitionWork::checkpoint`] and stopping promptly when
+//! [`PartitionWork::is_cancelled`] turns true.
 //!
 //! Contract (what makes hand-over exact):
 //! * `checkpoint(id)` means "every ID up to and including `id` is done"; it only records in memory
@@ -10,26 +11,37 @@
 //!   checkpointed exactly what it finished: the next owner resumes at `checkpoint + 1`, so nothing
 //!   is repeated and nothing is skipped.
 //! * [`ProcessOutcome::Completed`] means the whole range is done.
-//! * An `Err` is reported as a failure of the partition with the last checkpoint.
+//! * An `Err` is reported as a failure of the partition with the last checkpoint
+//!   ([`ProcessError`]: transient, or permanent to park it at once).
+//!
+//! Processors never share a thread with the worker's coordination (connection, membership
+//! renewal, assignment watch, progress publishing): that runs on a runtime of its own, so a
+//! processor may block or spin as long as it likes without costing the worker its membership. What
+//! a processor must do is *look*: `is_cancelled()` also turns true by itself once the membership's
+//! fence deadline has passed, even if nothing else could run since.
 
+use crate::ProcessError;
+use elk_nats::LeaseDeadline;
 use elk_types::{IdRange, JobName, PartitionId, PartitionLeaseToken};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Processes the IDs of granted partitions. One instance serves every partition of the worker, up
-/// to `capacity` of them concurrently, so it is shared (`&self`).
+/// Processes the IDs of granted partitions with async code. One instance serves every partition of
+/// the worker, up to `capacity` of them concurrently, so it is shared (`&self`).
 ///
-/// Each partition runs as its own tokio task next to the worker's membership renewal. CPU-heavy
-/// processors must yield regularly (or move the work to `spawn_blocking`): a task that never
-/// reaches an `.await` can starve the renewal, and a worker that cannot renew self-fences.
+/// Each partition runs as a task on the runtime that called [`crate::WorkerBuilder::start`] (or
+/// the one given to [`crate::WorkerBuilder::processor_runtime`]). The worker's coordination runs
+/// elsewhere, so a processor cannot starve it. For CPU-bound or blocking code, prefer
+/// [`BlockingProcessor`], which runs on the blocking thread pool instead of occupying a runtime
+/// worker thread.
 ///
 /// # Example
 ///
 /// ```no_run
-/// use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
-/// use elk_nats::NatsConfig;
-/// use elk_types::{MemberId, Namespace};
+/// use elk_worker::{Namespace, MemberId, PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
 ///
 /// struct Checksum;
 ///
@@ -42,9 +54,6 @@ use tokio_util::sync::CancellationToken;
 ///             }
 ///             checksum = checksum.wrapping_mul(31).wrapping_add(id);
 ///             work.checkpoint(id);
-///             if id % 1024 == 0 {
-///                 tokio::task::yield_now().await;
-///             }
 ///         }
 ///         tracing::debug!(checksum, "partition done");
 ///         Ok(ProcessOutcome::Completed)
@@ -52,14 +61,11 @@ use tokio_util::sync::CancellationToken;
 /// }
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let worker = Worker::builder(
-///     NatsConfig::new("nats://127.0.0.1:4222", "worker-1"),
-///     Namespace::new("demo")?,
-///     MemberId::new("worker-1")?,
-/// )
-/// .capacity(4)
-/// .start(Checksum)
-/// .await?;
+/// let worker = Worker::builder(Namespace::new("demo")?, MemberId::new("worker-1")?)
+///     .nats_url("nats://127.0.0.1:4222")
+///     .capacity(4)
+///     .start(Checksum)
+///     .await?;
 /// // ... later, hand every partition back and leave the membership:
 /// worker.shutdown().await?;
 /// # Ok(())
@@ -73,6 +79,50 @@ pub trait Processor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ProcessOutcome, ProcessError>> + Send;
 }
 
+/// Processes the IDs of granted partitions with synchronous code: CPU-bound work, a blocking
+/// database driver, a C library. Same contract as [`Processor`]; each partition runs through
+/// `spawn_blocking` on the processors' runtime, so it may block its thread for as long as it needs.
+///
+/// A blocking call cannot be interrupted from outside: check [`PartitionWork::is_cancelled`]
+/// between units of work (it also turns true by itself at the membership's fence deadline). When
+/// the worker self-fences, a blocking run that has not returned is abandoned — its result and any
+/// later checkpoint are refused — and the same partition is not started again in this process
+/// until it has returned.
+///
+/// # Example
+///
+/// ```no_run
+/// use elk_worker::{BlockingProcessor, Namespace, MemberId, PartitionWork, ProcessError, ProcessOutcome, Worker};
+///
+/// struct Compress;
+///
+/// impl BlockingProcessor for Compress {
+///     fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
+///         for id in work.resume_from()..=work.range().last() {
+///             if work.is_cancelled() {
+///                 return Ok(ProcessOutcome::Interrupted);
+///             }
+///             std::fs::write(format!("/tmp/{id}.out"), id.to_le_bytes())?; // blocking I/O is fine
+///             work.checkpoint(id);
+///         }
+///         Ok(ProcessOutcome::Completed)
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder(Namespace::new("demo")?, MemberId::new("compress-1")?)
+///     .capacity(8)
+///     .start_blocking(Compress)
+///     .await?;
+/// worker.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub trait BlockingProcessor: Send + Sync + 'static {
+    /// Processes `work.resume_from()..=work.range().last()`; see the module contract.
+    fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError>;
+}
+
 /// How a processor finished a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessOutcome {
@@ -82,22 +132,51 @@ pub enum ProcessOutcome {
     Interrupted,
 }
 
-/// A processor's failure on a partition; reported to the coordinator with the last checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ProcessError {
-    message: String,
+/// What one processor run returns to the worker.
+pub(crate) type ProcessResult = Result<ProcessOutcome, ProcessError>;
+
+/// Starts processor runs, async or blocking, on the processors' runtime; the worker only sees the
+/// task in its `JoinSet`.
+pub(crate) trait Runner: Send + Sync + 'static {
+    fn spawn(
+        &self,
+        work: PartitionWork,
+        tasks: &mut JoinSet<ProcessResult>,
+        runtime: &Handle,
+    ) -> tokio::task::Id;
 }
 
-impl ProcessError {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
+/// Runs a [`Processor`] as a task.
+pub(crate) struct AsyncRunner<P>(pub(crate) Arc<P>);
 
-    pub fn message(&self) -> &str {
-        &self.message
+impl<P: Processor> Runner for AsyncRunner<P> {
+    fn spawn(
+        &self,
+        work: PartitionWork,
+        tasks: &mut JoinSet<ProcessResult>,
+        runtime: &Handle,
+    ) -> tokio::task::Id {
+        let processor = self.0.clone();
+        tasks
+            .spawn_on(async move { processor.process(work).await }, runtime)
+            .id()
+    }
+}
+
+/// Runs a [`BlockingProcessor`] on the blocking pool.
+pub(crate) struct BlockingRunner<P>(pub(crate) Arc<P>);
+
+impl<P: BlockingProcessor> Runner for BlockingRunner<P> {
+    fn spawn(
+        &self,
+        work: PartitionWork,
+        tasks: &mut JoinSet<ProcessResult>,
+        runtime: &Handle,
+    ) -> tokio::task::Id {
+        let processor = self.0.clone();
+        tasks
+            .spawn_blocking_on(move || processor.process(work), runtime)
+            .id()
     }
 }
 
@@ -141,7 +220,7 @@ impl CheckpointCell {
     }
 }
 
-/// One granted partition handed to [`Processor::process`].
+/// One granted partition handed to [`Processor::process`] or [`BlockingProcessor::process`].
 #[derive(Debug, Clone)]
 pub struct PartitionWork {
     job: JobName,
@@ -150,27 +229,30 @@ pub struct PartitionWork {
     resume_from: u64,
     token: PartitionLeaseToken,
     cancellation: CancellationToken,
+    /// The fence deadline of the membership this grant belongs to.
+    lease: LeaseDeadline,
     checkpoint: Arc<CheckpointCell>,
 }
 
+/// Where a grant came from and how it is stopped: everything [`PartitionWork`] needs besides
+/// the grant itself.
+pub(crate) struct WorkControl {
+    pub(crate) cancellation: CancellationToken,
+    pub(crate) lease: LeaseDeadline,
+    pub(crate) checkpoint: Arc<CheckpointCell>,
+}
+
 impl PartitionWork {
-    pub(crate) fn new(
-        job: JobName,
-        partition: PartitionId,
-        range: IdRange,
-        resume_from: u64,
-        token: PartitionLeaseToken,
-        cancellation: CancellationToken,
-        checkpoint: Arc<CheckpointCell>,
-    ) -> Self {
+    pub(crate) fn new(grant: &elk_protocol::messages::Grant, control: WorkControl) -> Self {
         Self {
-            job,
-            partition,
-            range,
-            resume_from,
-            token,
-            cancellation,
-            checkpoint,
+            job: grant.job.clone(),
+            partition: grant.partition,
+            range: grant.range,
+            resume_from: grant.resume_from,
+            token: grant.token,
+            cancellation: control.cancellation,
+            lease: control.lease,
+            checkpoint: control.checkpoint,
         }
     }
 
@@ -197,25 +279,47 @@ impl PartitionWork {
         self.token
     }
 
-    /// Whether the worker asked this partition to stop (revoke, shutdown or self-fence).
+    /// Whether this partition must stop: the worker asked it to (revoke, shutdown, self-fence),
+    /// or the membership's fence deadline has passed. The deadline is read from an atomic and
+    /// compared with the monotonic clock, so this turns true on time even when nothing else could
+    /// run since (a processor that blocked its thread through the deadline sees it at once).
     pub fn is_cancelled(&self) -> bool {
-        self.cancellation.is_cancelled()
+        self.cancellation.is_cancelled() || !self.lease.is_valid()
     }
 
-    /// Completes when the worker asks this partition to stop.
+    /// Completes when [`PartitionWork::is_cancelled`] turns true: on the worker's signal, or at the
+    /// membership's fence deadline at the latest.
     pub async fn cancelled(&self) {
-        self.cancellation.cancelled().await;
+        loop {
+            let Some(deadline) = self.lease.valid_until() else {
+                return;
+            };
+            if self.is_cancelled() {
+                return;
+            }
+            // The deadline moves forward with every renewal: sleep to the current one, look again.
+            tokio::select! {
+                () = self.cancellation.cancelled() => return,
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
     }
 
-    /// The cancellation signal itself, e.g. to pass on to sub-tasks.
+    /// The worker's cancellation signal, e.g. to pass on to sub-tasks. It is cancelled on revoke,
+    /// shutdown and self-fence by the worker's own thread; [`PartitionWork::is_cancelled`] also
+    /// checks the fence deadline directly and is the one to poll.
     pub fn cancellation(&self) -> CancellationToken {
         self.cancellation.clone()
     }
 
     /// Records that every ID up to and including `last_done` is processed. Cheap (memory only);
-    /// IDs outside the range and backward moves are ignored.
+    /// IDs outside the range and backward moves are ignored, and so is everything once the
+    /// membership's fence deadline has passed (the partition may already belong to another
+    /// worker; what this one still finishes is not reported).
     pub fn checkpoint(&self, last_done: u64) {
-        self.checkpoint.advance(last_done);
+        if self.lease.is_valid() {
+            self.checkpoint.advance(last_done);
+        }
     }
 
     /// The last checkpoint recorded (or inherited from the previous owner).

@@ -4,13 +4,24 @@
 //! batch completely (acks included) before starting the next one. A batch never holds two reports
 //! for the same partition, so per-partition order (checkpoints, then one terminal event) is the
 //! queueing order. Within a batch, publishes are pipelined, at most [`MAX_IN_FLIGHT`] un-acked at
-//! once (async-nats stalls near 5,000). A failed publish is retried a few times with backoff, then
-//! counted as lost and logged: the assigner re-grants a partition whose owner went silent.
+//! once (async-nats stalls near 5,000).
+//!
+//! Every batch carries the [`LeaseDeadline`] of the membership (incarnation) that produced it:
+//!
+//! * a **terminal** report (`completed`, `failed`, `released`) is retried, with backoff, for as
+//!   long as that membership is valid — never given up, since a lost `completed` would leave the
+//!   partition `granted` and its job unfinished, and a lost `released` would leave it `revoking`;
+//! * a **checkpoint** is retried a few times, then counted as lost: a later checkpoint or the
+//!   terminal report carries the same progress;
+//! * once the membership is lost, every report of it still queued is **moot** and dropped unsent:
+//!   the assigner reclaims those partitions from their last acknowledged checkpoint, and would
+//!   reject the reports anyway (protocol §5.6).
 
 use crate::stats::StatsCounters;
 use bytes::Bytes;
+use elk_nats::LeaseDeadline;
 use elk_protocol::encode;
-use elk_protocol::messages::ProgressReport;
+use elk_protocol::messages::{ProgressEvent, ProgressReport};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +30,18 @@ use tokio::task::JoinHandle;
 
 /// Most un-acked publishes at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 1_024;
-const PUBLISH_ATTEMPTS: u32 = 5;
+/// Attempts at a checkpoint before it is given up.
+const CHECKPOINT_ATTEMPTS: u32 = 5;
+/// Failed attempts at a terminal report before the worker warns that it is still retrying.
+const WARN_AFTER_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 enum Command {
-    Publish(Vec<ProgressReport>),
+    Publish {
+        reports: Vec<ProgressReport>,
+        membership: LeaseDeadline,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -33,21 +51,31 @@ pub(crate) struct ProgressPublisher {
     commands: mpsc::UnboundedSender<Command>,
 }
 
+/// Aborts the publishing task when dropped (a killed worker publishes nothing more).
+pub(crate) struct PublisherTask(JoinHandle<()>);
+
+impl Drop for PublisherTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ProgressPublisher {
-    /// Starts the publishing task; it ends once every `ProgressPublisher` is dropped and the queue
-    /// is drained.
+    /// Starts the publishing task on the current runtime; it ends once every `ProgressPublisher`
+    /// is dropped and the queue is drained, or when the returned guard is dropped.
     pub(crate) fn spawn(
         jetstream: async_nats::jetstream::Context,
         subject: String,
         stats: Arc<StatsCounters>,
-    ) -> (ProgressPublisher, JoinHandle<()>) {
+    ) -> (ProgressPublisher, PublisherTask) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = tokio::spawn(publish_loop(jetstream, subject, stats, receiver));
-        (ProgressPublisher { commands }, task)
+        (ProgressPublisher { commands }, PublisherTask(task))
     }
 
-    /// Queues one batch; at most one report per partition (see the module comment).
-    pub(crate) fn publish(&self, reports: Vec<ProgressReport>) {
+    /// Queues one batch produced under `membership`; at most one report per partition (see the
+    /// module comment).
+    pub(crate) fn publish(&self, reports: Vec<ProgressReport>, membership: &LeaseDeadline) {
         if reports.is_empty() {
             return;
         }
@@ -62,12 +90,17 @@ impl ProgressPublisher {
             },
             "a batch holds at most one report per partition"
         );
-        if self.commands.send(Command::Publish(reports)).is_err() {
+        let command = Command::Publish {
+            reports,
+            membership: membership.clone(),
+        };
+        if self.commands.send(command).is_err() {
             tracing::warn!("progress publisher stopped; report dropped");
         }
     }
 
-    /// Waits until everything queued before this call is acked (or given up on).
+    /// Waits until everything queued before this call is acked (or moot, or a given-up
+    /// checkpoint).
     pub(crate) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.commands.send(Command::Flush(done)).is_ok() {
@@ -82,14 +115,22 @@ async fn publish_loop(
     stats: Arc<StatsCounters>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
+    let target = Target {
+        jetstream: &jetstream,
+        subject: &subject,
+        stats: &stats,
+    };
     while let Some(command) = commands.recv().await {
         match command {
             Command::Flush(done) => {
                 let _ = done.send(());
             }
-            Command::Publish(reports) => {
+            Command::Publish {
+                reports,
+                membership,
+            } => {
                 futures::stream::iter(reports)
-                    .map(|report| publish_with_retry(&jetstream, &subject, &stats, report))
+                    .map(|report| target.deliver(report, &membership))
                     .buffer_unordered(MAX_IN_FLIGHT)
                     .collect::<()>()
                     .await;
@@ -98,40 +139,75 @@ async fn publish_loop(
     }
 }
 
-async fn publish_with_retry(
-    jetstream: &async_nats::jetstream::Context,
-    subject: &str,
-    stats: &StatsCounters,
-    report: ProgressReport,
-) {
-    let payload = Bytes::from(encode(&report));
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        let outcome = match jetstream.publish(subject.to_owned(), payload.clone()).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        match outcome {
-            Ok(()) => {
-                StatsCounters::bump(&stats.reports_published);
+/// Where reports go, and the counters publishing bumps.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    jetstream: &'a async_nats::jetstream::Context,
+    subject: &'a str,
+    stats: &'a StatsCounters,
+}
+
+impl Target<'_> {
+    /// Publishes `report` until acked, under the rules of the module comment.
+    async fn deliver(self, report: ProgressReport, membership: &LeaseDeadline) {
+        let terminal = !matches!(report.event, ProgressEvent::Checkpoint { .. });
+        let payload = Bytes::from(encode(&report));
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0u32;
+        loop {
+            if !membership.is_valid() {
+                StatsCounters::bump(&self.stats.reports_moot);
+                tracing::info!(
+                    job = %report.job,
+                    partition = %report.partition,
+                    event = ?report.event,
+                    "membership lost: report is moot, dropped unsent"
+                );
                 return;
             }
-            Err(error) if attempt < PUBLISH_ATTEMPTS => {
-                tracing::debug!(%subject, attempt, %error, "progress publish failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            attempt += 1;
+            let error = match self.publish_once(payload.clone()).await {
+                Ok(()) => {
+                    StatsCounters::bump(&self.stats.reports_published);
+                    return;
+                }
+                Err(error) => error,
+            };
+            if !terminal && attempt >= CHECKPOINT_ATTEMPTS {
+                StatsCounters::bump(&self.stats.reports_lost);
+                tracing::warn!(
+                    subject = %self.subject,
+                    job = %report.job,
+                    partition = %report.partition,
+                    %error,
+                    "checkpoint given up after retries; the next report carries its progress"
+                );
+                return;
             }
-            Err(error) => {
-                StatsCounters::bump(&stats.reports_lost);
-                tracing::error!(
-                    %subject,
+            StatsCounters::bump(&self.stats.publish_retries);
+            if terminal && attempt == WARN_AFTER_ATTEMPTS {
+                tracing::warn!(
+                    subject = %self.subject,
                     job = %report.job,
                     partition = %report.partition,
                     event = ?report.event,
                     %error,
-                    "progress report lost after retries"
+                    "terminal report not acknowledged yet; retrying while the membership lives"
                 );
+            } else {
+                tracing::debug!(subject = %self.subject, attempt, %error, "publish failed; retrying");
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    async fn publish_once(self, payload: Bytes) -> Result<(), String> {
+        let ack = self
+            .jetstream
+            .publish(self.subject.to_owned(), payload)
+            .await
+            .map_err(|error| error.to_string())?;
+        ack.await.map(|_| ()).map_err(|error| error.to_string())
     }
 }

@@ -14,6 +14,9 @@ pub(crate) struct StatsCounters {
     pub(crate) records_ignored: AtomicU64,
     pub(crate) reports_published: AtomicU64,
     pub(crate) reports_lost: AtomicU64,
+    pub(crate) reports_moot: AtomicU64,
+    pub(crate) publish_retries: AtomicU64,
+    pub(crate) assignment_resyncs: AtomicU64,
 }
 
 impl StatsCounters {
@@ -33,12 +36,16 @@ impl StatsCounters {
             records_ignored: read(&self.records_ignored),
             reports_published: read(&self.reports_published),
             reports_lost: read(&self.reports_lost),
+            reports_moot: read(&self.reports_moot),
+            publish_retries: read(&self.publish_retries),
+            assignment_resyncs: read(&self.assignment_resyncs),
         }
     }
 }
 
 /// A snapshot of a worker's counters (all monotonic since start).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// Processor invocations started.
     pub partitions_started: u64,
@@ -56,6 +63,15 @@ pub struct WorkerStats {
     pub records_ignored: u64,
     /// Progress reports acknowledged by JetStream.
     pub reports_published: u64,
-    /// Progress reports given up on after retries.
+    /// Checkpoint reports given up on after retries (a later checkpoint or the terminal report
+    /// carries the progress; terminal reports are never given up while the membership lives).
     pub reports_lost: u64,
+    /// Reports dropped unsent because the membership that produced them was lost: the assigner
+    /// reclaims those partitions from their last acknowledged checkpoint.
+    pub reports_moot: u64,
+    /// Failed publish attempts that were retried.
+    pub publish_retries: u64,
+    /// Times a direct re-read found an assignment record the watch had not delivered (a stalled
+    /// watch, then re-created).
+    pub assignment_resyncs: u64,
 }

@@ -352,14 +352,16 @@ async fn a_processor_error_or_panic_is_reported_as_failed_with_its_checkpoint() 
         harness.terminal(2),
         Some(ProgressEvent::Failed {
             error: "boom at 110".to_owned(),
-            last_done: Some(110)
+            last_done: Some(110),
+            permanent: false,
         })
     );
     assert_eq!(
         harness.terminal(3),
         Some(ProgressEvent::Failed {
             error: "processor panicked: kaboom at 205".to_owned(),
-            last_done: Some(205)
+            last_done: Some(205),
+            permanent: false,
         })
     );
     assert_eq!(worker.stats().partitions_failed, 2);

@@ -87,10 +87,10 @@ impl Harness {
 
     pub fn builder(&self, id: &str) -> WorkerBuilder {
         Worker::builder(
-            NatsConfig::new(self.server.url(), id),
             self.resources.names.namespace().clone(),
             MemberId::new(id).unwrap(),
         )
+        .nats_url(self.server.url())
         .checkpoint_interval(Duration::from_millis(50))
         .stop_grace(Duration::from_secs(5))
     }
