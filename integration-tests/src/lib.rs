@@ -199,17 +199,14 @@ impl Stack {
             .iter()
             .map(|job| JobName::new(*job))
             .collect::<Result<Vec<_>, _>>()?;
-        let worker = Worker::builder(
-            NatsConfig::new(url, id),
-            self.namespace.clone(),
-            MemberId::new(id)?,
-        )
-        .capacity(capacity)
-        .jobs(jobs)
-        .member_ttl(self.member_ttl)
-        .checkpoint_interval(Duration::from_millis(200))
-        .start(processor)
-        .await?;
+        let worker = Worker::builder(self.namespace.clone(), MemberId::new(id)?)
+            .nats_url(url)
+            .capacity(capacity)
+            .jobs(jobs)
+            .member_ttl(self.member_ttl)
+            .checkpoint_interval(Duration::from_millis(200))
+            .start(processor)
+            .await?;
         Ok(worker)
     }
 

@@ -17,7 +17,6 @@ mod worker_fault;
 
 use anyhow::Context;
 use elk_integration_tests::Stack;
-use elk_nats::NatsConfig;
 use elk_types::MemberId;
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker, WorkerHandle};
 use serde::Serialize;
@@ -289,17 +288,14 @@ pub(crate) async fn start_worker(
     capacity: u32,
     processor: HoldProcessor,
 ) -> anyhow::Result<WorkerHandle> {
-    let worker = Worker::builder(
-        NatsConfig::new(url, id),
-        stack.namespace.clone(),
-        MemberId::new(id)?,
-    )
-    .capacity(capacity)
-    .member_ttl(stack.member_ttl)
-    .stop_grace(Duration::from_secs(5))
-    .start(processor)
-    .await
-    .with_context(|| format!("start worker {id}"))?;
+    let worker = Worker::builder(stack.namespace.clone(), MemberId::new(id)?)
+        .nats_url(url)
+        .capacity(capacity)
+        .member_ttl(stack.member_ttl)
+        .stop_grace(Duration::from_secs(5))
+        .start(processor)
+        .await
+        .with_context(|| format!("start worker {id}"))?;
     Ok(worker)
 }
 

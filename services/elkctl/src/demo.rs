@@ -124,7 +124,8 @@ impl Processor for ChecksumProcessor {
             self.ledger.record(id);
             work.checkpoint(id);
             if id % 256 == 0 {
-                // CPU-bound work: let the runtime's other tasks (renewals, progress) run.
+                // Share the runtime fairly among the demo's processors (the workers' renewals run
+                // on their own threads and need no help).
                 tokio::task::yield_now().await;
             }
         }
@@ -166,19 +167,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut workers = Vec::new();
     for index in 1..=args.workers {
         let id = MemberId::new(format!("worker-{index}"))?;
-        let worker = Worker::builder(
-            elk_nats::NatsConfig::new(&url, format!("elk-demo {id}")),
-            namespace.clone(),
-            id,
-        )
-        .capacity(args.capacity)
-        .member_ttl(member_ttl)
-        .start(ChecksumProcessor {
-            ledger: ledger.clone(),
-            rounds: args.per_id_cost,
-        })
-        .await
-        .context("starting a worker")?;
+        let worker = Worker::builder(namespace.clone(), id)
+            .nats_url(&url)
+            .capacity(args.capacity)
+            .member_ttl(member_ttl)
+            .start(ChecksumProcessor {
+                ledger: ledger.clone(),
+                rounds: args.per_id_cost,
+            })
+            .await
+            .context("starting a worker")?;
         workers.push(worker);
     }
 

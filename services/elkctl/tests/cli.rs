@@ -3,7 +3,6 @@
 //! Covers create / list / get / partitions / retry / id-status / stats / pause / resume / watch,
 //! `--json` output and the errors for bad arguments and unknown jobs.
 
-use elk_nats::NatsConfig;
 use elk_protocol::admin::AdminResult;
 use elk_protocol::messages::{JobState, PartitionStatus};
 use elk_testkit::{NatsServer, wait_until};
@@ -134,10 +133,10 @@ async fn elkctl_covers_the_admin_surface() {
     let services = start_control_plane(&url, &stop);
     let broken = Arc::new(AtomicBool::new(true));
     let worker = Worker::builder(
-        NatsConfig::new(&url, "cli-worker"),
         Namespace::new(NAMESPACE).unwrap(),
         MemberId::new("worker-1").unwrap(),
     )
+    .nats_url(&url)
     .capacity(2)
     .start(Flaky {
         broken: broken.clone(),

@@ -297,10 +297,14 @@ impl PartitionWork {
             if self.is_cancelled() {
                 return;
             }
-            // The deadline moves forward with every renewal: sleep to the current one, look again.
             tokio::select! {
                 () = self.cancellation.cancelled() => return,
                 () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            // A renewal moved the deadline meanwhile: wait for the new one. Otherwise the timer
+            // says the deadline has passed (trusted as is, so paused test clocks work too).
+            if self.lease.valid_until() == Some(deadline) {
+                return;
             }
         }
     }
@@ -331,6 +335,7 @@ impl PartitionWork {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn checkpoint_starts_before_resume_point_and_only_moves_forward() {
@@ -342,5 +347,54 @@ mod tests {
         cell.advance(12);
         cell.advance(21);
         assert_eq!(cell.get(), Some(16));
+    }
+
+    fn work_until(deadline: Instant) -> (PartitionWork, CancellationToken) {
+        let range = IdRange::new(1, 100).unwrap();
+        let grant = elk_protocol::messages::Grant {
+            job: JobName::new("job").unwrap(),
+            partition: PartitionId(1),
+            range,
+            resume_from: 1,
+            token: PartitionLeaseToken(7),
+        };
+        let cancellation = CancellationToken::new();
+        let control = WorkControl {
+            cancellation: cancellation.clone(),
+            lease: LeaseDeadline::new(deadline),
+            checkpoint: Arc::new(CheckpointCell::new(range, 1)),
+        };
+        (PartitionWork::new(&grant, control), cancellation)
+    }
+
+    #[test]
+    fn the_lease_deadline_cancels_and_refuses_checkpoints_without_any_task_running() {
+        let (work, _cancellation) = work_until(Instant::now() + Duration::from_millis(30));
+        work.checkpoint(5);
+        assert!(!work.is_cancelled());
+        // The processor's thread is busy past the deadline; no timer or task runs meanwhile.
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(work.is_cancelled(), "the deadline alone cancels");
+        work.checkpoint(9);
+        assert_eq!(
+            work.last_checkpoint(),
+            Some(5),
+            "late checkpoints are refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cancellation_future_completes_at_the_deadline_or_on_the_signal() {
+        let (work, _cancellation) = work_until(Instant::now() + Duration::from_millis(20));
+        tokio::time::timeout(Duration::from_secs(10), work.cancelled())
+            .await
+            .expect("completes at the lease deadline");
+        assert!(work.is_cancelled());
+
+        let (work, cancellation) = work_until(Instant::now() + Duration::from_secs(3600));
+        cancellation.cancel();
+        tokio::time::timeout(Duration::from_secs(10), work.cancelled())
+            .await
+            .expect("completes on the worker's signal");
     }
 }

@@ -66,7 +66,9 @@ impl Harness {
         let mut messages = consumer.messages().await.expect("progress messages");
         let sink = reports.clone();
         tokio::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
+            while let Some(next) = messages.next().await {
+                // An ordered consumer reports errors (e.g. across a server restart) and goes on.
+                let Ok(message) = next else { continue };
                 let published_ns = message
                     .info()
                     .map(|info| info.published.unix_timestamp_nanos())
