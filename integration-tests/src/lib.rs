@@ -302,7 +302,7 @@ impl Ledger {
         })
     }
 
-    fn record(&self, id: u64) {
+    pub fn record(&self, id: u64) {
         self.counts[(id - self.first) as usize].fetch_add(1, Ordering::Relaxed);
         self.processed.fetch_add(1, Ordering::Relaxed);
     }
