@@ -19,12 +19,18 @@ use elk_worker::{
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// An ELK Coordinator worker that checksums the IDs of its partitions.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "On SIGTERM or SIGINT the worker hands its partitions back (with their checkpoints) \
+                  and leaves within --shutdown-grace; a second signal exits at once. The older \
+                  positional form `checksum_worker <url> <namespace> <member-id> <capacity>` is \
+                  still accepted."
+)]
 struct Args {
     /// NATS server URL (a comma-separated list is accepted).
     #[arg(long, env = "ELK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -179,7 +185,7 @@ async fn termination_signal() {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -187,16 +193,20 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(Args::parse()).await {
+    let code = match run(Args::parse()).await {
         Ok(code) => code,
         Err(error) => {
             tracing::error!("{error}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit here rather than by returning: dropping the runtime would wait for a processor still
+    // spinning on the blocking pool (after a second signal, or a grace that ran out).
+    std::process::exit(code);
 }
 
-async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// Runs the worker until a signal; returns the process exit code.
+async fn run(args: Args) -> Result<i32, Box<dyn std::error::Error>> {
     let args = args.with_positional()?;
     let namespace = Namespace::new(&args.namespace)?;
     let id = MemberId::new(args.member_id.clone().unwrap_or_else(default_member_id))?;
@@ -249,17 +259,17 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     released = stats.partitions_released,
                     "left"
                 );
-                Ok(ExitCode::SUCCESS)
+                Ok(0)
             }
             Ok(Err(error)) => Err(error.into()),
             Err(_) => {
                 tracing::error!("shutdown exceeded its grace; partitions are reclaimed after the member TTL");
-                Ok(ExitCode::FAILURE)
+                Ok(1)
             }
         },
         () = termination_signal() => {
             tracing::warn!("second signal: exiting at once");
-            Ok(ExitCode::from(130))
+            Ok(130)
         }
     }
 }
