@@ -4,10 +4,10 @@
 mod support;
 
 use elk_protocol::messages::ProgressEvent;
-use elk_testkit::wait_until;
+use elk_testkit::{TcpProxy, wait_until};
 use elk_worker::{
-    BlockingProcessor, DrainCause, PartitionId, PartitionWork, ProcessError, ProcessOutcome,
-    WorkerEvent, WorkerEvents,
+    BlockingProcessor, CoordinationRuntime, DrainCause, PartitionId, PartitionWork, ProcessError,
+    ProcessOutcome, WorkerEvent, WorkerEvents,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -189,4 +189,46 @@ async fn a_blocking_processor_completes_checkpoints_and_stops_on_revoke() {
         "processors never run on the coordination thread: {threads:?}"
     );
     worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn workers_sharing_a_coordination_runtime_stop_independently() {
+    let harness = Harness::start().await;
+    let shared = CoordinationRuntime::start("elk-shared").unwrap();
+    let proxy = TcpProxy::start(harness.server.url());
+    let victim = harness
+        .builder("victim")
+        .nats_url(proxy.url())
+        .coordination_runtime(shared.clone())
+        .start(RecordingProcessor::new(Duration::ZERO))
+        .await
+        .unwrap();
+    let processor = RecordingProcessor::new(Duration::ZERO);
+    let recorder = processor.recorder.clone();
+    let survivor = harness
+        .builder("survivor")
+        .coordination_runtime(shared.clone())
+        .start(processor)
+        .await
+        .unwrap();
+    drop(shared);
+    assert_eq!(proxy.open_connections(), 1);
+
+    victim.kill().await;
+    wait_until(
+        "the killed worker's connection closed",
+        DEADLINE,
+        || async { proxy.open_connections() == 0 },
+    )
+    .await
+    .unwrap();
+    harness
+        .assign(
+            "survivor",
+            &record(survivor.incarnation(), 1, 1, vec![grant(1, 1, 30, 1)]),
+        )
+        .await;
+    harness.wait_for_terminal(&[1]).await;
+    assert_eq!(recorder.processed(1), (1..=30).collect::<Vec<_>>());
+    survivor.shutdown().await.unwrap();
 }
