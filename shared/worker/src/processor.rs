@@ -26,7 +26,7 @@ use elk_types::{IdRange, JobName, PartitionId, PartitionLeaseToken};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
-use tokio::task::JoinSet;
+use tokio::task::{Id as TaskId, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// Processes the IDs of granted partitions with async code. One instance serves every partition of
@@ -135,31 +135,34 @@ pub enum ProcessOutcome {
 /// What one processor run returns to the worker.
 pub(crate) type ProcessResult = Result<ProcessOutcome, ProcessError>;
 
-/// Starts processor runs, async or blocking, on the processors' runtime; the worker only sees the
-/// task in its `JoinSet`.
+/// One processor run, ready to be spawned: a task, or a closure for the blocking pool.
+pub(crate) enum Run {
+    Async(futures::future::BoxFuture<'static, ProcessResult>),
+    Blocking(Box<dyn FnOnce() -> ProcessResult + Send>),
+}
+
+impl Run {
+    /// Spawns the run into `tasks`, on `runtime` (the processors' runtime or its blocking pool).
+    pub(crate) fn spawn(self, tasks: &mut JoinSet<ProcessResult>, runtime: &Handle) -> TaskId {
+        match self {
+            Run::Async(future) => tasks.spawn_on(future, runtime).id(),
+            Run::Blocking(call) => tasks.spawn_blocking_on(call, runtime).id(),
+        }
+    }
+}
+
+/// Turns a granted partition into a [`Run`] of the user's processor, async or blocking.
 pub(crate) trait Runner: Send + Sync + 'static {
-    fn spawn(
-        &self,
-        work: PartitionWork,
-        tasks: &mut JoinSet<ProcessResult>,
-        runtime: &Handle,
-    ) -> tokio::task::Id;
+    fn run(&self, work: PartitionWork) -> Run;
 }
 
 /// Runs a [`Processor`] as a task.
 pub(crate) struct AsyncRunner<P>(pub(crate) Arc<P>);
 
 impl<P: Processor> Runner for AsyncRunner<P> {
-    fn spawn(
-        &self,
-        work: PartitionWork,
-        tasks: &mut JoinSet<ProcessResult>,
-        runtime: &Handle,
-    ) -> tokio::task::Id {
+    fn run(&self, work: PartitionWork) -> Run {
         let processor = self.0.clone();
-        tasks
-            .spawn_on(async move { processor.process(work).await }, runtime)
-            .id()
+        Run::Async(Box::pin(async move { processor.process(work).await }))
     }
 }
 
@@ -167,16 +170,9 @@ impl<P: Processor> Runner for AsyncRunner<P> {
 pub(crate) struct BlockingRunner<P>(pub(crate) Arc<P>);
 
 impl<P: BlockingProcessor> Runner for BlockingRunner<P> {
-    fn spawn(
-        &self,
-        work: PartitionWork,
-        tasks: &mut JoinSet<ProcessResult>,
-        runtime: &Handle,
-    ) -> tokio::task::Id {
+    fn run(&self, work: PartitionWork) -> Run {
         let processor = self.0.clone();
-        tasks
-            .spawn_blocking_on(move || processor.process(work), runtime)
-            .id()
+        Run::Blocking(Box::new(move || processor.process(work)))
     }
 }
 
