@@ -214,7 +214,8 @@ async fn a_stalled_assignment_watch_is_noticed_and_the_key_re_read() {
     let recorder = processor.recorder.clone();
     let worker = harness
         .builder("w1")
-        .assignment_resync(Duration::from_millis(300))
+        // Well below the client library's own recovery (10 s), well above a watch delivery.
+        .assignment_resync(Duration::from_secs(2))
         .start(processor)
         .await
         .unwrap();
