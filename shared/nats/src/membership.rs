@@ -92,7 +92,8 @@ impl LeaseDeadline {
     }
 
     fn encode(until: Instant) -> u64 {
-        // An instant before the base encodes as the base itself: earlier, so on the safe side.
+        // An instant before the base encodes as the base itself, which is already in the past
+        // whenever it is read: such a deadline reads as passed either way.
         let nanos = until.saturating_duration_since(clock_base()).as_nanos();
         u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
     }
