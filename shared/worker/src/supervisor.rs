@@ -426,7 +426,10 @@ impl Supervisor {
             revoked: false,
         };
         tracing::debug!(job = %key.job, partition = %key.partition, "starting partition");
-        let id = self.runner.run(work).spawn(&mut self.tasks, &self.processors);
+        let id = self
+            .runner
+            .run(work)
+            .spawn(&mut self.tasks, &self.processors);
         self.task_owners.insert(id, TaskOwner::Grant(key));
         StatsCounters::bump(&self.shared.stats.partitions_started);
     }
