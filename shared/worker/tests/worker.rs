@@ -56,6 +56,8 @@ async fn joins_with_a_ttl_and_on_shutdown_releases_before_leaving() {
     .unwrap();
 
     worker.shutdown().await.unwrap();
+    // Stored before shutdown returned; the test's own consumer may still be catching up.
+    harness.wait_for_terminal(&[1, 2]).await;
 
     let processed = recorder.processed(1);
     let last = *processed.last().unwrap();
