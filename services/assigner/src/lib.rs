@@ -252,7 +252,9 @@ impl Replica {
 
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AssignerError> {
         let never = CancellationToken::new();
-        let mut lease = self.member(&never).join().await?;
+        let Some(mut lease) = self.member(&never).join().await? else {
+            return Ok(());
+        };
         let mut leader: Option<LeaderTask> = None;
         tokio::pin!(shutdown);
         loop {

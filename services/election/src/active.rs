@@ -54,10 +54,10 @@ async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<()
                         continue;
                     }
                     None => {
-                        return Err(ElectionError::Nats(NatsError::Watch {
-                            bucket: resources.members.name.clone(),
-                            message: "watch ended".to_owned(),
-                        }));
+                        return Err(ElectionError::Nats(NatsError::watch(
+                            &resources.members.name,
+                            "watch ended",
+                        )));
                     }
                 };
                 let changed = table.apply(&entry.key, entry.operation, &entry.value);

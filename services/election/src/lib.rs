@@ -30,7 +30,7 @@ pub use config::ElectionConfig;
 use bytes::Bytes;
 use elk_nats::{
     JoinError, MemberLease, MembershipExit, NatsConfig, NatsError, ProvisionConfig, Resources,
-    ServiceMember, Versioned, connect, follow_key, provision,
+    Retryable, ServiceMember, Versioned, connect, follow_key, provision,
 };
 use elk_protocol::messages::{ElectionLease, MemberRole};
 use elk_protocol::names::{ELECTION_KEY, Names};
@@ -47,7 +47,8 @@ pub enum ElectionError {
     /// Terminal: fix the configuration.
     #[error("invalid election configuration: {0}")]
     Config(String),
-    /// Terminal at start-up: another live member uses this id.
+    /// Joining the members bucket failed (a NATS failure: a live holder of the id is waited
+    /// for, not an error).
     #[error("cannot join as member '{id}': {source}")]
     Join {
         id: MemberId,
@@ -68,10 +69,17 @@ impl ElectionError {
     /// Whether retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ElectionError::Config(_) | ElectionError::Join { .. } => false,
+            ElectionError::Config(_) => false,
+            ElectionError::Join { source, .. } => source.is_retryable(),
             ElectionError::Nats(error) => error.is_retryable(),
             ElectionError::ViewContended { .. } | ElectionError::RoleContended { .. } => true,
         }
+    }
+}
+
+impl Retryable for ElectionError {
+    fn is_retryable(&self) -> bool {
+        ElectionError::is_retryable(self)
     }
 }
 
@@ -141,10 +149,14 @@ async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), El
         retry: replica.config.standby_retry,
         stop: &stop,
     };
-    let mut membership = member.join().await.map_err(|source| ElectionError::Join {
+    let joined = member.join().await.map_err(|source| ElectionError::Join {
         id: member_id.clone(),
         source,
     })?;
+    // `None`: stopped while waiting for a previous run's key to expire.
+    let Some(mut membership) = joined else {
+        return Ok(());
+    };
     loop {
         let exit = replica.serve_membership(&membership).await?;
         match member.next(membership, exit).await {

@@ -161,21 +161,21 @@ fn same_apart_from_time(stored: &DesiredWorkers, computed: &DesiredWorkers) -> b
 /// Every decodable job record; undecodable ones are logged and skipped.
 async fn read_jobs(resources: &Resources) -> Result<Vec<JobRecord>, ScalerError> {
     let store = &resources.jobs;
-    let list_error = |message: String| {
-        ScalerError::Nats(elk_nats::NatsError::Kv {
-            operation: "list keys",
-            bucket: store.name.clone(),
-            key: ">".to_owned(),
-            message,
-        })
+    let list_error = |source: elk_nats::BoxError| {
+        ScalerError::Nats(elk_nats::NatsError::kv(
+            "list keys",
+            &store.name,
+            ">",
+            source,
+        ))
     };
     let keys: Vec<String> = store
         .keys()
         .await
-        .map_err(|e| list_error(e.to_string()))?
+        .map_err(|error| list_error(error.into()))?
         .try_collect()
         .await
-        .map_err(|e| list_error(e.to_string()))?;
+        .map_err(|error| list_error(error.into()))?;
     let mut jobs = Vec::with_capacity(keys.len());
     for key in keys {
         let Some(entry) = read_entry(store, &key).await? else {

@@ -19,7 +19,7 @@ pub use config::ScalerConfig;
 
 use elk_nats::{
     JoinError, MemberLease, MembershipExit, NatsConfig, NatsError, ProvisionConfig, Resources,
-    ServiceMember, Versioned, connect, follow_key, provision,
+    Retryable, ServiceMember, Versioned, connect, follow_key, provision,
 };
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
@@ -36,7 +36,8 @@ pub enum ScalerError {
     /// Terminal: fix the configuration.
     #[error("invalid scaler configuration: {0}")]
     Config(String),
-    /// Terminal at start-up: another live member uses this id.
+    /// Joining the members bucket failed (a NATS failure: a live holder of the id is waited
+    /// for, not an error).
     #[error("cannot join as member '{id}': {source}")]
     Join {
         id: MemberId,
@@ -47,11 +48,11 @@ pub enum ScalerError {
     Nats(#[from] NatsError),
 }
 
-impl ScalerError {
-    /// Whether retrying later may succeed.
-    pub fn is_retryable(&self) -> bool {
+impl Retryable for ScalerError {
+    fn is_retryable(&self) -> bool {
         match self {
-            ScalerError::Config(_) | ScalerError::Join { .. } => false,
+            ScalerError::Config(_) => false,
+            ScalerError::Join { source, .. } => source.is_retryable(),
             ScalerError::Nats(error) => error.is_retryable(),
         }
     }
@@ -142,10 +143,14 @@ async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), Scal
         retry: replica.config.interval,
         stop: &stop,
     };
-    let mut membership = member.join().await.map_err(|source| ScalerError::Join {
+    let joined = member.join().await.map_err(|source| ScalerError::Join {
         id: member_id.clone(),
         source,
     })?;
+    // `None`: stopped while waiting for a previous run's key to expire.
+    let Some(mut membership) = joined else {
+        return Ok(());
+    };
     loop {
         let exit = replica.follow_role(&membership).await;
         match member.next(membership, exit).await {

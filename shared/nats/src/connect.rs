@@ -61,25 +61,23 @@ pub fn check_server_version(url: &str, version: &str, jetstream: bool) -> Result
 
 /// Connects and verifies the server: version >= 2.11 and JetStream enabled.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
-    let connect_error = |message: String| NatsError::Connect {
-        url: config.url.clone(),
-        message,
-    };
     let mut options = async_nats::ConnectOptions::new()
         .name(&config.name)
         .connection_timeout(Duration::from_secs(5))
         .retry_on_initial_connect()
         .max_reconnects(None);
     if let Some(path) = &config.credentials_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| connect_error(format!("credentials file {}: {e}", path.display())))?;
+        options = options.credentials_file(path).await.map_err(|e| {
+            NatsError::connect(
+                &config.url,
+                format!("credentials file {}: {e}", path.display()),
+            )
+        })?;
     }
     let client = tokio::time::timeout(Duration::from_secs(10), options.connect(&config.url))
         .await
-        .map_err(|_| connect_error("no connection within 10s".to_owned()))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|elapsed| NatsError::connect(&config.url, elapsed))?
+        .map_err(|error| NatsError::connect(&config.url, error))?;
     wait_for_server_info(&client).await;
     let info = client.server_info();
     check_server_version(&config.url, &info.version, info.jetstream)?;

@@ -29,10 +29,7 @@ where
     let mut entries = store
         .watch_with_history(key)
         .await
-        .map_err(|e| NatsError::Watch {
-            bucket: store.name.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|error| NatsError::watch(&store.name, error))?;
     let initial = crate::kv::read_entry(store, key).await?;
     let initial = initial.filter(|entry| !entry.deleted).and_then(|entry| {
         decode::<M>(&entry.value).ok().map(|value| Versioned {

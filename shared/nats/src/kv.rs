@@ -5,7 +5,7 @@
 //! applied), so the key is re-read and the outcome decided from what is stored, never assumed.
 
 use crate::error::NatsError;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv::{Operation, Store, Watch};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
@@ -33,13 +33,13 @@ pub enum CasOutcome {
     Conflict { current: Option<KvEntry> },
 }
 
-fn kv_error(operation: &'static str, store: &Store, key: &str, message: String) -> NatsError {
-    NatsError::Kv {
-        operation,
-        bucket: store.name.clone(),
-        key: key.to_owned(),
-        message,
-    }
+fn kv_error(
+    operation: &'static str,
+    store: &Store,
+    key: &str,
+    source: impl Into<crate::error::BoxError>,
+) -> NatsError {
+    NatsError::kv(operation, &store.name, key, source)
 }
 
 /// Reads a key including delete markers (`None` if it never existed or was purged away).
@@ -47,7 +47,7 @@ pub async fn read_entry(store: &Store, key: &str) -> Result<Option<KvEntry>, Nat
     let entry = store
         .entry(key.to_owned())
         .await
-        .map_err(|e| kv_error("read", store, key, e.to_string()))?;
+        .map_err(|error| kv_error("read", store, key, error))?;
     Ok(entry.map(|entry| KvEntry {
         key: entry.key,
         value: entry.value,
@@ -97,19 +97,17 @@ pub async fn cas_write(
                     {
                         Ok(CasOutcome::Written(entry.revision))
                     }
-                    Some(entry) if entry.revision.get() == expected_sequence => Err(kv_error(
-                        "write",
-                        store,
-                        key,
-                        format!("not applied: {reason}"),
-                    )),
+                    // Not applied: the publish failed, and says why.
+                    Some(entry) if entry.revision.get() == expected_sequence => {
+                        Err(kv_error("write", store, key, reason))
+                    }
                     current => Ok(CasOutcome::Conflict {
                         current: live(current),
                     }),
                 };
             }
-            Err(PublishFailure::Other(message)) => {
-                return Err(kv_error("write", store, key, message));
+            Err(PublishFailure::Other(error)) => {
+                return Err(kv_error("write", store, key, error));
             }
         }
     }
@@ -125,8 +123,9 @@ fn live(entry: Option<KvEntry>) -> Option<KvEntry> {
 
 enum PublishFailure {
     WrongRevision,
-    Ambiguous(String),
-    Other(String),
+    /// Timed out or the connection broke: the write may or may not have been applied.
+    Ambiguous(PublishError),
+    Other(PublishError),
 }
 
 async fn publish_expecting(
@@ -144,12 +143,12 @@ async fn publish_expecting(
     if let Some(ttl) = ttl {
         message = message.ttl(ttl.max(Duration::from_secs(1)));
     }
-    let classify = |error: async_nats::jetstream::context::PublishError| match error.kind() {
+    let classify = |error: PublishError| match error.kind() {
         PublishErrorKind::WrongLastSequence => PublishFailure::WrongRevision,
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-            PublishFailure::Ambiguous(error.to_string())
+            PublishFailure::Ambiguous(error)
         }
-        _ => PublishFailure::Other(error.to_string()),
+        _ => PublishFailure::Other(error),
     };
     let ack_future = jetstream
         .send_publish(subject, message)
@@ -169,19 +168,16 @@ pub struct WatchSnapshot {
 ///
 /// The watch is created before the snapshot is read, so no change can fall between the two.
 pub async fn watch_snapshot(store: &Store) -> Result<WatchSnapshot, NatsError> {
-    let watch_error = |message: String| NatsError::Watch {
-        bucket: store.name.clone(),
-        message,
-    };
+    let watch_error = |source: crate::error::BoxError| NatsError::watch(&store.name, source);
     let mut watch = store
         .watch_with_history(">")
         .await
-        .map_err(|e| watch_error(e.to_string()))?;
+        .map_err(|error| watch_error(error.into()))?;
     let stored_messages = store
         .stream
         .get_info()
         .await
-        .map_err(|e| watch_error(e.to_string()))?
+        .map_err(|error| watch_error(error.into()))?
         .state
         .messages;
     let mut entries = BTreeMap::new();
@@ -193,7 +189,7 @@ pub async fn watch_snapshot(store: &Store) -> Result<WatchSnapshot, NatsError> {
         // the quiet period ends the snapshot (it is then genuinely empty).
         let next = tokio::time::timeout(Duration::from_secs(2), watch.next()).await;
         let Ok(Some(entry)) = next else { break };
-        let entry = entry.map_err(|e| watch_error(e.to_string()))?;
+        let entry = entry.map_err(|error| watch_error(error.into()))?;
         let caught_up = entry.delta == 0;
         if matches!(entry.operation, Operation::Put) {
             let kv_entry = KvEntry {

@@ -10,7 +10,7 @@ pub mod membership;
 mod provision;
 
 pub use connect::{MIN_SERVER_VERSION, NatsConfig, check_server_version, connect, parse_version};
-pub use error::{NatsError, Retryable};
+pub use error::{BoxError, NatsError, NatsErrorKind, Retryable, classify, report};
 pub use follow::{Versioned, follow_key};
 pub use kv::{CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};
 pub use membership::{

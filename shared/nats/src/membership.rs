@@ -49,6 +49,17 @@ pub enum JoinError {
     Nats(#[from] NatsError),
 }
 
+/// A live holder goes away by itself (its key expires or is deleted), so joining again later may
+/// succeed; a transport failure is retryable as its [`NatsError`] says.
+impl crate::Retryable for JoinError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            JoinError::IdTaken { .. } | JoinError::KeyTaken { .. } => true,
+            JoinError::Nats(error) => error.is_retryable(),
+        }
+    }
+}
+
 /// A fresh incarnation number: nanoseconds since the Unix epoch at join time.
 pub fn new_incarnation() -> Incarnation {
     let nanos = std::time::SystemTime::now()
@@ -280,12 +291,7 @@ impl MemberLease {
         self.store
             .delete_expect_revision(&self.key, Some(revision.get()))
             .await
-            .map_err(|e| NatsError::Kv {
-                operation: "leave",
-                bucket: self.store.name.clone(),
-                key: self.key.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|error| NatsError::kv("leave", &self.store.name, &self.key, error))
     }
 }
 
@@ -411,25 +417,73 @@ pub struct ServiceMember<'a> {
     pub ttl: Duration,
     /// Pause between failed re-join attempts.
     pub retry: Duration,
-    /// Ends re-join attempts.
+    /// Ends join and re-join attempts.
     pub stop: &'a CancellationToken,
 }
 
 impl ServiceMember<'_> {
-    /// Joins with a new incarnation.
-    pub async fn join(&self) -> Result<MemberLease, JoinError> {
-        let record = MemberRecord {
-            schema: elk_protocol::SCHEMA_VERSION,
-            role: self.role,
-            incarnation: new_incarnation(),
-            capacity: elk_types::Capacity(0),
-            jobs: Vec::new(),
-            labels: Default::default(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+    /// Joins with a new incarnation; `None` if `stop` fires first.
+    ///
+    /// While the id is held by a live key (typically this replica's previous run, restarted
+    /// before its key expired) it waits for that key to go away, saying so once in the log,
+    /// instead of failing: a restarted process needs no operator to wait out the TTL.
+    pub async fn join(&self) -> Result<Option<MemberLease>, JoinError> {
+        let mut waiting_logged = false;
+        loop {
+            let record = MemberRecord {
+                schema: elk_protocol::SCHEMA_VERSION,
+                role: self.role,
+                incarnation: new_incarnation(),
+                capacity: elk_types::Capacity(0),
+                jobs: Vec::new(),
+                labels: Default::default(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            match MemberLease::join(self.resources, self.id.clone(), record, self.ttl).await {
+                Ok(lease) => {
+                    tracing::info!(member = %self.id, role = ?self.role, incarnation = %lease.incarnation(), "joined");
+                    return Ok(Some(lease));
+                }
+                Err(JoinError::IdTaken { .. }) => {
+                    if !waiting_logged {
+                        tracing::warn!(
+                            member = %self.id,
+                            "member id is held by a live key (this replica's previous run, or \
+                             another live process with the same id): waiting for it to expire"
+                        );
+                        waiting_logged = true;
+                    }
+                    if !self.wait_for_release().await {
+                        return Ok(None);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Waits until the member key is deleted or expires (at most one TTL, as a safety net for a
+    /// missed marker); `false` if `stop` fired first.
+    async fn wait_for_release(&self) -> bool {
+        use futures::StreamExt;
+        let members = &self.resources.members;
+        let released = async {
+            // The watch first delivers the key's latest entry, so an expiry that happened after
+            // the failed join is seen at once.
+            if let Ok(mut entries) = members.watch_with_history(self.id.as_str()).await {
+                while let Some(Ok(entry)) = entries.next().await {
+                    if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                        return;
+                    }
+                }
+            }
+            std::future::pending::<()>().await
         };
-        let lease = MemberLease::join(self.resources, self.id.clone(), record, self.ttl).await?;
-        tracing::info!(member = %self.id, role = ?self.role, incarnation = %lease.incarnation(), "joined");
-        Ok(lease)
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            () = released => true,
+            () = tokio::time::sleep(self.ttl) => true,
+        }
     }
 
     /// Re-joins after the member key was lost, retrying every `retry` until it works; `None` if
@@ -437,7 +491,7 @@ impl ServiceMember<'_> {
     pub async fn rejoin(&self) -> Option<MemberLease> {
         loop {
             match self.join().await {
-                Ok(lease) => return Some(lease),
+                Ok(joined) => return joined,
                 Err(error) => {
                     tracing::warn!(member = %self.id, %error, "cannot re-join membership; retrying");
                 }

@@ -96,10 +96,7 @@ async fn bucket(
     jetstream
         .create_or_update_key_value(config)
         .await
-        .map_err(|e| NatsError::Provision {
-            resource: format!("bucket {name}"),
-            message: e.to_string(),
-        })
+        .map_err(|error| NatsError::provision(format!("bucket {name}"), error))
 }
 
 async fn progress_stream(
@@ -108,10 +105,6 @@ async fn progress_stream(
     config: &ProvisionConfig,
 ) -> Result<stream::Stream, NatsError> {
     let stream_name = names.progress_stream();
-    let provision_error = |message: String| NatsError::Provision {
-        resource: format!("stream {stream_name}"),
-        message,
-    };
     // Interest retention: a report is dropped once the assigner's durable consumer acked it, so the
     // stream holds only unapplied progress. The durable consumer is created here, before any worker
     // can publish, so there is always interest.
@@ -125,7 +118,7 @@ async fn progress_stream(
             ..Default::default()
         })
         .await
-        .map_err(|e| provision_error(e.to_string()))?;
+        .map_err(|error| NatsError::provision(format!("stream {stream_name}"), error))?;
     stream
         .get_or_create_consumer::<jetstream::consumer::pull::Config>(
             PROGRESS_CONSUMER,
@@ -138,6 +131,11 @@ async fn progress_stream(
             },
         )
         .await
-        .map_err(|e| provision_error(format!("durable consumer: {e}")))?;
+        .map_err(|error| {
+            NatsError::provision(
+                format!("durable consumer {PROGRESS_CONSUMER} of stream {stream_name}"),
+                error,
+            )
+        })?;
     Ok(stream)
 }

@@ -141,8 +141,5 @@ async fn watch(store: &Store, key: &str) -> Result<Watch, NatsError> {
     store
         .watch_with_history(key)
         .await
-        .map_err(|error| NatsError::Watch {
-            bucket: store.name.clone(),
-            message: error.to_string(),
-        })
+        .map_err(|error| NatsError::watch(&store.name, error))
 }

@@ -1,0 +1,117 @@
+//! `ServiceMember::join` against a real nats-server: a replica restarted under the id of its
+//! previous run, whose key has not expired yet, waits for the key to go away instead of failing.
+
+use bytes::Bytes;
+use elk_nats::{
+    NatsConfig, ProvisionConfig, Resources, ServiceMember, cas_write, connect, provision,
+    read_entry,
+};
+use elk_protocol::messages::MemberRole;
+use elk_protocol::names::Names;
+use elk_testkit::NatsServer;
+use elk_types::{MemberId, Namespace};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+async fn resources(server: &NatsServer) -> Resources {
+    let client = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap();
+    let names = Names::new(Namespace::new("member").unwrap());
+    provision(client, names, &ProvisionConfig::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
+    let server = NatsServer::start();
+    let resources = resources(&server).await;
+    let id = MemberId::new("assigner-a").unwrap();
+    // The previous run's key: written with a 1 s TTL and never renewed (the process died).
+    let previous = Bytes::from_static(b"previous run");
+    cas_write(
+        &resources.jetstream,
+        &resources.members,
+        id.as_str(),
+        previous.clone(),
+        None,
+        Some(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+
+    let stop = CancellationToken::new();
+    let joining = {
+        let resources = resources.clone();
+        let id = id.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let member = ServiceMember {
+                resources: &resources,
+                id: &id,
+                role: MemberRole::Assigner,
+                ttl: Duration::from_secs(2),
+                retry: Duration::from_millis(100),
+                stop: &stop,
+            };
+            member.join().await
+        })
+    };
+    // Until the old key is gone, the join cannot have succeeded (it would have replaced it).
+    loop {
+        let finished = joining.is_finished();
+        let entry = read_entry(&resources.members, id.as_str()).await.unwrap();
+        let old_key_live = entry.is_some_and(|e| !e.deleted && e.value == previous);
+        if old_key_live {
+            assert!(!finished, "joined while the previous key was still live");
+        }
+        if finished {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let lease = joining
+        .await
+        .unwrap()
+        .expect("no NATS error")
+        .expect("not stopped");
+    let stored = read_entry(&resources.members, id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.deleted);
+    assert_ne!(stored.value, previous, "the new incarnation's record");
+    lease.leave().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_join_waiting_on_a_live_holder_ends_when_stopped() {
+    let server = NatsServer::start();
+    let resources = resources(&server).await;
+    let id = MemberId::new("scaler-a").unwrap();
+    let never = CancellationToken::new();
+    let holder_member = ServiceMember {
+        resources: &resources,
+        id: &id,
+        role: MemberRole::Scaler,
+        ttl: Duration::from_secs(2),
+        retry: Duration::from_millis(100),
+        stop: &never,
+    };
+    let holder = holder_member.join().await.unwrap().unwrap();
+
+    // A second process configured with the same id waits; stopping it ends the wait cleanly.
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    let second = ServiceMember {
+        stop: &stopped,
+        ..holder_member
+    };
+    assert!(second.join().await.unwrap().is_none());
+    assert!(
+        !holder.lost().is_cancelled(),
+        "the live holder keeps its key"
+    );
+    holder.leave().await.unwrap();
+}
