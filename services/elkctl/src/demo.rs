@@ -149,7 +149,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (_server, url) = match &args.nats_url {
         Some(url) => (None, url.clone()),
         None => {
-            let server = elk_testkit::NatsServer::builder()
+            let server = elk_nats_server::NatsServer::builder()
                 .start()
                 .context("starting a local nats-server")?;
             let url = server.url().to_owned();

@@ -81,23 +81,21 @@ pub enum NatsError {
 }
 
 impl NatsError {
-    /// A failed connection attempt; classified from `source` (a timeout or an I/O error is
-    /// [`NatsErrorKind::Unavailable`], bad credentials or TLS setup are refused).
+    /// A failed connection attempt: a timeout or an I/O error is retryable, bad credentials or
+    /// TLS setup are refused.
     pub fn connect(url: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        let source = source.into();
-        NatsError::Connect {
-            url: url.into(),
-            kind: classify(source.as_ref(), NatsErrorKind::Refused),
-            source,
-        }
+        let (kind, source) = classified(source.into(), NatsErrorKind::Refused);
+        let url = url.into();
+        NatsError::Connect { url, kind, source }
     }
 
     /// A bucket, stream or consumer that could not be created or confirmed.
     pub fn provision(resource: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        let source = source.into();
+        let (kind, source) = classified(source.into(), NatsErrorKind::Refused);
+        let resource = resource.into();
         NatsError::Provision {
-            resource: resource.into(),
-            kind: classify(source.as_ref(), NatsErrorKind::Refused),
+            resource,
+            kind,
             source,
         }
     }
@@ -109,32 +107,35 @@ impl NatsError {
         key: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        let source = source.into();
+        let (kind, source) = classified(source.into(), NatsErrorKind::Unavailable);
+        let (bucket, key) = (bucket.into(), key.into());
         NatsError::Kv {
             operation,
-            bucket: bucket.into(),
-            key: key.into(),
-            kind: classify(source.as_ref(), NatsErrorKind::Unavailable),
+            bucket,
+            key,
+            kind,
             source,
         }
     }
 
     /// A failed (core or JetStream) publish.
     pub fn publish(subject: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        let source = source.into();
+        let (kind, source) = classified(source.into(), NatsErrorKind::Unavailable);
+        let subject = subject.into();
         NatsError::Publish {
-            subject: subject.into(),
-            kind: classify(source.as_ref(), NatsErrorKind::Unavailable),
+            subject,
+            kind,
             source,
         }
     }
 
     /// A watch that could not be started, failed, or ended.
     pub fn watch(bucket: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        let source = source.into();
+        let (kind, source) = classified(source.into(), NatsErrorKind::Unavailable);
+        let bucket = bucket.into();
         NatsError::Watch {
-            bucket: bucket.into(),
-            kind: classify(source.as_ref(), NatsErrorKind::Unavailable),
+            bucket,
+            kind,
             source,
         }
     }
@@ -173,6 +174,10 @@ impl Retryable for NatsError {
     fn is_retryable(&self) -> bool {
         NatsError::is_retryable(self)
     }
+}
+
+fn classified(source: BoxError, default: NatsErrorKind) -> (NatsErrorKind, BoxError) {
+    (classify(source.as_ref(), default), source)
 }
 
 /// Classifies an error from the NATS client by walking its source chain for an error whose kind

@@ -1,10 +1,11 @@
 //! Test fixtures for ELK Coordinator: a real `nats-server` per test, condition polling, fault
 //! injection and invariant checks.
 //!
-//! * [`NatsServer`] starts `nats-server` (from `NATS_SERVER_BIN`, else `PATH`) on a random loopback
-//!   port with a temporary store, and kills it and removes the store when dropped; `stop` and
-//!   `restart` (same port, same store) simulate a NATS outage. A missing binary is an error that
-//!   says how to install one, never a silent skip.
+//! * [`NatsServer`] (re-exported from `elk-nats-server`) starts `nats-server` (from
+//!   `NATS_SERVER_BIN`, else `PATH`) on a random loopback port with a temporary store, and kills
+//!   it and removes the store when dropped; `stop` and `restart` (same port, same store) simulate
+//!   a NATS outage. A missing or too old binary is an error that says how to install one, never a
+//!   silent skip.
 //! * [`wait_until`] polls an async condition until it holds or a deadline passes; tests never
 //!   sleep to wait.
 //! * [`TcpProxy`] sits between a client and the server so a test can cut the client off (a
@@ -16,11 +17,12 @@
 pub mod auditor;
 pub mod coverage;
 mod proxy;
-mod server;
 mod wait;
 
 pub use auditor::{AuditReport, AuditorError, OwnershipAuditor};
 pub use coverage::{CoverageReport, IdSummary, assert_exact_coverage, assert_full_coverage};
+pub use elk_nats_server::{
+    NatsServer, NatsServerBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
+};
 pub use proxy::TcpProxy;
-pub use server::{NatsServer, NatsServerBuilder, ServerError, resolve_nats_server_binary};
 pub use wait::{TimedOut, wait_until};

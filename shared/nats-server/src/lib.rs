@@ -1,7 +1,16 @@
-//! A `nats-server` child process with a private temporary store on a random loopback port.
+//! A local `nats-server` child process: a private temporary store, a random loopback port, and
+//! killed (its store removed) when dropped. `elkctl demo` runs on one; `elk-testkit` re-exports
+//! it so every test gets its own.
+//!
+//! The binary comes from `NATS_SERVER_BIN`, else `PATH`; one older than ELK's minimum
+//! ([`elk_nats::MIN_SERVER_VERSION`], 2.11) is refused before it is started, with an error
+//! naming both versions and how to install a newer one. [`NatsServer::stop`] and
+//! [`NatsServer::restart`] (same port, same store) simulate an outage.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -14,6 +23,19 @@ pub enum ServerError {
     BinaryMissing,
     #[error("NATS_SERVER_BIN={path} does not exist: {INSTALL_HINT}")]
     BinaryNotFound { path: String },
+    #[error(
+        "{binary} is nats-server {found}, but ELK Coordinator needs nats-server >= {needed}: \
+         {INSTALL_HINT}"
+    )]
+    TooOld {
+        binary: String,
+        found: String,
+        needed: String,
+    },
+    #[error(
+        "cannot tell the version of {binary} (`{binary} --version` said {said:?}): {INSTALL_HINT}"
+    )]
+    UnknownVersion { binary: String, said: String },
     #[error("failed to start {binary}: {source}")]
     Spawn {
         binary: String,
@@ -50,6 +72,59 @@ pub fn resolve_nats_server_binary() -> Result<PathBuf, ServerError> {
         return Ok(real);
     }
     Ok(on_path)
+}
+
+/// Refuses a binary older than [`elk_nats::MIN_SERVER_VERSION`]. The answer is remembered per
+/// path, so a test suite starting hundreds of servers asks each binary once.
+pub fn check_binary_version(binary: &Path) -> Result<(), ServerError> {
+    static CHECKED: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(Default::default);
+    let known = checked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(binary)
+        .cloned();
+    let said = match known {
+        Some(said) => said,
+        None => {
+            let output = Command::new(binary)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| ServerError::Spawn {
+                    binary: binary.display().to_string(),
+                    source,
+                })?;
+            let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            checked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(binary.to_path_buf(), said.clone());
+            said
+        }
+    };
+    version_verdict(binary, &said)
+}
+
+/// Judges the output of `nats-server --version` (`nats-server: v2.15.1`).
+fn version_verdict(binary: &Path, said: &str) -> Result<(), ServerError> {
+    let binary = binary.display().to_string();
+    let found = said.rsplit(' ').next().unwrap_or_default();
+    let Some(version) = elk_nats::parse_version(found) else {
+        return Err(ServerError::UnknownVersion {
+            binary,
+            said: said.to_owned(),
+        });
+    };
+    if version < elk_nats::MIN_SERVER_VERSION {
+        let (major, minor, patch) = elk_nats::MIN_SERVER_VERSION;
+        return Err(ServerError::TooOld {
+            binary,
+            found: found.trim_start_matches('v').to_owned(),
+            needed: format!("{major}.{minor}.{patch}"),
+        });
+    }
+    Ok(())
 }
 
 fn pyenv_which() -> Option<PathBuf> {
@@ -93,11 +168,13 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Starts the server (after checking the binary's version) and waits until it listens.
     pub fn start(self) -> Result<NatsServer, ServerError> {
         let binary = match self.binary {
             Some(path) => path,
             None => resolve_nats_server_binary()?,
         };
+        check_binary_version(&binary)?;
         let dir = tempfile::Builder::new().prefix("elk-nats-").tempdir()?;
         let mut server = NatsServer {
             binary,
@@ -261,6 +338,32 @@ mod tests {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "server killed"
         );
+    }
+
+    #[test]
+    fn old_or_unknown_binaries_are_refused_naming_both_versions() {
+        let binary = Path::new("/opt/nats-server");
+        let old = version_verdict(binary, "nats-server: v2.9.25").unwrap_err();
+        let text = old.to_string();
+        assert!(text.contains("2.9.25") && text.contains("2.11.0"), "{text}");
+        assert!(version_verdict(binary, "nats-server: v2.11.0").is_ok());
+        assert!(version_verdict(binary, "nats-server: v2.15.1").is_ok());
+        assert!(matches!(
+            version_verdict(binary, "command not found"),
+            Err(ServerError::UnknownVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn a_script_claiming_an_old_version_is_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("nats-server");
+        std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.25'\n").unwrap();
+        let mut permissions = std::fs::metadata(&fake).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&fake, permissions).unwrap();
+        let error = NatsServer::builder().binary(&fake).start().unwrap_err();
+        assert!(matches!(error, ServerError::TooOld { .. }), "{error}");
     }
 
     #[test]
