@@ -2,13 +2,13 @@
 //! scaler) on a private nats-server, workers with a recording processor, and helpers to create
 //! jobs and wait for them. The scenarios live in `tests/`.
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
-use elk_nats::{NatsConfig, ProvisionConfig, Resources};
-use elk_protocol::admin::{ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult};
+use anyhow::Context;
+use elk_nats::{AdminClient, NatsConfig, ProvisionConfig, Resources};
+use elk_protocol::admin::{AdminCommand, AdminResult};
+use elk_protocol::decode;
 use elk_protocol::messages::{JobRecord, JobSpec, JobState};
 use elk_protocol::names::Names;
-use elk_protocol::{decode, encode};
+use elk_runtime::ServiceCommon;
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{IdRange, JobName, MemberId, Namespace};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker, WorkerHandle};
@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Member TTL used by the scenarios: short, so expiry-driven paths finish quickly.
 pub const TEST_MEMBER_TTL: Duration = Duration::from_secs(2);
+/// How long an admin request of a scenario waits for an assigner leader.
+pub const ADMIN_PATIENCE: Duration = Duration::from_secs(60);
 
 /// One in-process service replica that can be stopped gracefully or aborted.
 pub struct ServiceHandle {
@@ -94,15 +96,19 @@ impl Stack {
         self.server.url().to_owned()
     }
 
+    /// The common section of a replica `id` of this stack reaching NATS at `url`.
+    fn service_common(&self, url: &str, id: &str) -> ServiceCommon {
+        ServiceCommon::new(
+            NatsConfig::new(url, id),
+            self.namespace.clone(),
+            MemberId::new(id).expect("valid id"),
+        )
+        .with_member_ttl(self.member_ttl)
+    }
+
     pub fn election(&self, id: &str) -> ServiceHandle {
-        let config = elk_election::ElectionConfig {
-            nats_url: self.url(),
-            namespace: self.namespace.clone(),
-            member_id: MemberId::new(id).expect("valid id"),
-            member_ttl: self.member_ttl,
-            election_ttl: self.member_ttl,
-            ..Default::default()
-        };
+        let mut config = elk_election::ElectionConfig::new(self.service_common(&self.url(), id));
+        config.election.election_ttl = self.member_ttl;
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) = elk_election::run(config, stop.cancelled_owned()).await {
@@ -131,13 +137,7 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_assigner::AssignerMetrics>,
     ) -> ServiceHandle {
-        let config = elk_assigner::AssignerConfig {
-            nats_url: url.to_owned(),
-            namespace: self.namespace.to_string(),
-            member_id: id.to_owned(),
-            member_ttl: self.member_ttl,
-            ..Default::default()
-        };
+        let config = elk_assigner::AssignerConfig::new(self.service_common(url, id));
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) =
@@ -149,13 +149,7 @@ impl Stack {
     }
 
     pub fn scaler(&self, id: &str) -> ServiceHandle {
-        let config = elk_scaler::ScalerConfig {
-            nats_url: self.url(),
-            namespace: self.namespace.clone(),
-            member_id: MemberId::new(id).expect("valid id"),
-            member_ttl: self.member_ttl,
-            ..Default::default()
-        };
+        let config = elk_scaler::ScalerConfig::new(self.service_common(&self.url(), id));
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) = elk_scaler::run(config, stop.cancelled_owned()).await {
@@ -210,35 +204,17 @@ impl Stack {
         Ok(worker)
     }
 
-    /// Sends an admin command to the active assigner (retrying while none answers) and returns
-    /// its result; an error reply becomes an `Err` with the assigner's message.
+    /// The typed admin client of this stack's namespace; it waits up to 60 s for an assigner
+    /// leader (the scenarios start one right before their first request).
+    pub fn admin_client(&self) -> AdminClient {
+        AdminClient::new(self.resources.client.clone(), self.resources.names.clone())
+            .with_patience(ADMIN_PATIENCE)
+    }
+
+    /// Sends an admin command to the active assigner and returns its result; a refusal is an
+    /// `Err` holding the [`elk_nats::AdminClientError`] with its code.
     pub async fn admin(&self, command: AdminCommand) -> anyhow::Result<AdminResult> {
-        let subject = self
-            .resources
-            .names
-            .admin_subject(ASSIGNER_SERVICE, command.verb());
-        let request = Bytes::from(encode(&AdminRequest::new(command)));
-        for _ in 0..300 {
-            let reply = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.resources
-                    .client
-                    .request(subject.clone(), request.clone()),
-            )
-            .await;
-            if let Ok(Ok(reply)) = reply {
-                let reply: AdminReply = decode(&reply.payload)?;
-                return match (reply.result, reply.error) {
-                    (Some(result), _) => Ok(result),
-                    (None, error) => bail!(
-                        "assigner refused: {}",
-                        error.map(|e| e.to_string()).unwrap_or_default()
-                    ),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("no assigner answered the admin request")
+        Ok(self.admin_client().request(command).await?)
     }
 
     /// Creates a fixed-range job through the active assigner.
@@ -254,14 +230,8 @@ impl Stack {
 
     /// Creates a job with a full spec (open-ended, retry settings...).
     pub async fn create_job_with(&self, name: &str, spec: JobSpec) -> anyhow::Result<JobRecord> {
-        let command = AdminCommand::CreateJob {
-            name: JobName::new(name)?,
-            spec,
-        };
-        match self.admin(command).await? {
-            AdminResult::Job { job } => Ok(job),
-            other => bail!("unexpected reply {other:?}"),
-        }
+        let name = JobName::new(name)?;
+        Ok(self.admin_client().create_job(name, spec).await?)
     }
 
     pub async fn job(&self, name: &str) -> anyhow::Result<Option<JobRecord>> {

@@ -83,6 +83,7 @@ async fn http_api_drives_a_job_end_to_end() {
 
     let (status, body) = call(address, "GET", "/v1/jobs/nope", None).await;
     assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_job", "{body}");
     let (status, body) = call(
         address,
         "POST",
@@ -91,7 +92,9 @@ async fn http_api_drives_a_job_end_to_end() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("end"), "{body}");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("end"), "{body}");
 
     stop.cancel();
     server.await.unwrap().unwrap();

@@ -3,7 +3,7 @@
 //! compaction of completed partitions.
 
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack};
-use elk_protocol::admin::{AdminCommand, AdminResult, IdState};
+use elk_protocol::admin::{AdminCommand, AdminErrorCode, AdminResult, IdState};
 use elk_protocol::messages::{JobSpec, JobState, PartitionStatus};
 use elk_testkit::wait_until;
 use elk_types::{IdRange, JobName};
@@ -276,14 +276,13 @@ async fn pause_resume_and_cancel() {
     .await
     .unwrap();
     let resumed = stack
-        .admin(AdminCommand::ResumeJob { name: cancelled })
-        .await;
-    assert!(
-        resumed
-            .unwrap_err()
-            .to_string()
-            .contains("cannot be resumed")
-    );
+        .admin_client()
+        .resume_job(cancelled)
+        .await
+        .unwrap_err();
+    let refusal = resumed.refusal().expect("refused by the assigner");
+    assert_eq!(refusal.code, AdminErrorCode::InvalidState, "{resumed}");
+    assert!(refusal.message.contains("cannot be resumed"), "{resumed}");
     // What is left of the cancelled job is deleted from the partitions bucket.
     wait_until(
         "the cancelled job's partitions are deleted",

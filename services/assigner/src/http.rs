@@ -16,10 +16,14 @@
 //! | `GET /healthz` | — (this process and its NATS connection) |
 //!
 //! A successful response is the JSON of the [`AdminResult`] (tagged by `kind`). Every error is
-//! `{"error": "..."}` with status 400 (bad input, refused by validation), 404 (unknown job,
-//! partition or route), 405 (wrong method), 409 (conflicts with the job's state, e.g. the job
-//! already exists or is cancelled), 503 (no assigner answered in time: no leader right now) or
-//! 500 (anything else).
+//! `{"error": {"code": "...", "message": "..."}}`. A refusal of the assigner keeps its
+//! [`AdminErrorCode`](elk_protocol::admin::AdminErrorCode) and gets that code's status
+//! ([`http_status`](elk_protocol::admin::AdminErrorCode::http_status): `unknown_job` 404,
+//! `already_exists`/`invalid_state` 409, `invalid_spec` 422, ...). The bridge's own errors:
+//! `bad_request` 400 (input refused before anything is sent), `not_found` 404 (no such route),
+//! `method_not_allowed` 405, `no_leader` 503 (no assigner answered within the patience),
+//! `timed_out` 504 (the leader did not answer in time), `transport` 502 (NATS failed),
+//! `internal` 500.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,25 +31,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use elk_protocol::admin::{
-    ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult, MAX_PAGE,
-};
+use elk_nats::{AdminClient, AdminClientError};
+use elk_protocol::admin::{AdminCommand, MAX_PAGE};
 use elk_protocol::messages::{JobSpec, PartitionStatus};
 use elk_protocol::names::Names;
-use elk_protocol::{decode, encode};
 use elk_types::{IdRange, JobName, PartitionId};
 use serde::Deserialize;
-use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long a request waits for an assigner leader to appear (no responders) before a 503.
-const LEADER_PATIENCE: Duration = Duration::from_secs(5);
-/// How long one admin request may take once a leader received it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves the HTTP API on `listener` until `shutdown` is cancelled (then finishes the requests in
-/// flight and returns).
+/// flight and returns). Requests wait up to the admin client's default patience (5 s) for a
+/// leader.
 pub async fn serve_http(
     listener: TcpListener,
     client: async_nats::Client,
@@ -53,10 +50,7 @@ pub async fn serve_http(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let bridge = Bridge {
-        client,
-        names,
-        patience: LEADER_PATIENCE,
-        request_timeout: REQUEST_TIMEOUT,
+        admin: AdminClient::new(client, names),
     };
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "admin HTTP API listening");
@@ -69,71 +63,28 @@ pub async fn serve_http(
 /// Forwards admin commands to the assigner leader over NATS.
 #[derive(Clone)]
 struct Bridge {
-    client: async_nats::Client,
-    names: Names,
-    patience: Duration,
-    request_timeout: Duration,
+    admin: AdminClient,
 }
 
-impl Bridge {
-    /// Sends `command`, retrying while nobody serves the subject (no leader yet), for `patience`.
-    async fn ask(&self, command: AdminCommand) -> Result<AdminResult, ApiError> {
-        use async_nats::RequestErrorKind;
-        let subject = self.names.admin_subject(ASSIGNER_SERVICE, command.verb());
-        let payload = bytes::Bytes::from(encode(&AdminRequest::new(command)));
-        let deadline = Instant::now() + self.patience;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let request = async_nats::Request::new()
-                .payload(payload.clone())
-                .timeout(Some(self.request_timeout));
-            match self.client.send_request(subject.clone(), request).await {
-                Ok(message) => return reply_result(&message.payload),
-                Err(error) if error.kind() == RequestErrorKind::NoResponders => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "no assigner answered within {:?}: no leader right now \
-                                 (is an assigner running in namespace '{}'?)",
-                                self.patience,
-                                self.names.namespace()
-                            ),
-                        ));
-                    }
-                    tokio::time::sleep(backoff.min(deadline - now)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(error) if error.kind() == RequestErrorKind::TimedOut => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "the assigner did not answer within {:?}",
-                            self.request_timeout
-                        ),
-                    ));
-                }
-                Err(error) => {
-                    return Err(ApiError::internal(format!(
-                        "admin request on {subject} failed: {error}"
-                    )));
-                }
-            }
+/// An error response: `{"error": {"code": code, "message": message}}` with `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
         }
     }
-}
 
-/// Turns an assigner's reply into a result or an API error.
-fn reply_result(payload: &[u8]) -> Result<AdminResult, ApiError> {
-    let reply: AdminReply = decode(payload)
-        .map_err(|error| ApiError::internal(format!("undecodable assigner reply: {error}")))?;
-    match (reply.result, reply.error) {
-        (Some(result), _) => Ok(result),
-        (None, Some(error)) => Err(ApiError::new(refusal_status(error.code), error.message)),
-        (None, None) => Err(ApiError::internal(
-            "the assigner replied with neither a result nor an error",
-        )),
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
 
@@ -142,36 +93,30 @@ fn refusal_status(code: elk_protocol::admin::AdminErrorCode) -> StatusCode {
     StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// An error response: `{"error": message}` with `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+impl From<AdminClientError> for ApiError {
+    fn from(error: AdminClientError) -> Self {
+        let status = match &error {
+            AdminClientError::Refused { error, .. } => refusal_status(error.code),
+            AdminClientError::NoLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AdminClientError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+            AdminClientError::Transport { .. } => StatusCode::BAD_GATEWAY,
+            AdminClientError::UnexpectedResult { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // A refusal's message is the operator's sentence; the client's own errors say more.
+        let message = match error.refusal() {
+            Some(refusal) => refusal.message.clone(),
+            None => elk_nats::report(&error),
+        };
+        ApiError::new(status, error.code(), message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(status = %self.status, error = %self.message, "admin HTTP request failed");
+            tracing::warn!(status = %self.status, code = self.code, error = %self.message, "admin HTTP request failed");
         }
-        let body = serde_json::json!({ "error": self.message });
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -196,18 +141,19 @@ fn router(bridge: Bridge) -> Router {
 type ApiResult = Result<Response, ApiError>;
 
 async fn forward(bridge: &Bridge, command: AdminCommand, status: StatusCode) -> ApiResult {
-    let result = bridge.ask(command).await?;
+    let result = bridge.admin.request(command).await?;
     Ok((status, axum::Json(result)).into_response())
 }
 
 async fn healthz(State(bridge): State<Bridge>) -> ApiResult {
-    match bridge.client.connection_state() {
+    match bridge.admin.nats().connection_state() {
         async_nats::connection::State::Connected => Ok(axum::Json(
             serde_json::json!({"status": "ok", "nats": "connected"}),
         )
         .into_response()),
         state => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
             format!("not connected to NATS ({state})"),
         )),
     }
@@ -271,6 +217,7 @@ async fn stats(State(bridge): State<Bridge>) -> ApiResult {
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
+        "not_found",
         format!("no route {method} {}", uri.path()),
     )
 }
@@ -278,6 +225,7 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

@@ -2,13 +2,15 @@
 //! against a real nats-server with a scripted stand-in for the assigner leader.
 
 use super::*;
-use elk_protocol::admin::AdminStats;
+use elk_protocol::admin::{ASSIGNER_SERVICE, AdminReply, AdminRequest, AdminResult, AdminStats};
 use elk_protocol::messages::JobRecord;
+use elk_protocol::{decode, encode};
 use elk_types::{Epoch, Namespace};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn job(name: &str) -> JobName {
@@ -21,7 +23,10 @@ fn create(body: Value) -> Result<AdminCommand, ApiError> {
 
 fn create_error(body: Value) -> String {
     let error = create(body).unwrap_err();
-    assert_eq!(error.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (error.status, error.code),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
     error.message
 }
 
@@ -275,11 +280,15 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
     let (status, body) = call(address, "GET", "/v1/jobs/missing", "").await;
     assert_eq!(
         (status, body),
-        (404, json!({"error": "unknown job 'missing'"}))
+        (
+            404,
+            json!({"error": {"code": "unknown_job", "message": "unknown job 'missing'"}})
+        )
     );
 
     let (status, body) = call(address, "POST", "/v1/jobs/done/pause", "").await;
     assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_state");
 
     let (status, body) = call(address, "POST", "/v1/retry", r#"{"job": "backfill"}"#).await;
     assert_eq!(
@@ -292,12 +301,17 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
 
     let (status, body) = call(address, "GET", "/v1/jobs/backfill/ids/42", "").await;
     assert_eq!(status, 500, "{body}");
-    assert_eq!(body["error"], "could not store the job: boom");
+    assert_eq!(
+        body["error"],
+        json!({"code": "internal", "message": "could not store the job: boom"})
+    );
 
     // Rejected before NATS: bad input, unknown routes and methods.
     let (status, body) = call(address, "POST", "/v1/jobs", r#"{"name": "x"}"#).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("invalid job body"));
+    assert_eq!(body["error"]["code"], "bad_request");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("invalid job body"), "{body}");
     let (status, _) = call(address, "GET", "/v1/jobs/a%2Eb", "").await;
     assert_eq!(status, 400);
     let (status, body) = call(address, "GET", "/v1/jobs/j/ids/minus-one", "").await;
@@ -307,10 +321,14 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
     let (status, body) = call(address, "GET", "/v2/nothing", "").await;
     assert_eq!(
         (status, body),
-        (404, json!({"error": "no route GET /v2/nothing"}))
+        (
+            404,
+            json!({"error": {"code": "not_found", "message": "no route GET /v2/nothing"}})
+        )
     );
     let (status, body) = call(address, "DELETE", "/v1/jobs", "").await;
     assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 
     let commands = seen.lock().unwrap().clone();
     assert_eq!(
@@ -341,22 +359,14 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
 async fn no_assigner_is_a_503_after_the_patience() {
     let server = elk_testkit::NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
+    let names = Names::new(Namespace::new("nobody").unwrap());
     let address = serve(Bridge {
-        client,
-        names: Names::new(Namespace::new("nobody").unwrap()),
-        patience: Duration::from_millis(300),
-        request_timeout: Duration::from_secs(2),
+        admin: AdminClient::new(client, names).with_patience(Duration::from_millis(300)),
     })
     .await;
-    let started = Instant::now();
     let (status, body) = call(address, "GET", "/v1/stats", "").await;
     assert_eq!(status, 503, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("no assigner answered"),
-        "{body}"
-    );
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(body["error"]["code"], "no_leader", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no assigner answered"), "{body}");
 }

@@ -15,73 +15,26 @@
 //! incarnation.
 
 mod admin;
+mod config;
 mod flush;
 pub mod http;
 mod leader;
 mod state;
 
+pub use config::{AssignerConfig, AssignerSettings};
 pub use leader::AssignerMetrics;
 
-use elk_nats::{NatsConfig, ProvisionConfig, ServiceMember, Versioned, follow_key};
+use elk_nats::{ServiceMember, Versioned, follow_key};
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
-use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
-use elk_types::{Epoch, MemberId, Namespace};
-use serde::{Deserialize, Serialize};
+use elk_protocol::names::{ControlRole, VIEW_KEY};
+use elk_runtime::Validate;
+use elk_types::{Epoch, MemberId};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Configuration of one assigner replica. Every field has a default; see `--print-config`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AssignerConfig {
-    /// NATS server URL.
-    pub nats_url: String,
-    /// Optional NATS credentials file.
-    pub credentials_file: Option<PathBuf>,
-    /// Namespace isolating this deployment.
-    pub namespace: String,
-    /// This replica's member id (unique in the namespace).
-    pub member_id: String,
-    /// TTL of the member key; renewed every third of it.
-    #[serde(with = "humantime_serde")]
-    pub member_ttl: Duration,
-    /// Grants a worker holds per unit of capacity (running plus queued on the worker).
-    pub grants_per_capacity: u32,
-    /// Partitions created per reconcile round at most.
-    pub partitions_per_round: usize,
-    /// A revoke not answered within this time is reported (`revokes_overdue`); the partition
-    /// still waits for the old owner's release or member expiry before it is granted again.
-    #[serde(with = "humantime_serde")]
-    pub revoke_timeout: Duration,
-    /// Resync tick of the leader loop.
-    #[serde(with = "humantime_serde")]
-    pub tick: Duration,
-    /// Address of the HTTP JSON admin API (e.g. `127.0.0.1:8080`); none when unset. Every
-    /// replica serves it and forwards to the active assigner over NATS.
-    pub http_listen: Option<String>,
-}
-
-impl Default for AssignerConfig {
-    fn default() -> Self {
-        Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            credentials_file: None,
-            namespace: "default".to_owned(),
-            member_id: "assigner-1".to_owned(),
-            member_ttl: Duration::from_secs(3),
-            grants_per_capacity: 2,
-            partitions_per_round: 1_000,
-            revoke_timeout: Duration::from_secs(5),
-            tick: Duration::from_millis(200),
-            http_listen: None,
-        }
-    }
-}
 
 /// Errors of the assigner service.
 #[derive(Debug, thiserror::Error)]
@@ -126,24 +79,20 @@ pub async fn run_with_metrics(
     metrics: Arc<AssignerMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
-    let namespace =
-        Namespace::new(&config.namespace).map_err(|e| AssignerError::Config(e.to_string()))?;
-    let member_id =
-        MemberId::new(&config.member_id).map_err(|e| AssignerError::Config(e.to_string()))?;
-    let mut nats = NatsConfig::new(&config.nats_url, format!("elk-assigner {member_id}"));
-    nats.credentials_file = config.credentials_file.clone();
-    let client = elk_nats::connect(&nats).await?;
-    let resources =
-        elk_nats::provision(client, Names::new(namespace), &ProvisionConfig::default()).await?;
+    config
+        .validate()
+        .map_err(|e| AssignerError::Config(e.to_string()))?;
+    let member_id = config.service.member_id.clone();
+    let resources = config.service.open("elk-assigner").await?;
     let role =
         follow_key::<RoleLease>(&resources.leases, ControlRole::Assigner.lease_key()).await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let policy = state::Policy {
-        grants_per_capacity: config.grants_per_capacity,
-        partitions_per_round: config.partitions_per_round.max(1),
-        revoke_timeout_ms: config.revoke_timeout.as_millis() as u64,
+        grants_per_capacity: config.assigner.grants_per_capacity,
+        partitions_per_round: config.assigner.partitions_per_round,
+        revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
     };
-    let http = match &config.http_listen {
+    let http = match &config.assigner.http_listen {
         Some(address) => Some(spawn_http(address, &resources).await?),
         None => None,
     };
@@ -244,7 +193,7 @@ impl Replica {
             resources: &self.resources,
             id: &self.member_id,
             role: MemberRole::Assigner,
-            ttl: self.config.member_ttl,
+            ttl: self.config.service.member_ttl,
             retry: Duration::from_millis(250),
             stop: never,
         }
@@ -327,7 +276,7 @@ impl Replica {
             me,
             epoch,
             policy: self.policy.clone(),
-            tick: self.config.tick,
+            tick: self.config.assigner.tick,
             view: self.view.clone(),
             role: self.role.clone(),
             cancel: cancel.clone(),

@@ -1,7 +1,7 @@
 //! `elk-assigner`: runs one assigner replica until SIGINT/SIGTERM (flags and config: `--help`).
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
     elk_runtime::service_main(
         "elk-assigner",
         "The ELK Coordinator partition authority.",

@@ -10,6 +10,7 @@ use crate::ElectionError;
 use crate::roles::reconcile_roles;
 use crate::view::{MemberTable, ViewWriter};
 use elk_nats::{NatsError, Resources, WatchSnapshot, watch_snapshot};
+use elk_runtime::ReplicaError;
 use futures::StreamExt;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -40,8 +41,10 @@ async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<()
     tracing::info!(generation = %view.generation, members = view.members.len(), "active: membership view published");
     reconcile_roles(resources, view).await;
 
-    let mut resync =
-        tokio::time::interval_at(Instant::now() + config.role_resync, config.role_resync);
+    let mut resync = tokio::time::interval_at(
+        Instant::now() + config.election.role_resync,
+        config.election.role_resync,
+    );
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut flush_at: Option<Instant> = None;
     loop {
@@ -54,22 +57,21 @@ async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<()
                         continue;
                     }
                     None => {
-                        return Err(ElectionError::Nats(NatsError::watch(
-                            &resources.members.name,
-                            "watch ended",
-                        )));
+                        return Err(NatsError::watch(&resources.members.name, "watch ended").into());
                     }
                 };
                 let changed = table.apply(&entry.key, entry.operation, &entry.value);
                 if changed && flush_at.is_none() {
-                    flush_at = Some(Instant::now() + config.view_debounce);
+                    flush_at = Some(Instant::now() + config.election.view_debounce);
                 }
             }
             () = sleep_until_some(flush_at) => {
                 flush_at = None;
                 match writer.publish(resources, table.members()).await {
                     Ok(view) => reconcile_roles(resources, view).await,
-                    Err(ElectionError::Nats(error)) if error.is_retryable() => {
+                    Err(ElectionError::Replica(ReplicaError::Nats(error)))
+                        if error.is_retryable() =>
+                    {
                         tracing::warn!(%error, "cannot write membership view; retrying");
                         flush_at = Some(Instant::now() + VIEW_RETRY_DELAY);
                     }

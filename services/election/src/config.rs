@@ -1,25 +1,20 @@
-//! Configuration of an election replica (defaults → TOML file → `ELK_*` env → flags).
+//! Configuration of an election replica: `[service]` (shared by every service, see
+//! [`ServiceCommon`](elk_runtime::ServiceCommon)) and `[election]`, loaded by `elk_runtime` (defaults → TOML file → `ELK_*`
+//! environment, e.g. `ELK_ELECTION__ELECTION_TTL=5s` → flags) and validated.
 
-use elk_types::{MemberId, Namespace};
+use elk_runtime::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything an election replica needs; every field has a default.
+elk_runtime::service_config! {
+    /// Everything an election replica needs; every field has a default (see `--print-config`).
+    pub struct ElectionConfig { election: ElectionSettings }
+}
+
+/// `[election]`: timings of the active/standby lease and of the view and role reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ElectionConfig {
-    /// NATS server URL.
-    pub nats_url: String,
-    /// Optional NATS `.creds` file (JWT + NKEY).
-    pub credentials_file: Option<PathBuf>,
-    /// Deployment namespace: every bucket and subject name carries it.
-    pub namespace: Namespace,
-    /// This replica's member id (its key in the members bucket); unique per replica.
-    pub member_id: MemberId,
-    /// TTL of this replica's member key; renewed every third of it.
-    #[serde(with = "humantime_serde")]
-    pub member_ttl: Duration,
+pub struct ElectionSettings {
     /// TTL of the `election` lease held by the active replica; a crashed active replica is
     /// replaced within about this long.
     #[serde(with = "humantime_serde")]
@@ -38,14 +33,9 @@ pub struct ElectionConfig {
     pub role_resync: Duration,
 }
 
-impl Default for ElectionConfig {
+impl Default for ElectionSettings {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            credentials_file: None,
-            namespace: Namespace::new("default").expect("valid default namespace"),
-            member_id: MemberId::new("election-1").expect("valid default member id"),
-            member_ttl: Duration::from_secs(3),
             election_ttl: Duration::from_secs(3),
             standby_retry: Duration::from_secs(1),
             view_debounce: Duration::from_millis(20),
@@ -54,23 +44,20 @@ impl Default for ElectionConfig {
     }
 }
 
-impl ElectionConfig {
-    /// Rejects values the service cannot run with.
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.member_ttl < Duration::from_secs(1) {
-            return Err(format!(
-                "member_ttl must be at least 1s, got {:?}",
-                self.member_ttl
-            ));
+impl Validate for ElectionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.service.validate()?;
+        let election = &self.election;
+        if election.election_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(format!(
+                "election.election_ttl must be at least 1s, got {:?}",
+                election.election_ttl
+            )));
         }
-        if self.election_ttl < Duration::from_secs(1) {
-            return Err(format!(
-                "election_ttl must be at least 1s, got {:?}",
-                self.election_ttl
+        if election.standby_retry.is_zero() || election.role_resync.is_zero() {
+            return Err(ConfigError::invalid(
+                "election.standby_retry and election.role_resync must be greater than zero",
             ));
-        }
-        if self.standby_retry.is_zero() || self.role_resync.is_zero() {
-            return Err("standby_retry and role_resync must be greater than zero".to_owned());
         }
         Ok(())
     }

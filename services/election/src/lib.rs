@@ -25,17 +25,16 @@ mod config;
 pub mod roles;
 mod view;
 
-pub use config::ElectionConfig;
+pub use config::{ElectionConfig, ElectionSettings};
 
 use bytes::Bytes;
 use elk_nats::{
-    JoinError, MemberLease, MembershipExit, NatsConfig, NatsError, ProvisionConfig, Resources,
-    Retryable, ServiceMember, Versioned, connect, follow_key, provision,
+    JoinError, MemberLease, MembershipExit, NatsError, Resources, Retryable, Versioned, follow_key,
 };
 use elk_protocol::messages::{ElectionLease, MemberRole};
-use elk_protocol::names::{ELECTION_KEY, Names};
+use elk_protocol::names::ELECTION_KEY;
 use elk_protocol::{SCHEMA_VERSION, encode};
-use elk_types::MemberId;
+use elk_runtime::{ConfigError, ReplicaError, Validate};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -44,19 +43,9 @@ use tokio_util::sync::CancellationToken;
 /// Errors of the election service.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
-    /// Terminal: fix the configuration.
-    #[error("invalid election configuration: {0}")]
-    Config(String),
-    /// Joining the members bucket failed (a NATS failure: a live holder of the id is waited
-    /// for, not an error).
-    #[error("cannot join as member '{id}': {source}")]
-    Join {
-        id: MemberId,
-        #[source]
-        source: JoinError,
-    },
+    /// Configuration, membership or NATS, as for every replica.
     #[error(transparent)]
-    Nats(#[from] NatsError),
+    Replica(#[from] ReplicaError),
     /// Retryable: other writers kept changing the view key.
     #[error("membership view kept changing under us ({attempts} attempts)")]
     ViewContended { attempts: usize },
@@ -65,21 +54,24 @@ pub enum ElectionError {
     RoleContended { role: &'static str, attempts: usize },
 }
 
-impl ElectionError {
-    /// Whether retrying later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ElectionError::Config(_) => false,
-            ElectionError::Join { source, .. } => source.is_retryable(),
-            ElectionError::Nats(error) => error.is_retryable(),
-            ElectionError::ViewContended { .. } | ElectionError::RoleContended { .. } => true,
-        }
+impl From<NatsError> for ElectionError {
+    fn from(error: NatsError) -> Self {
+        ElectionError::Replica(error.into())
+    }
+}
+
+impl From<ConfigError> for ElectionError {
+    fn from(error: ConfigError) -> Self {
+        ElectionError::Replica(error.into())
     }
 }
 
 impl Retryable for ElectionError {
     fn is_retryable(&self) -> bool {
-        ElectionError::is_retryable(self)
+        match self {
+            ElectionError::Replica(error) => error.is_retryable(),
+            ElectionError::ViewContended { .. } | ElectionError::RoleContended { .. } => true,
+        }
     }
 }
 
@@ -89,18 +81,8 @@ pub async fn run(
     config: ElectionConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ElectionError> {
-    config.validate().map_err(ElectionError::Config)?;
-    let stop = CancellationToken::new();
-    // Dropping `run` (e.g. an aborted task) cancels everything it spawned.
-    let _cancel_on_drop = stop.clone().drop_guard();
-    let replica = serve(config, stop.clone());
-    tokio::pin!(replica);
-    tokio::pin!(shutdown);
-    tokio::select! {
-        result = &mut replica => return result,
-        () = &mut shutdown => stop.cancel(),
-    }
-    replica.await
+    config.validate()?;
+    elk_runtime::serve_until(shutdown, |stop| serve(config, stop)).await
 }
 
 /// Outcome of the standby phase.
@@ -122,14 +104,7 @@ struct Replica {
 }
 
 async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), ElectionError> {
-    let mut nats = NatsConfig::new(
-        config.nats_url.clone(),
-        format!("elk-election/{}", config.member_id),
-    );
-    nats.credentials_file = config.credentials_file.clone();
-    let client = connect(&nats).await?;
-    let names = Names::new(config.namespace.clone());
-    let resources = provision(client, names, &ProvisionConfig::default()).await?;
+    let resources = config.service.open("elk-election").await?;
     let election_lease = follow_key::<ElectionLease>(&resources.leases, ELECTION_KEY).await?;
     let mut replica = Replica {
         config,
@@ -138,23 +113,15 @@ async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), El
         election_lease,
         election_follow_alive: true,
     };
-    let resources = replica.resources.clone();
-    let member_id = replica.config.member_id.clone();
-    let stop = replica.stop.clone();
-    let member = ServiceMember {
-        resources: &resources,
-        id: &member_id,
-        role: MemberRole::Election,
-        ttl: replica.config.member_ttl,
-        retry: replica.config.standby_retry,
-        stop: &stop,
-    };
-    let joined = member.join().await.map_err(|source| ElectionError::Join {
-        id: member_id.clone(),
-        source,
-    })?;
+    let (service, resources, stop) = (
+        replica.config.service.clone(),
+        replica.resources.clone(),
+        replica.stop.clone(),
+    );
+    let retry = replica.config.election.standby_retry;
+    let member = service.member(&resources, MemberRole::Election, retry, &stop);
     // `None`: stopped while waiting for a previous run's key to expire.
-    let Some(mut membership) = joined else {
+    let Some(mut membership) = elk_runtime::join(&member).await? else {
         return Ok(());
     };
     loop {
@@ -189,7 +156,7 @@ impl Replica {
         membership: &MemberLease,
         membership_lost: &CancellationToken,
     ) -> Standby {
-        let mut retry = tokio::time::interval(self.config.standby_retry);
+        let mut retry = tokio::time::interval(self.config.election.standby_retry);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let holder_absent = self.election_lease.borrow_and_update().is_none();
@@ -217,7 +184,7 @@ impl Replica {
     async fn try_acquire(&self, membership: &MemberLease) -> Option<MemberLease> {
         let value = ElectionLease {
             schema: SCHEMA_VERSION,
-            holder: self.config.member_id.clone(),
+            holder: self.config.service.member_id.clone(),
             incarnation: membership.incarnation(),
         };
         let attempt = MemberLease::acquire(
@@ -226,12 +193,12 @@ impl Replica {
             ELECTION_KEY,
             membership.incarnation(),
             Bytes::from(encode(&value)),
-            self.config.election_ttl,
+            self.config.election.election_ttl,
         )
         .await;
         match attempt {
             Ok(lease) => {
-                tracing::info!(member = %self.config.member_id, "became the active election replica");
+                tracing::info!(member = %self.config.service.member_id, "became the active election replica");
                 Some(lease)
             }
             Err(JoinError::KeyTaken { .. } | JoinError::IdTaken { .. }) => None,

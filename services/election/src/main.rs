@@ -1,7 +1,7 @@
 //! `elk-election`: runs one election replica until SIGINT/SIGTERM (flags and config: `--help`).
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
     elk_runtime::service_main(
         "elk-election",
         "The ELK Coordinator group coordinator: membership view and role leaders.",

@@ -2,7 +2,7 @@
 //! leaves, TTL expiry), role designation with sticky holders and growing epochs, and failover of
 //! the active replica (graceful and abrupt) without the generation or any epoch going back.
 
-use elk_election::{ElectionConfig, ElectionError};
+use elk_election::{ElectionConfig, ElectionError, ElectionSettings};
 use elk_nats::{
     MemberLease, NatsConfig, ProvisionConfig, Resources, Versioned, connect, follow_key,
     new_incarnation, provision,
@@ -10,6 +10,7 @@ use elk_nats::{
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{ElectionLease, MemberRecord, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::{ControlRole, ELECTION_KEY, Names, VIEW_KEY};
+use elk_runtime::ServiceCommon;
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{Capacity, Epoch, Generation, MemberId, Namespace};
 use std::sync::{Arc, Mutex};
@@ -45,16 +46,20 @@ struct Replica {
 
 impl Replica {
     fn start(server: &NatsServer, member_id: &str) -> Replica {
+        let service = ServiceCommon::new(
+            NatsConfig::new(server.url(), member_id),
+            namespace(),
+            id(member_id),
+        )
+        .with_member_ttl(Duration::from_secs(2));
         let config = ElectionConfig {
-            nats_url: server.url().to_owned(),
-            namespace: namespace(),
-            member_id: id(member_id),
-            member_ttl: Duration::from_secs(2),
-            election_ttl: Duration::from_secs(2),
-            standby_retry: Duration::from_millis(200),
-            view_debounce: Duration::from_millis(20),
-            role_resync: Duration::from_millis(500),
-            ..ElectionConfig::default()
+            service,
+            election: ElectionSettings {
+                election_ttl: Duration::from_secs(2),
+                standby_retry: Duration::from_millis(200),
+                view_debounce: Duration::from_millis(20),
+                role_resync: Duration::from_millis(500),
+            },
         };
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let task = tokio::spawn(elk_election::run(config, async move {

@@ -1,8 +1,9 @@
 //! The admin commands of elkctl: `job create|list|get|pause|resume|cancel`, `partitions`,
 //! `retry`, `id-status` and `stats`. Arguments are checked before any network call; everything
-//! then goes through [`crate::admin_client`] to the assigner leader.
+//! then goes through the typed [`elk_nats::AdminClient`] to the assigner leader. A failure is
+//! reported by `crate::failure` (message, code, hint, exit status).
 
-use crate::admin_client::{ConnectArgs, into_job};
+use crate::connect::{ConnectArgs, into_job};
 use crate::render;
 use anyhow::bail;
 use elk_protocol::admin::{AdminCommand, AdminResult, MAX_PAGE};
@@ -220,9 +221,14 @@ pub struct StatsArgs {
     pub connect: ConnectArgs,
 }
 
-fn print_json(result: &AdminResult) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(result)?);
-    Ok(())
+/// Sends `command` and returns its result, or prints it as JSON (`--json`) and returns `None`.
+async fn ask(connect: &ConnectArgs, command: AdminCommand) -> anyhow::Result<Option<AdminResult>> {
+    let result = connect.admin().await?.request(command).await?;
+    if connect.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(None);
+    }
+    Ok(Some(result))
 }
 
 pub async fn run_job(command: JobCommand) -> anyhow::Result<ExitCode> {
@@ -258,12 +264,9 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<ExitCode> {
             "cancelled",
         ),
     };
-    connect.namespace()?;
-    let result = connect.connect().await?.request(admin_command).await?;
-    if connect.json {
-        print_json(&result)?;
+    let Some(result) = ask(connect, admin_command).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     match result {
         AdminResult::Jobs { jobs } => print!("{}", render::jobs_table(&jobs)),
         other => {
@@ -284,17 +287,9 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run_partitions(args: PartitionsArgs) -> anyhow::Result<ExitCode> {
-    args.connect.namespace()?;
-    let result = args
-        .connect
-        .connect()
-        .await?
-        .request(args.command())
-        .await?;
-    if args.connect.json {
-        print_json(&result)?;
+    let Some(result) = ask(&args.connect, args.command()).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let AdminResult::Partitions {
         partitions,
         next_after,
@@ -310,16 +305,13 @@ pub async fn run_partitions(args: PartitionsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run_retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
-    args.connect.namespace()?;
     let command = AdminCommand::Retry {
         job: args.job.clone(),
         partition: args.partition.map(PartitionId),
     };
-    let result = args.connect.connect().await?.request(command).await?;
-    if args.connect.json {
-        print_json(&result)?;
+    let Some(result) = ask(&args.connect, command).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let AdminResult::Retried { count } = result else {
         bail!("unexpected assigner reply: {result:?}");
     };
@@ -337,16 +329,13 @@ pub async fn run_retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run_id_status(args: IdStatusArgs) -> anyhow::Result<ExitCode> {
-    args.connect.namespace()?;
     let command = AdminCommand::IdStatus {
         job: args.job.clone(),
         id: args.id,
     };
-    let result = args.connect.connect().await?.request(command).await?;
-    if args.connect.json {
-        print_json(&result)?;
+    let Some(result) = ask(&args.connect, command).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let AdminResult::IdStatus { id, status } = result else {
         bail!("unexpected assigner reply: {result:?}");
     };
@@ -355,22 +344,28 @@ pub async fn run_id_status(args: IdStatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
-    args.connect.namespace()?;
-    let result = args
-        .connect
-        .connect()
-        .await?
-        .request(AdminCommand::Stats)
-        .await?;
-    if args.connect.json {
-        print_json(&result)?;
+    let Some(result) = ask(&args.connect, AdminCommand::Stats).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let AdminResult::Stats { stats } = result else {
         bail!("unexpected assigner reply: {result:?}");
     };
     print!("{}", render::stats(&stats));
     Ok(ExitCode::SUCCESS)
+}
+
+impl JobCommand {
+    /// The admin flags of this command.
+    pub fn connect(&self) -> &ConnectArgs {
+        match self {
+            JobCommand::Create(args) => &args.connect,
+            JobCommand::List(args) => &args.connect,
+            JobCommand::Get(args)
+            | JobCommand::Pause(args)
+            | JobCommand::Resume(args)
+            | JobCommand::Cancel(args) => &args.connect,
+        }
+    }
 }
 
 #[cfg(test)]

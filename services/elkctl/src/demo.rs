@@ -3,9 +3,8 @@
 //! runs one job to completion with a live progress bar, and prints one summary line computed from
 //! what the workers actually processed (not from the coordinator's state).
 
-use crate::{admin_client, status};
+use crate::connect::TargetArgs;
 use anyhow::{Context, bail};
-use elk_protocol::admin::AdminCommand;
 use elk_protocol::decode;
 use elk_protocol::messages::{JobRecord, JobSpec, JobState};
 use elk_types::{IdRange, JobName, MemberId, Namespace};
@@ -157,7 +156,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     };
     eprintln!("nats-server at {url}, namespace {namespace}");
-    let resources = status::open(&url, namespace.clone()).await?;
+    let target = TargetArgs {
+        nats: elk_runtime::NatsArgs {
+            url: Some(url.clone()),
+            credentials_file: None,
+        },
+        namespace: namespace.to_string(),
+    };
+    let resources = target.open().await?;
 
     let services = CancellationToken::new();
     let member_ttl = Duration::from_secs(args.member_ttl_secs.max(1));
@@ -184,13 +190,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "checksum-{}",
         elk_protocol::messages::unix_ms_now()
     ))?;
-    let command = AdminCommand::CreateJob {
-        name: job.clone(),
-        spec: JobSpec::fixed(range, args.partition_size),
-    };
-    let created = admin_client::request(&resources, command, Duration::from_secs(30))
+    let admin = elk_nats::AdminClient::new(resources.client.clone(), resources.names.clone())
+        .with_patience(Duration::from_secs(30));
+    let created = admin
+        .create_job(job.clone(), JobSpec::fixed(range, args.partition_size))
         .await
-        .and_then(admin_client::into_job)
         .context("creating the demo job")?;
     let partitions = range.len().div_ceil(args.partition_size);
     eprintln!(

@@ -2,11 +2,13 @@
 //!
 //! Every admin command goes to the assigner leader over NATS request/reply
 //! (`elk.<ns>.admin.assigner.<verb>`, see `docs/admin-api.md`); arguments are checked before any
-//! network call, output is an aligned table (or `--json`).
+//! network call, output is an aligned table (or `--json`). A failure prints its message, code
+//! and a hint, and exits with a status per kind of failure (see `failure`).
 
 mod admin;
-mod admin_client;
+mod connect;
 mod demo;
+mod failure;
 mod render;
 mod stack;
 mod status;
@@ -46,9 +48,25 @@ enum Command {
     Watch(watch::WatchArgs),
 }
 
+impl Command {
+    /// Whether the command was asked for JSON output (failures are then JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Job(command) => command.connect().json,
+            Command::Partitions(args) => args.connect.json,
+            Command::Retry(args) => args.connect.json,
+            Command::IdStatus(args) => args.connect.json,
+            Command::Stats(args) => args.connect.json,
+            Command::Watch(args) => args.connect.json,
+            Command::Demo(_) | Command::Status(_) => false,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let json = cli.command.json();
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
@@ -61,9 +79,6 @@ async fn main() -> std::process::ExitCode {
     };
     match outcome {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::from(2)
-        }
+        Err(error) => failure::Failure::of(&error).report(json),
     }
 }

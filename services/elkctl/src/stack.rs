@@ -1,6 +1,8 @@
 //! The in-process control plane used by `elkctl demo`: one election, one assigner and one scaler
 //! replica, all stopped by one cancellation token.
 
+use elk_nats::NatsConfig;
+use elk_runtime::ServiceCommon;
 use elk_types::{MemberId, Namespace};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -12,28 +14,18 @@ pub fn start_services(
     member_ttl: Duration,
     stop: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let election = elk_election::ElectionConfig {
-        nats_url: url.to_owned(),
-        namespace: namespace.clone(),
-        member_id: MemberId::new("election-1").expect("valid id"),
-        member_ttl,
-        election_ttl: member_ttl,
-        ..Default::default()
+    let service = |id: &str| {
+        ServiceCommon::new(
+            NatsConfig::new(url, format!("elk-demo {id}")),
+            namespace.clone(),
+            MemberId::new(id).expect("valid id"),
+        )
+        .with_member_ttl(member_ttl)
     };
-    let assigner = elk_assigner::AssignerConfig {
-        nats_url: url.to_owned(),
-        namespace: namespace.to_string(),
-        member_id: "assigner-1".to_owned(),
-        member_ttl,
-        ..Default::default()
-    };
-    let scaler = elk_scaler::ScalerConfig {
-        nats_url: url.to_owned(),
-        namespace: namespace.clone(),
-        member_id: MemberId::new("scaler-1").expect("valid id"),
-        member_ttl,
-        ..Default::default()
-    };
+    let mut election = elk_election::ElectionConfig::new(service("election-1"));
+    election.election.election_ttl = member_ttl;
+    let assigner = elk_assigner::AssignerConfig::new(service("assigner-1"));
+    let scaler = elk_scaler::ScalerConfig::new(service("scaler-1"));
     let mut tasks = Vec::new();
     let token = stop.clone();
     tasks.push(tokio::spawn(async move {

@@ -1,33 +1,22 @@
 //! `elkctl status`: members, role leaders with their epochs, the membership view and jobs.
 
-use anyhow::Context;
-use elk_nats::{NatsConfig, ProvisionConfig, Resources, read_entry, watch_snapshot};
+use crate::connect::TargetArgs;
+use elk_nats::{Resources, read_entry, watch_snapshot};
 use elk_protocol::decode;
 use elk_protocol::messages::{DesiredWorkers, JobRecord, MemberRecord, MembershipView, RoleLease};
-use elk_protocol::names::{ControlRole, DESIRED_WORKERS_KEY, Names, VIEW_KEY};
-use elk_types::Namespace;
+use elk_protocol::names::{ControlRole, DESIRED_WORKERS_KEY, VIEW_KEY};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// NATS server URL.
-    #[arg(long, env = "ELK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Namespace to inspect.
-    #[arg(long, env = "ELK_NAMESPACE", default_value = "default")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let namespace = Namespace::new(&args.namespace).context("--namespace")?;
-    let resources = open(&args.nats_url, namespace).await?;
+    let resources = args.target.open().await?;
     print!("{}", render(&resources).await?);
     Ok(ExitCode::SUCCESS)
-}
-
-pub async fn open(url: &str, namespace: Namespace) -> anyhow::Result<Resources> {
-    let client = elk_nats::connect(&NatsConfig::new(url, "elkctl")).await?;
-    Ok(elk_nats::provision(client, Names::new(namespace), &ProvisionConfig::default()).await?)
 }
 
 /// Renders the status report as text.

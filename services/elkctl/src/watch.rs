@@ -7,10 +7,10 @@
 //!
 //! Exit status: 0 when every watched job completed, 1 when one was cancelled, 130 on Ctrl-C.
 
-use crate::admin_client::ConnectArgs;
+use crate::connect::ConnectArgs;
 use crate::render;
 use anyhow::bail;
-use elk_protocol::admin::{AdminCommand, AdminResult};
+use elk_nats::Retryable;
 use elk_protocol::messages::{JobRecord, JobState};
 use elk_types::JobName;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -184,8 +184,7 @@ impl Bars {
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    args.connect.namespace()?;
-    let client = args.connect.connect().await?;
+    let client = args.connect.admin().await?;
     let json = args.connect.json;
     let mut selection = Selection::new(&args.job);
     let mut watched: BTreeMap<JobName, JobRecord> = BTreeMap::new();
@@ -211,20 +210,19 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             }
             _ = ticker.tick() => {}
         }
-        let jobs = match client.request(AdminCommand::ListJobs).await {
-            Ok(AdminResult::Jobs { jobs }) => {
+        let jobs = match client.list_jobs().await {
+            Ok(jobs) => {
                 if failing {
                     bars.note("assigner answering again");
                     failing = false;
                 }
                 jobs
             }
-            Ok(other) => bail!("unexpected assigner reply: {other:?}"),
-            Err(error) if first => return Err(error),
+            Err(error) if first || !error.is_retryable() => return Err(error.into()),
             Err(error) => {
                 // Keep watching through a failover; say so once.
                 if !failing {
-                    bars.note(&format!("still trying: {error:#}"));
+                    bars.note(&format!("still trying: {}", elk_nats::report(&error)));
                     failing = true;
                 }
                 continue;

@@ -5,6 +5,7 @@
 
 use elk_protocol::admin::AdminResult;
 use elk_protocol::messages::{JobState, PartitionStatus};
+use elk_runtime::ServiceCommon;
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{MemberId, Namespace, PartitionId};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
@@ -67,18 +68,15 @@ async fn json(url: &str, args: &[&str]) -> AdminResult {
 }
 
 fn start_control_plane(url: &str, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-    let election = elk_election::ElectionConfig {
-        nats_url: url.to_owned(),
-        namespace: Namespace::new(NAMESPACE).unwrap(),
-        member_id: MemberId::new("election-1").unwrap(),
-        ..Default::default()
+    let service = |id: &str| {
+        ServiceCommon::new(
+            NatsConfig::new(url, id),
+            Namespace::new(NAMESPACE).unwrap(),
+            MemberId::new(id).unwrap(),
+        )
     };
-    let assigner = elk_assigner::AssignerConfig {
-        nats_url: url.to_owned(),
-        namespace: NAMESPACE.to_owned(),
-        member_id: "assigner-1".to_owned(),
-        ..Default::default()
-    };
+    let election = elk_election::ElectionConfig::new(service("election-1"));
+    let assigner = elk_assigner::AssignerConfig::new(service("assigner-1"));
     let (a, b) = (stop.clone(), stop.clone());
     vec![
         tokio::spawn(async move {
@@ -129,6 +127,14 @@ async fn elkctl_covers_the_admin_surface() {
 
     let server = NatsServer::start();
     let url = server.url().to_owned();
+    // No assigner yet: "try again later", after the --wait patience.
+    let no_leader = elkctl(&url, &["stats", "--wait", "0"]).await;
+    assert_eq!(no_leader.code, 6, "{}", no_leader.stderr);
+    assert!(
+        no_leader.stderr.contains("[no_leader]"),
+        "{}",
+        no_leader.stderr
+    );
     let stop = CancellationToken::new();
     let services = start_control_plane(&url, &stop);
     let broken = Arc::new(AtomicBool::new(true));
@@ -195,12 +201,44 @@ async fn elkctl_covers_the_admin_surface() {
     };
     assert_eq!(job.partitions_failed, 1);
 
+    // A refusal: its message and code, a hint, and the "not found" exit status.
     let missing = elkctl(&url, &["job", "get", "nope"]).await;
-    assert_eq!(missing.code, 2);
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
     assert!(
-        missing.stderr.contains("unknown job 'nope'"),
+        missing
+            .stderr
+            .contains("error: unknown job 'nope' [unknown_job]"),
         "{}",
         missing.stderr
+    );
+    assert!(missing.stderr.contains("hint: "), "{}", missing.stderr);
+    let missing = elkctl(&url, &["job", "get", "nope", "--json"]).await;
+    assert_eq!(missing.code, 3);
+    let body: serde_json::Value = serde_json::from_str(&missing.stdout).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {"code": "unknown_job", "message": "unknown job 'nope'"}})
+    );
+    let exists = elkctl(
+        &url,
+        &[
+            "job",
+            "create",
+            "backfill",
+            "--start",
+            "1",
+            "--end",
+            "10",
+            "--partition-size",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(exists.code, 4, "conflict: {}", exists.stderr);
+    assert!(
+        exists.stderr.contains("[already_exists]"),
+        "{}",
+        exists.stderr
     );
 
     // Pause and resume go through; the fault is fixed, then retry re-queues the partition.

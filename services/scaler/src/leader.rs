@@ -41,7 +41,7 @@ struct Published {
 /// Runs until `stop` is cancelled; errors of one round are logged and retried next round.
 pub(crate) async fn lead(context: LeaderContext, stop: CancellationToken) {
     tracing::info!(epoch = %context.epoch, "scaler leader: publishing desired worker count");
-    let mut ticker = tokio::time::interval(context.config.interval);
+    let mut ticker = tokio::time::interval(context.config.scaler.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut published: Option<Published> = None;
     loop {
@@ -80,9 +80,9 @@ async fn publish_round(
         epoch: context.epoch,
         desired: desired_workers(
             backlog.partitions,
-            config.partitions_per_worker,
-            config.min_workers,
-            config.max_workers,
+            config.scaler.partitions_per_worker,
+            config.scaler.min_workers,
+            config.scaler.max_workers,
         ),
         live_workers,
         backlog_ids: backlog.ids,

@@ -15,48 +15,21 @@ mod config;
 mod leader;
 pub mod policy;
 
-pub use config::ScalerConfig;
+pub use config::{ScalerConfig, ScalerSettings};
 
-use elk_nats::{
-    JoinError, MemberLease, MembershipExit, NatsConfig, NatsError, ProvisionConfig, Resources,
-    Retryable, ServiceMember, Versioned, connect, follow_key, provision,
-};
+use elk_nats::{MemberLease, MembershipExit, Resources, Versioned, follow_key};
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
-use elk_protocol::names::{ControlRole, Names, VIEW_KEY};
-use elk_types::{Epoch, MemberId};
+use elk_protocol::names::{ControlRole, VIEW_KEY};
+use elk_runtime::{ReplicaError, Validate};
+use elk_types::Epoch;
 use leader::{LeaderContext, holds_role, lead};
 use std::future::Future;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Errors of the scaler service.
-#[derive(Debug, thiserror::Error)]
-pub enum ScalerError {
-    /// Terminal: fix the configuration.
-    #[error("invalid scaler configuration: {0}")]
-    Config(String),
-    /// Joining the members bucket failed (a NATS failure: a live holder of the id is waited
-    /// for, not an error).
-    #[error("cannot join as member '{id}': {source}")]
-    Join {
-        id: MemberId,
-        #[source]
-        source: JoinError,
-    },
-    #[error(transparent)]
-    Nats(#[from] NatsError),
-}
-
-impl Retryable for ScalerError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            ScalerError::Config(_) => false,
-            ScalerError::Join { source, .. } => source.is_retryable(),
-            ScalerError::Nats(error) => error.is_retryable(),
-        }
-    }
-}
+/// Errors of the scaler service: those every replica shares (configuration, membership, NATS).
+pub type ScalerError = ReplicaError;
 
 /// Runs one scaler replica until `shutdown` resolves: demotes (awaiting leader work), then
 /// leaves the members bucket.
@@ -64,18 +37,8 @@ pub async fn run(
     config: ScalerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ScalerError> {
-    config.validate().map_err(ScalerError::Config)?;
-    let stop = CancellationToken::new();
-    // Dropping `run` (e.g. an aborted task) cancels everything it spawned.
-    let _cancel_on_drop = stop.clone().drop_guard();
-    let replica = serve(config, stop.clone());
-    tokio::pin!(replica);
-    tokio::pin!(shutdown);
-    tokio::select! {
-        result = &mut replica => return result,
-        () = &mut shutdown => stop.cancel(),
-    }
-    replica.await
+    config.validate()?;
+    elk_runtime::serve_until(shutdown, |stop| serve(config, stop)).await
 }
 
 /// Leader-only work is a state.
@@ -111,18 +74,7 @@ struct Replica {
 }
 
 async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), ScalerError> {
-    let mut nats = NatsConfig::new(
-        config.nats_url.clone(),
-        format!("elk-scaler/{}", config.member_id),
-    );
-    nats.credentials_file = config.credentials_file.clone();
-    let client = connect(&nats).await?;
-    let resources = provision(
-        client,
-        Names::new(config.namespace.clone()),
-        &ProvisionConfig::default(),
-    )
-    .await?;
+    let resources = config.service.open("elk-scaler").await?;
     let role = follow_key::<RoleLease>(&resources.leases, ControlRole::Scaler.lease_key()).await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let mut replica = Replica {
@@ -132,23 +84,15 @@ async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), Scal
         role,
         view,
     };
-    let resources = replica.resources.clone();
-    let member_id = replica.config.member_id.clone();
-    let stop = replica.stop.clone();
-    let member = ServiceMember {
-        resources: &resources,
-        id: &member_id,
-        role: MemberRole::Scaler,
-        ttl: replica.config.member_ttl,
-        retry: replica.config.interval,
-        stop: &stop,
-    };
-    let joined = member.join().await.map_err(|source| ScalerError::Join {
-        id: member_id.clone(),
-        source,
-    })?;
+    let (service, resources, stop) = (
+        replica.config.service.clone(),
+        replica.resources.clone(),
+        replica.stop.clone(),
+    );
+    let retry = replica.config.scaler.interval;
+    let member = service.member(&resources, MemberRole::Scaler, retry, &stop);
     // `None`: stopped while waiting for a previous run's key to expire.
-    let Some(mut membership) = joined else {
+    let Some(mut membership) = elk_runtime::join(&member).await? else {
         return Ok(());
     };
     loop {
@@ -164,7 +108,7 @@ impl Replica {
     /// Follows the role lease while `membership` lives, leading when it names this incarnation.
     async fn follow_role(&mut self, membership: &MemberLease) -> MembershipExit {
         let me = MemberRef {
-            id: self.config.member_id.clone(),
+            id: self.config.service.member_id.clone(),
             incarnation: membership.incarnation(),
         };
         let membership_lost = membership.lost();

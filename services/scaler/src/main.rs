@@ -1,7 +1,7 @@
 //! `elk-scaler`: runs one scaler replica until SIGINT/SIGTERM (flags and config: `--help`).
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
     elk_runtime::service_main(
         "elk-scaler",
         "The ELK Coordinator fleet sizer: publishes the desired worker count while it leads.",

@@ -11,7 +11,8 @@ use elk_protocol::messages::{
 };
 use elk_protocol::names::{ControlRole, DESIRED_WORKERS_KEY, Names};
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
-use elk_scaler::{ScalerConfig, ScalerError};
+use elk_runtime::ServiceCommon;
+use elk_scaler::{ScalerConfig, ScalerError, ScalerSettings};
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{
     Epoch, Generation, IdRange, Incarnation, JobName, MemberId, Namespace, PartitionId,
@@ -105,16 +106,20 @@ async fn leader_publishes_desired_workers_and_stops_when_demoted() {
     let server = NatsServer::start();
     let resources = resources(&server).await;
     let member_id = MemberId::new("scaler-1").unwrap();
+    let service = ServiceCommon::new(
+        NatsConfig::new(server.url(), member_id.as_str()),
+        namespace(),
+        member_id.clone(),
+    )
+    .with_member_ttl(Duration::from_secs(2));
     let config = ScalerConfig {
-        nats_url: server.url().to_owned(),
-        namespace: namespace(),
-        member_id: member_id.clone(),
-        member_ttl: Duration::from_secs(2),
-        interval: Duration::from_millis(50),
-        min_workers: 1,
-        max_workers: 100,
-        partitions_per_worker: 10,
-        ..ScalerConfig::default()
+        service,
+        scaler: ScalerSettings {
+            interval: Duration::from_millis(50),
+            min_workers: 1,
+            max_workers: 100,
+            partitions_per_worker: 10,
+        },
     };
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let scaler = tokio::spawn(elk_scaler::run(config, async move {

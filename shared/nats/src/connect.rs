@@ -1,29 +1,62 @@
 //! Connecting to NATS and refusing servers ELK cannot run on.
 
 use crate::error::NatsError;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Oldest nats-server with per-key TTL and subject delete markers.
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 
-/// How to reach NATS.
-#[derive(Debug, Clone)]
+/// How to reach NATS: the one connection setting of every ELK component (services, `elkctl`,
+/// the worker SDK). In a service's TOML file it is the `[service.nats]` table; from the
+/// environment `ELK_NATS_URL`, or `ELK_NATS__<FIELD>` for any field.
+///
+/// Authentication and TLS options (nkey, user and password, token, TLS files) are added here as
+/// further optional fields, so every component gains them at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
+    /// Server URL, e.g. `nats://127.0.0.1:4222` (several: comma-separated).
     pub url: String,
     /// Optional `.creds` file (JWT + NKEY).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
-    /// Connection name shown in the server's monitoring.
-    pub name: String,
+    /// Connection name shown in the server's monitoring; unset, a service uses its own name and
+    /// member id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The URL of a nats-server on this machine's default port.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_NATS_URL.to_owned(),
+            credentials_file: None,
+            name: None,
+        }
+    }
 }
 
 impl NatsConfig {
+    /// Connects to `url` under the connection name `name`.
     pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             credentials_file: None,
-            name: name.into(),
+            name: Some(name.into()),
         }
+    }
+
+    /// This config with `name` as the connection name unless one is set already.
+    pub fn named_if_unset(mut self, name: impl Into<String>) -> Self {
+        if self.name.is_none() {
+            self.name = Some(name.into());
+        }
+        self
     }
 }
 
@@ -62,7 +95,7 @@ pub fn check_server_version(url: &str, version: &str, jetstream: bool) -> Result
 /// Connects and verifies the server: version >= 2.11 and JetStream enabled.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
     let mut options = async_nats::ConnectOptions::new()
-        .name(&config.name)
+        .name(config.name.as_deref().unwrap_or("elk"))
         .connection_timeout(Duration::from_secs(5))
         .retry_on_initial_connect()
         .max_reconnects(None);

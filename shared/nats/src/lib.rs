@@ -1,7 +1,9 @@
 //! NATS plumbing shared by every ELK component: connecting (and refusing servers that cannot run
 //! ELK), idempotent provisioning of the buckets and the progress stream, compare-and-set writes
-//! with per-key TTL, and watching a bucket from a consistent snapshot.
+//! with per-key TTL, watching a bucket from a consistent snapshot, and the typed client of the
+//! assigner's admin surface ([`AdminClient`]).
 
+pub mod admin_client;
 mod connect;
 mod error;
 mod follow;
@@ -9,7 +11,10 @@ mod kv;
 pub mod membership;
 mod provision;
 
-pub use connect::{MIN_SERVER_VERSION, NatsConfig, check_server_version, connect, parse_version};
+pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
+pub use connect::{
+    DEFAULT_NATS_URL, MIN_SERVER_VERSION, NatsConfig, check_server_version, connect, parse_version,
+};
 pub use error::{BoxError, NatsError, NatsErrorKind, Retryable, classify, report};
 pub use follow::{Versioned, follow_key};
 pub use kv::{CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};

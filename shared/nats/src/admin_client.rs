@@ -1,0 +1,379 @@
+//! The one client of the assigner's admin surface: an [`AdminCommand`] out on
+//! `elk.<ns>.admin.assigner.<verb>` (core NATS request/reply), an [`AdminResult`] or a coded
+//! [`AdminError`] back. `elkctl`, the HTTP bridge and the tests all use it.
+//!
+//! While nobody serves the subject (*no responders*: no assigner leads right now, e.g. during a
+//! failover or before the election designated one) the request is sent again with a backoff of
+//! 50 ms doubling to 500 ms, for at most the client's *patience*; then it fails with
+//! [`AdminClientError::NoLeader`]. A request that reached a leader is never repeated: a leader
+//! that does not answer within the request timeout is [`AdminClientError::TimedOut`], and the
+//! command may or may not have been applied (creating the job again would be refused as
+//! `already_exists`).
+
+use crate::error::{BoxError, NatsErrorKind, Retryable, classify};
+use elk_protocol::admin::{
+    ASSIGNER_SERVICE, AdminCommand, AdminError, AdminReply, AdminRequest, AdminResult, AdminStats,
+    IdState,
+};
+use elk_protocol::messages::{JobRecord, JobSpec, PartitionRecord, PartitionStatus};
+use elk_protocol::names::Names;
+use elk_protocol::{decode, encode};
+use elk_types::{JobName, Namespace, PartitionId};
+use std::time::{Duration, Instant};
+
+/// How long a request waits for an assigner leader by default.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a leader that received a request may take to answer, by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why an admin request did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    /// Nobody served the subject for the whole patience: no assigner leads the namespace.
+    #[error(
+        "no assigner answered {verb} within {patience:?}: no assigner leads namespace \
+         '{namespace}' right now"
+    )]
+    NoLeader {
+        verb: &'static str,
+        namespace: Namespace,
+        patience: Duration,
+    },
+    /// A leader received the request but did not answer in time; it may have been applied.
+    #[error("the assigner leader did not answer {verb} within {timeout:?}")]
+    TimedOut {
+        verb: &'static str,
+        timeout: Duration,
+    },
+    /// The leader refused the command; the code says why.
+    #[error("the assigner refused {verb}: {error}")]
+    Refused {
+        verb: &'static str,
+        #[source]
+        error: AdminError,
+    },
+    /// The request could not be sent, or the reply was not an admin reply.
+    #[error("admin request {verb} failed: {source}")]
+    Transport {
+        verb: &'static str,
+        kind: NatsErrorKind,
+        #[source]
+        source: BoxError,
+    },
+    /// The leader answered with a result of another kind than the command produces.
+    #[error("unexpected reply to {verb}: {kind}")]
+    UnexpectedResult {
+        verb: &'static str,
+        kind: &'static str,
+    },
+}
+
+impl AdminClientError {
+    /// A short machine-readable code: the refusal's [`elk_protocol::admin::AdminErrorCode`], or
+    /// `no_leader`, `timed_out`, `transport`, `internal` for failures of the client itself.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminClientError::NoLeader { .. } => "no_leader",
+            AdminClientError::TimedOut { .. } => "timed_out",
+            AdminClientError::Refused { error, .. } => error.code.as_str(),
+            AdminClientError::Transport { .. } => "transport",
+            AdminClientError::UnexpectedResult { .. } => "internal",
+        }
+    }
+
+    /// The refusal, when the leader refused.
+    pub fn refusal(&self) -> Option<&AdminError> {
+        match self {
+            AdminClientError::Refused { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// No leader and a timed-out leader may be different later (a failover ends); a refusal is
+/// retryable only when its code says so (`unavailable`).
+impl Retryable for AdminClientError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            AdminClientError::NoLeader { .. } | AdminClientError::TimedOut { .. } => true,
+            AdminClientError::Refused { error, .. } => error.code.is_retryable(),
+            AdminClientError::Transport { kind, .. } => *kind == NatsErrorKind::Unavailable,
+            AdminClientError::UnexpectedResult { .. } => false,
+        }
+    }
+}
+
+/// Which live partitions `list_partitions` returns, one page at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionQuery {
+    /// Only this job's partitions.
+    pub job: Option<JobName>,
+    /// Only these statuses (empty: every status).
+    pub statuses: Vec<PartitionStatus>,
+    /// Continue after this partition (the previous page's `next_after`).
+    pub after: Option<(JobName, PartitionId)>,
+    /// Page size (default 100, at most [`elk_protocol::admin::MAX_PAGE`]).
+    pub limit: Option<u32>,
+}
+
+/// One page of partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPage {
+    pub partitions: Vec<PartitionRecord>,
+    /// Pass as [`PartitionQuery::after`] for the next page; `None` on the last page.
+    pub next_after: Option<(JobName, PartitionId)>,
+}
+
+/// A typed handle on the admin surface of one namespace. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    client: async_nats::Client,
+    names: Names,
+    patience: Duration,
+    request_timeout: Duration,
+}
+
+impl AdminClient {
+    /// A client on an existing connection, with [`DEFAULT_PATIENCE`] and
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
+    pub fn new(client: async_nats::Client, names: Names) -> Self {
+        Self {
+            client,
+            names,
+            patience: DEFAULT_PATIENCE,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// How long to keep asking while no assigner leads.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// How long a leader that received a request may take to answer.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Sends `command` to the assigner leader and returns its result (see the module docs).
+    pub async fn request(&self, command: AdminCommand) -> Result<AdminResult, AdminClientError> {
+        use async_nats::RequestErrorKind;
+        let verb = command.verb();
+        let subject = self.names.admin_subject(ASSIGNER_SERVICE, verb);
+        let payload = bytes::Bytes::from(encode(&AdminRequest::new(command)));
+        let deadline = Instant::now() + self.patience;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let request = async_nats::Request::new()
+                .payload(payload.clone())
+                .timeout(Some(self.request_timeout));
+            let error = match self.client.send_request(subject.clone(), request).await {
+                Ok(message) => return reply_result(verb, &message.payload),
+                Err(error) => error,
+            };
+            match error.kind() {
+                RequestErrorKind::NoResponders => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(AdminClientError::NoLeader {
+                            verb,
+                            namespace: self.names.namespace().clone(),
+                            patience: self.patience,
+                        });
+                    }
+                    tokio::time::sleep(backoff.min(deadline - now)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                RequestErrorKind::TimedOut => {
+                    return Err(AdminClientError::TimedOut {
+                        verb,
+                        timeout: self.request_timeout,
+                    });
+                }
+                _ => return Err(transport(verb, error.into())),
+            }
+        }
+    }
+
+    pub async fn create_job(
+        &self,
+        name: JobName,
+        spec: JobSpec,
+    ) -> Result<JobRecord, AdminClientError> {
+        let command = AdminCommand::CreateJob { name, spec };
+        self.job_command(command).await
+    }
+
+    pub async fn list_jobs(&self) -> Result<Vec<JobRecord>, AdminClientError> {
+        match self.request(AdminCommand::ListJobs).await? {
+            AdminResult::Jobs { jobs } => Ok(jobs),
+            other => Err(unexpected("list_jobs", &other)),
+        }
+    }
+
+    pub async fn get_job(&self, name: JobName) -> Result<JobRecord, AdminClientError> {
+        self.job_command(AdminCommand::GetJob { name }).await
+    }
+
+    pub async fn pause_job(&self, name: JobName) -> Result<JobRecord, AdminClientError> {
+        self.job_command(AdminCommand::PauseJob { name }).await
+    }
+
+    pub async fn resume_job(&self, name: JobName) -> Result<JobRecord, AdminClientError> {
+        self.job_command(AdminCommand::ResumeJob { name }).await
+    }
+
+    pub async fn cancel_job(&self, name: JobName) -> Result<JobRecord, AdminClientError> {
+        self.job_command(AdminCommand::CancelJob { name }).await
+    }
+
+    pub async fn list_partitions(
+        &self,
+        query: PartitionQuery,
+    ) -> Result<PartitionPage, AdminClientError> {
+        let command = AdminCommand::ListPartitions {
+            job: query.job,
+            statuses: query.statuses,
+            after: query.after,
+            limit: query.limit,
+        };
+        match self.request(command).await? {
+            AdminResult::Partitions {
+                partitions,
+                next_after,
+            } => Ok(PartitionPage {
+                partitions,
+                next_after,
+            }),
+            other => Err(unexpected("list_partitions", &other)),
+        }
+    }
+
+    /// Re-queues failed partitions: every one (`job` `None`), one job's, or one partition.
+    /// Returns how many were re-queued.
+    pub async fn retry(
+        &self,
+        job: Option<JobName>,
+        partition: Option<PartitionId>,
+    ) -> Result<u64, AdminClientError> {
+        match self.request(AdminCommand::Retry { job, partition }).await? {
+            AdminResult::Retried { count } => Ok(count),
+            other => Err(unexpected("retry", &other)),
+        }
+    }
+
+    /// Where one ID of a job stands.
+    pub async fn id_status(&self, job: JobName, id: u64) -> Result<IdState, AdminClientError> {
+        match self.request(AdminCommand::IdStatus { job, id }).await? {
+            AdminResult::IdStatus { status, .. } => Ok(status),
+            other => Err(unexpected("id_status", &other)),
+        }
+    }
+
+    /// The leader's counters.
+    pub async fn stats(&self) -> Result<AdminStats, AdminClientError> {
+        match self.request(AdminCommand::Stats).await? {
+            AdminResult::Stats { stats } => Ok(stats),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    async fn job_command(&self, command: AdminCommand) -> Result<JobRecord, AdminClientError> {
+        let verb = command.verb();
+        match self.request(command).await? {
+            AdminResult::Job { job } => Ok(job),
+            other => Err(unexpected(verb, &other)),
+        }
+    }
+}
+
+fn transport(verb: &'static str, source: BoxError) -> AdminClientError {
+    let kind = classify(source.as_ref(), NatsErrorKind::Unavailable);
+    AdminClientError::Transport { verb, kind, source }
+}
+
+fn unexpected(verb: &'static str, result: &AdminResult) -> AdminClientError {
+    let kind = match result {
+        AdminResult::Job { .. } => "job",
+        AdminResult::Jobs { .. } => "jobs",
+        AdminResult::Partitions { .. } => "partitions",
+        AdminResult::Retried { .. } => "retried",
+        AdminResult::IdStatus { .. } => "id_status",
+        AdminResult::Stats { .. } => "stats",
+    };
+    AdminClientError::UnexpectedResult { verb, kind }
+}
+
+/// The result of an encoded [`AdminReply`], or its refusal as the error.
+pub fn reply_result(verb: &'static str, payload: &[u8]) -> Result<AdminResult, AdminClientError> {
+    let reply: AdminReply = decode(payload).map_err(|error| {
+        AdminClientError::Transport {
+            verb,
+            // A reply this client cannot read will not become readable by asking again.
+            kind: NatsErrorKind::Refused,
+            source: format!("undecodable assigner reply: {error}").into(),
+        }
+    })?;
+    match (reply.result, reply.error) {
+        (Some(result), _) => Ok(result),
+        (None, Some(error)) => Err(AdminClientError::Refused { verb, error }),
+        (None, None) => Err(AdminClientError::Transport {
+            verb,
+            kind: NatsErrorKind::Refused,
+            source: "the assigner replied with neither a result nor an error".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elk_protocol::admin::AdminErrorCode;
+    use elk_types::{Epoch, IdRange};
+
+    #[test]
+    fn replies_become_results_or_coded_refusals() {
+        let job = JobRecord::new(
+            JobName::new("j").unwrap(),
+            JobSpec::fixed(IdRange::new(1, 10).unwrap(), 5),
+            Epoch(1),
+            0,
+        );
+        let ok = encode(&AdminReply::ok(AdminResult::Job { job: job.clone() }));
+        assert_eq!(
+            reply_result("get_job", &ok).unwrap(),
+            AdminResult::Job { job }
+        );
+        let refused = encode(&AdminReply::error(
+            AdminErrorCode::UnknownJob,
+            "unknown job 'x'",
+        ));
+        let error = reply_result("get_job", &refused).unwrap_err();
+        assert_eq!(error.code(), "unknown_job");
+        assert_eq!(error.refusal().unwrap().message, "unknown job 'x'");
+        assert!(!error.is_retryable());
+        let unavailable = encode(&AdminReply::error(AdminErrorCode::Unavailable, "busy"));
+        assert!(
+            reply_result("stats", &unavailable)
+                .unwrap_err()
+                .is_retryable()
+        );
+        let garbage = reply_result("stats", b"garbage").unwrap_err();
+        assert_eq!(garbage.code(), "transport");
+        assert!(!garbage.is_retryable());
+        let wrong = unexpected("stats", &AdminResult::Retried { count: 1 });
+        assert_eq!(wrong.to_string(), "unexpected reply to stats: retried");
+    }
+}

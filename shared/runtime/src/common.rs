@@ -1,0 +1,211 @@
+//! [`ServiceCommon`]: the `[service]` table every service config starts with — namespace,
+//! member id, member TTL and the NATS connection.
+
+use crate::config::ConfigError;
+use crate::error::ReplicaError;
+use elk_nats::{MemberLease, NatsConfig, Resources, ServiceMember};
+use elk_protocol::messages::MemberRole;
+use elk_types::{MemberId, Namespace};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
+/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL` in the environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCommon {
+    /// Deployment namespace: every bucket and subject name carries it.
+    pub namespace: Namespace,
+    /// This replica's member id (its key in the members bucket), unique per replica. Default:
+    /// `<service>-<hostname>-<pid>`, so replicas started without one never collide.
+    pub member_id: MemberId,
+    /// TTL of this replica's member key (at least 1 s); renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub member_ttl: Duration,
+    /// How to reach NATS (`[service.nats]`).
+    pub nats: NatsConfig,
+    // Issue 11 adds `metrics_listen` and `log_format` here, with the short forms
+    // `ELK_METRICS_LISTEN` and `ELK_LOG_FORMAT` in `config::ENV_SHORT_FORMS`.
+}
+
+/// Member TTL of a service replica unless configured.
+pub const DEFAULT_MEMBER_TTL: Duration = Duration::from_secs(3);
+
+impl ServiceCommon {
+    /// The defaults of `service` (`election`, `assigner`, `scaler`): namespace `default`, a
+    /// member id unique to this process, TTL 3 s, NATS on this machine.
+    pub fn defaults(service: &str) -> Self {
+        Self {
+            namespace: Namespace::new("default").expect("valid default namespace"),
+            member_id: default_member_id(service),
+            member_ttl: DEFAULT_MEMBER_TTL,
+            nats: NatsConfig::default(),
+        }
+    }
+
+    /// The common section of a replica `member_id` in `namespace`, reaching NATS at `nats`.
+    pub fn new(nats: NatsConfig, namespace: Namespace, member_id: MemberId) -> Self {
+        Self {
+            namespace,
+            member_id,
+            member_ttl: DEFAULT_MEMBER_TTL,
+            nats,
+        }
+    }
+
+    pub fn with_member_ttl(mut self, member_ttl: Duration) -> Self {
+        self.member_ttl = member_ttl;
+        self
+    }
+
+    /// The NATS connection of `service` (`elk-assigner`...), named `<service>/<member id>`
+    /// unless the config names it.
+    pub fn connection(&self, service: &str) -> NatsConfig {
+        self.nats
+            .clone()
+            .named_if_unset(format!("{service}/{}", self.member_id))
+    }
+
+    /// Connects to NATS as `<service>/<member id>` (refusing servers ELK cannot run on) and
+    /// provisions the namespace's buckets and stream.
+    pub async fn open(&self, service: &str) -> Result<elk_nats::Resources, elk_nats::NatsError> {
+        let client = elk_nats::connect(&self.connection(service)).await?;
+        let names = elk_protocol::names::Names::new(self.namespace.clone());
+        elk_nats::provision(client, names, &elk_nats::ProvisionConfig::default()).await
+    }
+
+    /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
+    /// `retry`, and `stop` ends joining (also waiting for a previous run's key to expire).
+    pub fn member<'a>(
+        &'a self,
+        resources: &'a Resources,
+        role: MemberRole,
+        retry: Duration,
+        stop: &'a CancellationToken,
+    ) -> ServiceMember<'a> {
+        ServiceMember {
+            resources,
+            id: &self.member_id,
+            role,
+            ttl: self.member_ttl,
+            retry,
+            stop,
+        }
+    }
+
+    /// Refuses values no service can run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.member_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(format!(
+                "service.member_ttl must be at least 1s, got {:?}",
+                self.member_ttl
+            )));
+        }
+        if self.nats.url.trim().is_empty() {
+            return Err(ConfigError::invalid("service.nats.url must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Joins as `member` (waiting out a previous run's live key); `None` if its `stop` fired first.
+pub async fn join(member: &ServiceMember<'_>) -> Result<Option<MemberLease>, ReplicaError> {
+    member.join().await.map_err(|source| ReplicaError::Join {
+        id: member.id.clone(),
+        source,
+    })
+}
+
+/// `<service>-<hostname>-<pid>`, made a valid member id (`[A-Za-z0-9_-]{1,64}`): other
+/// characters become `-`, and the host name is shortened to fit.
+pub fn default_member_id(service: &str) -> MemberId {
+    member_id_from(service, &host_name(), std::process::id())
+}
+
+fn member_id_from(service: &str, host: &str, pid: u32) -> MemberId {
+    const MAX: usize = 64;
+    let sanitize = |text: &str| -> String {
+        text.chars()
+            .map(|c| match c {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => c,
+                _ => '-',
+            })
+            .collect()
+    };
+    let service = sanitize(service);
+    let suffix = format!("-{pid}");
+    let room = MAX.saturating_sub(service.len() + suffix.len() + 1);
+    let host: String = sanitize(host).chars().take(room).collect();
+    let id = if host.is_empty() {
+        format!("{service}{suffix}")
+    } else {
+        format!("{service}-{host}{suffix}")
+    };
+    let id: String = id.chars().take(MAX).collect();
+    MemberId::new(&id).unwrap_or_else(|_| MemberId::new(format!("member{suffix}")).expect("valid"))
+}
+
+/// This machine's name (a pod's name on Kubernetes): `HOSTNAME`, else the kernel's, else `host`.
+fn host_name() -> String {
+    let from_env = std::env::var("HOSTNAME").ok();
+    let from_kernel = || std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    from_env
+        .or_else(from_kernel)
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_member_ids_are_valid_and_per_process() {
+        assert_eq!(
+            member_id_from("assigner", "node-7", 42).as_str(),
+            "assigner-node-7-42"
+        );
+        assert_eq!(
+            member_id_from("scaler", "pod.ns.svc.cluster.local", 7).as_str(),
+            "scaler-pod-ns-svc-cluster-local-7"
+        );
+        let long = member_id_from("election", &"h".repeat(200), 4_000_000);
+        assert_eq!(long.as_str().len(), 64);
+        assert!(long.as_str().starts_with("election-hhh"));
+        assert!(long.as_str().ends_with("-4000000"));
+        assert_eq!(member_id_from("assigner", "", 9).as_str(), "assigner-9");
+        let here = default_member_id("assigner");
+        assert!(here.as_str().ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn validation_refuses_short_ttls_and_empty_urls() {
+        let mut common = ServiceCommon::defaults("scaler");
+        assert!(common.validate().is_ok());
+        common.member_ttl = Duration::from_millis(500);
+        let error = common.validate().unwrap_err().to_string();
+        assert!(error.contains("service.member_ttl"), "{error}");
+        common.member_ttl = Duration::from_secs(1);
+        common.nats.url = " ".to_owned();
+        assert!(common.validate().is_err());
+    }
+
+    #[test]
+    fn connections_are_named_after_the_replica_unless_configured() {
+        let common = ServiceCommon::new(
+            NatsConfig::default(),
+            Namespace::new("prod").unwrap(),
+            MemberId::new("assigner-a").unwrap(),
+        );
+        let name = common.connection("elk-assigner").name;
+        assert_eq!(name.as_deref(), Some("elk-assigner/assigner-a"));
+        let mut named = common.clone();
+        named.nats.name = Some("mine".to_owned());
+        assert_eq!(
+            named.connection("elk-assigner").name.as_deref(),
+            Some("mine")
+        );
+    }
+}

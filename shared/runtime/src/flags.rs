@@ -1,0 +1,184 @@
+//! The command line of every service binary ([`ServiceFlags`], [`service_main`]) and the NATS
+//! connection flags every ELK binary shares ([`NatsArgs`], also used by `elkctl`).
+
+use crate::config::{ServiceConfig, load_config};
+use elk_nats::NatsConfig;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// How to reach NATS, as flags (each also read from its environment variable). Only what is
+/// given overrides the configuration.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats-url", env = "ELK_NATS_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// NATS credentials file (`.creds`: JWT + NKEY).
+    #[arg(
+        long = "nats-credentials-file",
+        env = "ELK_NATS__CREDENTIALS_FILE",
+        value_name = "PATH"
+    )]
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The connection: the defaults of [`NatsConfig`] with the given flags applied, under the
+    /// connection name `name`.
+    pub fn config(&self, name: &str) -> NatsConfig {
+        let defaults = NatsConfig::default();
+        NatsConfig {
+            url: self.url.clone().unwrap_or(defaults.url),
+            credentials_file: self.credentials_file.clone(),
+            name: Some(name.to_owned()),
+        }
+    }
+}
+
+/// Command-line flags every service binary shares. Only the flags given override the config.
+#[derive(Debug, clap::Parser)]
+pub struct ServiceFlags {
+    /// TOML config file (defaults → file → ELK_* environment → flags).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Deployment namespace (env ELK_NAMESPACE) [default: default].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// This replica's member id, unique per replica (env ELK_MEMBER_ID) [default:
+    /// <service>-<hostname>-<pid>].
+    #[arg(long)]
+    pub member_id: Option<String>,
+    /// TTL of the member key, e.g. 3s (env ELK_MEMBER_TTL) [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    pub member_ttl: Option<String>,
+    /// Print the effective configuration (TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The flags that were given, shaped like the config (`service.*`).
+#[derive(Serialize)]
+struct FlagOverrides<'a> {
+    service: CommonOverrides<'a>,
+}
+
+#[derive(Serialize)]
+struct CommonOverrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member_ttl: Option<&'a str>,
+    nats: NatsOverrides<'a>,
+}
+
+#[derive(Serialize)]
+struct NatsOverrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials_file: Option<&'a Path>,
+}
+
+impl ServiceFlags {
+    fn overrides(&self) -> FlagOverrides<'_> {
+        FlagOverrides {
+            service: CommonOverrides {
+                namespace: self.namespace.as_deref(),
+                member_id: self.member_id.as_deref(),
+                member_ttl: self.member_ttl.as_deref(),
+                nats: NatsOverrides {
+                    url: self.nats.url.as_deref(),
+                    credentials_file: self.nats.credentials_file.as_deref(),
+                },
+            },
+        }
+    }
+}
+
+/// The whole `main` of a service binary: parse [`ServiceFlags`] (with `name` and `about` shown in
+/// `--help`, and `--version`), load and validate the layered config, print it or start logging
+/// and call `run` until SIGINT/SIGTERM.
+///
+/// Exit status: 0 after a clean stop (or `--help`, `--version`, `--print-config`), 1 when the
+/// service failed, 2 for bad flags or configuration. Errors are printed as one line with their
+/// causes.
+pub async fn service_main<C, E, F, Fut>(name: &'static str, about: &'static str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnOnce(C, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ServiceFlags::command()
+        .name(name)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let flags = match ServiceFlags::from_arg_matches(&matches) {
+        Ok(flags) => flags,
+        Err(error) => error.exit(),
+    };
+    let config: C = match load_config(flags.config.as_deref(), flags.overrides()) {
+        Ok(config) => config,
+        Err(error) => return fail(name, &error, 2),
+    };
+    if flags.print_config {
+        return match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(name, &error, 2),
+        };
+    }
+    crate::init_logging();
+    match run(config, Box::pin(crate::shutdown_signal())).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(name, &error, 1),
+    }
+}
+
+fn fail(name: &str, error: &(dyn std::error::Error + 'static), code: u8) -> ExitCode {
+    eprintln!("{name}: error: {}", elk_nats::report(error));
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn only_given_flags_override() {
+        let flags = ServiceFlags::try_parse_from([
+            "svc",
+            "--namespace",
+            "prod",
+            "--member-ttl",
+            "5s",
+            "--nats-url",
+            "nats://a:1",
+        ])
+        .unwrap();
+        let json = serde_json::to_value(flags.overrides()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"service": {"namespace": "prod", "member_ttl": "5s",
+                                           "nats": {"url": "nats://a:1"}}})
+        );
+    }
+
+    #[test]
+    fn nats_args_fill_in_the_defaults() {
+        let args = NatsArgs::default();
+        let config = args.config("elkctl");
+        assert_eq!(config.url, elk_nats::DEFAULT_NATS_URL);
+        assert_eq!(config.name.as_deref(), Some("elkctl"));
+    }
+}
