@@ -48,6 +48,14 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Only a server that was slow to report its port may start on a second try; a missing, too old
+/// or unstartable binary stays so.
+impl elk_nats::Retryable for ServerError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, ServerError::NotReady { .. })
+    }
+}
+
 /// Finds the `nats-server` binary: `NATS_SERVER_BIN`, else `PATH`. A pyenv shim on `PATH` (a shell
 /// script costing ~200 ms per start) is resolved to the real binary when pyenv can say where it is.
 pub fn resolve_nats_server_binary() -> Result<PathBuf, ServerError> {

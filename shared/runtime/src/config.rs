@@ -44,6 +44,13 @@ impl ConfigError {
     }
 }
 
+/// A configuration does not fix itself: never worth retrying unchanged.
+impl elk_nats::Retryable for ConfigError {
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
 /// Checks a loaded configuration as a whole: values each service cannot run with are refused
 /// here, before anything starts, never clamped silently.
 pub trait Validate {
