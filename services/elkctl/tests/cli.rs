@@ -3,6 +3,7 @@
 //! Covers create / list / get / partitions / retry / id-status / stats / pause / resume / watch,
 //! `--json` output and the errors for bad arguments and unknown jobs.
 
+use elk_nats::NatsConfig;
 use elk_protocol::admin::AdminResult;
 use elk_protocol::messages::{JobState, PartitionStatus};
 use elk_runtime::ServiceCommon;

@@ -14,7 +14,7 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 /// Default silence of the assignment watch after which the worker re-reads its key directly.
 pub const DEFAULT_ASSIGNMENT_RESYNC: Duration = Duration::from_secs(10);
 /// Where a worker connects unless told otherwise.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_NATS_URL: &str = elk_nats::DEFAULT_NATS_URL;
 
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerConfig {

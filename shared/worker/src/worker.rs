@@ -91,13 +91,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// The whole connection configuration (credentials, ...). An empty connection name is
-    /// replaced by the member id.
-    pub fn nats(mut self, mut config: NatsConfig) -> Self {
-        if config.name.is_empty() {
-            config.name = self.config.id.to_string();
-        }
-        self.config.nats = config;
+    /// The whole connection configuration (credentials, ...). An unset connection name is
+    /// the member id.
+    pub fn nats(mut self, config: NatsConfig) -> Self {
+        self.config.nats = config.named_if_unset(self.config.id.to_string());
         self
     }
 
