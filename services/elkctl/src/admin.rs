@@ -232,38 +232,8 @@ async fn ask(connect: &ConnectArgs, command: AdminCommand) -> anyhow::Result<Opt
 }
 
 pub async fn run_job(command: JobCommand) -> anyhow::Result<ExitCode> {
-    let (connect, admin_command, verb) = match &command {
-        JobCommand::Create(args) => (&args.connect, args.command()?, "created"),
-        JobCommand::List(args) => (&args.connect, AdminCommand::ListJobs, ""),
-        JobCommand::Get(args) => (
-            &args.connect,
-            AdminCommand::GetJob {
-                name: args.name.clone(),
-            },
-            "",
-        ),
-        JobCommand::Pause(args) => (
-            &args.connect,
-            AdminCommand::PauseJob {
-                name: args.name.clone(),
-            },
-            "paused",
-        ),
-        JobCommand::Resume(args) => (
-            &args.connect,
-            AdminCommand::ResumeJob {
-                name: args.name.clone(),
-            },
-            "resumed",
-        ),
-        JobCommand::Cancel(args) => (
-            &args.connect,
-            AdminCommand::CancelJob {
-                name: args.name.clone(),
-            },
-            "cancelled",
-        ),
-    };
+    let (admin_command, verb) = command.admin_command()?;
+    let connect = command.connect();
     let Some(result) = ask(connect, admin_command).await? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -355,6 +325,19 @@ pub async fn run_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
 }
 
 impl JobCommand {
+    /// The admin command, and the verb that reports its success ("" for reads).
+    fn admin_command(&self) -> anyhow::Result<(AdminCommand, &'static str)> {
+        let name = |args: &JobArgs| args.name.clone();
+        Ok(match self {
+            JobCommand::Create(args) => (args.command()?, "created"),
+            JobCommand::List(_) => (AdminCommand::ListJobs, ""),
+            JobCommand::Get(args) => (AdminCommand::GetJob { name: name(args) }, ""),
+            JobCommand::Pause(args) => (AdminCommand::PauseJob { name: name(args) }, "paused"),
+            JobCommand::Resume(args) => (AdminCommand::ResumeJob { name: name(args) }, "resumed"),
+            JobCommand::Cancel(args) => (AdminCommand::CancelJob { name: name(args) }, "cancelled"),
+        })
+    }
+
     /// The admin flags of this command.
     pub fn connect(&self) -> &ConnectArgs {
         match self {
