@@ -1,35 +1,33 @@
 //! Leader-only work: every `interval`, compute the desired worker count from the jobs bucket and
 //! the membership view, and publish it to `fleet/desired` when it changed.
 //!
-//! Before each write the task re-checks that the role lease still names this member under the
-//! same epoch and that its membership is not lost; the supervisor also cancels and awaits this
-//! task on demotion, so nothing is written once another holder exists.
+//! Before each write the task checks that its term is current (the role lease still names this
+//! incarnation under the same epoch and its membership is not lost); the supervisor also cancels
+//! and awaits this task on demotion, so nothing is written once another holder exists. A failed
+//! round is logged and retried at the next tick: the task itself never fails.
 
 use crate::ScalerConfig;
 use crate::ScalerError;
 use crate::policy::{backlog_of, desired_workers};
 use bytes::Bytes;
-use elk_nats::{CasOutcome, KvEntry, Resources, Versioned, cas_write, read_entry};
-use elk_protocol::messages::{
-    DesiredWorkers, JobRecord, MemberRef, MembershipView, RoleLease, unix_ms_now,
+use elk_nats::{
+    CasOutcome, KvEntry, LeaderTerm, LeaderWork, Resources, TermEnd, Versioned, cas_write,
+    read_entry,
 };
+use elk_protocol::messages::{DesiredWorkers, JobRecord, MembershipView, unix_ms_now};
 use elk_protocol::names::DESIRED_WORKERS_KEY;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
-use elk_types::{Epoch, Revision};
+use elk_types::Revision;
 use futures::TryStreamExt;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-/// What the leader task needs to decide and to fence its writes.
-pub(crate) struct LeaderContext {
+/// What the scaler's leader work needs besides its term.
+pub(crate) struct ScalerLeader {
     pub(crate) resources: Resources,
     pub(crate) config: ScalerConfig,
-    pub(crate) me: MemberRef,
-    pub(crate) epoch: Epoch,
-    pub(crate) role: watch::Receiver<Option<Versioned<RoleLease>>>,
     pub(crate) view: watch::Receiver<Option<Versioned<MembershipView>>>,
-    pub(crate) membership_lost: CancellationToken,
 }
 
 /// The `desired` key as last written or read by this leader.
@@ -38,103 +36,108 @@ struct Published {
     value: Option<DesiredWorkers>,
 }
 
-/// Runs until `stop` is cancelled; errors of one round are logged and retried next round.
-pub(crate) async fn lead(context: LeaderContext, stop: CancellationToken) {
-    tracing::info!(epoch = %context.epoch, "scaler leader: publishing desired worker count");
-    let mut ticker = tokio::time::interval(context.config.scaler.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut published: Option<Published> = None;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let round = tokio::select! {
-            () = stop.cancelled() => return,
-            round = publish_round(&context, &mut published) => round,
-        };
-        if let Err(error) = round {
-            tracing::warn!(%error, "cannot publish desired worker count; retrying next round");
-        }
-    }
-}
+impl LeaderWork for ScalerLeader {
+    type Error = ScalerError;
 
-/// Still the designated leader under the epoch this task was started for?
-pub(crate) fn holds_role(lease: Option<&Versioned<RoleLease>>, me: &MemberRef) -> Option<Epoch> {
-    let lease = &lease?.value;
-    (lease.holder.as_ref() == Some(me)).then_some(lease.epoch)
-}
-
-async fn publish_round(
-    context: &LeaderContext,
-    published: &mut Option<Published>,
-) -> Result<(), ScalerError> {
-    let jobs = read_jobs(&context.resources).await?;
-    let backlog = backlog_of(&jobs);
-    let live_workers = context.view.borrow().as_ref().map_or(0, |view| {
-        u32::try_from(view.value.workers().count()).unwrap_or(u32::MAX)
-    });
-    let config = &context.config;
-    let desired = DesiredWorkers {
-        schema: SCHEMA_VERSION,
-        epoch: context.epoch,
-        desired: desired_workers(
-            backlog.partitions,
-            config.scaler.partitions_per_worker,
-            config.scaler.min_workers,
-            config.scaler.max_workers,
-        ),
-        live_workers,
-        backlog_ids: backlog.ids,
-        backlog_partitions: backlog.partitions,
-        computed_unix_ms: unix_ms_now(),
-    };
-    if published.is_none() {
-        let stored = read_entry(&context.resources.fleet, DESIRED_WORKERS_KEY).await?;
-        *published = Some(adopt(stored));
-    }
-    let known = published.as_mut().expect("set above");
-    if known
-        .value
-        .as_ref()
-        .is_some_and(|stored| same_apart_from_time(stored, &desired))
-    {
-        return Ok(());
-    }
-    let still_leader =
-        holds_role(context.role.borrow().as_ref(), &context.me) == Some(context.epoch);
-    if !still_leader || context.membership_lost.is_cancelled() {
-        return Ok(());
-    }
-    let outcome = cas_write(
-        &context.resources.jetstream,
-        &context.resources.fleet,
-        DESIRED_WORKERS_KEY,
-        Bytes::from(encode(&desired)),
-        known.revision,
-        None,
-    )
-    .await?;
-    match outcome {
-        CasOutcome::Written(revision) => {
-            tracing::info!(
-                desired = desired.desired,
-                live_workers,
-                backlog_ids = backlog.ids,
-                backlog_partitions = backlog.partitions,
-                "desired worker count published"
-            );
-            *known = Published {
-                revision: Some(revision),
-                value: Some(desired),
+    /// Runs until `cancel` fires; errors of one round are logged and retried next round.
+    async fn lead(
+        &self,
+        term: LeaderTerm,
+        cancel: CancellationToken,
+    ) -> Result<TermEnd, ScalerError> {
+        tracing::info!(epoch = %term.epoch(), "scaler leader: publishing desired worker count");
+        let mut ticker = tokio::time::interval(self.config.scaler.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut published: Option<Published> = None;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(TermEnd::Cancelled),
+                _ = ticker.tick() => {}
+            }
+            let round = tokio::select! {
+                () = cancel.cancelled() => return Ok(TermEnd::Cancelled),
+                round = self.publish_round(&term, &mut published) => round,
             };
-        }
-        CasOutcome::Conflict { current } => {
-            tracing::debug!("desired worker count changed under us; re-read, retrying next round");
-            *known = adopt(current);
+            if let Err(error) = round {
+                tracing::warn!(%error, "cannot publish desired worker count; retrying next round");
+            }
         }
     }
-    Ok(())
+}
+
+impl ScalerLeader {
+    async fn publish_round(
+        &self,
+        term: &LeaderTerm,
+        published: &mut Option<Published>,
+    ) -> Result<(), ScalerError> {
+        let jobs = read_jobs(&self.resources).await?;
+        let backlog = backlog_of(&jobs);
+        let live_workers = self.view.borrow().as_ref().map_or(0, |view| {
+            u32::try_from(view.value.workers().count()).unwrap_or(u32::MAX)
+        });
+        let config = &self.config;
+        let desired = DesiredWorkers {
+            schema: SCHEMA_VERSION,
+            epoch: term.epoch(),
+            desired: desired_workers(
+                backlog.partitions,
+                config.scaler.partitions_per_worker,
+                config.scaler.min_workers,
+                config.scaler.max_workers,
+            ),
+            live_workers,
+            backlog_ids: backlog.ids,
+            backlog_partitions: backlog.partitions,
+            computed_unix_ms: unix_ms_now(),
+        };
+        if published.is_none() {
+            let stored = read_entry(&self.resources.fleet, DESIRED_WORKERS_KEY).await?;
+            *published = Some(adopt(stored));
+        }
+        let known = published.as_mut().expect("set above");
+        if known
+            .value
+            .as_ref()
+            .is_some_and(|stored| same_apart_from_time(stored, &desired))
+        {
+            return Ok(());
+        }
+        if !term.is_current() {
+            return Ok(());
+        }
+        let outcome = cas_write(
+            &self.resources.jetstream,
+            &self.resources.fleet,
+            DESIRED_WORKERS_KEY,
+            Bytes::from(encode(&desired)),
+            known.revision,
+            None,
+        )
+        .await?;
+        match outcome {
+            CasOutcome::Written(revision) => {
+                tracing::info!(
+                    desired = desired.desired,
+                    live_workers,
+                    backlog_ids = backlog.ids,
+                    backlog_partitions = backlog.partitions,
+                    "desired worker count published"
+                );
+                *known = Published {
+                    revision: Some(revision),
+                    value: Some(desired),
+                };
+            }
+            CasOutcome::Conflict { current } => {
+                tracing::debug!(
+                    "desired worker count changed under us; re-read, retrying next round"
+                );
+                *known = adopt(current);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn adopt(stored: Option<KvEntry>) -> Published {

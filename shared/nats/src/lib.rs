@@ -10,6 +10,7 @@ mod follow;
 mod kv;
 pub mod membership;
 mod provision;
+pub mod role;
 
 pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
 pub use connect::{
@@ -22,3 +23,4 @@ pub use membership::{
     JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
 };
 pub use provision::{ProvisionConfig, Resources, provision};
+pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};

@@ -2,7 +2,7 @@
 //! its membership, or NATS. The election wraps it in its own error; the scaler's error is it.
 
 use crate::config::ConfigError;
-use elk_nats::{JoinError, NatsError, Retryable};
+use elk_nats::{JoinError, NatsError, Retryable, RoleError};
 use elk_types::MemberId;
 
 /// The failures every service replica shares.
@@ -22,6 +22,16 @@ pub enum ReplicaError {
     /// Retryable when NATS was only unreachable or slow.
     #[error(transparent)]
     Nats(#[from] NatsError),
+}
+
+/// Start-up failures of the role supervisor (`elk_nats::RoleSupervisor`) are a replica's own.
+impl From<RoleError> for ReplicaError {
+    fn from(error: RoleError) -> Self {
+        match error {
+            RoleError::Join { id, source } => ReplicaError::Join { id, source },
+            RoleError::Follow { source, .. } => ReplicaError::Nats(source),
+        }
+    }
 }
 
 impl Retryable for ReplicaError {
