@@ -1,20 +1,17 @@
-//! The admin surface of the leader: one [`AdminCommand`] in, one [`AdminReply`] out. Changes are
-//! made on the model; the leader loop flushes them before it sends the reply, so a reply means
-//! the change is stored.
+//! The admin surface of the leader: one [`AdminRequest`] in, one [`AdminReply`] out. Commands act
+//! on the model only (job creation included); the leader loop writes the round's change set before
+//! it sends the reply, so a reply means the change is stored. Refusals carry the model's typed
+//! reason as a wire code ([`AdminRefusal::code`]).
 
-use crate::leader::AssignerMetrics;
-use crate::state::AssignerState;
-use bytes::Bytes;
-use elk_nats::{CasOutcome, Resources, cas_write};
+use crate::metrics::AssignerMetrics;
+use crate::model::{AdminRefusal, AssignerState, PartitionKey};
 use elk_protocol::admin::{
     AdminCommand, AdminErrorCode, AdminReply, AdminRequest, AdminResult, AdminStats,
 };
-use elk_protocol::{decode, encode};
-use std::sync::atomic::Ordering;
+use elk_protocol::decode;
 
-pub(crate) async fn handle(
+pub(crate) fn handle(
     state: &mut AssignerState,
-    resources: &Resources,
     metrics: &AssignerMetrics,
     payload: &[u8],
 ) -> AdminReply {
@@ -24,126 +21,71 @@ pub(crate) async fn handle(
             return AdminReply::error(AdminErrorCode::BadRequest, format!("bad request: {error}"));
         }
     };
-    let outcome = match request.command {
-        AdminCommand::CreateJob { name, spec } => {
-            let record = match state.new_job(&name, &spec) {
-                Ok(record) => record,
-                Err(error) => return AdminReply::error(classify(&error), error),
-            };
-            let written = cas_write(
-                &resources.jetstream,
-                &resources.jobs,
-                name.as_str(),
-                Bytes::from(encode(&record)),
-                None,
-                None,
-            )
-            .await;
-            match written {
-                Ok(CasOutcome::Written(revision)) => {
-                    state.insert_job(record.clone(), revision);
-                    Ok(AdminResult::Job { job: record })
-                }
-                Ok(CasOutcome::Conflict { .. }) => Err(format!("job '{name}' already exists")),
-                Err(error) => Err(format!("could not store the job: {error}")),
-            }
-        }
-        AdminCommand::ListJobs => Ok(AdminResult::Jobs {
-            jobs: state
-                .jobs
-                .values()
-                .map(|stored| stored.value.clone())
-                .collect(),
-        }),
-        AdminCommand::GetJob { name } => match state.jobs.get(&name) {
-            Some(stored) => Ok(AdminResult::Job {
-                job: stored.value.clone(),
-            }),
-            None => Err(format!("unknown job '{name}'")),
+    match execute(state, metrics, request.command) {
+        Ok(result) => AdminReply::ok(result),
+        Err(refusal) => AdminReply::error(refusal.code(), refusal.to_string()),
+    }
+}
+
+fn execute(
+    state: &mut AssignerState,
+    metrics: &AssignerMetrics,
+    command: AdminCommand,
+) -> Result<AdminResult, AdminRefusal> {
+    let job = |job| AdminResult::Job { job };
+    Ok(match command {
+        AdminCommand::CreateJob { name, spec } => job(state.create_job(&name, &spec)?),
+        AdminCommand::ListJobs => AdminResult::Jobs {
+            jobs: state.list_jobs(),
         },
-        AdminCommand::PauseJob { name } => {
-            state.pause_job(&name).map(|job| AdminResult::Job { job })
-        }
-        AdminCommand::ResumeJob { name } => {
-            state.resume_job(&name).map(|job| AdminResult::Job { job })
-        }
-        AdminCommand::CancelJob { name } => {
-            state.cancel_job(&name).map(|job| AdminResult::Job { job })
-        }
+        AdminCommand::GetJob { name } => job(state.get_job(&name)?),
+        AdminCommand::PauseJob { name } => job(state.pause_job(&name)?),
+        AdminCommand::ResumeJob { name } => job(state.resume_job(&name)?),
+        AdminCommand::CancelJob { name } => job(state.cancel_job(&name)?),
         AdminCommand::ListPartitions {
             job,
             statuses,
             after,
             limit,
         } => {
-            if let Some(job) = &job
-                && !state.jobs.contains_key(job)
-            {
-                return AdminReply::error(
-                    AdminErrorCode::UnknownJob,
-                    format!("unknown job '{job}'"),
-                );
-            }
+            let after = after.map(|(job, partition)| PartitionKey::new(job, partition));
             let (partitions, next_after) =
-                state.list_partitions(job.as_ref(), &statuses, after.as_ref(), limit);
-            Ok(AdminResult::Partitions {
+                state.list_partitions(job.as_ref(), &statuses, after.as_ref(), limit)?;
+            AdminResult::Partitions {
                 partitions,
-                next_after,
-            })
+                next_after: next_after.map(|key| (key.job, key.partition)),
+            }
         }
-        AdminCommand::Retry { job, partition } => state
-            .retry(job.as_ref(), partition)
-            .map(|count| AdminResult::Retried { count }),
-        AdminCommand::IdStatus { job, id } => state
-            .id_status(&job, id)
-            .map(|status| AdminResult::IdStatus { id, status }),
-        AdminCommand::Stats => Ok(AdminResult::Stats {
+        AdminCommand::Retry { job, partition } => AdminResult::Retried {
+            count: state.retry(job.as_ref(), partition)?,
+        },
+        AdminCommand::IdStatus { job, id } => AdminResult::IdStatus {
+            id,
+            status: state.id_status(&job, id)?,
+        },
+        AdminCommand::Stats => AdminResult::Stats {
             stats: stats(state, metrics),
-        }),
-    };
-    match outcome {
-        Ok(result) => AdminReply::ok(result),
-        Err(error) => AdminReply::error(classify(&error), error),
-    }
+        },
+    })
 }
 
-/// The code of a refusal the model phrased as text.
-// TODO(structure issue): the model returns a typed refusal instead; this goes away then.
-fn classify(message: &str) -> AdminErrorCode {
-    if message.starts_with("unknown job") {
-        AdminErrorCode::UnknownJob
-    } else if message.contains("is not a live partition") {
-        AdminErrorCode::UnknownPartition
-    } else if message.contains("already exists") {
-        AdminErrorCode::AlreadyExists
-    } else if message.contains("cannot be")
-        || message.contains("already completed")
-        || message.contains("is not failed")
-    {
-        AdminErrorCode::InvalidState
-    } else if message.starts_with("could not") {
-        AdminErrorCode::Unavailable
-    } else {
-        AdminErrorCode::InvalidSpec
-    }
-}
-
+/// The model's counters of this term, plus the replica's I/O-edge counters.
 fn stats(state: &AssignerState, metrics: &AssignerMetrics) -> AdminStats {
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let counters = state.counters();
     AdminStats {
-        epoch: state.epoch,
-        jobs: state.jobs.len() as u64,
-        live_workers: state.workers.len() as u64,
+        epoch: state.epoch(),
+        jobs: state.job_count() as u64,
+        live_workers: state.live_worker_count() as u64,
         partitions: state.partition_counts(),
-        progress_applied: load(&metrics.progress_applied),
-        progress_rejected: state.rejected_progress,
-        progress_malformed: load(&metrics.progress_malformed),
-        gaps_detected: state.gaps_detected,
-        gaps_repaired: state.gaps_repaired,
-        overlaps_detected: state.overlaps_detected,
-        revocations: state.revocations,
-        revokes_overdue: state.revokes_overdue,
-        retries_scheduled: state.retries_scheduled,
-        partitions_compacted: state.partitions_compacted,
+        progress_applied: AssignerMetrics::read(&metrics.progress_applied),
+        progress_rejected: counters.progress_rejected,
+        progress_malformed: AssignerMetrics::read(&metrics.progress_malformed),
+        gaps_detected: counters.gaps_detected,
+        gaps_repaired: counters.gaps_repaired,
+        overlaps_detected: counters.overlaps_detected,
+        revocations: counters.revocations,
+        revokes_overdue: counters.revokes_overdue,
+        retries_scheduled: counters.retries_scheduled,
+        partitions_compacted: counters.partitions_compacted,
     }
 }

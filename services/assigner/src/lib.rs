@@ -1,69 +1,49 @@
 //! elk-assigner — the partition authority.
 //!
-//! Every replica joins the members bucket as an `assigner` and follows `leases/role.assigner`.
-//! The replica named there (member id + incarnation) leads under the lease's epoch: it owns the
-//! `jobs`, `partitions` and `assignments` buckets (single writer, compare-and-set on every key),
-//! creates the partitions of jobs, grants them to live workers, ingests progress from the
-//! progress stream (durable consumer, acked after the KV write) and completes jobs.
+//! Every replica joins the members bucket as an `assigner` and follows `leases/role.assigner`
+//! through the shared role supervisor (`elk_nats::role`: promotion, demotion that awaits the
+//! leader task, re-joining after a lost member key, restarts after retryable errors, giving the
+//! role up after a panic or a terminal error). The replica the lease names (member id +
+//! incarnation) leads under the lease's epoch: it owns the `jobs`, `partitions` and `assignments`
+//! buckets (single writer, compare-and-set on every key), creates the partitions of jobs, grants
+//! them to live workers, ingests progress from the progress stream (durable consumer, acked after
+//! the KV write) and completes jobs.
 //!
-//! ```text
-//!   Follower ──lease names me (epoch e)──▶ Leader(e) ──lease names another / epoch changes──▶
-//!      ▲                                       │        cancel the leader task, AWAIT it,
-//!      └───────────────────────────────────────┘        then follow again
-//! ```
-//! Losing the member key (renewal failed) also demotes at once, then the replica re-joins as a new
-//! incarnation.
+//! Modules (dependencies point down the list; no cycles):
+//!
+//! | module | role |
+//! |---|---|
+//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) |
+//! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
+//! | `admin` | admin requests → model commands → coded replies |
+//! | `store` | writes a round's change set to KV |
+//! | `metrics` | [`AssignerMetrics`], the counters shared with the caller |
+//! | `model` | the pure model: state, `reconcile`, the partition lifecycle, the change set |
+//! | `error` | [`AssignerError`], classified retryable / terminal |
 
 mod admin;
 mod config;
-mod flush;
+mod error;
 pub mod http;
 mod leader;
-mod state;
+mod metrics;
+mod model;
+mod store;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 pub use config::{AssignerConfig, AssignerSettings};
-pub use leader::AssignerMetrics;
+pub use error::{AssignerError, Feed, JetstreamOperation};
+pub use metrics::AssignerMetrics;
 
-use elk_nats::{ServiceMember, Versioned, follow_key};
-use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
+use elk_nats::{RoleSupervisor, follow_key};
+use elk_protocol::messages::MembershipView;
 use elk_protocol::names::{ControlRole, VIEW_KEY};
 use elk_runtime::Validate;
-use elk_types::{Epoch, MemberId};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Errors of the assigner service.
-#[derive(Debug, thiserror::Error)]
-pub enum AssignerError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Nats(#[from] elk_nats::NatsError),
-    #[error(transparent)]
-    Join(#[from] elk_nats::JoinError),
-    #[error("{operation}: {message}")]
-    NatsOperation {
-        operation: &'static str,
-        message: String,
-    },
-    #[error("deposed: a newer assigner than epoch {epoch} exists")]
-    Deposed { epoch: Epoch },
-    #[error("leader loop stopped: {0}")]
-    Stopped(String),
-}
-
-impl AssignerError {
-    pub(crate) fn nats(operation: &'static str, error: impl std::fmt::Display) -> Self {
-        AssignerError::NatsOperation {
-            operation,
-            message: error.to_string(),
-        }
-    }
-}
 
 /// Runs one assigner replica until `shutdown` resolves.
 pub async fn run(
@@ -79,15 +59,44 @@ pub async fn run_with_metrics(
     metrics: Arc<AssignerMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
-    config
-        .validate()
-        .map_err(|e| AssignerError::Config(e.to_string()))?;
-    let member_id = config.service.member_id.clone();
+    run_replica(config, metrics, Faults::default(), shutdown).await
+}
+
+/// Like [`run_with_metrics`], with fault injection for tests (see [`test_hooks`]).
+#[cfg(feature = "test-hooks")]
+pub async fn run_with_faults(
+    config: AssignerConfig,
+    metrics: Arc<AssignerMetrics>,
+    faults: Arc<test_hooks::LeaderFaults>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AssignerError> {
+    run_replica(config, metrics, faults, shutdown).await
+}
+
+/// Injected faults: the test hooks with the `test-hooks` feature, nothing otherwise.
+#[cfg(feature = "test-hooks")]
+type Faults = Arc<test_hooks::LeaderFaults>;
+
+/// Injected faults: the test hooks with the `test-hooks` feature, nothing otherwise.
+#[cfg(not(feature = "test-hooks"))]
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults;
+
+#[cfg(not(feature = "test-hooks"))]
+impl Faults {
+    fn check(&self) {}
+}
+
+async fn run_replica(
+    config: AssignerConfig,
+    metrics: Arc<AssignerMetrics>,
+    faults: Faults,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AssignerError> {
+    config.validate()?;
     let resources = config.service.open("elk-assigner").await?;
-    let role =
-        follow_key::<RoleLease>(&resources.leases, ControlRole::Assigner.lease_key()).await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
-    let policy = state::Policy {
+    let policy = model::Policy {
         grants_per_capacity: config.assigner.grants_per_capacity,
         partitions_per_round: config.assigner.partitions_per_round,
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
@@ -96,21 +105,37 @@ pub async fn run_with_metrics(
         Some(address) => Some(spawn_http(address, &resources).await?),
         None => None,
     };
-    let replica = Replica {
-        config,
-        resources,
-        member_id,
-        role,
-        view,
+    let leader = leader::AssignerLeader {
+        resources: resources.clone(),
         policy,
+        tick: config.assigner.tick,
+        view,
         metrics,
+        faults,
     };
-    let outcome = replica.run(shutdown).await;
-    if let Some((stop, task)) = http {
-        stop.cancel();
+    let supervisor = RoleSupervisor::new(
+        resources,
+        config.service.member_id.clone(),
+        ControlRole::Assigner,
+        config.service.member_ttl,
+        leader,
+    );
+    let stop = CancellationToken::new();
+    let replica = supervisor.run(stop.clone());
+    tokio::pin!(replica);
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        outcome = &mut replica => outcome,
+        () = &mut shutdown => {
+            stop.cancel();
+            replica.await
+        }
+    };
+    if let Some((stop_http, task)) = http {
+        stop_http.cancel();
         let _ = task.await;
     }
-    outcome
+    Ok(outcome?)
 }
 
 /// Binds the HTTP admin API and serves it until the returned token is cancelled.
@@ -120,7 +145,10 @@ async fn spawn_http(
 ) -> Result<(CancellationToken, JoinHandle<()>), AssignerError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| AssignerError::Config(format!("http_listen {address}: {e}")))?;
+        .map_err(|source| AssignerError::HttpListen {
+            address: address.to_owned(),
+            source,
+        })?;
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP admin API listening");
     let stop = CancellationToken::new();
     let serve = http::serve_http(
@@ -136,168 +164,3 @@ async fn spawn_http(
     });
     Ok((stop, task))
 }
-
-struct Replica {
-    config: AssignerConfig,
-    resources: elk_nats::Resources,
-    member_id: MemberId,
-    role: watch::Receiver<Option<Versioned<RoleLease>>>,
-    view: watch::Receiver<Option<Versioned<MembershipView>>>,
-    policy: state::Policy,
-    metrics: Arc<AssignerMetrics>,
-}
-
-/// The running leader loop. Dropping it (the replica's `run` future was dropped, as when its
-/// task is aborted) aborts the loop at once, like a killed process: no leader work survives the
-/// replica.
-struct LeaderTask {
-    epoch: Epoch,
-    cancel: CancellationToken,
-    /// Cancelled by the task itself when the leader loop returns (for any reason).
-    finished: CancellationToken,
-    handle: Option<JoinHandle<Result<(), AssignerError>>>,
-}
-
-impl LeaderTask {
-    fn is_finished(&self) -> bool {
-        self.finished.is_cancelled()
-    }
-
-    /// Graceful stop: cancel and await the loop.
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        let Some(handle) = self.handle.take() else {
-            return;
-        };
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::info!(%error, "leader task ended"),
-            Err(error) => tracing::warn!(%error, "leader task panicked"),
-        }
-    }
-}
-
-impl Drop for LeaderTask {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
-        }
-    }
-}
-
-impl Replica {
-    /// This replica's membership; re-joins retry every 250 ms until they work (shutdown is
-    /// watched by the caller).
-    fn member<'a>(&'a self, never: &'a CancellationToken) -> ServiceMember<'a> {
-        ServiceMember {
-            resources: &self.resources,
-            id: &self.member_id,
-            role: MemberRole::Assigner,
-            ttl: self.config.service.member_ttl,
-            retry: Duration::from_millis(250),
-            stop: never,
-        }
-    }
-
-    async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AssignerError> {
-        let never = CancellationToken::new();
-        let Some(mut lease) = self.member(&never).join().await? else {
-            return Ok(());
-        };
-        let mut leader: Option<LeaderTask> = None;
-        tokio::pin!(shutdown);
-        loop {
-            let me = MemberRef {
-                id: self.member_id.clone(),
-                incarnation: lease.incarnation(),
-            };
-            let named_epoch = self.role.borrow().as_ref().and_then(|lease| {
-                (lease.value.holder.as_ref() == Some(&me)).then_some(lease.value.epoch)
-            });
-            let finished = leader.as_ref().is_some_and(|task| task.is_finished());
-            let keep = matches!((&leader, named_epoch), (Some(task), Some(epoch)) if task.epoch == epoch && !finished);
-            if !keep {
-                if let Some(task) = leader.take() {
-                    task.stop().await;
-                }
-                if finished {
-                    // The loop ended on an error while still named: back off, then lead again
-                    // (a deposed loop finds the lease moved on and is not restarted).
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                if let Some(epoch) = named_epoch {
-                    leader = Some(self.start_leader(me.clone(), epoch));
-                }
-            }
-            let lost = lease.lost();
-            let leader_done = async {
-                match &leader {
-                    Some(task) => task.finished.cancelled().await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = &mut shutdown => break,
-                changed = self.role.changed() => {
-                    if changed.is_err() {
-                        return Err(AssignerError::Stopped("role lease follower ended".into()));
-                    }
-                }
-                _ = lost.cancelled() => {
-                    tracing::warn!("membership lost: stopping leader work and re-joining");
-                    if let Some(task) = leader.take() {
-                        task.stop().await;
-                    }
-                    let member = self.member(&never);
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        rejoined = member.rejoin() => match rejoined {
-                            Some(rejoined) => lease = rejoined,
-                            None => return Ok(()),
-                        },
-                    }
-                }
-                // Handled at the top of the loop (stop, back off, lead again if still named).
-                _ = leader_done => {}
-            }
-        }
-        if let Some(task) = leader.take() {
-            task.stop().await;
-        }
-        lease.leave().await?;
-        Ok(())
-    }
-
-    fn start_leader(&self, me: MemberRef, epoch: Epoch) -> LeaderTask {
-        let cancel = CancellationToken::new();
-        let inputs = leader::LeaderInputs {
-            resources: self.resources.clone(),
-            me,
-            epoch,
-            policy: self.policy.clone(),
-            tick: self.config.assigner.tick,
-            view: self.view.clone(),
-            role: self.role.clone(),
-            cancel: cancel.clone(),
-            metrics: self.metrics.clone(),
-        };
-        let finished = CancellationToken::new();
-        let signal = finished.clone();
-        let handle = tokio::spawn(async move {
-            let outcome = leader::lead(inputs).await;
-            signal.cancel();
-            outcome
-        });
-        LeaderTask {
-            epoch,
-            cancel,
-            finished,
-            handle: Some(handle),
-        }
-    }
-}
-
-#[cfg(test)]
-#[path = "state_tests.rs"]
-mod state_tests;

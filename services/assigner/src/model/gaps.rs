@@ -38,7 +38,7 @@ impl AssignerState {
     /// Builds every job's coverage from its record's summary and the partitions read from KV
     /// (all statuses), corrects job counters that disagree with KV, then audits each job up to its
     /// cursor, queueing repairs for gaps.
-    pub fn build_coverage(&mut self, mut loaded: Vec<PartitionRecord>) {
+    pub(super) fn build_coverage(&mut self, mut loaded: Vec<PartitionRecord>) {
         loaded.sort_by_key(|record| (record.job.clone(), record.range.first()));
         // Partitions refused for overlapping others still exist in KV: never re-create their IDs.
         let mut refused: Vec<(JobName, IdRange)> = Vec::new();
@@ -58,8 +58,7 @@ impl AssignerState {
             if already_compacted {
                 // Counted as compacted already; its delete did not happen before a failover:
                 // delete it now without counting it twice.
-                self.compaction_deletes
-                    .push((record.job.clone(), record.id));
+                self.compaction_deletes.push(PartitionKey::of(&record));
                 continue;
             }
             if completed {
@@ -116,11 +115,11 @@ impl AssignerState {
             };
             let audit = coverage.audit(cursor - 1);
             for overlap in audit.overlaps {
-                self.overlaps_detected += 1;
+                self.counters.overlaps_detected += 1;
                 tracing::warn!(job = %name, %overlap, "overlapping partitions found by the audit");
             }
             for gap in audit.gaps {
-                self.gaps_detected += 1;
+                self.counters.gaps_detected += 1;
                 let covered_elsewhere = refused
                     .iter()
                     .any(|(job, range)| *job == name && range.overlaps(gap));
@@ -144,7 +143,7 @@ impl AssignerState {
         match coverage.insert_live(range) {
             Ok(None) => true,
             Ok(Some(gap)) => {
-                self.gaps_detected += 1;
+                self.counters.gaps_detected += 1;
                 tracing::warn!(%job, %gap, "gap in front of a new partition: repairing");
                 self.repairs.push((job.clone(), gap));
                 true
@@ -193,7 +192,7 @@ impl AssignerState {
     }
 
     /// Queues the deletion of completed partitions now below their job's low watermark.
-    pub fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         let jobs: Vec<JobName> = self.awaiting_compaction.keys().cloned().collect();
         for job in jobs {
             let Some(low_watermark) = self.jobs.get(&job).and_then(|j| j.value.low_watermark)
@@ -207,9 +206,12 @@ impl AssignerState {
                 continue;
             }
             let count = below.len() as u64;
-            self.compaction_deletes
-                .extend(below.into_values().map(|id| (job.clone(), id)));
-            self.partitions_compacted += count;
+            self.compaction_deletes.extend(
+                below
+                    .into_values()
+                    .map(|id| PartitionKey::new(job.clone(), id)),
+            );
+            self.counters.partitions_compacted += count;
             if let Some(stored) = self.jobs.get_mut(&job) {
                 stored.value.partitions_compacted += count;
                 self.dirty_jobs.insert(job.clone());
@@ -219,7 +221,7 @@ impl AssignerState {
 
     /// Deletes what is left of cancelled jobs: their pending and parked partitions (never granted
     /// again) and their completed ones; granted or revoking ones are deleted once released.
-    pub fn clear_cancelled(&mut self) {
+    pub(super) fn clear_cancelled(&mut self) {
         let cancelled: Vec<JobName> = self
             .jobs
             .iter()
@@ -228,30 +230,31 @@ impl AssignerState {
             .collect();
         for job in cancelled {
             let idle: Vec<PartitionKey> = self
-                .partitions
-                .iter()
-                .filter(|(key, stored)| {
-                    key.0 == job
-                        && matches!(
-                            stored.value.status,
-                            PartitionStatus::Pending | PartitionStatus::Failed
-                        )
+                .partitions_of(&job)
+                .filter(|stored| {
+                    matches!(
+                        stored.value.status,
+                        PartitionStatus::Pending | PartitionStatus::Failed
+                    )
                 })
-                .map(|(key, _)| key.clone())
+                .map(|stored| PartitionKey::of(&stored.value))
                 .collect();
             for key in idle {
                 self.forget_partition(&key);
                 self.compaction_deletes.push(key);
             }
             if let Some(waiting) = self.awaiting_compaction.remove(&job) {
-                self.compaction_deletes
-                    .extend(waiting.into_values().map(|id| (job.clone(), id)));
+                self.compaction_deletes.extend(
+                    waiting
+                        .into_values()
+                        .map(|id| PartitionKey::new(job.clone(), id)),
+                );
             }
         }
     }
 
     fn report_overlap(&mut self, job: &JobName, range: IdRange, error: &CoverageError) {
-        self.overlaps_detected += 1;
+        self.counters.overlaps_detected += 1;
         tracing::warn!(%job, %range, %error, "overlapping partition refused");
     }
 }

@@ -15,11 +15,12 @@
 use super::{AssignerState, PartitionKey};
 use elk_placement::{Partition, Worker, solve};
 use elk_protocol::messages::{JobState, MemberRef, PartitionStatus};
-use elk_types::MemberId;
+use elk_types::{JobName, MemberId};
+use std::collections::{BTreeMap, BTreeSet};
 
 impl AssignerState {
     /// Grants pending partitions and revokes from over-quota workers (see the module header).
-    pub fn plan_grants(&mut self) {
+    pub(super) fn plan_grants(&mut self) {
         let slots_per_capacity = self.policy.grants_per_capacity.max(1);
         let workers: Vec<Worker<MemberId>> = self
             .workers
@@ -45,7 +46,7 @@ impl AssignerState {
         for worker in &workers {
             let incarnation = self.workers[&worker.id].incarnation;
             for key in self.grants_by_worker.get(&worker.id).into_iter().flatten() {
-                if !self.job_is_active(&key.0) {
+                if !self.job_is_active(&key.job) {
                     stopped_jobs.push(key.clone());
                     continue;
                 }
@@ -63,15 +64,15 @@ impl AssignerState {
         // the solver does not revoke more while they are in flight.
         let in_flight: Vec<PartitionKey> = self
             .revoking_keys()
-            .filter(|key| self.job_is_active(&key.0))
+            .filter(|key| self.job_is_active(&key.job))
             .collect();
-        let moving: std::collections::BTreeSet<PartitionKey> = in_flight.iter().cloned().collect();
+        let moving: BTreeSet<PartitionKey> = in_flight.iter().cloned().collect();
         active.extend(in_flight.into_iter().map(|key| (key, None)));
         let room = total_slots.saturating_sub(active.len() as u64) as usize;
         let grantable: Vec<PartitionKey> = self
             .pending
             .iter()
-            .filter(|key| self.job_is_active(&key.0))
+            .filter(|key| self.job_is_active(&key.job))
             .take(room)
             .cloned()
             .collect();
@@ -94,11 +95,11 @@ impl AssignerState {
         };
 
         // Partitions held per worker after this round, for the fallback below.
-        let mut held: std::collections::BTreeMap<MemberId, u64> = std::collections::BTreeMap::new();
+        let mut held: BTreeMap<MemberId, u64> = BTreeMap::new();
         let mut unplaced: Vec<PartitionKey> = Vec::new();
         for (position, (key, previous)) in active.into_iter().enumerate() {
             let target = assignment.owner(position).map(|index| &workers[index].id);
-            let compatible = target.is_some_and(|target| self.workers[target].processes(&key.0));
+            let compatible = target.is_some_and(|target| self.workers[target].processes(&key.job));
             match (previous, target) {
                 (Some(previous), Some(target)) if &previous == target => {
                     *held.entry(previous).or_default() += 1;
@@ -124,7 +125,7 @@ impl AssignerState {
         for key in unplaced {
             let candidate = workers
                 .iter()
-                .filter(|worker| self.workers[&worker.id].processes(&key.0))
+                .filter(|worker| self.workers[&worker.id].processes(&key.job))
                 .map(|worker| (held.get(&worker.id).copied().unwrap_or(0), worker))
                 .filter(|(load, worker)| *load < u64::from(worker.capacity))
                 .min_by_key(|(load, worker)| {
@@ -138,7 +139,7 @@ impl AssignerState {
         }
     }
 
-    fn job_is_active(&self, job: &elk_types::JobName) -> bool {
+    fn job_is_active(&self, job: &JobName) -> bool {
         self.jobs
             .get(job)
             .is_some_and(|job| job.value.state == JobState::Active)
@@ -151,8 +152,7 @@ impl AssignerState {
             id: worker,
             incarnation,
         };
-        self.update_partition(key, |record| {
-            record.status = PartitionStatus::Granted;
+        self.transition(key, PartitionStatus::Granted, |record| {
             record.owner = Some(owner);
             record.token = token;
             record.error = None;
@@ -162,7 +162,7 @@ impl AssignerState {
     /// Takes a granted partition off its owner's record; it stays `revoking` (still owned, same
     /// token) until the owner releases it or its membership ends.
     pub(super) fn revoke(&mut self, key: &PartitionKey) {
-        self.revocations += 1;
-        self.update_partition(key, |record| record.status = PartitionStatus::Revoking);
+        self.counters.revocations += 1;
+        self.transition(key, PartitionStatus::Revoking, |_| {});
     }
 }

@@ -1,83 +1,15 @@
-//! Unit tests of the assigner's decisions (no NATS).
+//! What rounds decide: cutting jobs, grants and minimal revocations, progress, reclaims, draining,
+//! audits, retries and planners.
 
-use crate::state::{AssignerState, Policy, Rejection, Stored};
-use elk_protocol::SCHEMA_VERSION;
-use elk_protocol::messages::*;
-use elk_types::*;
-
-fn job_name() -> JobName {
-    JobName::new("j").unwrap()
-}
-
-fn state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
-    let mut state = AssignerState::new(
-        Epoch(3),
-        Policy {
-            grants_per_capacity: 2,
-            partitions_per_round: 10_000,
-            revoke_timeout_ms: 5_000,
-        },
-    );
-    let job = JobRecord::new(
-        job_name(),
-        JobSpec::fixed(range, partition_size),
-        Epoch(3),
-        0,
-    );
-    state.jobs.insert(job_name(), Stored::new(job));
-    state
-}
-
-fn view(workers: &[(&str, u64, u32)]) -> MembershipView {
-    let mut members: Vec<ViewMember> = workers
-        .iter()
-        .map(|(id, incarnation, capacity)| ViewMember {
-            id: MemberId::new(*id).unwrap(),
-            role: MemberRole::Worker,
-            incarnation: Incarnation(*incarnation),
-            capacity: Capacity(*capacity),
-            jobs: vec![],
-        })
-        .collect();
-    members.sort_by(|a, b| a.id.cmp(&b.id));
-    MembershipView {
-        schema: SCHEMA_VERSION,
-        generation: Generation(1),
-        members,
-    }
-}
-
-fn report(
-    worker: &str,
-    incarnation: u64,
-    partition: u64,
-    token: PartitionLeaseToken,
-    event: ProgressEvent,
-) -> ProgressReport {
-    ProgressReport {
-        schema: SCHEMA_VERSION,
-        worker: MemberId::new(worker).unwrap(),
-        incarnation: Incarnation(incarnation),
-        job: job_name(),
-        partition: PartitionId(partition),
-        token,
-        event,
-    }
-}
-
-fn owner_and_token(
-    state: &AssignerState,
-    partition: u64,
-) -> (Option<MemberRef>, PartitionLeaseToken) {
-    let record = &state.partitions[&(job_name(), PartitionId(partition))].value;
-    (record.owner.clone(), record.token)
-}
+use super::*;
+use crate::model::Rejection;
+use elk_protocol::messages::{JobState, PartitionStatus};
 
 #[test]
 fn partitions_cover_the_range_exactly() {
     let range = IdRange::new(10, 10_004).unwrap();
     let mut state = state_with_job(range, 1_000);
-    state.plan_partitions();
+    state.reconcile(1);
     let ranges: Vec<IdRange> = state.partitions.values().map(|p| p.value.range).collect();
     assert_eq!(ranges.len(), 10);
     assert_eq!(ranges[0].first(), 10);
@@ -87,24 +19,21 @@ fn partitions_cover_the_range_exactly() {
     }
     assert_eq!(state.jobs[&job_name()].value.partitions_total, 10);
     // A second round creates nothing more.
-    state.plan_partitions();
+    state.reconcile(2);
     assert_eq!(state.partitions.len(), 10);
 }
 
 #[test]
 fn grants_fill_slots_evenly_and_tokens_are_unique() {
     let mut state = state_with_job(IdRange::new(1, 100_000).unwrap(), 1_000);
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 1)]));
-    state.plan_grants();
-    let a = MemberId::new("a").unwrap();
-    let c = MemberId::new("c").unwrap();
+    state.reconcile(1);
     assert_eq!(
-        state.granted_to(&a),
+        state.granted_to("a"),
         4,
         "capacity 2 x 2 grants per capacity"
     );
-    assert_eq!(state.granted_to(&c), 2);
+    assert_eq!(state.granted_to("c"), 2);
     assert_eq!(state.pending_count(), 100 - 10);
     let mut tokens: Vec<u64> = state
         .partitions
@@ -113,19 +42,21 @@ fn grants_fill_slots_evenly_and_tokens_are_unique() {
         .filter(|t| *t != 0)
         .collect();
     let before = tokens.len();
+    tokens.sort_unstable();
     tokens.dedup();
     assert_eq!(tokens.len(), before);
-    let record = state.desired_assignment(&a).unwrap();
+    let record = state
+        .desired_assignment(&MemberId::new("a").unwrap())
+        .unwrap();
     assert_eq!(record.grants.len(), 4);
-    assert_eq!(record.epoch, Epoch(3));
+    assert_eq!(record.epoch, EPOCH);
 }
 
 #[test]
 fn progress_with_a_stale_token_or_owner_is_rejected() {
     let mut state = state_with_job(IdRange::new(1, 10_000).unwrap(), 1_000);
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 1)]));
-    state.plan_grants();
+    state.reconcile(1);
     let (_, token) = owner_and_token(&state, 1);
     let stale = PartitionLeaseToken(token.get() + 1000);
     assert_eq!(
@@ -144,31 +75,21 @@ fn progress_with_a_stale_token_or_owner_is_rejected() {
         state.apply_progress(&report("a", 1, 99, token, ProgressEvent::Completed)),
         Err(Rejection::UnknownPartition)
     );
-    assert_eq!(state.rejected_progress, 4);
+    assert_eq!(state.counters().progress_rejected, 4);
+    let checkpoint = ProgressEvent::Checkpoint { last_done: 500 };
     assert!(
         state
-            .apply_progress(&report(
-                "a",
-                1,
-                1,
-                token,
-                ProgressEvent::Checkpoint { last_done: 500 }
-            ))
+            .apply_progress(&report("a", 1, 1, token, checkpoint))
             .is_ok()
     );
-    assert_eq!(
-        state.partitions[&(job_name(), PartitionId(1))]
-            .value
-            .checkpoint,
-        Some(500)
-    );
+    assert_eq!(record(&state, 1).checkpoint, Some(500));
     assert!(
         state
             .apply_progress(&report("a", 1, 1, token, ProgressEvent::Completed))
             .is_ok()
     );
     assert!(
-        !state.partitions.contains_key(&(job_name(), PartitionId(1))),
+        !state.partitions.contains_key(&key(1)),
         "completed partitions leave memory"
     );
     assert_eq!(state.jobs[&job_name()].value.partitions_completed, 1);
@@ -178,18 +99,12 @@ fn progress_with_a_stale_token_or_owner_is_rejected() {
 #[test]
 fn departed_worker_is_reclaimed_and_regranted_from_its_checkpoint() {
     let mut state = state_with_job(IdRange::new(1, 2_000).unwrap(), 1_000);
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 1)]));
-    state.plan_grants();
+    state.reconcile(1);
     let (_, token) = owner_and_token(&state, 1);
+    let checkpoint = ProgressEvent::Checkpoint { last_done: 400 };
     state
-        .apply_progress(&report(
-            "a",
-            1,
-            1,
-            token,
-            ProgressEvent::Checkpoint { last_done: 400 },
-        ))
+        .apply_progress(&report("a", 1, 1, token, checkpoint))
         .unwrap();
     let gone = state.apply_view(&view(&[("b", 1, 1)]));
     assert_eq!(
@@ -200,7 +115,7 @@ fn departed_worker_is_reclaimed_and_regranted_from_its_checkpoint() {
         }]
     );
     assert_eq!(state.reclaim(&gone[0]), 2);
-    state.plan_grants();
+    state.reconcile(2);
     let (owner, new_token) = owner_and_token(&state, 1);
     assert_eq!(owner.unwrap().id.as_str(), "b");
     assert_ne!(new_token, token);
@@ -224,24 +139,18 @@ fn departed_worker_is_reclaimed_and_regranted_from_its_checkpoint() {
 #[test]
 fn unrequested_release_marks_the_worker_draining() {
     let mut state = state_with_job(IdRange::new(1, 4_000).unwrap(), 1_000);
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
-    state.plan_grants();
+    state.reconcile(1);
     let a = MemberId::new("a").unwrap();
     let (owner, token) = owner_and_token(&state, 1);
     assert_eq!(owner.unwrap().id, a);
+    let released = ProgressEvent::Released {
+        last_done: Some(250),
+    };
     state
-        .apply_progress(&report(
-            "a",
-            1,
-            1,
-            token,
-            ProgressEvent::Released {
-                last_done: Some(250),
-            },
-        ))
+        .apply_progress(&report("a", 1, 1, token, released))
         .unwrap();
-    state.plan_grants();
+    state.reconcile(2);
     let (owner, _) = owner_and_token(&state, 1);
     assert_ne!(
         owner.map(|o| o.id),
@@ -254,18 +163,15 @@ fn unrequested_release_marks_the_worker_draining() {
 #[test]
 fn a_joining_worker_gets_its_share_by_minimal_revocations() {
     let mut state = state_with_job(IdRange::new(1, 8_000).unwrap(), 1_000);
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2)]));
-    state.plan_grants();
-    let a = MemberId::new("a").unwrap();
-    let b = MemberId::new("b").unwrap();
-    assert_eq!((state.granted_to(&a), state.granted_to(&b)), (4, 4));
-    assert_eq!(state.revocations, 0);
+    state.reconcile(1);
+    assert_eq!((state.granted_to("a"), state.granted_to("b")), (4, 4));
+    assert_eq!(state.counters().revocations, 0);
 
     // c joins: 8 partitions over 12 slots → quotas 3, 3, 2 (ceil); a and b shed what is over.
     state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 2)]));
-    state.plan_grants();
-    assert_eq!(state.revocations, 2, "exactly the minimum moves");
+    state.reconcile(2);
+    assert_eq!(state.counters().revocations, 2, "exactly the minimum moves");
     let revoking: Vec<(u64, MemberRef, PartitionLeaseToken)> = state
         .partitions
         .values()
@@ -279,14 +185,15 @@ fn a_joining_worker_gets_its_share_by_minimal_revocations() {
         })
         .collect();
     assert_eq!(revoking.len(), 2);
-    let c = MemberId::new("c").unwrap();
     assert_eq!(
-        state.granted_to(&c),
+        state.granted_to("c"),
         0,
         "nothing is granted while the old owner may still run it"
     );
     // Revoked partitions leave the owner's record at once.
-    let record_a = state.desired_assignment(&a).unwrap();
+    let record_a = state
+        .desired_assignment(&MemberId::new("a").unwrap())
+        .unwrap();
     assert!(
         record_a
             .grants
@@ -303,10 +210,16 @@ fn a_joining_worker_gets_its_share_by_minimal_revocations() {
             .apply_progress(&report(owner.id.as_str(), 1, *id, *token, event))
             .unwrap();
     }
-    state.plan_grants();
-    assert_eq!(state.granted_to(&c), 2);
-    assert_eq!(state.revocations, 2, "no further moves once balanced");
-    let record_c = state.desired_assignment(&c).unwrap();
+    state.reconcile(3);
+    assert_eq!(state.granted_to("c"), 2);
+    assert_eq!(
+        state.counters().revocations,
+        2,
+        "no further moves once balanced"
+    );
+    let record_c = state
+        .desired_assignment(&MemberId::new("c").unwrap())
+        .unwrap();
     for grant in &record_c.grants {
         assert_eq!(grant.resume_from, grant.range.first() + 10);
     }
@@ -324,217 +237,210 @@ fn partition_record(id: u64, range: IdRange, status: PartitionStatus) -> Partiti
 
 #[test]
 fn the_audit_at_load_repairs_a_deleted_partition() {
-    let range = IdRange::new(1, 5_000).unwrap();
-    let mut state = state_with_job(range, 1_000);
-    {
-        let job = &mut state.jobs.get_mut(&job_name()).unwrap().value;
-        job.cursor = 5_001;
-        job.next_partition = PartitionId(6);
-        job.partitions_total = 5;
-        job.partitions_completed = 1;
-    }
+    let mut job = fixed_job(IdRange::new(1, 5_000).unwrap(), 1_000);
+    job.cursor = 5_001;
+    job.next_partition = PartitionId(6);
+    job.partitions_total = 5;
+    job.partitions_completed = 1;
     // Partition 3 ([2001, 3000]) was deleted by hand; partition 1 is completed.
-    let mut loaded = Vec::new();
-    for (id, status) in [
+    let partitions = [
         (1, PartitionStatus::Completed),
         (2, PartitionStatus::Pending),
         (4, PartitionStatus::Pending),
         (5, PartitionStatus::Pending),
-    ] {
-        let record = partition_record(
-            id,
-            IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap(),
-            status,
-        );
-        state.load_partition(record.clone(), Revision(id));
-        loaded.push(record);
-    }
-    state.build_coverage(loaded);
-    assert_eq!(state.gaps_detected, 1);
-    state.plan_partitions();
-    assert_eq!(state.gaps_repaired, 1);
-    let repaired = &state.partitions[&(job_name(), PartitionId(6))].value;
+    ]
+    .into_iter()
+    .map(|(id, status)| {
+        let range = IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap();
+        (partition_record(id, range, status), Revision(id))
+    })
+    .collect();
+    let mut state = loaded(Snapshot {
+        jobs: vec![(job, Revision(1))],
+        partitions,
+        ..Snapshot::default()
+    });
+    assert_eq!(state.counters().gaps_detected, 1);
+    state.reconcile(1);
+    assert_eq!(state.counters().gaps_repaired, 1);
+    let repaired = record(&state, 6);
     assert_eq!(repaired.range, IdRange::new(2_001, 3_000).unwrap());
     // Counters follow KV (4 partitions left) plus the repair.
     assert_eq!(state.jobs[&job_name()].value.partitions_total, 5);
     // Nothing else is created: the range is covered again.
-    state.plan_partitions();
+    state.reconcile(2);
     assert_eq!(state.partitions.len(), 4);
-    assert_eq!(state.overlaps_detected, 0);
+    assert_eq!(state.counters().overlaps_detected, 0);
 }
 
 #[test]
 fn overlapping_partitions_are_reported_never_created_twice() {
-    let range = IdRange::new(1, 2_000).unwrap();
-    let mut state = state_with_job(range, 1_000);
-    {
-        let job = &mut state.jobs.get_mut(&job_name()).unwrap().value;
-        job.cursor = 2_001;
-        job.next_partition = PartitionId(3);
-        job.partitions_total = 2;
-    }
-    let loaded = vec![
-        partition_record(1, IdRange::new(1, 1_000).unwrap(), PartitionStatus::Pending),
-        partition_record(
-            2,
-            IdRange::new(500, 2_000).unwrap(),
-            PartitionStatus::Pending,
+    let mut job = fixed_job(IdRange::new(1, 2_000).unwrap(), 1_000);
+    job.cursor = 2_001;
+    job.next_partition = PartitionId(3);
+    job.partitions_total = 2;
+    let partitions = vec![
+        (
+            partition_record(1, IdRange::new(1, 1_000).unwrap(), PartitionStatus::Pending),
+            Revision(1),
+        ),
+        (
+            partition_record(
+                2,
+                IdRange::new(500, 2_000).unwrap(),
+                PartitionStatus::Pending,
+            ),
+            Revision(2),
         ),
     ];
-    state.build_coverage(loaded);
-    assert_eq!(state.overlaps_detected, 1);
+    let mut state = loaded(Snapshot {
+        jobs: vec![(job, Revision(1))],
+        partitions,
+        ..Snapshot::default()
+    });
+    assert_eq!(state.counters().overlaps_detected, 1);
     // The refused partition's IDs are not re-created: partition 2 still exists in KV.
-    state.plan_partitions();
-    assert_eq!(state.gaps_repaired, 0);
+    state.reconcile(1);
+    assert_eq!(state.counters().gaps_repaired, 0);
     assert_eq!(state.jobs[&job_name()].value.partitions_total, 2);
 }
 
 #[test]
 fn failures_back_off_then_park_and_retry_requeues() {
-    let mut state = state_with_job(IdRange::new(1, 1_000).unwrap(), 1_000);
-    state
-        .jobs
-        .get_mut(&job_name())
-        .unwrap()
-        .value
-        .spec
-        .retry_backoff_ms = 100;
-    state.now_ms = 10_000;
-    state.plan_partitions();
+    let mut job = fixed_job(IdRange::new(1, 1_000).unwrap(), 1_000);
+    job.spec.retry_backoff_ms = 100;
+    let mut state = state_with(job);
     state.apply_view(&view(&[("a", 1, 1)]));
-    state.plan_grants();
+    state.reconcile(10_000);
     let fail = |state: &mut AssignerState| {
         let (_, token) = owner_and_token(state, 1);
-        let event = ProgressEvent::Failed {
-            error: "boom".to_owned(),
-            last_done: Some(99),
-            permanent: false,
-        };
         state
-            .apply_progress(&report("a", 1, 1, token, event))
+            .apply_progress(&report("a", 1, 1, token, failed("boom", Some(99), false)))
             .unwrap();
     };
 
     fail(&mut state);
-    let record = &state.partitions[&(job_name(), PartitionId(1))].value;
-    assert_eq!(record.status, PartitionStatus::Pending);
-    assert_eq!(record.attempts, 1);
+    let parked = record(&state, 1);
+    assert_eq!(parked.status, PartitionStatus::Pending);
+    assert_eq!(parked.attempts, 1);
     assert_eq!(
-        record.not_before_unix_ms,
+        parked.not_before_unix_ms,
         Some(10_100),
         "first retry after the base backoff"
     );
     assert_eq!(
-        record.checkpoint,
+        parked.checkpoint,
         Some(99),
         "a retry resumes after the last checkpoint"
     );
-    state.plan_grants();
+    state.reconcile(10_099);
     assert_eq!(
         owner_and_token(&state, 1).0,
         None,
         "not granted during the backoff"
     );
-    state.now_ms = 10_100;
-    state.release_due_retries();
-    state.plan_grants();
+    state.reconcile(10_100);
     assert!(owner_and_token(&state, 1).0.is_some());
 
     fail(&mut state);
     assert_eq!(
-        state.partitions[&(job_name(), PartitionId(1))]
-            .value
-            .not_before_unix_ms,
+        record(&state, 1).not_before_unix_ms,
         Some(10_300),
         "the backoff doubles"
     );
-    state.now_ms = 10_300;
-    state.release_due_retries();
-    state.plan_grants();
+    state.reconcile(10_300);
     fail(&mut state);
-    let record = &state.partitions[&(job_name(), PartitionId(1))].value;
+    let parked = record(&state, 1);
     assert_eq!(
-        record.status,
+        parked.status,
         PartitionStatus::Failed,
         "parked after max_attempts (3)"
     );
     assert_eq!(state.jobs[&job_name()].value.partitions_failed, 1);
-    assert_eq!(state.retries_scheduled, 2);
+    assert_eq!(state.counters().retries_scheduled, 2);
 
     assert_eq!(state.retry(Some(&job_name()), None), Ok(1));
-    let record = &state.partitions[&(job_name(), PartitionId(1))].value;
+    let requeued = record(&state, 1);
     assert_eq!(
-        (record.status, record.attempts),
+        (requeued.status, requeued.attempts),
         (PartitionStatus::Pending, 0)
     );
     assert_eq!(state.jobs[&job_name()].value.partitions_failed, 0);
-    assert!(
-        state
-            .retry(Some(&JobName::new("nope").unwrap()), None)
-            .is_err()
-    );
+}
+
+#[test]
+fn a_permanent_failure_parks_the_partition_without_spending_attempts() {
+    let mut job = fixed_job(IdRange::new(1, 2_000).unwrap(), 1_000);
+    job.spec.max_attempts = 5;
+    let mut state = state_with(job);
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.reconcile(1_000);
+    let (_, token) = owner_and_token(&state, 1);
+    state
+        .apply_progress(&report("a", 1, 1, token, failed("poison", Some(42), true)))
+        .unwrap();
+    let parked = record(&state, 1);
+    assert_eq!(parked.status, PartitionStatus::Failed, "parked at once");
+    assert_eq!(parked.attempts, 1, "4 attempts left, none spent");
+    assert_eq!(parked.error.as_deref(), Some("poison"));
+    assert_eq!(parked.checkpoint, Some(42));
+    assert_eq!(parked.not_before_unix_ms, None);
+    assert_eq!(state.counters().retries_scheduled, 0);
+    assert_eq!(state.jobs[&job_name()].value.partitions_failed, 1);
+    // Never granted again by itself; the other partition goes on.
+    state.reconcile(1_000_000);
+    assert_eq!(record(&state, 1).owner, None);
+    assert_eq!(state.granted_to("a"), 1);
+    // An operator's retry brings it back.
+    assert_eq!(state.retry(Some(&job_name()), Some(PartitionId(1))), Ok(1));
+    assert_eq!(record(&state, 1).status, PartitionStatus::Pending);
 }
 
 #[test]
 fn open_ended_jobs_plan_what_the_planner_reports_within_the_backlog() {
-    let mut state = AssignerState::new(
-        Epoch(3),
-        Policy {
-            grants_per_capacity: 2,
-            partitions_per_round: 10_000,
-            revoke_timeout_ms: 5_000,
-        },
-    );
     let spec = JobSpec {
         lookahead: 2,
         ..JobSpec::open_ended(1, 100)
     };
-    state.jobs.insert(
-        job_name(),
-        Stored::new(JobRecord::new(job_name(), spec, Epoch(3), 0)),
-    );
+    let mut state = state_with(JobRecord::new(job_name(), spec, EPOCH, 0));
     state.apply_view(&view(&[("a", 1, 2)]));
-    state.now_ms = 5_000;
 
-    state.plan_partitions();
+    let round = state.reconcile(5_000);
     assert!(state.partitions.is_empty(), "nothing known yet");
-    let questions = state.plan_questions();
-    assert_eq!(questions.len(), 1);
-    assert_eq!((questions[0].cursor, questions[0].wanted), (1, 400));
+    assert_eq!(round.plan_questions.len(), 1);
+    let question = &round.plan_questions[0];
+    assert_eq!((question.cursor, question.wanted), (1, 400));
     assert!(
-        state.plan_questions().is_empty(),
+        state.reconcile(5_001).plan_questions.is_empty(),
         "one outstanding question per job"
     );
 
     state.apply_plan_answer(&job_name(), Some(1_050));
-    state.plan_partitions();
+    let round = state.reconcile(5_002);
     // Backlog target: capacity 2 × lookahead 2 = 4 partitions, though 11 are known.
     assert_eq!(state.partitions.len(), 4);
     assert_eq!(state.jobs[&job_name()].value.cursor, 401);
     assert!(
-        state.plan_questions().is_empty(),
+        round.plan_questions.is_empty(),
         "known data is not planned yet"
     );
 
     // Completing partitions makes room; the rest of the known data is planned, then asked again.
-    state.plan_grants();
     for id in 1..=4 {
         let (_, token) = owner_and_token(&state, id);
         state
             .apply_progress(&report("a", 1, id, token, ProgressEvent::Completed))
             .unwrap();
     }
-    state.plan_partitions();
-    state.plan_partitions();
+    state.reconcile(5_003);
     assert_eq!(state.jobs[&job_name()].value.cursor, 801);
-    state.plan_grants();
     for id in 5..=8 {
         let (_, token) = owner_and_token(&state, id);
         state
             .apply_progress(&report("a", 1, id, token, ProgressEvent::Completed))
             .unwrap();
     }
-    state.plan_partitions();
+    state.reconcile(5_004);
     let last = state
         .partitions
         .values()
@@ -547,9 +453,8 @@ fn open_ended_jobs_plan_what_the_planner_reports_within_the_backlog() {
         JobState::Active,
         "open-ended jobs stay open"
     );
-    state.now_ms += 1_000;
     assert_eq!(
-        state.plan_questions().len(),
+        state.reconcile(6_005).plan_questions.len(),
         1,
         "asks again once everything known is planned"
     );
@@ -558,28 +463,23 @@ fn open_ended_jobs_plan_what_the_planner_reports_within_the_backlog() {
 #[test]
 fn an_unanswered_revoke_is_reported_but_never_granted_elsewhere() {
     let mut state = state_with_job(IdRange::new(1, 8_000).unwrap(), 1_000);
-    state.now_ms = 1_000;
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2)]));
-    state.plan_grants();
+    state.reconcile(1_000);
     state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 2)]));
-    state.plan_grants();
-    assert_eq!(state.revocations, 2);
+    state.reconcile(1_000);
+    assert_eq!(state.counters().revocations, 2);
 
-    state.now_ms = 1_000 + 4_999;
-    state.report_overdue_revokes();
-    assert_eq!(state.revokes_overdue, 0);
-    state.now_ms = 1_000 + 5_000;
-    state.report_overdue_revokes();
-    state.report_overdue_revokes();
+    state.reconcile(1_000 + 4_999);
+    assert_eq!(state.counters().revokes_overdue, 0);
+    state.reconcile(1_000 + 5_000);
+    state.reconcile(1_000 + 5_001);
     assert_eq!(
-        state.revokes_overdue, 2,
+        state.counters().revokes_overdue,
+        2,
         "each overdue revoke is reported once"
     );
-    state.plan_grants();
-    let c = MemberId::new("c").unwrap();
     assert_eq!(
-        state.granted_to(&c),
+        state.granted_to("c"),
         0,
         "still waiting for the release or the owner's expiry"
     );
@@ -593,35 +493,28 @@ fn an_unanswered_revoke_is_reported_but_never_granted_elsewhere() {
 #[test]
 fn draining_is_written_to_the_record_and_survives_a_new_leader() {
     let mut state = state_with_job(IdRange::new(1, 4_000).unwrap(), 1_000);
-    state.plan_partitions();
     state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
-    state.plan_grants();
+    state.reconcile(1);
     let a = MemberId::new("a").unwrap();
     let (_, token) = owner_and_token(&state, 1);
+    let released = ProgressEvent::Released { last_done: None };
     state
-        .apply_progress(&report(
-            "a",
-            1,
-            1,
-            token,
-            ProgressEvent::Released { last_done: None },
-        ))
+        .apply_progress(&report("a", 1, 1, token, released))
         .unwrap();
     let record = state.desired_assignment(&a).unwrap();
     assert!(record.drain, "the shutting-down worker's record says drain");
 
     // A new leader loads that record: the worker is still draining and gets nothing.
-    let mut next = state_with_job(IdRange::new(1, 4_000).unwrap(), 1_000);
-    next.assignments.insert(
-        a.clone(),
-        Stored {
-            value: record,
-            revision: Some(Revision(9)),
-        },
-    );
-    next.plan_partitions();
+    let mut next = loaded(Snapshot {
+        jobs: vec![(
+            fixed_job(IdRange::new(1, 4_000).unwrap(), 1_000),
+            Revision(1),
+        )],
+        assignments: vec![(a.clone(), record, Revision(9))],
+        ..Snapshot::default()
+    });
     next.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
     assert!(next.workers[&a].draining);
-    next.plan_grants();
-    assert_eq!(next.granted_to(&a), 0);
+    next.reconcile(1);
+    assert_eq!(next.granted_to("a"), 0);
 }

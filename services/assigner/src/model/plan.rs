@@ -1,8 +1,8 @@
 //! Planning: cutting jobs into partitions (gap repairs first), asking planners how far
 //! open-ended jobs go, keeping an open-ended job's backlog near `live capacity × lookahead`,
-//! retry backoff, and completing jobs.
+//! retry backoff (a permanent failure skips the remaining attempts), and completing jobs.
 
-use super::{AssignerState, PartitionKey, Stored};
+use super::{AssignerState, PartitionKey};
 use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
 use elk_types::{IdRange, JobName, PartitionId};
 
@@ -24,7 +24,7 @@ pub(crate) struct PlanQuestion {
 impl AssignerState {
     /// Creates the next partitions (repairs first, bounded per round) and completes jobs whose
     /// every partition is done.
-    pub fn plan_partitions(&mut self) {
+    pub(super) fn plan_partitions(&mut self) {
         let mut budget = self.policy.partitions_per_round;
         // Repairs first: a gap means IDs below the cursor that nothing covers.
         while budget > 0 {
@@ -42,7 +42,7 @@ impl AssignerState {
             let (now, later) = chunks.split_at(chunks.len().min(budget));
             for range in now {
                 if self.create_partition(&name, *range) {
-                    self.gaps_repaired += 1;
+                    self.counters.gaps_repaired += 1;
                 }
             }
             budget -= now.len();
@@ -102,12 +102,9 @@ impl AssignerState {
 
     /// Partitions of the job that are in flight (pending, granted, revoking; not parked).
     fn live_partitions_of(&self, name: &JobName) -> u64 {
-        let first = (name.clone(), PartitionId(0));
-        let last = (name.clone(), PartitionId(u64::MAX));
         // Parked failures wait for an operator: they must not hold back new data.
-        self.partitions
-            .range(first..=last)
-            .filter(|(_, stored)| stored.value.status != PartitionStatus::Failed)
+        self.partitions_of(name)
+            .filter(|stored| stored.value.status != PartitionStatus::Failed)
             .count() as u64
     }
 
@@ -137,16 +134,13 @@ impl AssignerState {
         stored.value.next_partition = PartitionId(id.get() + 1);
         stored.value.partitions_total += 1;
         self.dirty_jobs.insert(job.clone());
-        let record = PartitionRecord::pending(job.clone(), id, range, self.epoch);
-        let key = (job.clone(), id);
-        self.index(&key, &record);
-        self.partitions.insert(key.clone(), Stored::new(record));
-        self.dirty_partitions.insert(key);
+        self.insert_new_partition(PartitionRecord::pending(job.clone(), id, range, self.epoch));
         true
     }
 
-    /// A failed attempt: back to pending after an exponential backoff while attempts remain and
-    /// the failure is not `permanent`, otherwise parked as `failed` with its error.
+    /// A failed attempt: back to pending after an exponential backoff while attempts remain,
+    /// otherwise — or at once when the worker said the failure is `permanent` — parked as
+    /// `failed` with its error.
     pub(super) fn fail_partition(
         &mut self,
         key: &PartitionKey,
@@ -154,37 +148,38 @@ impl AssignerState {
         last_done: Option<u64>,
         permanent: bool,
     ) {
-        let Some(job) = self.jobs.get(&key.0).map(|job| job.value.spec.clone()) else {
+        let Some(job) = self.jobs.get(&key.job).map(|job| job.value.spec.clone()) else {
             return;
         };
         let attempts = self.partitions.get(key).map_or(0, |p| p.value.attempts) + 1;
         let retry = !permanent && attempts < job.max_attempts;
-        let now = self.now_ms;
-        self.update_partition(key, |record| {
+        let not_before = retry.then(|| {
+            let doublings = (attempts - 1).min(20);
+            let delay = job.retry_backoff_ms.saturating_mul(1 << doublings);
+            self.now_ms + delay.min(MAX_RETRY_BACKOFF_MS)
+        });
+        let to = if retry {
+            PartitionStatus::Pending
+        } else {
+            PartitionStatus::Failed
+        };
+        self.transition(key, to, |record| {
             record.owner = None;
             record.attempts = attempts;
             record.error = Some(error);
             record.checkpoint = record.checkpoint.max(last_done);
-            if retry {
-                let doublings = (attempts - 1).min(20);
-                let delay = job.retry_backoff_ms.saturating_mul(1 << doublings);
-                record.status = PartitionStatus::Pending;
-                record.not_before_unix_ms = Some(now + delay.min(MAX_RETRY_BACKOFF_MS));
-            } else {
-                record.status = PartitionStatus::Failed;
-                record.not_before_unix_ms = None;
-            }
+            record.not_before_unix_ms = not_before;
         });
         if retry {
-            self.retries_scheduled += 1;
-        } else if let Some(stored) = self.jobs.get_mut(&key.0) {
+            self.counters.retries_scheduled += 1;
+        } else if let Some(stored) = self.jobs.get_mut(&key.job) {
             stored.value.partitions_failed += 1;
-            self.dirty_jobs.insert(key.0.clone());
+            self.dirty_jobs.insert(key.job.clone());
         }
     }
 
     /// Makes retries whose backoff has passed grantable again.
-    pub fn release_due_retries(&mut self) {
+    pub(super) fn release_due_retries(&mut self) {
         let due: Vec<PartitionKey> = self
             .delayed
             .iter()
@@ -199,7 +194,7 @@ impl AssignerState {
     /// Questions for the planners of open-ended jobs that have room for more partitions but
     /// nothing left to plan; at most one outstanding question per job, at most one per
     /// [`PLAN_INTERVAL_MS`].
-    pub fn plan_questions(&mut self) -> Vec<PlanQuestion> {
+    pub(super) fn plan_questions(&mut self) -> Vec<PlanQuestion> {
         let mut questions = Vec::new();
         let names: Vec<JobName> = self.jobs.keys().cloned().collect();
         for name in names {
@@ -229,7 +224,7 @@ impl AssignerState {
 
     /// The planner's answer (`None` when it failed or had nothing): a higher max ID extends
     /// what may be planned.
-    pub fn apply_plan_answer(&mut self, job: &JobName, max_id: Option<u64>) {
+    pub(crate) fn apply_plan_answer(&mut self, job: &JobName, max_id: Option<u64>) {
         if let Some(entry) = self.plan_asked.get_mut(job) {
             entry.1 = false;
         }

@@ -1,0 +1,44 @@
+//! Reading the state a term starts from: snapshots of the jobs, partitions and assignments buckets,
+//! decoded (undecodable records are logged and skipped) and handed to the model.
+
+use crate::AssignerError;
+use crate::model::{AssignerState, Policy, Snapshot};
+use elk_nats::{Resources, watch_snapshot};
+use elk_protocol::decode;
+use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, unix_ms_now};
+use elk_types::{Epoch, MemberId};
+
+/// The model of a new term under `epoch`. A stored assignment record of a higher epoch means a
+/// newer leader exists: [`AssignerError::Deposed`].
+pub(super) async fn load_state(
+    resources: &Resources,
+    epoch: Epoch,
+    policy: Policy,
+) -> Result<AssignerState, AssignerError> {
+    let mut snapshot = Snapshot::default();
+    for (key, entry) in watch_snapshot(&resources.jobs).await?.entries {
+        match decode::<JobRecord>(&entry.value) {
+            Ok(job) => snapshot.jobs.push((job, entry.revision)),
+            Err(error) => tracing::warn!(%key, %error, "skipping undecodable job record"),
+        }
+    }
+    let partitions = watch_snapshot(&resources.partitions).await?;
+    snapshot.partitions.reserve(partitions.entries.len());
+    for (key, entry) in partitions.entries {
+        match decode::<PartitionRecord>(&entry.value) {
+            Ok(record) => snapshot.partitions.push((record, entry.revision)),
+            Err(error) => tracing::warn!(%key, %error, "skipping undecodable partition record"),
+        }
+    }
+    for (key, entry) in watch_snapshot(&resources.assignments).await?.entries {
+        let Ok(worker) = MemberId::new(key.clone()) else {
+            continue;
+        };
+        match decode::<AssignmentRecord>(&entry.value) {
+            Ok(record) if record.epoch > epoch => return Err(AssignerError::Deposed { epoch }),
+            Ok(record) => snapshot.assignments.push((worker, record, entry.revision)),
+            Err(error) => tracing::warn!(%key, %error, "skipping undecodable assignment record"),
+        }
+    }
+    Ok(AssignerState::load(epoch, policy, unix_ms_now(), snapshot))
+}

@@ -1,0 +1,199 @@
+//! The assigner's leader work for one term ([`elk_nats::LeaderWork`], run by the role supervisor):
+//! load the namespace's state from KV (`load.rs`), then react to membership views, progress
+//! reports (`progress.rs`), admin requests, planner answers (`planner.rs`) and a resync tick.
+//! Every iteration applies its events to the model, runs one `AssignerState::reconcile`, checks
+//! that the term is still current, writes the round's change set (`crate::store`) and only then
+//! acks the progress reports and sends the admin reply.
+
+mod load;
+mod planner;
+mod progress;
+
+use crate::error::{Feed, JetstreamOperation};
+use crate::metrics::AssignerMetrics;
+use crate::model::Policy;
+use crate::{AssignerError, Faults, admin, store};
+use async_nats::jetstream::consumer::PullConsumer;
+use bytes::Bytes;
+use elk_nats::{LeaderTerm, LeaderWork, Resources, TermEnd, Versioned};
+use elk_protocol::admin::{ASSIGNER_SERVICE, AdminErrorCode, AdminReply};
+use elk_protocol::encode;
+use elk_protocol::messages::{MembershipView, unix_ms_now};
+use elk_protocol::names::PROGRESS_CONSUMER;
+use futures::{FutureExt, StreamExt};
+use progress::Reclaims;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Progress reports applied per iteration at most.
+const PROGRESS_BATCH: usize = 1_000;
+
+/// What the leader work needs besides its term; one per replica, shared by its terms.
+pub(crate) struct AssignerLeader {
+    pub resources: Resources,
+    pub policy: Policy,
+    pub tick: Duration,
+    pub view: watch::Receiver<Option<Versioned<MembershipView>>>,
+    pub metrics: Arc<AssignerMetrics>,
+    pub faults: Faults,
+}
+
+impl LeaderWork for AssignerLeader {
+    type Error = AssignerError;
+
+    async fn lead(
+        &self,
+        term: LeaderTerm,
+        cancel: CancellationToken,
+    ) -> Result<TermEnd, AssignerError> {
+        match self.lead_term(&term, cancel).await {
+            Ok(()) => Ok(TermEnd::Cancelled),
+            Err(AssignerError::Deposed { epoch }) => {
+                tracing::warn!(%epoch, "deposed: a newer assigner exists");
+                Ok(TermEnd::Deposed)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl AssignerLeader {
+    async fn lead_term(
+        &self,
+        term: &LeaderTerm,
+        cancel: CancellationToken,
+    ) -> Result<(), AssignerError> {
+        let resources = &self.resources;
+        let epoch = term.epoch();
+        AssignerMetrics::add(&self.metrics.leader_terms, 1);
+        let mut state = load::load_state(resources, epoch, self.policy.clone()).await?;
+        tracing::info!(
+            %epoch,
+            jobs = state.job_count(),
+            live_partitions = state.live_partition_count(),
+            "assigner leading"
+        );
+        let consumer: PullConsumer = resources
+            .progress
+            .get_consumer(PROGRESS_CONSUMER)
+            .await
+            .map_err(|e| AssignerError::jetstream(JetstreamOperation::ProgressConsumer, e))?;
+        let mut progress = consumer
+            .stream()
+            .max_messages_per_batch(PROGRESS_BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| AssignerError::jetstream(JetstreamOperation::ProgressPull, e))?;
+        let admin_subject = resources.names.admin_subject(ASSIGNER_SERVICE, ">");
+        let mut admin = resources
+            .client
+            // A queue group: during a leader change only one replica answers a request.
+            .queue_subscribe(admin_subject, "assigner".to_owned())
+            .await
+            .map_err(|e| AssignerError::jetstream(JetstreamOperation::AdminSubscription, e))?;
+
+        let mut view = self.view.clone();
+        let mut reclaims = Reclaims::default();
+        let current_view = view.borrow_and_update().clone();
+        if let Some(current_view) = current_view {
+            reclaims
+                .apply_view(&mut state, &current_view.value, resources)
+                .await?;
+        }
+        state.restamp_all_assignments();
+        // Planner answers come back through this channel from short-lived request tasks.
+        let (plan_sender, mut plan_answers) = tokio::sync::mpsc::unbounded_channel();
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let mut batch = Vec::new();
+            let mut admin_request = None;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return Err(AssignerError::FeedEnded(Feed::MembershipView));
+                    }
+                    let next_view = view.borrow_and_update().clone();
+                    if let Some(next_view) = next_view {
+                        reclaims.apply_view(&mut state, &next_view.value, resources).await?;
+                    }
+                }
+                message = progress.next() => {
+                    match message {
+                        Some(Ok(message)) => batch.push(message),
+                        Some(Err(error)) => tracing::warn!(%error, "progress stream error"),
+                        None => return Err(AssignerError::FeedEnded(Feed::ProgressStream)),
+                    }
+                    while batch.len() < PROGRESS_BATCH {
+                        match progress.next().now_or_never() {
+                            Some(Some(Ok(message))) => batch.push(message),
+                            _ => break,
+                        }
+                    }
+                }
+                request = admin.next() => admin_request = request,
+                Some((job, max_id)) = plan_answers.recv() => state.apply_plan_answer(&job, max_id),
+                _ = tick.tick() => {}
+            }
+            self.faults.check();
+            let now = unix_ms_now();
+            state.advance_clock(now);
+
+            for message in &batch {
+                progress::apply_message(&mut state, message, &self.metrics);
+            }
+            let admin_reply = admin_request.map(|request| {
+                let reply = admin::handle(&mut state, &self.metrics, &request.payload);
+                (request.reply, reply)
+            });
+            reclaims
+                .release_caught_up(&mut state, &consumer, &self.metrics)
+                .await;
+            let round = state.reconcile(now);
+            for question in round.plan_questions {
+                planner::ask(resources, question, plan_sender.clone());
+            }
+            if !term.is_current() {
+                return Err(AssignerError::Deposed { epoch });
+            }
+            let changes = state.take_changes();
+            match store::write_changes(changes, epoch, resources, &self.metrics).await {
+                Ok(written) => state.record_written(written),
+                Err(error) => {
+                    if let Some((Some(reply_to), _)) = admin_reply {
+                        let refused = AdminReply::error(
+                            AdminErrorCode::Unavailable,
+                            format!("could not store the change: {error}"),
+                        );
+                        self.reply(reply_to, &refused).await;
+                    }
+                    return Err(error);
+                }
+            }
+            for message in &batch {
+                if let Err(error) = message.ack().await {
+                    tracing::debug!(%error, "progress ack failed; the report will be redelivered");
+                }
+            }
+            if let Some((Some(reply_to), reply)) = admin_reply {
+                self.reply(reply_to, &reply).await;
+            }
+            self.metrics.publish(&state.counters());
+        }
+    }
+
+    async fn reply(&self, reply_to: async_nats::Subject, reply: &AdminReply) {
+        let _ = self
+            .resources
+            .client
+            .publish(reply_to, Bytes::from(encode(reply)))
+            .await;
+    }
+}

@@ -1,0 +1,134 @@
+//! Progress reports in, and the reclaim barrier: a member that left the view gets its partitions
+//! taken back only once every report it published before leaving has been applied.
+
+use crate::AssignerError;
+use crate::error::JetstreamOperation;
+use crate::metrics::AssignerMetrics;
+use crate::model::AssignerState;
+use async_nats::jetstream::Message;
+use async_nats::jetstream::consumer::PullConsumer;
+use elk_nats::Resources;
+use elk_protocol::decode;
+use elk_protocol::messages::{MemberRef, MembershipView, ProgressReport};
+
+/// Validates one message and applies its report to the model; malformed and stale reports are
+/// counted and dropped (they are acked like the others).
+pub(super) fn apply_message(
+    state: &mut AssignerState,
+    message: &Message,
+    metrics: &AssignerMetrics,
+) {
+    let decoded = decode::<ProgressReport>(&message.payload).map_err(|e| e.to_string());
+    // A report must come from the subject of the worker it names: with per-worker publish
+    // permissions, no client can speak for another worker.
+    let checked = decoded.and_then(|report| {
+        let from_subject = message.subject.rsplit('.').next().unwrap_or_default();
+        if from_subject == report.worker.as_str() {
+            Ok(report)
+        } else {
+            Err(format!(
+                "report names worker {} but came from {}",
+                report.worker, message.subject
+            ))
+        }
+    });
+    match checked {
+        Ok(report) => match state.apply_progress(&report) {
+            Ok(()) => AssignerMetrics::add(&metrics.progress_applied, 1),
+            Err(rejection) => {
+                tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
+            }
+        },
+        Err(error) => {
+            if metrics
+                .progress_malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                tracing::warn!(subject = %message.subject, %error, "malformed progress report dropped");
+            }
+        }
+    }
+}
+
+/// A member that left the view, whose partitions wait until the progress stream has been applied
+/// up to `barrier` (everything it published before leaving).
+struct PendingReclaim {
+    member: MemberRef,
+    barrier: u64,
+}
+
+/// The departed members waiting for their barrier.
+#[derive(Default)]
+pub(super) struct Reclaims {
+    pending: Vec<PendingReclaim>,
+}
+
+impl Reclaims {
+    /// Applies a membership view; members that left are queued behind the progress stream's last
+    /// sequence.
+    pub(super) async fn apply_view(
+        &mut self,
+        state: &mut AssignerState,
+        view: &MembershipView,
+        resources: &Resources,
+    ) -> Result<(), AssignerError> {
+        let gone = state.apply_view(view);
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let barrier = resources
+            .progress
+            .get_info()
+            .await
+            .map_err(|e| AssignerError::jetstream(JetstreamOperation::ProgressInfo, e))?
+            .state
+            .last_sequence;
+        for member in gone {
+            if !self.pending.iter().any(|pending| pending.member == member) {
+                self.pending.push(PendingReclaim { member, barrier });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reclaims the partitions of members whose barrier the consumer's ack floor has reached.
+    pub(super) async fn release_caught_up(
+        &mut self,
+        state: &mut AssignerState,
+        consumer: &PullConsumer,
+        metrics: &AssignerMetrics,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // The ack floor is contiguous (every report up to it is applied); the highest sequence
+        // seen is not, since redelivered reports may arrive after newer ones.
+        let caught_up = consumer_ack_floor(consumer).await;
+        self.pending.retain(|pending| {
+            if pending.barrier > caught_up {
+                return true;
+            }
+            let count = state.reclaim(&pending.member);
+            if count > 0 {
+                tracing::info!(member = %pending.member.id, partitions = count, "reclaimed partitions of a departed worker");
+            }
+            AssignerMetrics::add(&metrics.partitions_reclaimed, count as u64);
+            false
+        });
+    }
+}
+
+async fn consumer_ack_floor(consumer: &PullConsumer) -> u64 {
+    let mut consumer = consumer.clone();
+    match consumer.info().await {
+        Ok(info) => {
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                u64::MAX
+            } else {
+                info.ack_floor.stream_sequence
+            }
+        }
+        Err(_) => 0,
+    }
+}

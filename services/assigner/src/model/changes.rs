@@ -1,0 +1,173 @@
+//! The change set: everything a round decided that KV must hold, taken from the model in one piece
+//! and written by the store (`crate::store`) in this order — partitions (completed ones included),
+//! job records, purges of compacted or cancelled partition keys, assignment records, then deletes
+//! of departed workers' empty records — so a worker never sees a grant whose partition record is
+//! not stored and a key is purged only after the job record accounting for it. The store reports
+//! the new revisions back through [`AssignerState::record_written`].
+
+use super::{AssignerState, PartitionKey, Stored};
+use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
+use elk_types::{JobName, MemberId, Revision};
+
+/// A compare-and-set write of `value` at `key`, expecting `expected` (`None`: create).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Put<K, V> {
+    pub key: K,
+    pub value: V,
+    pub expected: Option<Revision>,
+}
+
+/// The delete of a departed worker's empty assignment record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Prune {
+    pub worker: MemberId,
+    /// The revision to delete at; `None`: the one its put in the same change set wrote.
+    pub expected: Option<Revision>,
+}
+
+/// What one round writes (see the module header for the order).
+#[derive(Debug, Default)]
+pub(crate) struct ChangeSet {
+    pub partitions: Vec<Put<PartitionKey, PartitionRecord>>,
+    /// Completed partitions: written once, then forgotten by the model.
+    pub completed: Vec<Put<PartitionKey, PartitionRecord>>,
+    pub jobs: Vec<Put<JobName, JobRecord>>,
+    /// Partition keys to purge (compacted below the watermark, or of a cancelled job).
+    pub purges: Vec<PartitionKey>,
+    pub assignments: Vec<Put<MemberId, AssignmentRecord>>,
+    pub prunes: Vec<Prune>,
+}
+
+impl ChangeSet {
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+            && self.completed.is_empty()
+            && self.jobs.is_empty()
+            && self.purges.is_empty()
+            && self.assignments.is_empty()
+            && self.prunes.is_empty()
+    }
+}
+
+/// What the store wrote: the new revisions, and the assignment records as written.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub partitions: Vec<(PartitionKey, Revision)>,
+    pub jobs: Vec<(JobName, Revision)>,
+    pub assignments: Vec<(MemberId, AssignmentRecord, Revision)>,
+    /// Departed workers whose record was deleted.
+    pub pruned: Vec<MemberId>,
+}
+
+impl AssignerState {
+    /// Takes everything changed since the last call. Job records are stamped with this epoch.
+    pub(crate) fn take_changes(&mut self) -> ChangeSet {
+        let partitions = std::mem::take(&mut self.dirty_partitions)
+            .into_iter()
+            .filter_map(|key| {
+                let stored = self.partitions.get(&key)?;
+                Some(Put {
+                    value: stored.value.clone(),
+                    expected: stored.revision,
+                    key,
+                })
+            })
+            .collect();
+        let completed = std::mem::take(&mut self.completed_to_write)
+            .into_iter()
+            .map(|stored| Put {
+                key: PartitionKey::of(&stored.value),
+                value: stored.value,
+                expected: stored.revision,
+            })
+            .collect();
+        let epoch = self.epoch;
+        let jobs = std::mem::take(&mut self.dirty_jobs)
+            .into_iter()
+            .filter_map(|name| {
+                let stored = self.jobs.get_mut(&name)?;
+                stored.value.epoch = epoch;
+                Some(Put {
+                    value: stored.value.clone(),
+                    expected: stored.revision,
+                    key: name,
+                })
+            })
+            .collect();
+        let purges = std::mem::take(&mut self.compaction_deletes);
+        let assignments: Vec<Put<MemberId, AssignmentRecord>> =
+            std::mem::take(&mut self.dirty_assignments)
+                .into_iter()
+                .filter_map(|worker| {
+                    let value = self.desired_assignment(&worker)?;
+                    let expected = self.assignments.get(&worker).and_then(|s| s.revision);
+                    Some(Put {
+                        key: worker,
+                        value,
+                        expected,
+                    })
+                })
+                .collect();
+        let prunes = self.departed_records(&assignments);
+        ChangeSet {
+            partitions,
+            completed,
+            jobs,
+            purges,
+            assignments,
+            prunes,
+        }
+    }
+
+    /// The empty records of workers that left, as they will stand after `puts`: deleted so the
+    /// bucket holds one key per live worker, not one per worker id ever seen.
+    fn departed_records(&self, puts: &[Put<MemberId, AssignmentRecord>]) -> Vec<Prune> {
+        let mut prunes = Vec::new();
+        for (worker, stored) in &self.assignments {
+            if self.workers.contains_key(worker) {
+                continue;
+            }
+            let put = puts.iter().find(|put| put.key == *worker);
+            let grants_empty = put.map_or(stored.value.grants.is_empty(), |put| {
+                put.value.grants.is_empty()
+            });
+            if !grants_empty {
+                continue;
+            }
+            match (put, stored.revision) {
+                (Some(_), _) => prunes.push(Prune {
+                    worker: worker.clone(),
+                    expected: None,
+                }),
+                (None, Some(revision)) => prunes.push(Prune {
+                    worker: worker.clone(),
+                    expected: Some(revision),
+                }),
+                (None, None) => {}
+            }
+        }
+        prunes
+    }
+
+    /// Records what the store wrote (see [`Written`]).
+    pub(crate) fn record_written(&mut self, written: Written) {
+        for (key, revision) in written.partitions {
+            if let Some(stored) = self.partitions.get_mut(&key) {
+                stored.revision = Some(revision);
+            }
+        }
+        for (name, revision) in written.jobs {
+            if let Some(stored) = self.jobs.get_mut(&name) {
+                stored.revision = Some(revision);
+            }
+        }
+        for (worker, record, revision) in written.assignments {
+            self.assignments
+                .insert(worker, Stored::at(record, revision));
+        }
+        for worker in written.pruned {
+            self.assignments.remove(&worker);
+        }
+    }
+}

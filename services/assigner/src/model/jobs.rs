@@ -1,0 +1,245 @@
+//! Operator commands on the model: job creation (checked, then written with the round's change
+//! set), pause / resume / cancel, retry of failed partitions, job and partition listings and ID
+//! lookups. Refusals are typed ([`AdminRefusal`]); the leader loop persists the changes before it
+//! replies, so a reply means the change is stored.
+
+use super::{AdminRefusal, AssignerState, JobCommand, PartitionKey, SpecProblem, Stored};
+use elk_protocol::admin::{IdState, MAX_PAGE};
+use elk_protocol::messages::{JobRecord, JobSpec, JobState, PartitionRecord, PartitionStatus};
+use elk_types::{JobName, PartitionId};
+use std::collections::BTreeMap;
+
+/// Largest partition size accepted (a partition is one unit of work and one KV record).
+const MAX_PARTITION_SIZE: u64 = 1 << 40;
+
+/// Checks a job specification.
+fn check_spec(spec: &JobSpec) -> Result<(), SpecProblem> {
+    if spec.partition_size == 0 || spec.partition_size > MAX_PARTITION_SIZE {
+        return Err(SpecProblem::PartitionSize {
+            max: MAX_PARTITION_SIZE,
+        });
+    }
+    if spec.range.last() == u64::MAX {
+        return Err(SpecProblem::RangeEndsAtMax);
+    }
+    if spec.max_attempts == 0 {
+        return Err(SpecProblem::NoAttempts);
+    }
+    if spec.open_ended && spec.lookahead == 0 {
+        return Err(SpecProblem::NoLookahead);
+    }
+    Ok(())
+}
+
+impl AssignerState {
+    /// Creates a job (stored with the round's change set, as a create: it must not exist in KV).
+    pub(crate) fn create_job(
+        &mut self,
+        name: &JobName,
+        spec: &JobSpec,
+    ) -> Result<JobRecord, AdminRefusal> {
+        if self.jobs.contains_key(name) {
+            return Err(AdminRefusal::AlreadyExists(name.clone()));
+        }
+        check_spec(spec)?;
+        let record = JobRecord::new(name.clone(), spec.clone(), self.epoch, self.now_ms);
+        self.jobs.insert(name.clone(), Stored::new(record.clone()));
+        self.dirty_jobs.insert(name.clone());
+        Ok(record)
+    }
+
+    /// Every job, in name order.
+    pub(crate) fn list_jobs(&self) -> Vec<JobRecord> {
+        self.jobs
+            .values()
+            .map(|stored| stored.value.clone())
+            .collect()
+    }
+
+    pub(crate) fn get_job(&self, name: &JobName) -> Result<JobRecord, AdminRefusal> {
+        Ok(self.job(name)?.clone())
+    }
+
+    fn job(&self, name: &JobName) -> Result<&JobRecord, AdminRefusal> {
+        self.jobs
+            .get(name)
+            .map(|stored| &stored.value)
+            .ok_or_else(|| AdminRefusal::UnknownJob(name.clone()))
+    }
+
+    fn job_mut(&mut self, name: &JobName) -> Result<&mut JobRecord, AdminRefusal> {
+        self.jobs
+            .get_mut(name)
+            .map(|stored| &mut stored.value)
+            .ok_or_else(|| AdminRefusal::UnknownJob(name.clone()))
+    }
+
+    pub(crate) fn pause_job(&mut self, name: &JobName) -> Result<JobRecord, AdminRefusal> {
+        let job = self.job_mut(name)?;
+        match job.state {
+            JobState::Active => job.state = JobState::Paused,
+            JobState::Paused => {}
+            state => return Err(invalid_state(name, state, JobCommand::Pause)),
+        }
+        self.revoke_job(name);
+        Ok(self.touch(name))
+    }
+
+    pub(crate) fn resume_job(&mut self, name: &JobName) -> Result<JobRecord, AdminRefusal> {
+        let job = self.job_mut(name)?;
+        match job.state {
+            JobState::Paused => job.state = JobState::Active,
+            JobState::Active => {}
+            state => return Err(invalid_state(name, state, JobCommand::Resume)),
+        }
+        Ok(self.touch(name))
+    }
+
+    pub(crate) fn cancel_job(&mut self, name: &JobName) -> Result<JobRecord, AdminRefusal> {
+        let job = self.job_mut(name)?;
+        if job.state == JobState::Completed {
+            return Err(invalid_state(name, job.state, JobCommand::Cancel));
+        }
+        job.state = JobState::Cancelled;
+        self.revoke_job(name);
+        Ok(self.touch(name))
+    }
+
+    fn touch(&mut self, name: &JobName) -> JobRecord {
+        self.dirty_jobs.insert(name.clone());
+        self.jobs[name].value.clone()
+    }
+
+    /// Revokes every granted partition of a job (they are released, then stay pending).
+    fn revoke_job(&mut self, name: &JobName) {
+        let granted: Vec<PartitionKey> = self
+            .partitions_of(name)
+            .filter(|stored| stored.value.status == PartitionStatus::Granted)
+            .map(|stored| PartitionKey::of(&stored.value))
+            .collect();
+        for key in granted {
+            self.revoke(&key);
+        }
+    }
+
+    pub(super) fn partitions_of<'a>(
+        &'a self,
+        name: &JobName,
+    ) -> impl Iterator<Item = &'a Stored<PartitionRecord>> + 'a {
+        self.partitions
+            .range(PartitionKey::bounds_of(name))
+            .map(|(_, stored)| stored)
+    }
+
+    /// Re-queues failed partitions (all, one job's, or one partition) with a fresh retry budget.
+    pub(crate) fn retry(
+        &mut self,
+        job: Option<&JobName>,
+        partition: Option<PartitionId>,
+    ) -> Result<u64, AdminRefusal> {
+        if let Some(job) = job {
+            self.job(job)?;
+        }
+        if partition.is_some() && job.is_none() {
+            return Err(AdminRefusal::PartitionWithoutJob);
+        }
+        let failed: Vec<PartitionKey> = self
+            .partitions
+            .iter()
+            .filter(|(key, stored)| {
+                stored.value.status == PartitionStatus::Failed
+                    && job.is_none_or(|job| key.job == *job)
+                    && partition.is_none_or(|id| key.partition == id)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if let (Some(job), Some(id), true) = (job, partition, failed.is_empty()) {
+            let key = PartitionKey::new(job.clone(), id);
+            return Err(match self.partitions.get(&key) {
+                Some(stored) => AdminRefusal::PartitionNotFailed {
+                    key,
+                    status: stored.value.status,
+                },
+                None => AdminRefusal::UnknownPartition(key),
+            });
+        }
+        for key in &failed {
+            self.transition(key, PartitionStatus::Pending, |record| {
+                record.attempts = 0;
+                record.not_before_unix_ms = None;
+            });
+            if let Some(stored) = self.jobs.get_mut(&key.job) {
+                stored.value.partitions_failed = stored.value.partitions_failed.saturating_sub(1);
+                self.dirty_jobs.insert(key.job.clone());
+            }
+        }
+        Ok(failed.len() as u64)
+    }
+
+    /// A page of live partitions in (job, id) order, and the key to continue after.
+    pub(crate) fn list_partitions(
+        &self,
+        job: Option<&JobName>,
+        statuses: &[PartitionStatus],
+        after: Option<&PartitionKey>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<PartitionRecord>, Option<PartitionKey>), AdminRefusal> {
+        if let Some(job) = job {
+            self.job(job)?;
+        }
+        let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE) as usize;
+        let mut page: Vec<PartitionRecord> = Vec::new();
+        let mut next_after = None;
+        let lower = match after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let range = (lower, std::ops::Bound::Unbounded);
+        for (key, stored) in self.partitions.range::<PartitionKey, _>(range) {
+            if job.is_some_and(|job| key.job != *job) {
+                continue;
+            }
+            if !statuses.is_empty() && !statuses.contains(&stored.value.status) {
+                continue;
+            }
+            if page.len() == limit {
+                next_after = page.last().map(PartitionKey::of);
+                break;
+            }
+            page.push(stored.value.clone());
+        }
+        Ok((page, next_after))
+    }
+
+    /// Where `id` of `job` stands.
+    pub(crate) fn id_status(&self, job: &JobName, id: u64) -> Result<IdState, AdminRefusal> {
+        let record = self.job(job)?;
+        if let Some(stored) = self.partitions_of(job).find(|p| p.value.range.contains(id)) {
+            return Ok(IdState::InPartition {
+                partition: stored.value.clone(),
+            });
+        }
+        if record.id_completed(id) {
+            return Ok(IdState::Completed);
+        }
+        Ok(IdState::NotPlanned)
+    }
+
+    /// Live partitions by status name.
+    pub(crate) fn partition_counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for stored in self.partitions.values() {
+            let status = format!("{:?}", stored.value.status).to_lowercase();
+            *counts.entry(status).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+fn invalid_state(job: &JobName, state: JobState, command: JobCommand) -> AdminRefusal {
+    AdminRefusal::InvalidJobState {
+        job: job.clone(),
+        state,
+        command,
+    }
+}

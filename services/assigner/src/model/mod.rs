@@ -1,0 +1,366 @@
+//! The assigner's model: jobs, live partitions, workers and assignment records in memory, and every
+//! decision made on them. Pure: no I/O, no clock, no async. The leader loop (`crate::leader`)
+//! feeds it events (membership views, progress reports, admin commands, planner answers), runs one
+//! [`AssignerState::reconcile`] per round, takes the round's [`ChangeSet`] and has the store write
+//! it (`crate::store`), which reports the new revisions back with
+//! [`AssignerState::record_written`]. That change set is the model's only way out: every KV write
+//! the assigner makes (job creation included) is in one.
+//!
+//! Partition lifecycle. Every status change goes through one function (`transition`, in
+//! `partitions.rs`) that checks it against this diagram with a `debug_assert!`:
+//!
+//! ```text
+//!   created ─▶ Pending ──grant(fresh token)──▶ Granted ──Completed──▶ Completed ─▶ compacted
+//!               ▲  ▲                             │  │
+//!               │  │ backoff over (retry)        │  │ Failed: attempts < max ─▶ Pending (not before
+//!               │  └─────────────────────────────┘  │   now + backoff); else, or permanent ─▶ Failed
+//!               │                                   │ over quota / job paused ─▶ Revoking
+//!               │   Released(token), or the owner's │ owner gone (key expired or deleted,
+//!               └── member gone ◀── Revoking ◀──────┘ after the progress barrier) ─▶ Pending
+//!   Revoking ──Completed / Failed (reported before the release)──▶ like Granted
+//!   Failed ──retry command──▶ Pending (attempts reset)
+//!   Pending, Failed of a cancelled job ─▶ deleted
+//! ```
+//!
+//! Only progress carrying the partition's current token from its current owner is applied; any
+//! other report is stale, counted and dropped.
+//!
+//! Files: `partitions.rs` (the lifecycle, its indexes, progress, reclaims), `workers.rs` (views and
+//! assignment records), `grants.rs` (placement), `plan.rs` (cutting jobs, retries, planners),
+//! `gaps.rs` (coverage, audit, compaction), `jobs.rs` (admin commands), `refusal.rs` (their typed
+//! refusals), `changes.rs` (the change set).
+
+mod changes;
+mod gaps;
+mod grants;
+mod jobs;
+mod partitions;
+mod plan;
+mod refusal;
+mod workers;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use changes::{ChangeSet, Put, Written};
+pub(crate) use plan::PlanQuestion;
+pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
+
+use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
+use elk_types::{Capacity, Epoch, IdRange, Incarnation, JobName, MemberId, PartitionId, Revision};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// A partition's key in the model (and, as `<job>.<partition>`, in the partitions bucket).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct PartitionKey {
+    pub job: JobName,
+    pub partition: PartitionId,
+}
+
+impl PartitionKey {
+    pub fn new(job: JobName, partition: PartitionId) -> Self {
+        Self { job, partition }
+    }
+
+    pub fn of(record: &PartitionRecord) -> Self {
+        Self::new(record.job.clone(), record.id)
+    }
+
+    /// The smallest and largest keys a job's partitions can have (for range scans).
+    fn bounds_of(job: &JobName) -> std::ops::RangeInclusive<PartitionKey> {
+        Self::new(job.clone(), PartitionId(0))..=Self::new(job.clone(), PartitionId(u64::MAX))
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.job, self.partition)
+    }
+}
+
+/// A record and the KV revision it is stored at (`None`: not written yet).
+#[derive(Debug, Clone)]
+pub(crate) struct Stored<T> {
+    pub value: T,
+    pub revision: Option<Revision>,
+}
+
+impl<T> Stored<T> {
+    fn new(value: T) -> Self {
+        Self {
+            value,
+            revision: None,
+        }
+    }
+
+    fn at(value: T, revision: Revision) -> Self {
+        Self {
+            value,
+            revision: Some(revision),
+        }
+    }
+}
+
+/// A live worker as the assigner sees it.
+#[derive(Debug, Clone)]
+struct WorkerInfo {
+    incarnation: Incarnation,
+    capacity: Capacity,
+    jobs: Vec<JobName>,
+    /// Released work it was not asked to release: it is shutting down, grant it nothing more.
+    draining: bool,
+}
+
+impl WorkerInfo {
+    fn processes(&self, job: &JobName) -> bool {
+        self.jobs.is_empty() || self.jobs.contains(job)
+    }
+}
+
+/// Why a progress report was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    UnknownPartition,
+    StaleToken,
+}
+
+/// Tunables of the decisions.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Grants a worker holds per unit of capacity (running + queued on the worker).
+    pub grants_per_capacity: u32,
+    /// Partitions created per reconcile round (bounds the size of one flush).
+    pub partitions_per_round: usize,
+    /// A revoke not answered by then is reported; the partition keeps waiting for the owner's
+    /// release or member expiry (it is never granted while the old owner may still run it).
+    pub revoke_timeout_ms: u64,
+}
+
+/// What the model counts in one leader term; published to `crate::metrics` once per round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    /// Progress reports refused (unknown partition, stale token or owner).
+    pub progress_rejected: u64,
+    /// Gaps found (full audit at load, or in front of a new partition).
+    pub gaps_detected: u64,
+    /// Partitions created to fill gaps.
+    pub gaps_repaired: u64,
+    /// Overlapping partitions found or refused.
+    pub overlaps_detected: u64,
+    /// Partitions taken from over-quota workers (or of stopped jobs).
+    pub revocations: u64,
+    /// Revokes not answered within the revoke timeout.
+    pub revokes_overdue: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retries_scheduled: u64,
+    /// Completed partitions deleted below their job's low watermark.
+    pub partitions_compacted: u64,
+}
+
+/// What the leader read from KV when its term began (decodable records only).
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub jobs: Vec<(JobRecord, Revision)>,
+    pub partitions: Vec<(PartitionRecord, Revision)>,
+    pub assignments: Vec<(MemberId, AssignmentRecord, Revision)>,
+}
+
+/// What a round asks of the outside world besides its change set.
+#[derive(Debug, Default)]
+pub(crate) struct RoundOutput {
+    /// Questions for open-ended jobs' planners (answers come back through
+    /// [`AssignerState::apply_plan_answer`]).
+    pub plan_questions: Vec<PlanQuestion>,
+}
+
+#[derive(Debug)]
+pub(crate) struct AssignerState {
+    epoch: Epoch,
+    token_counter: u64,
+    policy: Policy,
+    /// Current time (Unix ms): set by [`AssignerState::advance_clock`] and `reconcile`.
+    now_ms: u64,
+    jobs: BTreeMap<JobName, Stored<JobRecord>>,
+    /// Live (not completed) partitions only: memory follows live work.
+    partitions: BTreeMap<PartitionKey, Stored<PartitionRecord>>,
+    assignments: BTreeMap<MemberId, Stored<AssignmentRecord>>,
+    workers: BTreeMap<MemberId, WorkerInfo>,
+
+    // Indexes over `partitions` (kept by `transition`, checked by `indexes_consistent`).
+    /// Granted partitions per owner id.
+    grants_by_worker: BTreeMap<MemberId, BTreeSet<PartitionKey>>,
+    /// Grantable pending partitions.
+    pending: BTreeSet<PartitionKey>,
+    /// Pending partitions waiting for their retry: key → not before (Unix ms).
+    delayed: BTreeMap<PartitionKey, u64>,
+    /// Revoking partitions: since when (Unix ms), and whether already reported as overdue.
+    revoking_since: BTreeMap<PartitionKey, (u64, bool)>,
+
+    /// Per job: low watermark + completed intervals + live partitions (gap detection).
+    coverage: BTreeMap<JobName, elk_coverage::Coverage>,
+    /// Gaps waiting for partitions to be created over them.
+    repairs: Vec<(JobName, IdRange)>,
+    /// Completed partitions still in KV, per job by last ID, deleted once below the watermark.
+    awaiting_compaction: BTreeMap<JobName, BTreeMap<u64, PartitionId>>,
+    /// Open-ended jobs: when the planner was last asked, and whether an answer is outstanding.
+    plan_asked: BTreeMap<JobName, (u64, bool)>,
+
+    // What the next change set holds.
+    dirty_partitions: BTreeSet<PartitionKey>,
+    dirty_jobs: BTreeSet<JobName>,
+    dirty_assignments: BTreeSet<MemberId>,
+    /// Completed partitions to write once, then forget.
+    completed_to_write: Vec<Stored<PartitionRecord>>,
+    /// Partition keys to delete (after the job records accounting for them are written).
+    compaction_deletes: Vec<PartitionKey>,
+
+    counters: Counters,
+}
+
+impl AssignerState {
+    pub fn new(epoch: Epoch, policy: Policy) -> Self {
+        Self {
+            epoch,
+            // A random start: a leader task restarted under the same epoch never re-issues a
+            // token of its previous run (tokens are `epoch << 32 | counter`).
+            token_counter: u64::from(rand::random::<u32>() >> 1),
+            policy,
+            now_ms: 0,
+            jobs: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            grants_by_worker: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            delayed: BTreeMap::new(),
+            revoking_since: BTreeMap::new(),
+            coverage: BTreeMap::new(),
+            repairs: Vec::new(),
+            awaiting_compaction: BTreeMap::new(),
+            plan_asked: BTreeMap::new(),
+            dirty_partitions: BTreeSet::new(),
+            dirty_jobs: BTreeSet::new(),
+            dirty_assignments: BTreeSet::new(),
+            completed_to_write: Vec::new(),
+            compaction_deletes: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The model of a new term: what KV holds, audited (gaps queued for repair, overlaps refused,
+    /// job counters corrected to KV, completed keys queued for compaction), with every live
+    /// worker's record to be rewritten under `epoch` once a view names them.
+    pub fn load(epoch: Epoch, policy: Policy, now_ms: u64, snapshot: Snapshot) -> Self {
+        let mut state = Self::new(epoch, policy);
+        // The clock first, so that revokes found at load are timed from now, not from 1970.
+        state.now_ms = now_ms;
+        for (job, revision) in snapshot.jobs {
+            state
+                .jobs
+                .insert(job.name.clone(), Stored::at(job, revision));
+        }
+        let mut loaded = Vec::with_capacity(snapshot.partitions.len());
+        for (record, revision) in snapshot.partitions {
+            state.load_partition(record.clone(), revision);
+            loaded.push(record);
+        }
+        state.build_coverage(loaded);
+        for (worker, record, revision) in snapshot.assignments {
+            state
+                .assignments
+                .insert(worker, Stored::at(record, revision));
+        }
+        state
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Jobs in the model (every state).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn live_partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub fn live_worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Sets the clock (Unix ms) events are stamped with until the next round; never goes back.
+    pub fn advance_clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// One round of decisions at `now_ms`, after the round's events were applied: due retries
+    /// become grantable, overdue revokes are reported, partitions are planned (repairs first),
+    /// planners are asked, pending partitions granted and over-quota ones revoked, completed ones
+    /// compacted and cancelled jobs cleared. Idempotent: a second call with nothing new decides
+    /// nothing new.
+    pub fn reconcile(&mut self, now_ms: u64) -> RoundOutput {
+        self.advance_clock(now_ms);
+        self.release_due_retries();
+        self.report_overdue_revokes();
+        self.plan_partitions();
+        let plan_questions = self.plan_questions();
+        self.plan_grants();
+        self.compact();
+        self.clear_cancelled();
+        debug_assert!(self.indexes_consistent(), "indexes out of step");
+        RoundOutput { plan_questions }
+    }
+
+    /// Every index agrees with the partitions they index (the invariant `transition` keeps).
+    pub(super) fn indexes_consistent(&self) -> bool {
+        use elk_protocol::messages::PartitionStatus;
+        let mut pending = BTreeSet::new();
+        let mut delayed = BTreeMap::new();
+        let mut revoking = BTreeSet::new();
+        let mut granted: BTreeMap<&MemberId, BTreeSet<&PartitionKey>> = BTreeMap::new();
+        for (key, stored) in &self.partitions {
+            let record = &stored.value;
+            if *key != PartitionKey::of(record) {
+                return false;
+            }
+            match (record.status, record.not_before_unix_ms, &record.owner) {
+                (PartitionStatus::Pending, None, _) => {
+                    pending.insert(key.clone());
+                }
+                (PartitionStatus::Pending, Some(due), _) => {
+                    delayed.insert(key.clone(), due);
+                }
+                (PartitionStatus::Granted, _, Some(owner)) => {
+                    granted.entry(&owner.id).or_default().insert(key);
+                }
+                (PartitionStatus::Granted, _, None) => return false,
+                (PartitionStatus::Revoking, _, _) => {
+                    revoking.insert(key.clone());
+                }
+                (PartitionStatus::Completed, _, _) => return false,
+                (PartitionStatus::Failed, _, _) => {}
+            }
+        }
+        let indexed_grants = self
+            .grants_by_worker
+            .iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(worker, keys)| (worker, keys.iter().collect::<BTreeSet<_>>()))
+            .collect::<BTreeMap<_, _>>();
+        pending == self.pending
+            && delayed == self.delayed
+            && revoking.iter().eq(self.revoking_since.keys())
+            && granted == indexed_grants
+            && self
+                .dirty_partitions
+                .iter()
+                .all(|key| self.partitions.contains_key(key))
+    }
+}

@@ -1,0 +1,264 @@
+//! The partition lifecycle (diagram in the module header of `model`): the one transition function,
+//! the indexes it keeps in step, and the events that move partitions — progress reports, reclaims
+//! of departed owners, and unanswered revokes.
+
+use super::{AssignerState, PartitionKey, Rejection, Stored};
+use elk_protocol::messages::{
+    MemberRef, PartitionRecord, PartitionStatus, ProgressEvent, ProgressReport,
+};
+use elk_types::{PartitionLeaseToken, Revision};
+
+/// Whether the lifecycle allows a live partition to go from `from` to `to` (a status kept is a
+/// change of its other fields: a checkpoint, the end of a retry's back-off).
+pub(super) fn transition_allowed(from: PartitionStatus, to: PartitionStatus) -> bool {
+    use PartitionStatus::{Completed, Failed, Granted, Pending, Revoking};
+    matches!(
+        (from, to),
+        (Pending, Pending | Granted)
+            | (Granted, Granted | Revoking)
+            | (Revoking, Revoking)
+            | (Granted | Revoking, Pending | Completed | Failed)
+            | (Failed, Pending)
+    )
+}
+
+impl AssignerState {
+    /// Adds a partition loaded from KV (completed ones are not kept).
+    pub(super) fn load_partition(&mut self, record: PartitionRecord, revision: Revision) {
+        if record.status == PartitionStatus::Completed {
+            return;
+        }
+        let key = PartitionKey::of(&record);
+        self.index(&key, &record);
+        self.partitions.insert(key, Stored::at(record, revision));
+    }
+
+    /// Adds a partition just created (pending, not stored yet).
+    pub(super) fn insert_new_partition(&mut self, record: PartitionRecord) {
+        debug_assert_eq!(record.status, PartitionStatus::Pending);
+        let key = PartitionKey::of(&record);
+        self.index(&key, &record);
+        self.partitions.insert(key.clone(), Stored::new(record));
+        self.dirty_partitions.insert(key);
+    }
+
+    fn index(&mut self, key: &PartitionKey, record: &PartitionRecord) {
+        match record.status {
+            PartitionStatus::Pending => match record.not_before_unix_ms {
+                Some(due) => {
+                    self.delayed.insert(key.clone(), due);
+                }
+                None => {
+                    self.pending.insert(key.clone());
+                }
+            },
+            PartitionStatus::Granted => {
+                if let Some(owner) = &record.owner {
+                    self.grants_by_worker
+                        .entry(owner.id.clone())
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
+            PartitionStatus::Revoking => {
+                self.revoking_since
+                    .entry(key.clone())
+                    .or_insert((self.now_ms, false));
+            }
+            PartitionStatus::Completed | PartitionStatus::Failed => {}
+        }
+    }
+
+    fn unindex(&mut self, key: &PartitionKey, record: &PartitionRecord, next: PartitionStatus) {
+        self.pending.remove(key);
+        self.delayed.remove(key);
+        if next != PartitionStatus::Revoking {
+            // A revoke stays timed from its start while its checkpoints come in.
+            self.revoking_since.remove(key);
+        }
+        if let Some(owner) = &record.owner
+            && let Some(set) = self.grants_by_worker.get_mut(&owner.id)
+        {
+            set.remove(key);
+        }
+    }
+
+    /// The one way a live partition changes: `change` edits its fields (never its status), the
+    /// status becomes `to` (checked against the lifecycle), the record is stamped with this epoch
+    /// and marked for writing, its owner's assignment record for rewriting, and the indexes follow.
+    /// A completed partition leaves memory (written once, then forgotten).
+    pub(super) fn transition(
+        &mut self,
+        key: &PartitionKey,
+        to: PartitionStatus,
+        change: impl FnOnce(&mut PartitionRecord),
+    ) {
+        let Some(mut stored) = self.partitions.remove(key) else {
+            return;
+        };
+        let from = stored.value.status;
+        debug_assert!(
+            transition_allowed(from, to),
+            "partition {key}: {from:?} → {to:?} is not in the lifecycle"
+        );
+        self.unindex(key, &stored.value, to);
+        change(&mut stored.value);
+        debug_assert_eq!(stored.value.status, from, "only `to` changes the status");
+        stored.value.status = to;
+        stored.value.epoch = self.epoch;
+        if let Some(owner) = &stored.value.owner {
+            self.dirty_assignments.insert(owner.id.clone());
+        }
+        if to == PartitionStatus::Completed {
+            self.dirty_partitions.remove(key);
+            self.completed_to_write.push(stored);
+            return;
+        }
+        self.index(key, &stored.value);
+        self.partitions.insert(key.clone(), stored);
+        self.dirty_partitions.insert(key.clone());
+    }
+
+    /// Changes a partition's fields, keeping its status (checkpoints, a retry's back-off ending).
+    pub(super) fn update_partition(
+        &mut self,
+        key: &PartitionKey,
+        change: impl FnOnce(&mut PartitionRecord),
+    ) {
+        if let Some(status) = self.partitions.get(key).map(|stored| stored.value.status) {
+            self.transition(key, status, change);
+        }
+    }
+
+    /// Drops a partition from memory (its key is being deleted).
+    pub(super) fn forget_partition(&mut self, key: &PartitionKey) {
+        if let Some(stored) = self.partitions.remove(key) {
+            self.unindex(key, &stored.value, PartitionStatus::Completed);
+            self.dirty_partitions.remove(key);
+        }
+    }
+
+    pub(super) fn next_token(&mut self) -> PartitionLeaseToken {
+        self.token_counter = (self.token_counter + 1) & 0xFFFF_FFFF;
+        PartitionLeaseToken((self.epoch.get() << 32) | self.token_counter)
+    }
+
+    /// Partitions being revoked (waiting for their owner's release or expiry).
+    pub(super) fn revoking_keys(&self) -> impl Iterator<Item = PartitionKey> + '_ {
+        self.revoking_since.keys().cloned()
+    }
+
+    /// Reports (once each) revokes unanswered for longer than the revoke timeout. Nothing else
+    /// happens to them: they are granted again only after a release or the owner's expiry.
+    pub(super) fn report_overdue_revokes(&mut self) {
+        let deadline = self.now_ms.saturating_sub(self.policy.revoke_timeout_ms);
+        for (key, (since, reported)) in self.revoking_since.iter_mut() {
+            if *reported || *since > deadline {
+                continue;
+            }
+            *reported = true;
+            self.counters.revokes_overdue += 1;
+            let owner = self.partitions.get(key).and_then(|p| p.value.owner.clone());
+            tracing::warn!(partition = %key, owner = ?owner.map(|o| o.id), "revoke not answered in time: waiting for the owner's release or member expiry");
+        }
+    }
+
+    /// Takes back every partition held by `member`, which is gone (its key expired, so it has
+    /// fenced itself, or it deleted its key after releasing). They resume from their checkpoint.
+    pub(crate) fn reclaim(&mut self, member: &MemberRef) -> usize {
+        if self.is_live(member) {
+            return 0;
+        }
+        let keys: Vec<PartitionKey> = self
+            .partitions
+            .iter()
+            .filter(|(_, stored)| {
+                stored.value.owner.as_ref() == Some(member)
+                    && matches!(
+                        stored.value.status,
+                        PartitionStatus::Granted | PartitionStatus::Revoking
+                    )
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            self.transition(key, PartitionStatus::Pending, |record| {
+                record.owner = None;
+            });
+        }
+        if let Some(stored) = self.assignments.get(&member.id)
+            && stored.value.incarnation == member.incarnation
+            && !stored.value.grants.is_empty()
+        {
+            self.dirty_assignments.insert(member.id.clone());
+        }
+        keys.len()
+    }
+
+    /// Applies one progress report. Stale reports (wrong token or owner) are rejected.
+    pub(crate) fn apply_progress(&mut self, report: &ProgressReport) -> Result<(), Rejection> {
+        let key = PartitionKey::new(report.job.clone(), report.partition);
+        let Some(stored) = self.partitions.get(&key) else {
+            self.counters.progress_rejected += 1;
+            return Err(Rejection::UnknownPartition);
+        };
+        let record = &stored.value;
+        let owner_matches = record.owner.as_ref().is_some_and(|owner| {
+            owner.id == report.worker && owner.incarnation == report.incarnation
+        });
+        let active = matches!(
+            record.status,
+            PartitionStatus::Granted | PartitionStatus::Revoking
+        );
+        if !owner_matches || !active || record.token != report.token {
+            self.counters.progress_rejected += 1;
+            return Err(Rejection::StaleToken);
+        }
+        let range = record.range;
+        match &report.event {
+            ProgressEvent::Checkpoint { last_done } => {
+                let last_done = (*last_done).min(range.last());
+                self.update_partition(&key, |record| {
+                    record.checkpoint = record.checkpoint.max(Some(last_done));
+                });
+            }
+            ProgressEvent::Completed => {
+                let completed = record.clone();
+                self.transition(&key, PartitionStatus::Completed, |record| {
+                    record.checkpoint = Some(range.last());
+                });
+                self.coverage_completed(&completed);
+                if let Some(job) = self.jobs.get_mut(&report.job) {
+                    job.value.partitions_completed += 1;
+                    job.value.ids_completed += range.len();
+                    self.dirty_jobs.insert(report.job.clone());
+                }
+            }
+            ProgressEvent::Failed {
+                error,
+                last_done,
+                permanent,
+            } => {
+                let last_done = last_done.map(|done| done.min(range.last()));
+                self.fail_partition(&key, error.clone(), last_done, *permanent);
+                self.dirty_assignments.insert(report.worker.clone());
+            }
+            ProgressEvent::Released { last_done } => {
+                let revoked = record.status == PartitionStatus::Revoking;
+                let last_done = last_done.map(|done| done.min(range.last()));
+                self.transition(&key, PartitionStatus::Pending, |record| {
+                    record.owner = None;
+                    record.checkpoint = record.checkpoint.max(last_done);
+                });
+                self.dirty_assignments.insert(report.worker.clone());
+                if !revoked {
+                    // Released without being asked: the worker is shutting down.
+                    if let Some(worker) = self.workers.get_mut(&report.worker) {
+                        worker.draining = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! The change set (the model's only way out) and the lifecycle checks.
+
+use super::*;
+use crate::model::partitions::transition_allowed;
+use crate::model::{Put, Written};
+use elk_protocol::messages::{JobState, PartitionStatus};
+
+#[test]
+fn a_round_s_change_set_holds_every_write_and_revisions_come_back() {
+    let mut state = loaded(Snapshot::default());
+    let spec = JobSpec::fixed(IdRange::new(1, 2_000).unwrap(), 1_000);
+    state.create_job(&job_name(), &spec).unwrap();
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.reconcile(1);
+    let changes = state.take_changes();
+    // The job is created (expected revision: none) with its partitions, both granted to a.
+    assert_eq!(changes.jobs.len(), 1);
+    assert_eq!(changes.jobs[0].key, job_name());
+    assert_eq!(changes.jobs[0].expected, None);
+    assert_eq!(changes.jobs[0].value.partitions_total, 2);
+    let keys: Vec<&PartitionKey> = changes.partitions.iter().map(|put| &put.key).collect();
+    assert_eq!(keys, vec![&key(1), &key(2)]);
+    assert!(changes.partitions.iter().all(|put| put.expected.is_none()
+        && put.value.status == PartitionStatus::Granted
+        && put.value.epoch == EPOCH));
+    let a = MemberId::new("a").unwrap();
+    assert_eq!(changes.assignments.len(), 1);
+    assert_eq!(changes.assignments[0].key, a);
+    assert_eq!(changes.assignments[0].value.grants.len(), 2);
+    assert!(changes.purges.is_empty() && changes.prunes.is_empty());
+
+    // Nothing new happened: the next change set is empty (reconcile is idempotent).
+    state.reconcile(2);
+    assert!(state.take_changes().is_empty());
+
+    // The store reports revisions; the next writes expect them.
+    state.record_written(Written {
+        partitions: vec![(key(1), Revision(10)), (key(2), Revision(11))],
+        jobs: vec![(job_name(), Revision(12))],
+        assignments: changes
+            .assignments
+            .into_iter()
+            .map(|Put { key, value, .. }| (key, value, Revision(13)))
+            .collect(),
+        pruned: Vec::new(),
+    });
+    let (_, token) = owner_and_token(&state, 1);
+    state
+        .apply_progress(&report("a", 1, 1, token, ProgressEvent::Completed))
+        .unwrap();
+    state.reconcile(3);
+    let changes = state.take_changes();
+    assert!(changes.partitions.is_empty());
+    assert_eq!(changes.completed.len(), 1);
+    assert_eq!(changes.completed[0].key, key(1));
+    assert_eq!(changes.completed[0].expected, Some(Revision(10)));
+    assert_eq!(changes.jobs[0].expected, Some(Revision(12)));
+    assert_eq!(changes.assignments[0].expected, Some(Revision(13)));
+    // Completed at or below the low watermark: purged after the job record is written.
+    assert_eq!(changes.purges, vec![key(1)]);
+}
+
+#[test]
+fn a_departed_worker_s_record_is_emptied_then_pruned() {
+    let mut state = state_with_job(IdRange::new(1, 1_000).unwrap(), 1_000);
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.reconcile(1);
+    let changes = state.take_changes();
+    let a = MemberId::new("a").unwrap();
+    state.record_written(Written {
+        assignments: changes
+            .assignments
+            .into_iter()
+            .map(|Put { key, value, .. }| (key, value, Revision(5)))
+            .collect(),
+        ..Written::default()
+    });
+    let gone = state.apply_view(&view(&[]));
+    assert_eq!(state.reclaim(&gone[0]), 1);
+    state.reconcile(2);
+    let changes = state.take_changes();
+    assert_eq!(changes.assignments.len(), 1);
+    assert!(changes.assignments[0].value.grants.is_empty());
+    assert_eq!(changes.prunes.len(), 1);
+    assert_eq!(changes.prunes[0].worker, a);
+    assert_eq!(
+        changes.prunes[0].expected, None,
+        "deleted at the revision its emptied record is written at"
+    );
+    state.record_written(Written {
+        pruned: vec![a.clone()],
+        ..Written::default()
+    });
+    assert!(!state.assignments.contains_key(&a));
+    state.reconcile(3);
+    assert!(state.take_changes().is_empty());
+}
+
+#[test]
+fn cancelling_a_job_purges_its_idle_partitions() {
+    let mut state = state_with_job(IdRange::new(1, 3_000).unwrap(), 1_000);
+    state.reconcile(1);
+    state.take_changes();
+    let cancelled = state.cancel_job(&job_name()).unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    state.reconcile(2);
+    let changes = state.take_changes();
+    assert_eq!(changes.purges, vec![key(1), key(2), key(3)]);
+    assert_eq!(changes.jobs[0].value.state, JobState::Cancelled);
+    assert!(state.partitions.is_empty());
+}
+
+#[test]
+fn the_lifecycle_allows_only_the_diagram_s_transitions() {
+    use PartitionStatus::{Completed, Failed, Granted, Pending, Revoking};
+    let all = [Pending, Granted, Revoking, Completed, Failed];
+    let allowed: Vec<(PartitionStatus, PartitionStatus)> = all
+        .iter()
+        .flat_map(|from| all.iter().map(move |to| (*from, *to)))
+        .filter(|(from, to)| transition_allowed(*from, *to))
+        .collect();
+    assert_eq!(
+        allowed,
+        vec![
+            (Pending, Pending),
+            (Pending, Granted),
+            (Granted, Pending),
+            (Granted, Granted),
+            (Granted, Revoking),
+            (Granted, Completed),
+            (Granted, Failed),
+            (Revoking, Pending),
+            (Revoking, Revoking),
+            (Revoking, Completed),
+            (Revoking, Failed),
+            (Failed, Pending),
+        ]
+    );
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "is not in the lifecycle")]
+fn a_transition_outside_the_lifecycle_is_caught() {
+    let mut state = state_with_job(IdRange::new(1, 1_000).unwrap(), 1_000);
+    state.reconcile(1);
+    // A pending partition cannot be revoked: it has no owner to release it.
+    state.transition(&key(1), PartitionStatus::Revoking, |_| {});
+}
+
+#[test]
+fn the_indexes_follow_every_transition() {
+    let mut state = state_with_job(IdRange::new(1, 6_000).unwrap(), 1_000);
+    state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
+    state.reconcile(1);
+    assert!(state.indexes_consistent());
+    let (_, token) = owner_and_token(&state, 1);
+    state
+        .apply_progress(&report("a", 1, 1, token, failed("boom", None, false)))
+        .unwrap();
+    assert!(state.indexes_consistent(), "failed → delayed");
+    state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1), ("c", 1, 1)]));
+    state.reconcile(2);
+    assert!(state.indexes_consistent(), "revoked → revoking");
+    state.pending.insert(key(6));
+    assert!(
+        !state.indexes_consistent(),
+        "a granted partition in the pending index is caught"
+    );
+}

@@ -1,0 +1,127 @@
+//! Unit tests of the model (no NATS, no clock: the tests pass `now`). `decisions.rs`: what rounds
+//! decide (cutting, grants, revokes, progress, reclaims, retries, planners, audits); `changes.rs`:
+//! the change set and the lifecycle checks; `admin.rs`: commands and their typed refusals.
+
+mod admin;
+mod changes;
+mod decisions;
+
+use super::{AssignerState, PartitionKey, Policy, Snapshot};
+use elk_protocol::SCHEMA_VERSION;
+use elk_protocol::messages::{
+    JobRecord, JobSpec, MemberRef, MemberRole, MembershipView, PartitionRecord, ProgressEvent,
+    ProgressReport, ViewMember,
+};
+use elk_types::{
+    Capacity, Epoch, Generation, IdRange, Incarnation, JobName, MemberId, PartitionId,
+    PartitionLeaseToken, Revision,
+};
+
+const EPOCH: Epoch = Epoch(3);
+
+fn job_name() -> JobName {
+    JobName::new("j").unwrap()
+}
+
+fn key(partition: u64) -> PartitionKey {
+    PartitionKey::new(job_name(), PartitionId(partition))
+}
+
+fn policy() -> Policy {
+    Policy {
+        grants_per_capacity: 2,
+        partitions_per_round: 10_000,
+        revoke_timeout_ms: 5_000,
+    }
+}
+
+/// A model loaded from `snapshot` at time 0.
+fn loaded(snapshot: Snapshot) -> AssignerState {
+    AssignerState::load(EPOCH, policy(), 0, snapshot)
+}
+
+/// A model holding `job` (stored at revision 1) and nothing else.
+fn state_with(job: JobRecord) -> AssignerState {
+    loaded(Snapshot {
+        jobs: vec![(job, Revision(1))],
+        ..Snapshot::default()
+    })
+}
+
+fn fixed_job(range: IdRange, partition_size: u64) -> JobRecord {
+    JobRecord::new(job_name(), JobSpec::fixed(range, partition_size), EPOCH, 0)
+}
+
+fn state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
+    state_with(fixed_job(range, partition_size))
+}
+
+fn view(workers: &[(&str, u64, u32)]) -> MembershipView {
+    let mut members: Vec<ViewMember> = workers
+        .iter()
+        .map(|(id, incarnation, capacity)| ViewMember {
+            id: MemberId::new(*id).unwrap(),
+            role: MemberRole::Worker,
+            incarnation: Incarnation(*incarnation),
+            capacity: Capacity(*capacity),
+            jobs: vec![],
+        })
+        .collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    MembershipView {
+        schema: SCHEMA_VERSION,
+        generation: Generation(1),
+        members,
+    }
+}
+
+fn report(
+    worker: &str,
+    incarnation: u64,
+    partition: u64,
+    token: PartitionLeaseToken,
+    event: ProgressEvent,
+) -> ProgressReport {
+    ProgressReport {
+        schema: SCHEMA_VERSION,
+        worker: MemberId::new(worker).unwrap(),
+        incarnation: Incarnation(incarnation),
+        job: job_name(),
+        partition: PartitionId(partition),
+        token,
+        event,
+    }
+}
+
+fn record(state: &AssignerState, partition: u64) -> &PartitionRecord {
+    &state.partitions[&key(partition)].value
+}
+
+fn owner_and_token(
+    state: &AssignerState,
+    partition: u64,
+) -> (Option<MemberRef>, PartitionLeaseToken) {
+    let record = record(state, partition);
+    (record.owner.clone(), record.token)
+}
+
+fn failed(error: &str, last_done: Option<u64>, permanent: bool) -> ProgressEvent {
+    ProgressEvent::Failed {
+        error: error.to_owned(),
+        last_done,
+        permanent,
+    }
+}
+
+impl AssignerState {
+    fn granted_to(&self, worker: &str) -> usize {
+        let worker = MemberId::new(worker).unwrap();
+        self.grants_by_worker
+            .get(&worker)
+            .map_or(0, |keys| keys.len())
+    }
+
+    fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}

@@ -1,0 +1,145 @@
+//! Workers and their assignment records: the live set from the membership view (draining kept
+//! across views and leader changes), and the record each worker should hold.
+
+use super::{AssignerState, WorkerInfo};
+use elk_protocol::SCHEMA_VERSION;
+use elk_protocol::messages::{
+    AssignmentRecord, Grant, MemberRef, MembershipView, PartitionRecord, PartitionStatus,
+};
+use elk_types::{MemberId, ViewSeq};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl AssignerState {
+    /// Replaces the set of live workers from a membership view. Returns the members (with the
+    /// incarnation that held partitions) that are no longer live: their partitions may only be
+    /// reclaimed once every progress report they published before leaving has been applied.
+    pub(crate) fn apply_view(&mut self, view: &MembershipView) -> Vec<MemberRef> {
+        let mut next = BTreeMap::new();
+        for member in view.workers() {
+            // Draining survives a leader change through the `drain` flag of the worker's record.
+            let draining = self
+                .workers
+                .get(&member.id)
+                .is_some_and(|w| w.incarnation == member.incarnation && w.draining)
+                || self.assignments.get(&member.id).is_some_and(|record| {
+                    record.value.incarnation == member.incarnation && record.value.drain
+                });
+            next.insert(
+                member.id.clone(),
+                WorkerInfo {
+                    incarnation: member.incarnation,
+                    capacity: member.capacity,
+                    jobs: member.jobs.clone(),
+                    draining,
+                },
+            );
+        }
+        self.workers = next;
+        let mut gone = BTreeSet::new();
+        for stored in self.partitions.values() {
+            if let Some(owner) = &stored.value.owner
+                && !self.is_live(owner)
+                && stored.value.status != PartitionStatus::Pending
+            {
+                gone.insert((owner.id.clone(), owner.incarnation));
+            }
+        }
+        for (id, stored) in &self.assignments {
+            let live = self
+                .workers
+                .get(id)
+                .is_some_and(|w| w.incarnation == stored.value.incarnation);
+            if !live && !stored.value.grants.is_empty() {
+                gone.insert((id.clone(), stored.value.incarnation));
+            }
+        }
+        for (id, worker) in &self.workers {
+            let stale = self
+                .assignments
+                .get(id)
+                .is_none_or(|a| a.value.incarnation != worker.incarnation);
+            if stale {
+                self.dirty_assignments.insert(id.clone());
+            }
+        }
+        gone.into_iter()
+            .map(|(id, incarnation)| MemberRef { id, incarnation })
+            .collect()
+    }
+
+    pub(super) fn is_live(&self, member: &MemberRef) -> bool {
+        self.workers
+            .get(&member.id)
+            .is_some_and(|w| w.incarnation == member.incarnation)
+    }
+
+    /// Marks every live worker's record for rewriting (a new leader re-stamps them with its epoch).
+    pub(crate) fn restamp_all_assignments(&mut self) {
+        let ids: Vec<MemberId> = self.workers.keys().cloned().collect();
+        self.dirty_assignments.extend(ids);
+    }
+
+    /// The assignment record `worker` should hold now (its granted partitions), if it changed.
+    pub(super) fn desired_assignment(&self, worker: &MemberId) -> Option<AssignmentRecord> {
+        let live = self.workers.get(worker);
+        let grants: Vec<Grant> = match live {
+            Some(info) => self
+                .grants_by_worker
+                .get(worker)
+                .into_iter()
+                .flatten()
+                .filter_map(|key| self.partitions.get(key))
+                .filter(|stored| {
+                    stored
+                        .value
+                        .owner
+                        .as_ref()
+                        .is_some_and(|o| o.incarnation == info.incarnation)
+                })
+                .map(|stored| grant_of(&stored.value))
+                .collect(),
+            None => Vec::new(),
+        };
+        let incarnation = match (live, self.assignments.get(worker)) {
+            (Some(info), _) => info.incarnation,
+            (None, Some(existing)) => existing.value.incarnation,
+            (None, None) => return None,
+        };
+        let drain = live.is_some_and(|info| info.draining);
+        let previous = self.assignments.get(worker);
+        if let Some(previous) = previous {
+            let same = previous.value.grants == grants
+                && previous.value.incarnation == incarnation
+                && previous.value.epoch == self.epoch
+                && previous.value.drain == drain;
+            if same {
+                return None;
+            }
+        } else if grants.is_empty() && live.is_none() {
+            return None;
+        }
+        let seq = previous.map_or(ViewSeq(1), |p| ViewSeq(p.value.seq.get() + 1));
+        Some(AssignmentRecord {
+            schema: SCHEMA_VERSION,
+            incarnation,
+            epoch: self.epoch,
+            seq,
+            grants,
+            drain,
+        })
+    }
+}
+
+fn grant_of(record: &PartitionRecord) -> Grant {
+    let resume_from = match record.checkpoint {
+        Some(done) if done >= record.range.first() => done + 1,
+        _ => record.range.first(),
+    };
+    Grant {
+        job: record.job.clone(),
+        partition: record.id,
+        range: record.range,
+        resume_from,
+        token: record.token,
+    }
+}

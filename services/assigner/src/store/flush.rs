@@ -1,0 +1,215 @@
+//! Writing a round's change set, in its order: partitions (completed ones included), then job
+//! records, then purges of compacted keys, then the assignment records that point at the
+//! partitions, then deletes of departed workers' empty records. Up to [`WRITE_WINDOW`] writes are
+//! in flight per step. Every write is a compare-and-set on the revision this leader last saw; a
+//! conflict with a record written under a newer epoch deposes it, one written under its own or an
+//! older epoch is overwritten (compare-and-set on the revision just read). The new revisions are
+//! returned for [`crate::model::AssignerState::record_written`].
+
+use crate::AssignerError;
+use crate::metrics::AssignerMetrics;
+use crate::model::{ChangeSet, PartitionKey, Put, Written};
+use bytes::Bytes;
+use elk_nats::{CasOutcome, Resources, cas_write};
+use elk_protocol::codec::Message;
+use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
+use elk_protocol::names::Names;
+use elk_protocol::{decode, encode};
+use elk_types::{Epoch, MemberId, Revision};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Writes in flight at once during a flush (well below the client's 5,000 ack limit).
+const WRITE_WINDOW: usize = 256;
+/// How long the purge marker of a compacted partition key stays in the bucket.
+const COMPACTION_MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// A record stamped with the epoch of the assigner that wrote it (the fencing of its writes).
+trait Fenced: Message {
+    fn epoch(&self) -> Epoch;
+}
+
+impl Fenced for PartitionRecord {
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
+impl Fenced for JobRecord {
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
+impl Fenced for AssignmentRecord {
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
+/// Writes `changes` under `epoch` and returns what was written.
+pub(crate) async fn write_changes(
+    changes: ChangeSet,
+    epoch: Epoch,
+    resources: &Resources,
+    metrics: &AssignerMetrics,
+) -> Result<Written, AssignerError> {
+    let ChangeSet {
+        partitions,
+        completed,
+        jobs,
+        purges,
+        assignments,
+        prunes,
+    } = changes;
+    let writer = Writer {
+        resources,
+        metrics,
+        epoch,
+    };
+    let partition_key = |key: &PartitionKey| Names::partition_key(&key.job, key.partition);
+    let partitions = writer
+        .put_all(
+            &resources.partitions,
+            partitions.into_iter().chain(completed).collect(),
+            partition_key,
+        )
+        .await?;
+    let jobs = writer
+        .put_all(&resources.jobs, jobs, |name| name.to_string())
+        .await?;
+    writer.purge_all(purges).await;
+    let assignments = writer
+        .put_all(&resources.assignments, assignments, |worker| {
+            worker.to_string()
+        })
+        .await?;
+    let written_now: BTreeMap<&MemberId, Revision> = assignments
+        .iter()
+        .map(|(worker, _, revision)| (worker, *revision))
+        .collect();
+    let mut pruned = Vec::new();
+    for prune in prunes {
+        let Some(revision) = prune
+            .expected
+            .or_else(|| written_now.get(&prune.worker).copied())
+        else {
+            continue;
+        };
+        let deleted = resources
+            .assignments
+            .delete_expect_revision(prune.worker.as_str(), Some(revision.get()))
+            .await;
+        match deleted {
+            Ok(()) => pruned.push(prune.worker),
+            // Someone else wrote it (a newer leader): leave it to them.
+            Err(error) => {
+                tracing::debug!(worker = %prune.worker, %error, "assignment record not pruned");
+            }
+        }
+    }
+    Ok(Written {
+        partitions: partitions
+            .into_iter()
+            .map(|(key, _, revision)| (key, revision))
+            .collect(),
+        jobs: jobs
+            .into_iter()
+            .map(|(name, _, revision)| (name, revision))
+            .collect(),
+        assignments,
+        pruned,
+    })
+}
+
+struct Writer<'a> {
+    resources: &'a Resources,
+    metrics: &'a AssignerMetrics,
+    epoch: Epoch,
+}
+
+impl Writer<'_> {
+    /// Writes every put (at most [`WRITE_WINDOW`] in flight) and returns them with their new
+    /// revisions.
+    async fn put_all<K, V: Fenced>(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        puts: Vec<Put<K, V>>,
+        key_name: impl Fn(&K) -> String,
+    ) -> Result<Vec<(K, V, Revision)>, AssignerError> {
+        if puts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = puts.len() as u64;
+        let written: Vec<Result<(K, V, Revision), AssignerError>> = futures::stream::iter(puts)
+            .map(|put| {
+                let name = key_name(&put.key);
+                async move {
+                    let bytes = Bytes::from(encode(&put.value));
+                    let revision = self.put::<V>(store, &name, bytes, put.expected).await?;
+                    Ok((put.key, put.value, revision))
+                }
+            })
+            .buffer_unordered(WRITE_WINDOW)
+            .collect()
+            .await;
+        AssignerMetrics::add(&self.metrics.kv_writes, count);
+        written.into_iter().collect()
+    }
+
+    /// One compare-and-set write, overwriting a record of this or an older epoch on conflict.
+    async fn put<V: Fenced>(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        key: &str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> Result<Revision, AssignerError> {
+        let jetstream = &self.resources.jetstream;
+        let current = match cas_write(jetstream, store, key, value.clone(), expected, None).await? {
+            CasOutcome::Written(revision) => return Ok(revision),
+            CasOutcome::Conflict { current } => current,
+        };
+        // Only the leader writes these keys: a conflict means another (older or newer) assigner
+        // wrote. A newer epoch deposes us; an older one is overwritten.
+        if let Some(entry) = &current
+            && decode::<V>(&entry.value).is_ok_and(|stored| stored.epoch() > self.epoch)
+        {
+            return Err(AssignerError::Deposed { epoch: self.epoch });
+        }
+        let current_revision = current.map(|entry| entry.revision);
+        match cas_write(jetstream, store, key, value, current_revision, None).await? {
+            CasOutcome::Written(revision) => Ok(revision),
+            CasOutcome::Conflict { .. } => Err(AssignerError::Deposed { epoch: self.epoch }),
+        }
+    }
+
+    /// Purges compacted partition keys (the job records saying so were written just before).
+    /// A failed purge leaves a completed key behind; the next leader's load compacts it.
+    async fn purge_all(&self, purges: Vec<PartitionKey>) {
+        if purges.is_empty() {
+            return;
+        }
+        let store = &self.resources.partitions;
+        let count = purges.len() as u64;
+        let failures: Vec<String> = futures::stream::iter(purges)
+            .map(|key| async move {
+                let name = Names::partition_key(&key.job, key.partition);
+                // The purge marker itself expires, so compacted keys leave nothing behind.
+                store
+                    .purge_with_ttl(&name, COMPACTION_MARKER_TTL)
+                    .await
+                    .err()
+                    .map(|error| format!("{name}: {error}"))
+            })
+            .buffer_unordered(WRITE_WINDOW)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        AssignerMetrics::add(&self.metrics.kv_writes, count);
+        for error in failures {
+            tracing::warn!(%error, "compaction delete failed");
+        }
+    }
+}
