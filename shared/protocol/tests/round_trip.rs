@@ -353,3 +353,28 @@ fn schema_1_admin_replies_with_a_bare_error_string_still_decode() {
     future.schema = elk_protocol::admin::ADMIN_REPLY_SCHEMA + 1;
     assert!(elk_protocol::decode::<AdminReply>(&elk_protocol::encode(&future)).is_err());
 }
+
+#[test]
+fn a_failed_event_without_permanent_is_a_retryable_failure() {
+    #[derive(serde::Serialize)]
+    struct OlderFailed<'a> {
+        kind: &'a str,
+        error: &'a str,
+        last_done: Option<u64>,
+    }
+    let bytes = rmp_serde::to_vec_named(&OlderFailed {
+        kind: "failed",
+        error: "boom",
+        last_done: Some(7),
+    })
+    .unwrap();
+    let event: ProgressEvent = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(
+        event,
+        ProgressEvent::Failed {
+            error: "boom".to_owned(),
+            last_done: Some(7),
+            permanent: false,
+        }
+    );
+}
