@@ -20,10 +20,12 @@
 //! | `metrics` | [`AssignerMetrics`], the counters shared with the caller |
 //! | `model` | the pure model: state, `reconcile`, the partition lifecycle, the change set |
 //! | `error` | [`AssignerError`], classified retryable / terminal |
+//! | `faults` | the leader loop's fault-injection point (`test-hooks` feature; a no-op otherwise) |
 
 mod admin;
 mod config;
 mod error;
+mod faults;
 pub mod http;
 mod leader;
 mod metrics;
@@ -40,6 +42,7 @@ use elk_nats::{RoleSupervisor, follow_key};
 use elk_protocol::messages::MembershipView;
 use elk_protocol::names::{ControlRole, VIEW_KEY};
 use elk_runtime::Validate;
+use faults::Faults;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -59,7 +62,7 @@ pub async fn run_with_metrics(
     metrics: Arc<AssignerMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
-    run_replica(config, metrics, Faults::default(), shutdown).await
+    run_replica(config, metrics, faults::none(), shutdown).await
 }
 
 /// Like [`run_with_metrics`], with fault injection for tests (see [`test_hooks`]).
@@ -71,20 +74,6 @@ pub async fn run_with_faults(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
     run_replica(config, metrics, faults, shutdown).await
-}
-
-/// Injected faults: the test hooks with the `test-hooks` feature, nothing otherwise.
-#[cfg(feature = "test-hooks")]
-type Faults = Arc<test_hooks::LeaderFaults>;
-
-/// Injected faults: the test hooks with the `test-hooks` feature, nothing otherwise.
-#[cfg(not(feature = "test-hooks"))]
-#[derive(Debug, Clone, Copy, Default)]
-struct Faults;
-
-#[cfg(not(feature = "test-hooks"))]
-impl Faults {
-    fn check(&self) {}
 }
 
 async fn run_replica(

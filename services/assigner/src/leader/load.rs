@@ -1,7 +1,7 @@
 //! Reading the state a term starts from: snapshots of the jobs, partitions and assignments buckets,
 //! decoded (undecodable records are logged and skipped) and handed to the model.
 
-use crate::AssignerError;
+use crate::error::AssignerError;
 use crate::model::{AssignerState, Policy, Snapshot};
 use elk_nats::{Resources, watch_snapshot};
 use elk_protocol::decode;

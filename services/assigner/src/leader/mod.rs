@@ -9,10 +9,12 @@ mod load;
 mod planner;
 mod progress;
 
+use crate::error::AssignerError;
 use crate::error::{Feed, JetstreamOperation};
+use crate::faults::Faults;
 use crate::metrics::AssignerMetrics;
 use crate::model::Policy;
-use crate::{AssignerError, Faults, admin, store};
+use crate::{admin, store};
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
 use elk_nats::{LeaderTerm, LeaderWork, Resources, TermEnd, Versioned};

@@ -1,7 +1,7 @@
 //! Progress reports in, and the reclaim barrier: a member that left the view gets its partitions
 //! taken back only once every report it published before leaving has been applied.
 
-use crate::AssignerError;
+use crate::error::AssignerError;
 use crate::error::JetstreamOperation;
 use crate::metrics::AssignerMetrics;
 use crate::model::AssignerState;

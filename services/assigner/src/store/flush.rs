@@ -6,7 +6,7 @@
 //! older epoch is overwritten (compare-and-set on the revision just read). The new revisions are
 //! returned for [`crate::model::AssignerState::record_written`].
 
-use crate::AssignerError;
+use crate::error::AssignerError;
 use crate::metrics::AssignerMetrics;
 use crate::model::{ChangeSet, PartitionKey, Put, Written};
 use bytes::Bytes;
