@@ -9,7 +9,8 @@ Run by scripts/validate-deploy (which provides the tools); each step prints one 
    ConfigMap and Secret referenced exists (or is created by the operator, EXTERNAL_SECRETS); every
    container is non-root with a read-only root filesystem, no privilege escalation and no
    capabilities; every ELK process gets the environment contract (ELK_MEMBER_ID from the pod
-   name, ELK_METRICS_LISTEN on its `metrics` port, the elk-env ConfigMap, no service links).
+   name, ELK_METRICS_LISTEN on its `metrics` port, the elk-env ConfigMap, no service links);
+   a worker's pod grace period covers its drain (ELK_SHUTDOWN_GRACE).
 3. Images: each one a manifest names is produced by scripts/build-images (with its tag) or pinned
    in deploy/k8s/third-party-images.txt; no `latest` or untagged image anywhere; the kind overlay
    never pulls the project's images.
@@ -147,6 +148,8 @@ def check_workloads(overlay, docs):
             check_container(where, container, names, external)
             if labels.get("app.kubernetes.io/component") in ELK_COMPONENTS:
                 check_elk_contract(where, spec, container)
+            if labels.get("app.kubernetes.io/component") == "worker":
+                check_drain(where, spec, container)
 
 
 def check_container(where, container, names, external):
@@ -188,9 +191,30 @@ def check_elk_contract(where, spec, container):
     if not any(s.get("configMapRef", {}).get("name", "").startswith("elk-env")
                for s in container.get("envFrom", [])):
         raise Invalid(f"{where}: does not read the elk-env ConfigMap")
-    # Service links would inject ELK_<SERVICE>_PORT... variables, read as unknown config keys.
+    # Service links would inject ELK_<SERVICE>_PORT... variables among the configuration.
     if spec.get("enableServiceLinks") is not False:
         raise Invalid(f"{where}: enableServiceLinks must be false")
+
+
+def seconds(duration):
+    """`30s`, `500ms`, `2m` (the forms the worker's ELK_SHUTDOWN_GRACE takes) in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", duration.strip())
+    if not match:
+        raise Invalid(f"cannot read the duration {duration!r}")
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def check_drain(where, spec, container):
+    """A worker drains within ELK_SHUTDOWN_GRACE; the pod's grace period must let it finish
+    (more than the drain) without idling long after it (at most 30 s more)."""
+    env = {v["name"]: v.get("value") for v in container.get("env", [])}
+    if env.get("ELK_SHUTDOWN_GRACE") is None:
+        raise Invalid(f"{where}: a worker needs ELK_SHUTDOWN_GRACE (its drain on SIGTERM)")
+    drain = seconds(env["ELK_SHUTDOWN_GRACE"])
+    period = spec.get("terminationGracePeriodSeconds", 30)
+    if not drain < period <= drain + 30:
+        raise Invalid(f"{where}: terminationGracePeriodSeconds {period} does not match the drain "
+                      f"(ELK_SHUTDOWN_GRACE {env['ELK_SHUTDOWN_GRACE']}): it must be longer, by at most 30 s")
 
 
 def check_services(overlay, docs):
@@ -439,6 +463,9 @@ SEEDED_MISTAKES = [
      ["configMapRef"].update({"name": "elk-config"}), "missing ConfigMap"),
     ("member id not the pod name", "kind", lambda d: set_env(
         first_container(d, "elk-assigner"), "ELK_MEMBER_ID", "assigner-1"), "ELK_MEMBER_ID"),
+    ("grace period shorter than the drain", "kind", lambda d: pod_spec(find(
+        d, "Deployment", "elk-checksum-worker")).update({"terminationGracePeriodSeconds": 30}),
+     "does not match the drain"),
     ("service links on", "prod", lambda d: pod_spec(find(d, "Deployment", "elk-election")).update(
         {"enableServiceLinks": True}), "enableServiceLinks"),
     ("Service to an undeclared port", "kind", lambda d: find(d, "Service", "elk-assigner")["spec"]
