@@ -7,7 +7,9 @@ args), its image, its user, a read-only root filesystem and no capabilities; the
 the overlay's rendered config. Service names resolve as in the cluster (`nats`; `jaeger` points
 at an address where nothing listens, so spans are dropped). Then every process with probes must
 answer `/healthz` and `/readyz` (200) and serve `/metrics` on its `metrics` port, a job created
-with the elkctl image must complete, and every process must still be running afterwards.
+with the elkctl image must complete (also as seen through the assigner's HTTP admin API on its
+`http` port), every process must still be running afterwards, and on SIGTERM every ELK process
+must exit 0 within its pod's termination grace period.
 
 `--no-probes` skips the HTTP endpoints: the services serve them once the observability issue (11)
 lands; until then .ci/run passes it. Run by scripts/check-stack (which picks the engine and needs
@@ -100,6 +102,10 @@ class Stack:
         self.containers = []
         self.elk_env = deploy.configmap_files(docs, "elk-env")
         self.hosts = {}
+        # pod -> local port of its HTTP admin API (the assigner's ELK_ASSIGNER__HTTP_LISTEN)
+        self.admin_api = {}
+        # pod -> terminationGracePeriodSeconds of its workload
+        self.grace_periods = {}
 
     def address(self):
         self.next_host += 1
@@ -164,8 +170,12 @@ class Stack:
             args = [expand(a, env) for a in container.get("args", [])]
             ports = [p["containerPort"] for p in container.get("ports", [])]
             self.run(pod, container["image"], args, env, str(spec["securityContext"]["runAsUser"]), ports)
+            self.grace_periods[pod] = spec.get("terminationGracePeriodSeconds", 30)
             if "readinessProbe" in container:
                 endpoints[pod] = self.published(pod, deploy.METRICS_PORT)
+            for port in container.get("ports", []):
+                if port["name"] == "http":
+                    self.admin_api[pod] = self.published(pod, port["containerPort"])
         return endpoints
 
     def assert_running(self):
@@ -178,10 +188,31 @@ class Stack:
         result = subprocess.run([ENGINE, "logs", "--tail", "15", name], capture_output=True, text=True)
         return (result.stdout + result.stderr).strip()
 
+    def stop_gracefully(self):
+        """SIGTERM to every ELK process at once, as a rollout or `kubectl delete` would: each must
+        exit 0 within its pod's termination grace period (the workers drain first)."""
+        elk = [name for name in self.containers if not name.startswith("nats")]
+        grace = max(self.grace_periods.values())
+        started = time.monotonic()
+        engine("stop", "--time", str(grace), *elk)
+        took = time.monotonic() - started
+        for name in elk:
+            code = engine("inspect", "--format", "{{.State.ExitCode}}", name)
+            if code != "0":
+                raise StackFailed(f"{name} exited {code} on SIGTERM instead of 0:\n{self.logs(name)}")
+        print(f"ok  SIGTERM: all {len(elk)} ELK processes exited 0 within {took:.1f} s "
+              f"(grace periods up to {grace} s)")
+
     def stop(self):
-        for name in self.containers:
-            engine("rm", "-f", "-v", name, check=False)
+        """Stops everything at once (workers drain on SIGTERM), then removes it."""
+        if self.containers:
+            engine("stop", "--time", "20", *self.containers, check=False)
+            engine("rm", "--force", "--volumes", *self.containers, check=False)
         engine("network", "rm", PREFIX, check=False)
+        leftover = engine("ps", "--all", "--quiet", "--filter", f"name={PREFIX}|" +
+                          "|".join(self.containers), check=False) if self.containers else ""
+        if leftover:
+            print(f"warning: containers left behind: {leftover.split()}", file=sys.stderr)
 
 
 def elkctl(stack, *args):
@@ -222,8 +253,16 @@ def check(stack, endpoints, probes):
     if job["ids_completed"] != IDS:
         raise StackFailed(f"job {JOB} completed with {job['ids_completed']} of {IDS} IDs")
     print(f"ok  job {JOB}: {job['ids_completed']} IDs in {job['partitions_total']} partitions completed")
+    for pod, port in stack.admin_api.items():
+        status, body = http_status(port, f"/v1/jobs/{JOB}")
+        if status != 200 or json.loads(body)["job"]["state"] != "completed":
+            raise StackFailed(f"{pod}: the HTTP admin API does not show {JOB} completed ({status})")
+        print(f"ok  {pod}: the HTTP admin API shows {JOB} completed")
+    if not stack.admin_api:
+        raise StackFailed("no container declares the admin API port `http`")
     stack.assert_running()
     print(f"ok  all {len(stack.containers)} containers still running")
+    stack.stop_gracefully()
 
 
 def main():
