@@ -188,8 +188,7 @@ impl Replica {
             incarnation: membership.incarnation(),
         };
         let attempt = MemberLease::acquire(
-            &self.resources,
-            self.resources.leases.clone(),
+            &self.resources.lease_keys,
             ELECTION_KEY,
             membership.incarnation(),
             Bytes::from(encode(&value)),

@@ -104,7 +104,7 @@ async fn join_member(
         version: "test".to_owned(),
     };
     MemberLease::join(
-        resources,
+        &resources.member_keys,
         id(member_id),
         record,
         Duration::from_secs(ttl_secs),

@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Use this NATS server instead of starting a private one.
-    #[arg(long)]
-    pub nats_url: Option<String>,
+    /// NATS to use instead of a private server started for the demo (`--nats-url` and the
+    /// credentials and TLS flags of every ELK binary; the demo's components all use them, so
+    /// they need an admin identity on a server with auth).
+    #[command(flatten)]
+    pub nats: elk_runtime::NatsArgs,
     /// Namespace of the demo deployment.
     #[arg(long, default_value = "demo")]
     pub namespace: String,
@@ -145,36 +147,36 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
 
     // A private nats-server unless one was given; kept alive until the end of the demo.
-    let (_server, url) = match &args.nats_url {
-        Some(url) => (None, url.clone()),
+    let mut nats = args.nats.clone();
+    let _server = match &args.nats.url {
+        Some(_) => None,
         None => {
             let server = elk_nats_server::NatsServer::builder()
                 .start()
                 .context("starting a local nats-server")?;
-            let url = server.url().to_owned();
-            (Some(server), url)
+            nats.url = Some(server.url().to_owned());
+            Some(server)
         }
     };
-    eprintln!("nats-server at {url}, namespace {namespace}");
+    let nats_config = nats.config("elk-demo");
+    eprintln!("nats-server at {}, namespace {namespace}", nats_config.url);
     let target = TargetArgs {
-        nats: elk_runtime::NatsArgs {
-            url: Some(url.clone()),
-            credentials_file: None,
-        },
+        nats,
         namespace: namespace.to_string(),
     };
     let resources = target.open().await?;
 
     let services = CancellationToken::new();
     let member_ttl = Duration::from_secs(args.member_ttl_secs.max(1));
-    let service_tasks = crate::stack::start_services(&url, &namespace, member_ttl, &services);
+    let service_tasks =
+        crate::stack::start_services(&nats_config, &namespace, member_ttl, &services);
 
     let ledger = Arc::new(Ledger::new(range));
     let mut workers = Vec::new();
     for index in 1..=args.workers {
         let id = MemberId::new(format!("worker-{index}"))?;
-        let worker = Worker::builder(namespace.clone(), id)
-            .nats_url(&url)
+        let worker = Worker::builder(namespace.clone(), id.clone())
+            .nats(nats_config.clone().named(id.as_str()))
             .capacity(args.capacity)
             .member_ttl(member_ttl)
             .start(ChecksumProcessor {

@@ -9,14 +9,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub fn start_services(
-    url: &str,
+    nats: &NatsConfig,
     namespace: &Namespace,
     member_ttl: Duration,
     stop: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let service = |id: &str| {
         ServiceCommon::new(
-            NatsConfig::new(url, format!("elk-demo {id}")),
+            nats.clone().named(format!("elk-demo {id}")),
             namespace.clone(),
             MemberId::new(id).expect("valid id"),
         )

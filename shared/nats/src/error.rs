@@ -71,6 +71,11 @@ pub enum NatsError {
         #[source]
         source: BoxError,
     },
+    #[error(
+        "{resource} does not exist: the namespace is not provisioned (run `elkctl provision` \
+         with an admin identity)"
+    )]
+    NotProvisioned { resource: String },
     #[error("watch of {bucket} failed: {source}")]
     Watch {
         bucket: String,
@@ -146,6 +151,7 @@ impl NatsError {
             NatsError::ServerTooOld { .. } | NatsError::JetStreamDisabled { .. } => {
                 NatsErrorKind::Incompatible
             }
+            NatsError::NotProvisioned { .. } => NatsErrorKind::Refused,
             NatsError::Connect { kind, .. }
             | NatsError::Provision { kind, .. }
             | NatsError::Kv { kind, .. }

@@ -33,34 +33,58 @@ pub enum CasOutcome {
     Conflict { current: Option<KvEntry> },
 }
 
+/// A KV bucket as [`cas_write`] and [`read_entry`] need it: a name and a way to read one key.
+/// Implemented by async-nats' `kv::Store` (services, which may bind whole buckets) and by
+/// [`KeyBucket`](crate::KeyBucket) (workers, allowed single keys only).
+pub trait Bucket: Sync {
+    fn bucket_name(&self) -> &str;
+
+    /// The key's latest entry including delete markers (`None` if it never existed or was purged
+    /// away).
+    fn read_key(
+        &self,
+        key: &str,
+    ) -> impl std::future::Future<Output = Result<Option<KvEntry>, NatsError>> + Send;
+}
+
+impl Bucket for Store {
+    fn bucket_name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read_key(&self, key: &str) -> Result<Option<KvEntry>, NatsError> {
+        let entry = self
+            .entry(key.to_owned())
+            .await
+            .map_err(|error| NatsError::kv("read", &self.name, key, error))?;
+        Ok(entry.map(|entry| KvEntry {
+            key: entry.key,
+            value: entry.value,
+            revision: Revision(entry.revision),
+            deleted: !matches!(entry.operation, Operation::Put),
+        }))
+    }
+}
+
 fn kv_error(
     operation: &'static str,
-    store: &Store,
+    bucket: &impl Bucket,
     key: &str,
     source: impl Into<crate::error::BoxError>,
 ) -> NatsError {
-    NatsError::kv(operation, &store.name, key, source)
+    NatsError::kv(operation, bucket.bucket_name(), key, source)
 }
 
 /// Reads a key including delete markers (`None` if it never existed or was purged away).
-pub async fn read_entry(store: &Store, key: &str) -> Result<Option<KvEntry>, NatsError> {
-    let entry = store
-        .entry(key.to_owned())
-        .await
-        .map_err(|error| kv_error("read", store, key, error))?;
-    Ok(entry.map(|entry| KvEntry {
-        key: entry.key,
-        value: entry.value,
-        revision: Revision(entry.revision),
-        deleted: !matches!(entry.operation, Operation::Put),
-    }))
+pub async fn read_entry(bucket: &impl Bucket, key: &str) -> Result<Option<KvEntry>, NatsError> {
+    bucket.read_key(key).await
 }
 
 /// Writes `value` to `key` only if the key is at `expected` (`None`: the key must be absent or
 /// deleted), optionally with a per-key TTL (whole seconds, at least one).
 pub async fn cas_write(
     jetstream: &async_nats::jetstream::Context,
-    store: &Store,
+    store: &impl Bucket,
     key: &str,
     value: Bytes,
     expected: Option<Revision>,
@@ -130,13 +154,13 @@ enum PublishFailure {
 
 async fn publish_expecting(
     jetstream: &async_nats::jetstream::Context,
-    store: &Store,
+    store: &impl Bucket,
     key: &str,
     value: Bytes,
     expected_sequence: u64,
     ttl: Option<Duration>,
 ) -> Result<Revision, PublishFailure> {
-    let subject = format!("$KV.{}.{key}", store.name);
+    let subject = format!("$KV.{}.{key}", store.bucket_name());
     let mut message = PublishMessage::build()
         .payload(value)
         .expected_last_subject_sequence(expected_sequence);

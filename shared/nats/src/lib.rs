@@ -7,6 +7,7 @@ pub mod admin_client;
 mod connect;
 mod error;
 mod follow;
+mod keys;
 mod kv;
 pub mod membership;
 mod provision;
@@ -18,9 +19,12 @@ pub use connect::{
 };
 pub use error::{BoxError, NatsError, NatsErrorKind, Retryable, classify, report};
 pub use follow::{Versioned, follow_key};
-pub use kv::{CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};
+pub use keys::{KeyBucket, KeyWatch};
+pub use kv::{Bucket, CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};
 pub use membership::{
     JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
 };
-pub use provision::{ProvisionConfig, Resources, provision};
+pub use provision::{
+    MemberResources, ProvisionConfig, Resources, bind, open, open_member, provision,
+};
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};

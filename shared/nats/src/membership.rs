@@ -24,8 +24,8 @@
 //! gone or holds another value means the lease is lost.
 
 use crate::error::NatsError;
+use crate::keys::KeyBucket;
 use crate::kv::{CasOutcome, cas_write};
-use crate::provision::Resources;
 use bytes::Bytes;
 use elk_protocol::encode;
 use elk_protocol::messages::MemberRecord;
@@ -149,14 +149,13 @@ struct LeaseState {
 /// [`MemberLease::leave`] for a graceful leave.
 pub struct MemberLease {
     key: String,
-    store: async_nats::jetstream::kv::Store,
+    bucket: KeyBucket,
     incarnation: Incarnation,
     ttl: Duration,
     lost: CancellationToken,
     deadline: LeaseDeadline,
     stop_renewing: CancellationToken,
     state: Arc<Mutex<LeaseState>>,
-    resources: Resources,
 }
 
 impl std::fmt::Debug for MemberLease {
@@ -169,36 +168,28 @@ impl std::fmt::Debug for MemberLease {
 }
 
 impl MemberLease {
-    /// Creates the member key (absent or deleted only) with `ttl` and starts renewing every
-    /// `ttl / 3`. `record.incarnation` is what identifies this life of the member.
+    /// Creates the member key `id` in `members` (absent or deleted only) with `ttl` and starts
+    /// renewing every `ttl / 3`. `record.incarnation` is what identifies this life of the member.
     pub async fn join(
-        resources: &Resources,
+        members: &KeyBucket,
         id: MemberId,
         record: MemberRecord,
         ttl: Duration,
     ) -> Result<MemberLease, JoinError> {
         let value = Bytes::from(encode(&record));
         let key = id.to_string();
-        Self::acquire(
-            resources,
-            resources.members.clone(),
-            &key,
-            record.incarnation,
-            value,
-            ttl,
-        )
-        .await
-        .map_err(|error| match error {
-            JoinError::KeyTaken { .. } => JoinError::IdTaken { id },
-            other => other,
-        })
+        Self::acquire(members, &key, record.incarnation, value, ttl)
+            .await
+            .map_err(|error| match error {
+                JoinError::KeyTaken { .. } => JoinError::IdTaken { id },
+                other => other,
+            })
     }
 
-    /// Creates `key` in `store` with `value` and `ttl` if it is absent or deleted, and keeps
+    /// Creates `key` in `bucket` with `value` and `ttl` if it is absent or deleted, and keeps
     /// renewing it; [`JoinError::KeyTaken`] if a live holder has it.
     pub async fn acquire(
-        resources: &Resources,
-        store: async_nats::jetstream::kv::Store,
+        bucket: &KeyBucket,
         key: &str,
         incarnation: Incarnation,
         value: Bytes,
@@ -208,8 +199,8 @@ impl MemberLease {
         let ttl = Duration::from_secs(ttl.as_secs().max(1));
         let sent_at = Instant::now();
         let outcome = cas_write(
-            &resources.jetstream,
-            &store,
+            bucket.jetstream(),
+            bucket,
             key,
             value.clone(),
             None,
@@ -223,7 +214,7 @@ impl MemberLease {
         };
         let lease = MemberLease {
             key: key.to_owned(),
-            store,
+            bucket: bucket.clone(),
             incarnation,
             ttl,
             lost: CancellationToken::new(),
@@ -233,7 +224,6 @@ impl MemberLease {
                 revision,
                 left: false,
             })),
-            resources: resources.clone(),
         };
         lease.spawn_renewal(value, sent_at);
         Ok(lease)
@@ -265,8 +255,7 @@ impl MemberLease {
 
     fn spawn_renewal(&self, value: Bytes, first_sent_at: Instant) {
         let renewal = Renewal {
-            resources: self.resources.clone(),
-            store: self.store.clone(),
+            bucket: self.bucket.clone(),
             key: self.key.clone(),
             value,
             ttl: self.ttl,
@@ -288,10 +277,7 @@ impl MemberLease {
         if self.lost.is_cancelled() {
             return Ok(());
         }
-        self.store
-            .delete_expect_revision(&self.key, Some(revision.get()))
-            .await
-            .map_err(|error| NatsError::kv("leave", &self.store.name, &self.key, error))
+        self.bucket.delete(&self.key, revision).await
     }
 }
 
@@ -302,8 +288,7 @@ fn fence_after(ttl: Duration) -> Duration {
 
 /// The renewal task's state: renews every `ttl / 3`, fences at the deadline.
 struct Renewal {
-    resources: Resources,
-    store: async_nats::jetstream::kv::Store,
+    bucket: KeyBucket,
     key: String,
     value: Bytes,
     ttl: Duration,
@@ -338,8 +323,8 @@ impl Renewal {
             let attempt = tokio::time::timeout(
                 fence_deadline.saturating_duration_since(sent_at),
                 cas_write(
-                    &self.resources.jetstream,
-                    &self.store,
+                    self.bucket.jetstream(),
+                    &self.bucket,
                     &self.key,
                     self.value.clone(),
                     Some(guard.revision),
@@ -411,7 +396,7 @@ pub enum MembershipExit {
 /// with a new incarnation after a loss, and leaves on shutdown.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceMember<'a> {
-    pub resources: &'a Resources,
+    pub resources: &'a crate::Resources,
     pub id: &'a MemberId,
     pub role: elk_protocol::messages::MemberRole,
     pub ttl: Duration,
@@ -439,7 +424,8 @@ impl ServiceMember<'_> {
                 labels: Default::default(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             };
-            match MemberLease::join(self.resources, self.id.clone(), record, self.ttl).await {
+            let members = &self.resources.member_keys;
+            match MemberLease::join(members, self.id.clone(), record, self.ttl).await {
                 Ok(lease) => {
                     tracing::info!(member = %self.id, role = ?self.role, incarnation = %lease.incarnation(), "joined");
                     return Ok(Some(lease));
@@ -465,14 +451,13 @@ impl ServiceMember<'_> {
     /// Waits until the member key is deleted or expires (at most one TTL, as a safety net for a
     /// missed marker); `false` if `stop` fired first.
     async fn wait_for_release(&self) -> bool {
-        use futures::StreamExt;
-        let members = &self.resources.members;
+        let members = &self.resources.member_keys;
         let released = async {
             // The watch first delivers the key's latest entry, so an expiry that happened after
             // the failed join is seen at once.
-            if let Ok(mut entries) = members.watch_with_history(self.id.as_str()).await {
+            if let Ok(mut entries) = members.watch_key(self.id.as_str()).await {
                 while let Some(Ok(entry)) = entries.next().await {
-                    if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                    if entry.deleted {
                         return;
                     }
                 }

@@ -1,6 +1,10 @@
-//! Idempotent creation of every bucket and stream of a namespace (ARCHITECTURE §3).
+//! The NATS resources of a namespace: [`provision`] creates or updates every bucket, the progress
+//! stream and its durable consumer (an admin identity's job: `elkctl provision`); [`bind`] only
+//! looks them up (what a service identity may do); [`open`] binds and provisions only what is
+//! missing, so a deployment without auth still starts from an empty server.
 
 use crate::error::NatsError;
+use crate::keys::KeyBucket;
 use async_nats::jetstream::{self, kv, stream};
 use elk_protocol::names::{Names, PROGRESS_CONSUMER};
 use std::time::Duration;
@@ -36,6 +40,10 @@ pub struct Resources {
     pub assignments: kv::Store,
     pub fleet: kv::Store,
     pub progress: stream::Stream,
+    /// `members` for key-level use: a replica's own member key ([`crate::MemberLease`]).
+    pub member_keys: KeyBucket,
+    /// `leases` for key-level use: the election's own lease.
+    pub lease_keys: KeyBucket,
 }
 
 impl std::fmt::Debug for Resources {
@@ -53,11 +61,7 @@ pub async fn provision(
     names: Names,
     config: &ProvisionConfig,
 ) -> Result<Resources, NatsError> {
-    // Stay well below async-nats' 5,000 in-flight publish acks, where it deadlocks.
-    let jetstream = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .max_ack_inflight(4_096)
-        .build(client.clone());
+    let jetstream = context(&client);
     let with_ttl = Some(config.delete_marker_ttl.max(Duration::from_secs(1)));
     let members = bucket(&jetstream, names.members_bucket(), with_ttl).await?;
     let leases = bucket(&jetstream, names.leases_bucket(), with_ttl).await?;
@@ -67,10 +71,14 @@ pub async fn provision(
     let assignments = bucket(&jetstream, names.assignments_bucket(), None).await?;
     let fleet = bucket(&jetstream, names.fleet_bucket(), None).await?;
     let progress = progress_stream(&jetstream, &names, config).await?;
+    let member_keys = KeyBucket::open(&jetstream, names.members_bucket()).await?;
+    let lease_keys = KeyBucket::open(&jetstream, names.leases_bucket()).await?;
     Ok(Resources {
         client,
         jetstream,
         names,
+        member_keys,
+        lease_keys,
         members,
         leases,
         jobs,
@@ -79,6 +87,157 @@ pub async fn provision(
         fleet,
         progress,
     })
+}
+
+/// Looks up every bucket and the progress stream without creating or changing anything (stream
+/// info requests only); [`NatsError::NotProvisioned`] names the first one missing.
+pub async fn bind(client: async_nats::Client, names: Names) -> Result<Resources, NatsError> {
+    let jetstream = context(&client);
+    let members = existing_bucket(&jetstream, names.members_bucket()).await?;
+    let leases = existing_bucket(&jetstream, names.leases_bucket()).await?;
+    let jobs = existing_bucket(&jetstream, names.jobs_bucket()).await?;
+    let partitions = existing_bucket(&jetstream, names.partitions_bucket()).await?;
+    let assignments = existing_bucket(&jetstream, names.assignments_bucket()).await?;
+    let fleet = existing_bucket(&jetstream, names.fleet_bucket()).await?;
+    let stream_name = names.progress_stream();
+    let progress = jetstream.get_stream(&stream_name).await.map_err(|error| {
+        missing_or(format!("stream {stream_name}"), error, |resource, error| {
+            NatsError::provision(resource, error)
+        })
+    })?;
+    let member_keys = KeyBucket::open(&jetstream, names.members_bucket()).await?;
+    let lease_keys = KeyBucket::open(&jetstream, names.leases_bucket()).await?;
+    Ok(Resources {
+        client,
+        jetstream,
+        names,
+        member_keys,
+        lease_keys,
+        members,
+        leases,
+        jobs,
+        partitions,
+        assignments,
+        fleet,
+        progress,
+    })
+}
+
+/// [`bind`], and if something is missing, [`provision`] (which needs the rights to create
+/// streams; with a restricted identity it then fails, naming what is missing). Existing resources
+/// keep their configuration: updating it is `elkctl provision`'s job.
+pub async fn open(
+    client: async_nats::Client,
+    names: Names,
+    config: &ProvisionConfig,
+) -> Result<Resources, NatsError> {
+    match bind(client.clone(), names.clone()).await {
+        Err(NatsError::NotProvisioned { resource }) => {
+            tracing::info!(%resource, "namespace not provisioned yet: provisioning it");
+            provision(client, names, config).await.map_err(|error| {
+                tracing::warn!(%resource, %error, "cannot provision the namespace");
+                match error.kind() {
+                    crate::NatsErrorKind::Unavailable => NatsError::NotProvisioned { resource },
+                    _ => error,
+                }
+            })
+        }
+        other => other,
+    }
+}
+
+/// What a member that may only touch its own keys (a worker) uses: its key in `members`, its key
+/// in `assignments` and its progress subject — no bucket-wide request at all.
+#[derive(Clone)]
+pub struct MemberResources {
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub names: Names,
+    pub members: KeyBucket,
+    pub assignments: KeyBucket,
+}
+
+impl std::fmt::Debug for MemberResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberResources")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+/// The resources member `id` uses, checked to exist by reading its own keys. A namespace that is
+/// not provisioned is provisioned when this identity may ([`provision`]: a server without auth),
+/// else [`NatsError::NotProvisioned`].
+pub async fn open_member(
+    client: async_nats::Client,
+    names: Names,
+    id: &elk_types::MemberId,
+    config: &ProvisionConfig,
+) -> Result<MemberResources, NatsError> {
+    let jetstream = context(&client);
+    let members = KeyBucket::open(&jetstream, names.members_bucket()).await?;
+    let assignments = KeyBucket::open(&jetstream, names.assignments_bucket()).await?;
+    let check = async {
+        members.read(id.as_str()).await?;
+        assignments.read(id.as_str()).await
+    };
+    if let Err(NatsError::NotProvisioned { resource }) = check.await {
+        tracing::info!(%resource, "namespace not provisioned yet: provisioning it");
+        provision(client.clone(), names.clone(), config)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%resource, %error, "cannot provision the namespace");
+                NatsError::NotProvisioned { resource }
+            })?;
+    }
+    Ok(MemberResources {
+        client,
+        jetstream,
+        names,
+        members,
+        assignments,
+    })
+}
+
+fn context(client: &async_nats::Client) -> jetstream::Context {
+    // Stay well below async-nats' 5,000 in-flight publish acks, where it deadlocks.
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .max_ack_inflight(4_096)
+        .build(client.clone())
+}
+
+async fn existing_bucket(
+    jetstream: &jetstream::Context,
+    name: String,
+) -> Result<kv::Store, NatsError> {
+    jetstream.get_key_value(&name).await.map_err(|error| {
+        missing_or(format!("bucket {name}"), error, |resource, error| {
+            NatsError::provision(resource, error)
+        })
+    })
+}
+
+/// `NotProvisioned` if `error` says the stream does not exist (JetStream error 10059), else
+/// `other(resource, error)`.
+fn missing_or<E: std::error::Error + Send + Sync + 'static>(
+    resource: String,
+    error: E,
+    other: impl FnOnce(String, E) -> NatsError,
+) -> NatsError {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = next {
+        if let Some(api) = current.downcast_ref::<async_nats::jetstream::Error>()
+            && api.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+        {
+            return NatsError::NotProvisioned { resource };
+        }
+        if current.to_string().contains("stream not found") {
+            return NatsError::NotProvisioned { resource };
+        }
+        next = current.source();
+    }
+    other(resource, error)
 }
 
 async fn bucket(

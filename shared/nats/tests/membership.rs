@@ -38,7 +38,7 @@ fn record(incarnation: u64) -> MemberRecord {
 
 async fn join(resources: &Resources, incarnation: u64) -> MemberLease {
     MemberLease::join(
-        resources,
+        &resources.member_keys,
         MemberId::new("m1").unwrap(),
         record(incarnation),
         TTL,

@@ -74,7 +74,22 @@ pub enum AdminCommand {
     Stats,
 }
 
+/// The verbs that change nothing: what a read-only identity (NATS observer role, HTTP read-only
+/// token) may send.
+pub const READ_ONLY_VERBS: [&str; 5] = [
+    "list_jobs",
+    "get_job",
+    "list_partitions",
+    "id_status",
+    "stats",
+];
+
 impl AdminCommand {
+    /// Whether the command only reads (its verb is one of [`READ_ONLY_VERBS`]).
+    pub fn is_read_only(&self) -> bool {
+        READ_ONLY_VERBS.contains(&self.verb())
+    }
+
     /// The subject verb of this command.
     pub fn verb(&self) -> &'static str {
         match self {

@@ -67,12 +67,14 @@ impl ServiceCommon {
             .named_if_unset(format!("{service}/{}", self.member_id))
     }
 
-    /// Connects to NATS as `<service>/<member id>` (refusing servers ELK cannot run on) and
-    /// provisions the namespace's buckets and stream.
+    /// Connects to NATS as `<service>/<member id>` (refusing servers ELK cannot run on) and binds
+    /// the namespace's buckets and stream, provisioning them only if they are missing and this
+    /// identity may create them ([`elk_nats::open`]; with ELK's permission model a service never
+    /// may: an admin runs `elkctl provision` first).
     pub async fn open(&self, service: &str) -> Result<elk_nats::Resources, elk_nats::NatsError> {
         let client = elk_nats::connect(&self.connection(service)).await?;
         let names = elk_protocol::names::Names::new(self.namespace.clone());
-        elk_nats::provision(client, names, &elk_nats::ProvisionConfig::default()).await
+        elk_nats::open(client, names, &elk_nats::ProvisionConfig::default()).await
     }
 
     /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
@@ -105,6 +107,9 @@ impl ServiceCommon {
         if self.nats.url.trim().is_empty() {
             return Err(ConfigError::invalid("service.nats.url must not be empty"));
         }
+        self.nats
+            .validate()
+            .map_err(|reason| ConfigError::invalid(format!("service.{reason}")))?;
         Ok(())
     }
 }

@@ -7,20 +7,78 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// How to reach NATS, as flags (each also read from its environment variable). Only what is
-/// given overrides the configuration.
+/// How to reach NATS, as flags (each also read from its environment variable, the same one the
+/// configuration reads: `ELK_NATS_URL`, `ELK_NATS__<FIELD>`). Only what is given overrides the
+/// configuration. Every ELK binary (services, `elkctl`, the example worker) takes these.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL [default: nats://127.0.0.1:4222].
+    /// NATS server URL [default: nats://127.0.0.1:4222]; `tls://` requires TLS.
     #[arg(long = "nats-url", env = "ELK_NATS_URL", value_name = "URL")]
     pub url: Option<String>,
-    /// NATS credentials file (`.creds`: JWT + NKEY).
+    /// NATS credentials file (`.creds`: user JWT + nkey seed, e.g. from `elkctl auth creds`).
     #[arg(
         long = "nats-credentials-file",
         env = "ELK_NATS__CREDENTIALS_FILE",
         value_name = "PATH"
     )]
     pub credentials_file: Option<PathBuf>,
+    /// File holding an nkey seed (servers with nkey users).
+    #[arg(
+        long = "nats-nkey-seed-file",
+        env = "ELK_NATS__NKEY_SEED_FILE",
+        value_name = "PATH"
+    )]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// User name (with --nats-password).
+    #[arg(long = "nats-user", env = "ELK_NATS__USER", value_name = "USER")]
+    pub user: Option<String>,
+    /// Password (prefer the environment variable: flags are visible to other local users).
+    #[arg(
+        long = "nats-password",
+        env = "ELK_NATS__PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Authentication token (prefer the environment variable).
+    #[arg(
+        long = "nats-token",
+        env = "ELK_NATS__TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// CA certificate (PEM) the server's certificate must chain to.
+    #[arg(
+        long = "nats-tls-ca-file",
+        env = "ELK_NATS__TLS_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that verify clients (with --nats-tls-key-file).
+    #[arg(
+        long = "nats-tls-cert-file",
+        env = "ELK_NATS__TLS_CERT_FILE",
+        value_name = "PATH"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(
+        long = "nats-tls-key-file",
+        env = "ELK_NATS__TLS_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    #[arg(long = "nats-tls-required", env = "ELK_NATS__TLS_REQUIRED")]
+    pub tls_required: bool,
+    /// Reply-inbox prefix [default: `_INBOX.<user public key>` with an nkey, else `_INBOX`].
+    #[arg(
+        long = "nats-inbox-prefix",
+        env = "ELK_NATS__INBOX_PREFIX",
+        value_name = "PREFIX"
+    )]
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsArgs {
@@ -28,11 +86,30 @@ impl NatsArgs {
     /// connection name `name`.
     pub fn config(&self, name: &str) -> NatsConfig {
         let defaults = NatsConfig::default();
-        NatsConfig {
-            url: self.url.clone().unwrap_or(defaults.url),
-            credentials_file: self.credentials_file.clone(),
-            name: Some(name.to_owned()),
+        self.apply(defaults).named_if_unset(name)
+    }
+
+    /// `config` with the given flags applied over it.
+    pub fn apply(&self, mut config: NatsConfig) -> NatsConfig {
+        fn set<T: Clone>(target: &mut Option<T>, flag: &Option<T>) {
+            if flag.is_some() {
+                target.clone_from(flag);
+            }
         }
+        if let Some(url) = &self.url {
+            config.url.clone_from(url);
+        }
+        set(&mut config.credentials_file, &self.credentials_file);
+        set(&mut config.nkey_seed_file, &self.nkey_seed_file);
+        set(&mut config.user, &self.user);
+        set(&mut config.password, &self.password);
+        set(&mut config.token, &self.token);
+        set(&mut config.tls_ca_file, &self.tls_ca_file);
+        set(&mut config.tls_cert_file, &self.tls_cert_file);
+        set(&mut config.tls_key_file, &self.tls_key_file);
+        set(&mut config.inbox_prefix, &self.inbox_prefix);
+        config.tls_required |= self.tls_required;
+        config
     }
 }
 
@@ -82,6 +159,42 @@ struct NatsOverrides<'a> {
     url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     credentials_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nkey_seed_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbox_prefix: Option<&'a str>,
+}
+
+impl NatsArgs {
+    fn overrides(&self) -> NatsOverrides<'_> {
+        NatsOverrides {
+            url: self.url.as_deref(),
+            credentials_file: self.credentials_file.as_deref(),
+            nkey_seed_file: self.nkey_seed_file.as_deref(),
+            user: self.user.as_deref(),
+            password: self.password.as_deref(),
+            token: self.token.as_deref(),
+            tls_ca_file: self.tls_ca_file.as_deref(),
+            tls_cert_file: self.tls_cert_file.as_deref(),
+            tls_key_file: self.tls_key_file.as_deref(),
+            tls_required: self.tls_required,
+            inbox_prefix: self.inbox_prefix.as_deref(),
+        }
+    }
 }
 
 impl ServiceFlags {
@@ -91,10 +204,7 @@ impl ServiceFlags {
                 namespace: self.namespace.as_deref(),
                 member_id: self.member_id.as_deref(),
                 member_ttl: self.member_ttl.as_deref(),
-                nats: NatsOverrides {
-                    url: self.nats.url.as_deref(),
-                    credentials_file: self.nats.credentials_file.as_deref(),
-                },
+                nats: self.nats.overrides(),
             },
         }
     }
@@ -171,6 +281,31 @@ mod tests {
             json,
             serde_json::json!({"service": {"namespace": "prod", "member_ttl": "5s",
                                            "nats": {"url": "nats://a:1"}}})
+        );
+    }
+
+    #[test]
+    fn auth_and_tls_flags_reach_the_config() {
+        let flags = ServiceFlags::try_parse_from([
+            "svc",
+            "--nats-credentials-file",
+            "/run/w.creds",
+            "--nats-tls-ca-file",
+            "/run/ca.pem",
+            "--nats-tls-required",
+        ])
+        .unwrap();
+        let json = serde_json::to_value(flags.overrides()).unwrap();
+        assert_eq!(
+            json["service"]["nats"],
+            serde_json::json!({"credentials_file": "/run/w.creds", "tls_ca_file": "/run/ca.pem",
+                               "tls_required": true})
+        );
+        let config = flags.nats.config("elkctl");
+        assert!(config.tls_required);
+        assert_eq!(
+            config.tls_ca_file.as_deref(),
+            Some(Path::new("/run/ca.pem"))
         );
     }
 

@@ -272,7 +272,7 @@ async fn a_deleted_owner_holds_nothing() {
 async fn an_expired_owner_holds_nothing_and_its_checkpoint_must_survive() {
     let f = Fixture::new().await;
     let lease = MemberLease::join(
-        &f.resources,
+        &f.resources.member_keys,
         MemberId::new("w-a").unwrap(),
         member_record(1),
         Duration::from_secs(1),

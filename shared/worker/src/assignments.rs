@@ -10,10 +10,7 @@
 //! current record is then skipped, by revision).
 
 use crate::stats::StatsCounters;
-use async_nats::jetstream::kv::{Operation, Store, Watch};
-use elk_nats::{KvEntry, NatsError};
-use elk_types::Revision;
-use futures::StreamExt;
+use elk_nats::{KeyBucket, KeyWatch, KvEntry, NatsError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -23,9 +20,9 @@ const REWATCH_BACKOFF: Duration = Duration::from_millis(200);
 
 /// The assignment key's entries, in revision order, each delivered once.
 pub(crate) struct AssignmentFeed {
-    store: Store,
+    store: KeyBucket,
     key: String,
-    watch: Option<Watch>,
+    watch: Option<KeyWatch>,
     /// Highest revision delivered (from the watch or a re-read).
     delivered: u64,
     /// When the watch last delivered anything (or was last checked by a re-read).
@@ -37,7 +34,7 @@ pub(crate) struct AssignmentFeed {
 impl AssignmentFeed {
     /// Starts watching `key` (the current record, if any, is delivered first).
     pub(crate) async fn open(
-        store: Store,
+        store: KeyBucket,
         key: String,
         resync: Duration,
         stats: Arc<StatsCounters>,
@@ -82,16 +79,11 @@ impl AssignmentFeed {
             match item {
                 Some(Ok(entry)) => {
                     self.last_activity = Instant::now();
-                    if entry.revision <= self.delivered {
+                    if entry.revision.get() <= self.delivered {
                         continue;
                     }
-                    self.delivered = entry.revision;
-                    return KvEntry {
-                        key: entry.key,
-                        value: entry.value,
-                        revision: Revision(entry.revision),
-                        deleted: !matches!(entry.operation, Operation::Put),
-                    };
+                    self.delivered = entry.revision.get();
+                    return entry;
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "assignment watch error; re-reading the key");
@@ -137,9 +129,8 @@ impl AssignmentFeed {
     }
 }
 
-async fn watch(store: &Store, key: &str) -> Result<Watch, NatsError> {
-    store
-        .watch_with_history(key)
-        .await
-        .map_err(|error| NatsError::watch(&store.name, error))
+/// A watch of the worker's own key only: the consumer's filter is that key (see
+/// [`KeyBucket::watch_key`]), all a worker's permissions allow.
+async fn watch(store: &KeyBucket, key: &str) -> Result<KeyWatch, NatsError> {
+    store.watch_key(key).await
 }

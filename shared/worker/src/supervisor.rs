@@ -40,7 +40,7 @@ use crate::progress::ProgressPublisher;
 use crate::stats::StatsCounters;
 use crate::worker::Shared;
 use crate::{ProcessError, WorkerError};
-use elk_nats::{KvEntry, LeaseDeadline, Resources};
+use elk_nats::{KvEntry, LeaseDeadline, MemberResources};
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::decode;
 use elk_protocol::messages::{AssignmentRecord, Grant, ProgressEvent, ProgressReport};
@@ -119,7 +119,7 @@ enum SessionEnd {
 /// What the actor works with, handed over by [`crate::WorkerBuilder`].
 pub(crate) struct SupervisorParts {
     pub(crate) config: Arc<WorkerConfig>,
-    pub(crate) resources: Resources,
+    pub(crate) resources: MemberResources,
     pub(crate) runner: Arc<dyn Runner>,
     pub(crate) processors: Handle,
     pub(crate) publisher: ProgressPublisher,
@@ -130,7 +130,7 @@ pub(crate) struct SupervisorParts {
 /// Everything the actor owns.
 pub(crate) struct Supervisor {
     config: Arc<WorkerConfig>,
-    resources: Resources,
+    resources: MemberResources,
     runner: Arc<dyn Runner>,
     /// Where processors run (never the coordination runtime).
     processors: Handle,

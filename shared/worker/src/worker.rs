@@ -148,7 +148,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Provisioning settings used when the worker makes sure the namespace's resources exist.
+    /// Provisioning settings used when the namespace's resources do not exist yet and this
+    /// worker's identity may create them (a server without auth; with ELK's permission model
+    /// only an admin provisions, e.g. `elkctl provision`).
     pub fn provision_config(mut self, provision: ProvisionConfig) -> Self {
         self.config.provision = provision;
         self
@@ -167,7 +169,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Connects, provisions the namespace (idempotent), joins as a member and starts applying
+    /// Connects, checks the namespace exists (provisioning it if missing and allowed), joins as a
+    /// member and starts applying
     /// assignment records; `processor` runs the granted partitions as async tasks. Fails with
     /// [`WorkerError::IdTaken`] when a live member has the id.
     pub async fn start<P: Processor>(self, processor: P) -> Result<WorkerHandle, WorkerError> {
@@ -282,7 +285,8 @@ impl Start {
         let connected = async {
             let client = elk_nats::connect(&config.nats).await?;
             let names = Names::new(config.namespace.clone());
-            let resources = elk_nats::provision(client, names, &config.provision).await?;
+            let resources =
+                elk_nats::open_member(client, names, &config.id, &config.provision).await?;
             let session = Session::open(&resources, &config, self.shared.stats.clone()).await?;
             Ok::<_, WorkerError>((resources, session))
         };

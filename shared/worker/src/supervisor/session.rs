@@ -8,7 +8,7 @@ use crate::config::WorkerConfig;
 use crate::events::{DrainCause, WorkerEvent};
 use crate::processor::ProcessResult;
 use crate::stats::StatsCounters;
-use elk_nats::{MemberLease, Resources, new_incarnation};
+use elk_nats::{MemberLease, MemberResources, new_incarnation};
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{MemberRecord, MemberRole, ProgressEvent};
 use elk_types::Incarnation;
@@ -25,7 +25,7 @@ pub(crate) struct Session {
 impl Session {
     /// Joins with a fresh incarnation and starts watching the worker's own assignment key.
     pub(crate) async fn open(
-        resources: &Resources,
+        resources: &MemberResources,
         config: &WorkerConfig,
         stats: Arc<StatsCounters>,
     ) -> Result<Session, WorkerError> {
@@ -38,8 +38,13 @@ impl Session {
             labels: config.labels.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let lease =
-            MemberLease::join(resources, config.id.clone(), record, config.member_ttl).await?;
+        let lease = MemberLease::join(
+            &resources.members,
+            config.id.clone(),
+            record,
+            config.member_ttl,
+        )
+        .await?;
         let feed = AssignmentFeed::open(
             resources.assignments.clone(),
             config.id.to_string(),
