@@ -2,7 +2,10 @@
 //! scaler) on a private nats-server, workers with a recording processor, and helpers to create
 //! jobs and wait for them. The scenarios live in `tests/`.
 
+pub mod secure;
+
 use anyhow::Context;
+use elk_auth::Role;
 use elk_nats::{AdminClient, NatsConfig, ProvisionConfig, Resources};
 use elk_protocol::admin::{AdminCommand, AdminResult};
 use elk_protocol::decode;
@@ -65,6 +68,10 @@ pub struct Stack {
     /// Member TTL (and election lease TTL) of every service replica and worker this stack starts:
     /// [`TEST_MEMBER_TTL`] unless changed with [`Stack::with_member_ttl`].
     pub member_ttl: Duration,
+    /// With [`Stack::secured`]: TLS and per-role credentials for every component.
+    pub secure: Option<Arc<secure::SecureNats>>,
+    /// With [`Stack::secured`]: the connection admin requests go through (an operator identity).
+    operator: Option<async_nats::Client>,
 }
 
 impl Stack {
@@ -83,7 +90,45 @@ impl Stack {
             namespace,
             resources,
             member_ttl: TEST_MEMBER_TTL,
+            secure: None,
+            operator: None,
         })
+    }
+
+    /// A stack on a server that requires TLS (with client certificates) and decentralized JWT
+    /// auth; the namespace is provisioned by an admin identity, and every replica and worker
+    /// this stack starts connects with credentials of its own role named after its member id.
+    /// `resources` (what the test itself reads) use the admin identity; admin requests go
+    /// through an operator identity.
+    pub async fn secured() -> anyhow::Result<Self> {
+        let namespace = Namespace::new("it")?;
+        let secure = secure::SecureNats::new(&namespace)?;
+        let server = secure.start_server()?;
+        let names = Names::new(namespace.clone());
+        let admin = secure.config(server.url(), Role::Admin, "provisioner")?;
+        let admin = elk_nats::connect(&admin).await?;
+        let resources = elk_nats::provision(admin, names, &ProvisionConfig::default()).await?;
+        let operator = secure.config(server.url(), Role::Operator, "test-operator")?;
+        let operator = elk_nats::connect(&operator).await?;
+        Ok(Self {
+            server,
+            namespace,
+            resources,
+            member_ttl: TEST_MEMBER_TTL,
+            secure: Some(Arc::new(secure)),
+            operator: Some(operator),
+        })
+    }
+
+    /// The connection of `role` `name` to `url`: plain, or with its own credentials and TLS on a
+    /// [`Stack::secured`] stack.
+    pub fn nats_config(&self, url: &str, role: Role, name: &str) -> NatsConfig {
+        match &self.secure {
+            Some(secure) => secure
+                .config(url, role, name)
+                .expect("issuing test credentials"),
+            None => NatsConfig::new(url, name),
+        }
     }
 
     /// Uses `ttl` instead of [`TEST_MEMBER_TTL`] for the replicas and workers started afterwards.
@@ -97,9 +142,9 @@ impl Stack {
     }
 
     /// The common section of a replica `id` of this stack reaching NATS at `url`.
-    fn service_common(&self, url: &str, id: &str) -> ServiceCommon {
+    fn service_common(&self, url: &str, role: Role, id: &str) -> ServiceCommon {
         ServiceCommon::new(
-            NatsConfig::new(url, id),
+            self.nats_config(url, role, id),
             self.namespace.clone(),
             MemberId::new(id).expect("valid id"),
         )
@@ -107,7 +152,8 @@ impl Stack {
     }
 
     pub fn election(&self, id: &str) -> ServiceHandle {
-        let mut config = elk_election::ElectionConfig::new(self.service_common(&self.url(), id));
+        let mut config =
+            elk_election::ElectionConfig::new(self.service_common(&self.url(), Role::Election, id));
         config.election.election_ttl = self.member_ttl;
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
@@ -137,7 +183,8 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_assigner::AssignerMetrics>,
     ) -> ServiceHandle {
-        let config = elk_assigner::AssignerConfig::new(self.service_common(url, id));
+        let config =
+            elk_assigner::AssignerConfig::new(self.service_common(url, Role::Assigner, id));
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) =
@@ -149,7 +196,8 @@ impl Stack {
     }
 
     pub fn scaler(&self, id: &str) -> ServiceHandle {
-        let config = elk_scaler::ScalerConfig::new(self.service_common(&self.url(), id));
+        let config =
+            elk_scaler::ScalerConfig::new(self.service_common(&self.url(), Role::Scaler, id));
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) = elk_scaler::run(config, stop.cancelled_owned()).await {
@@ -194,7 +242,7 @@ impl Stack {
             .map(|job| JobName::new(*job))
             .collect::<Result<Vec<_>, _>>()?;
         let worker = Worker::builder(self.namespace.clone(), MemberId::new(id)?)
-            .nats_url(url)
+            .nats(self.nats_config(url, Role::Worker, id))
             .capacity(capacity)
             .jobs(jobs)
             .member_ttl(self.member_ttl)
@@ -207,8 +255,8 @@ impl Stack {
     /// The typed admin client of this stack's namespace; it waits up to 60 s for an assigner
     /// leader (the scenarios start one right before their first request).
     pub fn admin_client(&self) -> AdminClient {
-        AdminClient::new(self.resources.client.clone(), self.resources.names.clone())
-            .with_patience(ADMIN_PATIENCE)
+        let client = self.operator.as_ref().unwrap_or(&self.resources.client);
+        AdminClient::new(client.clone(), self.resources.names.clone()).with_patience(ADMIN_PATIENCE)
     }
 
     /// Sends an admin command to the active assigner and returns its result; a refusal is an

@@ -152,6 +152,7 @@ fn pyenv_which() -> Option<PathBuf> {
 pub struct NatsServerBuilder {
     jetstream: bool,
     binary: Option<PathBuf>,
+    config: Option<String>,
 }
 
 impl Default for NatsServerBuilder {
@@ -159,6 +160,7 @@ impl Default for NatsServerBuilder {
         Self {
             jetstream: true,
             binary: None,
+            config: None,
         }
     }
 }
@@ -176,6 +178,14 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Extra configuration in nats-server's config syntax (`tls { ... }`, `authorization { ... }`,
+    /// an operator and resolver, ...), written to a file in the server's temp dir and passed with
+    /// `-c`. The address, port and JetStream store still come from the builder.
+    pub fn config(mut self, text: impl Into<String>) -> Self {
+        self.config = Some(text.into());
+        self
+    }
+
     /// Starts the server (after checking the binary's version) and waits until it listens.
     pub fn start(self) -> Result<NatsServer, ServerError> {
         let binary = match self.binary {
@@ -184,9 +194,18 @@ impl NatsServerBuilder {
         };
         check_binary_version(&binary)?;
         let dir = tempfile::Builder::new().prefix("elk-nats-").tempdir()?;
+        let config_file = match &self.config {
+            Some(text) => {
+                let path = dir.path().join("server.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = NatsServer {
             binary,
             jetstream: self.jetstream,
+            config_file,
             dir,
             child: None,
             url: String::new(),
@@ -200,6 +219,7 @@ impl NatsServerBuilder {
 pub struct NatsServer {
     binary: PathBuf,
     jetstream: bool,
+    config_file: Option<PathBuf>,
     dir: TempDir,
     child: Option<Child>,
     url: String,
@@ -237,6 +257,11 @@ impl NatsServer {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The server's log file (what it refused and why, e.g. permission violations).
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("server.log")
     }
 
     /// The store directory (kept across [`NatsServer::restart`]).
@@ -280,6 +305,9 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(config) = &self.config_file {
+            command.arg("-c").arg(config);
+        }
         if self.jetstream {
             command.arg("-js").arg("-sd").arg(self.store_dir());
         }

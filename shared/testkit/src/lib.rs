@@ -10,6 +10,8 @@
 //!   sleep to wait.
 //! * [`TcpProxy`] sits between a client and the server so a test can cut the client off (a
 //!   network partition) and heal it.
+//! * [`TestCertificates`] generates a CA, a server and a client certificate per test (for
+//!   servers started with TLS through [`NatsServerBuilder::config`]).
 //! * [`OwnershipAuditor`] follows a namespace and reports ownership overlaps (invariant 2), lost
 //!   checkpoints (invariant 3) and unexplained repetition (invariant 5); the [`coverage`]
 //!   helpers check a per-ID processing counter (invariant 1).
@@ -17,6 +19,7 @@
 pub mod auditor;
 pub mod coverage;
 mod proxy;
+mod tls;
 mod wait;
 
 pub use auditor::{AuditReport, AuditorError, OwnershipAuditor};
@@ -25,4 +28,5 @@ pub use elk_nats_server::{
     NatsServer, NatsServerBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
 };
 pub use proxy::TcpProxy;
+pub use tls::TestCertificates;
 pub use wait::{TimedOut, wait_until};
