@@ -298,3 +298,107 @@ async fn every_forbidden_action_of_a_worker_is_refused_and_changes_nothing() {
     assigner.stop().await;
     election.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_role_writes_only_its_own_buckets() {
+    let stack = Stack::secured().await.unwrap();
+    let ns = "it";
+    // Who may write what: only the election writes leases, only the assigner jobs, partitions
+    // and assignments, only the scaler the desired worker count.
+    let cases = [
+        (Role::Election, "election-9", vec!["jobs.j", "partitions.j.1", "assignments.w", "fleet.desired"]),
+        (Role::Assigner, "assigner-9", vec!["leases.role.assigner", "leases.view", "fleet.desired"]),
+        (Role::Scaler, "scaler-9", vec!["leases.role.scaler", "jobs.j", "assignments.w"]),
+        (Role::Operator, "ops", vec!["jobs.j", "leases.view", "members.w"]),
+        (Role::Observer, "viewer", vec!["jobs.j", "members.viewer"]),
+        (Role::Planner, "j", vec!["jobs.j", "members.j"]),
+    ];
+    for (role, name, keys) in cases {
+        let probe = Probe::connect(&stack, role, name).await;
+        for key in keys {
+            let (bucket, key) = key.split_once('.').unwrap();
+            let subject = format!("$KV.elk_{ns}_{bucket}.{key}");
+            let what = format!("{role} writes {bucket}/{key}");
+            probe
+                .publish_refused(&what, &subject, Bytes::from_static(GARBAGE))
+                .await;
+        }
+        // Only the admin identity manages streams and consumers.
+        let delete = format!("$JS.API.STREAM.DELETE.KV_elk_{ns}_jobs");
+        probe
+            .request_refused(&format!("{role} deletes a bucket"), &delete, "")
+            .await;
+    }
+    let r = &stack.resources;
+    for (store, key) in [(&r.jobs, "j"), (&r.leases, "view"), (&r.fleet, "desired")] {
+        untouched(store, key).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_reads_but_cannot_change_jobs_and_an_operator_can() {
+    let stack = Stack::secured().await.unwrap();
+    let election = stack.election("election-1");
+    let assigner = stack.assigner("assigner-1");
+    let ns = "it";
+    let observer = Probe::connect(&stack, Role::Observer, "viewer").await;
+    let names = elk_protocol::names::Names::new(stack.namespace.clone());
+    let observer_admin = elk_nats::AdminClient::new(observer.client.clone(), names.clone())
+        .with_patience(Duration::from_secs(30));
+    assert!(observer_admin.list_jobs().await.unwrap().is_empty());
+    let spec = elk_protocol::messages::JobSpec::fixed(IdRange::new(1, 10).unwrap(), 10);
+    let job = elk_types::JobName::new("j").unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        observer_admin.create_job(job.clone(), spec.clone()),
+    )
+    .await;
+    assert!(!matches!(refused, Ok(Ok(_))), "an observer created a job");
+    observer
+        .refused("observer creates a job", &format!("elk.{ns}.admin.assigner.create_job"))
+        .await;
+    let operator = Probe::connect(&stack, Role::Operator, "ops").await;
+    let operator_admin = elk_nats::AdminClient::new(operator.client.clone(), names)
+        .with_patience(Duration::from_secs(30));
+    operator_admin.create_job(job, spec).await.unwrap();
+    assert_eq!(observer_admin.list_jobs().await.unwrap().len(), 1);
+    assigner.stop().await;
+    election.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_plaintext_and_certificate_less_clients_are_refused() {
+    let stack = Stack::secured().await.unwrap();
+    let secure = stack.secure.clone().unwrap();
+    let url = stack.server.url();
+    let refused = |config: elk_nats::NatsConfig| async move {
+        let attempt = elk_nats::connect(&config).await;
+        let error = attempt.err().map(|e| elk_nats::report(&e));
+        assert!(error.is_some(), "{config:?} connected");
+        error.unwrap()
+    };
+    // TLS with a client certificate, but no credentials.
+    let anonymous = refused(secure.tls_only(url, "anonymous")).await;
+    assert!(anonymous.contains("authorization"), "{anonymous}");
+    // Valid credentials without TLS: the server requires it.
+    let mut plain = secure.config(url, Role::Worker, "w-plain").unwrap();
+    plain.tls_ca_file = None;
+    plain.tls_cert_file = None;
+    plain.tls_key_file = None;
+    plain.tls_required = false;
+    refused(plain).await;
+    // Credentials and TLS, but no client certificate: the server verifies clients.
+    let mut no_cert = secure.config(url, Role::Worker, "w-nocert").unwrap();
+    no_cert.tls_cert_file = None;
+    no_cert.tls_key_file = None;
+    refused(no_cert).await;
+    // Credentials of another deployment (an unknown account): refused.
+    let other = elk_integration_tests::secure::SecureNats::new(&stack.namespace).unwrap();
+    let mut foreign = secure.tls_only(url, "foreign");
+    foreign.credentials_file = Some(other.creds(Role::Admin, "intruder").unwrap());
+    let foreign = refused(foreign).await;
+    assert!(foreign.contains("authorization"), "{foreign}");
+    // The real thing connects.
+    let worker = secure.config(url, Role::Worker, "w-ok").unwrap();
+    elk_nats::connect(&worker).await.unwrap();
+}

@@ -255,6 +255,8 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsErro
         .validate()
         .map_err(|reason| NatsError::connect(&config.url, reason))?;
     let url = config.url.clone();
+    let failure = ConnectFailure::default();
+    let seen = failure.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(config.name.as_deref().unwrap_or("elk"))
         .connection_timeout(Duration::from_secs(5))
@@ -263,7 +265,13 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsErro
         .custom_inbox_prefix(config.effective_inbox_prefix()?)
         .event_callback(move |event| {
             let url = url.clone();
-            async move { log_event(&url, event) }
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ClientError(error) = &event {
+                    seen.record(error.to_string());
+                }
+                log_event(&url, event)
+            }
         });
     if let Some(path) = &config.credentials_file {
         options = options.credentials_file(path).await.map_err(|e| {
@@ -295,7 +303,9 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsErro
         .await
         .map_err(|elapsed| NatsError::connect(&config.url, elapsed))?
         .map_err(|error| NatsError::connect(&config.url, error))?;
-    wait_for_server_info(&client).await;
+    wait_for_server_info(&client, &failure)
+        .await
+        .map_err(|reason| connect_failure(&config.url, reason))?;
     let info = client.server_info();
     check_server_version(&config.url, &info.version, info.jetstream)?;
     Ok(client)
@@ -314,13 +324,52 @@ fn log_event(url: &str, event: async_nats::Event) {
     }
 }
 
-/// With `retry_on_initial_connect` the INFO may arrive just after `connect` returns.
-async fn wait_for_server_info(client: &async_nats::Client) {
+/// The last reason a connection attempt failed (the client keeps retrying in the background).
+#[derive(Clone, Default)]
+struct ConnectFailure(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl ConnectFailure {
+    fn record(&self, reason: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    fn last(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// With `retry_on_initial_connect` the client connects in the background; its server info is set
+/// once a connection is established. Refused credentials end the wait at once (retrying cannot
+/// fix them); otherwise the last failure (TLS, unreachable) is the error after 5 s.
+async fn wait_for_server_info(
+    client: &async_nats::Client,
+    failure: &ConnectFailure,
+) -> Result<(), String> {
     for _ in 0..500 {
         if !client.server_info().version.is_empty() {
-            return;
+            return Ok(());
+        }
+        if let Some(reason) = failure.last()
+            && (reason.contains("authorization") || reason.contains("authentication"))
+        {
+            return Err(format!(
+                "{reason}: the server refused these credentials (or their absence)"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(failure
+        .last()
+        .unwrap_or_else(|| "the server sent no INFO within 5 s".to_owned()))
+}
+
+/// A refusal of the credentials is final; any other failure to connect in time (unreachable,
+/// TLS handshake failing, slow) may pass.
+fn connect_failure(url: &str, reason: String) -> NatsError {
+    if reason.contains("refused these credentials") {
+        NatsError::connect(url, reason)
+    } else {
+        NatsError::connect(url, std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
     }
 }
 
