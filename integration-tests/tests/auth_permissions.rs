@@ -306,10 +306,26 @@ async fn each_service_role_writes_only_its_own_buckets() {
     // Who may write what: only the election writes leases, only the assigner jobs, partitions
     // and assignments, only the scaler the desired worker count.
     let cases = [
-        (Role::Election, "election-9", vec!["jobs.j", "partitions.j.1", "assignments.w", "fleet.desired"]),
-        (Role::Assigner, "assigner-9", vec!["leases.role.assigner", "leases.view", "fleet.desired"]),
-        (Role::Scaler, "scaler-9", vec!["leases.role.scaler", "jobs.j", "assignments.w"]),
-        (Role::Operator, "ops", vec!["jobs.j", "leases.view", "members.w"]),
+        (
+            Role::Election,
+            "election-9",
+            vec!["jobs.j", "partitions.j.1", "assignments.w", "fleet.desired"],
+        ),
+        (
+            Role::Assigner,
+            "assigner-9",
+            vec!["leases.role.assigner", "leases.view", "fleet.desired"],
+        ),
+        (
+            Role::Scaler,
+            "scaler-9",
+            vec!["leases.role.scaler", "jobs.j", "assignments.w"],
+        ),
+        (
+            Role::Operator,
+            "ops",
+            vec!["jobs.j", "leases.view", "members.w"],
+        ),
         (Role::Observer, "viewer", vec!["jobs.j", "members.viewer"]),
         (Role::Planner, "j", vec!["jobs.j", "members.j"]),
     ];
@@ -355,7 +371,10 @@ async fn an_observer_reads_but_cannot_change_jobs_and_an_operator_can() {
     .await;
     assert!(!matches!(refused, Ok(Ok(_))), "an observer created a job");
     observer
-        .refused("observer creates a job", &format!("elk.{ns}.admin.assigner.create_job"))
+        .refused(
+            "observer creates a job",
+            &format!("elk.{ns}.admin.assigner.create_job"),
+        )
         .await;
     let operator = Probe::connect(&stack, Role::Operator, "ops").await;
     let operator_admin = elk_nats::AdminClient::new(operator.client.clone(), names)

@@ -369,7 +369,10 @@ fn connect_failure(url: &str, reason: String) -> NatsError {
     if reason.contains("refused these credentials") {
         NatsError::connect(url, reason)
     } else {
-        NatsError::connect(url, std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
+        NatsError::connect(
+            url,
+            std::io::Error::new(std::io::ErrorKind::TimedOut, reason),
+        )
     }
 }
 
