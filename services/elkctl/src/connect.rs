@@ -1,6 +1,6 @@
 //! Where elkctl connects: the NATS flags every ELK binary shares ([`NatsArgs`]: `--nats-url`,
-//! `--nats-credentials-file`, with their `ELK_*` variables), the namespace, and for admin
-//! commands the typed [`AdminClient`] with `--wait` as its patience and `--json` output.
+//! credentials and TLS, with their `ELK_*` variables), the namespace, and for admin commands the
+//! typed [`AdminClient`] with `--wait` as its patience and `--json` output.
 
 use anyhow::Context;
 use elk_nats::{AdminClient, ProvisionConfig, Resources};
@@ -35,8 +35,16 @@ impl TargetArgs {
         Ok(elk_nats::connect(&self.nats.config(CONNECTION_NAME)).await?)
     }
 
-    /// Connects and provisions (or confirms) the namespace's buckets, for commands that read them.
+    /// Connects and binds the namespace's existing buckets, for commands that read them (an
+    /// operator or observer identity may; it creates nothing).
     pub async fn open(&self) -> anyhow::Result<Resources> {
+        let names = Names::new(self.namespace()?);
+        let client = self.connect().await?;
+        Ok(elk_nats::bind(client, names).await?)
+    }
+
+    /// Connects and creates or updates every resource of the namespace (an admin identity).
+    pub async fn provision(&self) -> anyhow::Result<Resources> {
         let names = Names::new(self.namespace()?);
         let client = self.connect().await?;
         Ok(elk_nats::provision(client, names, &ProvisionConfig::default()).await?)

@@ -6,6 +6,7 @@
 //! and a hint, and exits with a status per kind of failure (see `failure`).
 
 mod admin;
+mod auth;
 mod connect;
 mod demo;
 mod failure;
@@ -46,6 +47,11 @@ enum Command {
     Stats(admin::StatsArgs),
     /// Live progress bars per job until every watched job is over (or Ctrl-C).
     Watch(watch::WatchArgs),
+    /// NATS authorization: deployment keys, server configuration, credentials per identity.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Create or update every bucket, the progress stream and its consumer (admin identity).
+    Provision(auth::ProvisionArgs),
 }
 
 impl Command {
@@ -58,7 +64,9 @@ impl Command {
             Command::IdStatus(args) => args.connect.json,
             Command::Stats(args) => args.connect.json,
             Command::Watch(args) => args.connect.json,
-            Command::Demo(_) | Command::Status(_) => false,
+            Command::Demo(_) | Command::Status(_) | Command::Auth(_) | Command::Provision(_) => {
+                false
+            }
         }
     }
 }
@@ -76,6 +84,8 @@ async fn main() -> std::process::ExitCode {
         Command::IdStatus(args) => admin::run_id_status(args).await,
         Command::Stats(args) => admin::run_stats(args).await,
         Command::Watch(args) => watch::run(args).await,
+        Command::Auth(command) => auth::run(command),
+        Command::Provision(args) => auth::provision(args).await,
     };
     match outcome {
         Ok(code) => code,

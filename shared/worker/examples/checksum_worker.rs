@@ -8,6 +8,9 @@
 //!     --namespace prod --capacity 4
 //! ELK_NATS_URL=nats://nats:4222 ELK_NAMESPACE=prod ELK_CAPACITY=4 checksum_worker
 //! ```
+//! On a secured deployment add the credentials and TLS flags every ELK binary takes, e.g.
+//! `--nats-credentials-file worker-7.creds --nats-tls-ca-file ca.pem --nats-tls-required` (the
+//! credentials' name must be the member id: `elkctl auth creds --role worker --name worker-7`).
 //! Every flag has an `ELK_*` environment variable (`--help` lists them). The member id defaults to
 //! `<hostname>-<pid>`, unique per process (in Kubernetes the hostname is the pod name). The older
 //! positional form `checksum_worker <url> <namespace> <member-id> <capacity>` still works.
@@ -32,12 +35,12 @@ use std::time::{Duration, Instant};
                   still accepted."
 )]
 struct Args {
-    /// NATS server URL (a comma-separated list is accepted).
-    #[arg(long, env = "ELK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// NATS credentials file (JWT + NKEY).
-    #[arg(long, env = "ELK_NATS_CREDENTIALS")]
-    nats_credentials: Option<PathBuf>,
+    /// NATS connection: URL, credentials, TLS (the flags every ELK binary shares).
+    #[command(flatten)]
+    nats: elk_runtime::NatsArgs,
+    /// Older name of --nats-credentials-file.
+    #[arg(long = "nats-credentials", env = "ELK_NATS_CREDENTIALS", hide = true)]
+    legacy_credentials: Option<PathBuf>,
     /// Namespace (deployment) to join.
     #[arg(long, env = "ELK_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -69,7 +72,10 @@ impl Args {
     fn with_positional(mut self) -> Result<Self, String> {
         let mut positional = std::mem::take(&mut self.positional).into_iter();
         if let Some(url) = positional.next() {
-            self.nats_url = url;
+            self.nats.url = Some(url);
+        }
+        if self.nats.credentials_file.is_none() {
+            self.nats.credentials_file = self.legacy_credentials.take();
         }
         if let Some(namespace) = positional.next() {
             self.namespace = namespace;
@@ -215,8 +221,9 @@ async fn run(args: Args) -> Result<i32, Box<dyn std::error::Error>> {
         .iter()
         .map(JobName::new)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut nats = NatsConfig::new(&args.nats_url, id.as_str());
-    nats.credentials_file = args.nats_credentials.clone();
+    let nats = args
+        .nats
+        .apply(NatsConfig::new(elk_worker::DEFAULT_NATS_URL, id.as_str()));
     // Processors get most of the grace to return; the rest is for the releases and the leave.
     let reserve = (args.shutdown_grace / 4).min(Duration::from_secs(5));
     let worker = Worker::builder(namespace.clone(), id.clone())
