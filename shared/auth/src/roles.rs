@@ -92,7 +92,11 @@ impl Role {
     pub fn permissions(self, names: &Names) -> Option<Permissions> {
         let subjects = Subjects::new(names);
         let mut p = Permissions::default();
-        p.subscribe.push(format!("_INBOX.{SUBJECT}.>"));
+        // Its own reply inbox: subscribe (replies, watch deliveries) and publish (a round trip
+        // to itself, e.g. the planner's check that the server has its subscription).
+        let inbox = format!("_INBOX.{SUBJECT}.>");
+        p.subscribe.push(inbox.clone());
+        p.publish.push(inbox);
         match self {
             Role::Admin => return None,
             Role::Worker => {
@@ -106,6 +110,9 @@ impl Role {
                 p.publish.push(assignments.direct_get(NAME));
                 p.publish.push(assignments.filtered_consumer(NAME));
                 p.publish.push(assignments.flow_control());
+                // Removing a stalled watch before re-creating it: consumer names are random and
+                // no role may list them, so nobody can name another's watch.
+                p.publish.push(assignments.delete_consumer());
             }
             Role::Planner => {
                 p.subscribe.push(format!("elk.{}.plan.{NAME}", subjects.ns));
@@ -205,6 +212,11 @@ impl Permissions {
     /// progress stream (stream info: configuration and counts, never a value).
     fn service(&mut self, subjects: &Subjects) {
         self.own_member_key(subjects);
+        // A restarted replica waits for its previous member key to expire by watching it.
+        let members = subjects.bucket("members");
+        self.publish.push(members.filtered_consumer(NAME));
+        self.publish.push(members.flow_control());
+        self.publish.push(members.delete_consumer());
         for bucket in BUCKETS {
             self.publish.push(subjects.bucket(bucket).stream_info());
         }
@@ -314,6 +326,11 @@ impl BucketSubjects {
         format!("$JS.FC.{}.>", self.stream())
     }
 
+    /// Deleting a consumer of this stream by name (ordered consumers are re-created after a stall).
+    fn delete_consumer(&self) -> String {
+        format!("$JS.API.CONSUMER.DELETE.{}.*", self.stream())
+    }
+
     /// Direct gets of any key, ordered consumers with any filter (and their clean-up).
     fn read_all(&self) -> Vec<String> {
         let stream = self.stream();
@@ -321,7 +338,7 @@ impl BucketSubjects {
             format!("$JS.API.DIRECT.GET.{stream}.>"),
             format!("$JS.API.CONSUMER.CREATE.{stream}"),
             format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
+            self.delete_consumer(),
             self.flow_control(),
         ]
     }
@@ -345,12 +362,14 @@ mod tests {
         assert_eq!(
             worker.publish,
             vec![
+                "_INBOX.UKEY.>",
                 "$KV.elk_prod_members.w-1",
                 "$JS.API.DIRECT.GET.KV_elk_prod_members.$KV.elk_prod_members.w-1",
                 "elk.prod.progress.w-1",
                 "$JS.API.DIRECT.GET.KV_elk_prod_assignments.$KV.elk_prod_assignments.w-1",
                 "$JS.API.CONSUMER.CREATE.KV_elk_prod_assignments.*.$KV.elk_prod_assignments.w-1",
                 "$JS.FC.KV_elk_prod_assignments.>",
+                "$JS.API.CONSUMER.DELETE.KV_elk_prod_assignments.*",
             ]
         );
         assert_eq!(worker.subscribe, vec!["_INBOX.UKEY.>"]);
