@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// The admin token the API is started with.
+const TOKEN: &str = "test-admin-token-0123456789";
+
 /// One HTTP/1.1 request with `Connection: close`; returns the status code and the JSON body.
 async fn call(
     address: std::net::SocketAddr,
@@ -17,7 +20,7 @@ async fn call(
 ) -> (u16, Value) {
     let body = body.map(|value| value.to_string()).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -40,10 +43,16 @@ async fn http_api_drives_a_job_end_to_end() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
+    let security = elk_assigner::http::HttpSecurity::load_with_env(
+        &elk_assigner::HttpSettings::default(),
+        |name| (name == elk_assigner::http::ADMIN_TOKENS_ENV).then(|| TOKEN.to_owned()),
+    )
+    .unwrap();
     let server = tokio::spawn(elk_assigner::http::serve_http(
         listener,
         stack.resources.client.clone(),
         stack.resources.names.clone(),
+        security,
         stop.clone(),
     ));
     let range = IdRange::new(1, 20_000).unwrap();

@@ -4,6 +4,7 @@
 
 use elk_runtime::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 elk_runtime::service_config! {
@@ -30,6 +31,62 @@ pub struct AssignerSettings {
     /// replica serves it and forwards to the active assigner over NATS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
+    /// Security of the HTTP admin API (`[assigner.http]`).
+    pub http: HttpSettings,
+}
+
+/// `[assigner.http]`: who may use the HTTP admin API and how long a client may hold a connection.
+/// Bearer tokens come from `tokens_file` and the environment variables `ELK_HTTP_ADMIN_TOKENS` /
+/// `ELK_HTTP_READ_TOKENS` (comma-separated; never part of the printed configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// File of bearer tokens, one per line: `admin <token>` (every route) or `read <token>`
+    /// (GET routes only); `#` starts a comment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve without authentication. Only for a port nothing else can reach; the API refuses to
+    /// start without tokens otherwise.
+    pub allow_unauthenticated: bool,
+    /// Serve HTTPS with this certificate chain (PEM) and `tls_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Browser origins allowed to call the API (`https://ops.example.com`); a request carrying
+    /// another `Origin` is refused (403). Clients that send no `Origin` (curl, scripts) pass.
+    pub allowed_origins: Vec<String>,
+    /// Host names the API answers to, besides IP addresses and `localhost` (`*`: any); another
+    /// `Host` is refused (421), which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (also the TLS handshake and the idle time
+    /// between requests of a kept-alive connection).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            tokens_file: None,
+            allow_unauthenticated: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_connections: 256,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024,
+        }
+    }
 }
 
 impl Default for AssignerSettings {
@@ -40,6 +97,7 @@ impl Default for AssignerSettings {
             revoke_timeout: Duration::from_secs(5),
             tick: Duration::from_millis(200),
             http_listen: None,
+            http: HttpSettings::default(),
         }
     }
 }
@@ -72,6 +130,22 @@ impl Validate for AssignerConfig {
                     "assigner.http_listen '{address}' is not HOST:PORT (e.g. 0.0.0.0:8080)"
                 )));
             }
+        }
+        let http = &assigner.http;
+        if http.tls_cert_file.is_some() != http.tls_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "assigner.http.tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if http.max_connections == 0 || http.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "assigner.http.max_connections and max_body_bytes must be at least 1",
+            ));
+        }
+        if http.header_timeout.is_zero() || http.body_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "assigner.http.header_timeout and body_timeout must be greater than zero",
+            ));
         }
         Ok(())
     }

@@ -24,7 +24,17 @@
 //! `method_not_allowed` 405, `no_leader` 503 (no assigner answered within the patience),
 //! `timed_out` 504 (the leader did not answer in time), `transport` 502 (NATS failed),
 //! `internal` 500.
+//!
+//! Every request first passes the guard (`http_guard`: Host, Origin, bearer token and scope,
+//! JSON on mutations, body limits: `unauthorized` 401, `forbidden` 403, `unsupported_media_type`
+//! 415, `misdirected_request` 421, `request_timeout` 408, `payload_too_large` 413), and
+//! connections are served with a header timeout, a connection limit and optional TLS
+//! (`http_serve`).
 
+use crate::config::HttpSettings;
+use crate::http_guard::{self, Guard};
+pub use crate::http_guard::{ADMIN_TOKENS_ENV, READ_TOKENS_ENV};
+use crate::http_serve::{self, ServeOptions};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -37,8 +47,45 @@ use elk_protocol::messages::{JobSpec, PartitionStatus};
 use elk_protocol::names::Names;
 use elk_types::{IdRange, JobName, PartitionId};
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// How the HTTP API is protected: the request guard and the connection limits (from
+/// `[assigner.http]` and the token environment variables).
+#[derive(Debug, Clone)]
+pub struct HttpSecurity {
+    guard: Arc<Guard>,
+    serve: ServeOptions,
+}
+
+impl HttpSecurity {
+    /// Loads the tokens (file, `ELK_HTTP_ADMIN_TOKENS`, `ELK_HTTP_READ_TOKENS`) and the TLS
+    /// certificate; refuses to serve without tokens unless `allow_unauthenticated`.
+    pub fn load(settings: &HttpSettings) -> Result<Self, String> {
+        Self::load_with_env(settings, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`HttpSecurity::load`] with another environment (tests).
+    pub fn load_with_env(
+        settings: &HttpSettings,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let guard = Arc::new(Guard::load(settings, env)?);
+        let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+            (Some(cert), Some(key)) => Some(http_serve::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        Ok(Self {
+            guard,
+            serve: ServeOptions {
+                max_connections: settings.max_connections,
+                header_timeout: settings.header_timeout,
+                tls,
+            },
+        })
+    }
+}
 
 /// Serves the HTTP API on `listener` until `shutdown` is cancelled (then finishes the requests in
 /// flight and returns). Requests wait up to the admin client's default patience (5 s) for a
@@ -47,17 +94,21 @@ pub async fn serve_http(
     listener: TcpListener,
     client: async_nats::Client,
     names: Names,
+    security: HttpSecurity,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let bridge = Bridge {
         admin: AdminClient::new(client, names),
     };
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "admin HTTP API listening");
+        let tls = security.serve.tls.is_some();
+        tracing::info!(%address, tls, "admin HTTP API listening");
     }
-    axum::serve(listener, router(bridge))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = router(bridge).layer(axum::middleware::from_fn_with_state(
+        security.guard,
+        http_guard::guard,
+    ));
+    http_serve::serve(listener, app, security.serve, shutdown).await
 }
 
 /// Forwards admin commands to the assigner leader over NATS.
@@ -68,14 +119,14 @@ struct Bridge {
 
 /// An error response: `{"error": {"code": code, "message": message}}` with `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,

@@ -14,6 +14,8 @@
 //! | module | role |
 //! |---|---|
 //! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) |
+//! | `http_guard` | the checks of every HTTP request: Host, Origin, bearer token and scope, JSON, body limits |
+//! | `http_serve` | the HTTP listener: header timeout, connection limit, TLS |
 //! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
 //! | `admin` | admin requests → model commands → coded replies |
 //! | `store` | writes a round's change set to KV |
@@ -27,6 +29,8 @@ mod config;
 mod error;
 mod faults;
 pub mod http;
+mod http_guard;
+mod http_serve;
 mod leader;
 mod metrics;
 mod model;
@@ -34,7 +38,7 @@ mod store;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
-pub use config::{AssignerConfig, AssignerSettings};
+pub use config::{AssignerConfig, AssignerSettings, HttpSettings};
 pub use error::{AssignerError, Feed, JetstreamOperation};
 pub use metrics::AssignerMetrics;
 
@@ -91,7 +95,7 @@ async fn run_replica(
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
     };
     let http = match &config.assigner.http_listen {
-        Some(address) => Some(spawn_http(address, &resources).await?),
+        Some(address) => Some(spawn_http(address, &config.assigner.http, &resources).await?),
         None => None,
     };
     let leader = leader::AssignerLeader {
@@ -130,8 +134,11 @@ async fn run_replica(
 /// Binds the HTTP admin API and serves it until the returned token is cancelled.
 async fn spawn_http(
     address: &str,
+    settings: &HttpSettings,
     resources: &elk_nats::Resources,
 ) -> Result<(CancellationToken, JoinHandle<()>), AssignerError> {
+    let security =
+        http::HttpSecurity::load(settings).map_err(|reason| AssignerError::HttpSetup { reason })?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| AssignerError::HttpListen {
@@ -144,6 +151,7 @@ async fn spawn_http(
         listener,
         resources.client.clone(),
         resources.names.clone(),
+        security,
         stop.clone(),
     );
     let task = tokio::spawn(async move {

@@ -405,19 +405,25 @@ mod tests {
         config.credentials_file = Some("a.creds".into());
         let error = config.validate().unwrap_err();
         assert!(error.contains("credentials_file and token"), "{error}");
-        let mut config = NatsConfig::default();
-        config.user = Some("u".into());
+        let config = NatsConfig {
+            user: Some("u".into()),
+            ..NatsConfig::default()
+        };
         assert!(config.validate().unwrap_err().contains("password"));
-        let mut config = NatsConfig::default();
-        config.tls_cert_file = Some("c.pem".into());
+        let config = NatsConfig {
+            tls_cert_file: Some("c.pem".into()),
+            ..NatsConfig::default()
+        };
         assert!(config.validate().unwrap_err().contains("tls_key_file"));
     }
 
     #[test]
     fn secrets_are_neither_serialized_nor_debug_printed() {
-        let mut config = NatsConfig::default();
-        config.user = Some("ops".into());
-        config.password = Some("hunter2".into());
+        let config = NatsConfig {
+            user: Some("ops".into()),
+            password: Some("hunter2".into()),
+            ..NatsConfig::default()
+        };
         let toml = serde_json::to_string(&config).unwrap();
         assert!(!toml.contains("hunter2") && toml.contains("ops"), "{toml}");
         assert!(!format!("{config:?}").contains("hunter2"));
