@@ -18,6 +18,7 @@ the images of scripts/build-images).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -61,7 +62,17 @@ def wait_until(what, condition):
         time.sleep(0.5)
 
 
-def pod_environment(container, pod_name, elk_env):
+def secret_value(docs, name, key):
+    """A key of a rendered Secret (kustomize's secretGenerator writes base64 `data`)."""
+    for secret in docs:
+        if secret.get("kind") == "Secret" and secret["metadata"]["name"] == name:
+            if key in secret.get("stringData", {}):
+                return secret["stringData"][key]
+            return base64.b64decode(secret["data"][key]).decode()
+    raise StackFailed(f"no Secret {name} with key {key} among the rendered manifests")
+
+
+def pod_environment(container, pod_name, elk_env, docs):
     """The variables a container of pod `pod_name` gets, as Kubernetes would set them."""
     env = {}
     for source in container.get("envFrom", []):
@@ -71,10 +82,13 @@ def pod_environment(container, pod_name, elk_env):
             raise StackFailed(f"{container['name']}: envFrom {source} has no stand-in here")
     for variable in container.get("env", []):
         field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        secret = variable.get("valueFrom", {}).get("secretKeyRef")
         if "value" in variable:
             env[variable["name"]] = variable["value"]
         elif field == "metadata.name":
             env[variable["name"]] = pod_name
+        elif secret:
+            env[variable["name"]] = secret_value(docs, secret["name"], secret["key"])
         else:
             raise StackFailed(f"{container['name']}: {variable['name']} has no stand-in here")
     return env
@@ -84,9 +98,12 @@ def expand(arg, env):
     return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
-def http_status(port, path):
+def http_status(port, path, token=None):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, ""
@@ -102,7 +119,7 @@ class Stack:
         self.containers = []
         self.elk_env = deploy.configmap_files(docs, "elk-env")
         self.hosts = {}
-        # pod -> local port of its HTTP admin API (the assigner's ELK_ASSIGNER__HTTP_LISTEN)
+        # pod -> (local port, read token) of its HTTP admin API (ELK_ASSIGNER__HTTP_LISTEN)
         self.admin_api = {}
         # pod -> terminationGracePeriodSeconds of its workload
         self.grace_periods = {}
@@ -166,7 +183,7 @@ class Stack:
         for pod, workload in pods:
             spec = deploy.pod_spec(workload)
             container = spec["containers"][0]
-            env = pod_environment(container, pod, self.elk_env)
+            env = pod_environment(container, pod, self.elk_env, self.docs)
             args = [expand(a, env) for a in container.get("args", [])]
             ports = [p["containerPort"] for p in container.get("ports", [])]
             self.run(pod, container["image"], args, env, str(spec["securityContext"]["runAsUser"]), ports)
@@ -175,7 +192,8 @@ class Stack:
                 endpoints[pod] = self.published(pod, deploy.METRICS_PORT)
             for port in container.get("ports", []):
                 if port["name"] == "http":
-                    self.admin_api[pod] = self.published(pod, port["containerPort"])
+                    token = env.get("ELK_HTTP_READ_TOKENS", "").split(",")[0]
+                    self.admin_api[pod] = (self.published(pod, port["containerPort"]), token)
         return endpoints
 
     def assert_running(self):
@@ -253,8 +271,10 @@ def check(stack, endpoints, probes):
     if job["ids_completed"] != IDS:
         raise StackFailed(f"job {JOB} completed with {job['ids_completed']} of {IDS} IDs")
     print(f"ok  job {JOB}: {job['ids_completed']} IDs in {job['partitions_total']} partitions completed")
-    for pod, port in stack.admin_api.items():
-        status, body = http_status(port, f"/v1/jobs/{JOB}")
+    for pod, (port, token) in stack.admin_api.items():
+        if http_status(port, f"/v1/jobs/{JOB}")[0] != 401:
+            raise StackFailed(f"{pod}: the HTTP admin API answers without a token")
+        status, body = http_status(port, f"/v1/jobs/{JOB}", token)
         if status != 200 or json.loads(body)["job"]["state"] != "completed":
             raise StackFailed(f"{pod}: the HTTP admin API does not show {JOB} completed ({status})")
         print(f"ok  {pod}: the HTTP admin API shows {JOB} completed")

@@ -45,7 +45,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 ELK_COMPONENTS = {"control-plane", "worker"}
 METRICS_PORT = 9464
 # Secrets the operator creates before applying an overlay (docs/deploy.md).
-EXTERNAL_SECRETS = {"prod": {"grafana-admin"}}
+EXTERNAL_SECRETS = {"prod": {"grafana-admin", "elk-http-tokens"}}
 
 
 class Invalid(Exception):

@@ -167,4 +167,25 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("assigner.http_listen"), "{error}");
     }
+
+    #[test]
+    fn http_settings_come_from_the_environment_too() {
+        let variables = [
+            (
+                "ELK_ASSIGNER__HTTP__ALLOWED_HOSTS",
+                r#"["elk-assigner", "elk-assigner.*"]"#,
+            ),
+            ("ELK_ASSIGNER__HTTP__MAX_CONNECTIONS", "64"),
+            ("ELK_ASSIGNER__HTTP__HEADER_TIMEOUT", "2s"),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let config: AssignerConfig =
+            elk_runtime::load_config_from(None, variables, serde_json::json!({})).unwrap();
+        assert_eq!(
+            config.assigner.http.allowed_hosts,
+            vec!["elk-assigner", "elk-assigner.*"]
+        );
+        assert_eq!(config.assigner.http.max_connections, 64);
+        assert_eq!(config.assigner.http.header_timeout, Duration::from_secs(2));
+    }
 }

@@ -157,7 +157,10 @@ impl Guard {
         self.any_host
             || name == "localhost"
             || name.parse::<std::net::IpAddr>().is_ok()
-            || self.allowed_hosts.contains(&name)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|pattern| glob_match(pattern, &name))
     }
 
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
@@ -168,6 +171,26 @@ impl Guard {
         });
         own || self.allowed_origins.contains(&origin)
     }
+}
+
+/// `pattern` with `*` standing for any run of characters (`elk-assigner.*`, `*.example.com`).
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -392,7 +415,7 @@ mod tests {
     fn hosts_and_origins() {
         let mut allowed = settings();
         allowed.allow_unauthenticated = true;
-        allowed.allowed_hosts = vec!["elk.example.com".into()];
+        allowed.allowed_hosts = vec!["elk.example.com".into(), "elk-assigner.*".into()];
         allowed.allowed_origins = vec!["https://ops.example.com/".into()];
         let guard = Guard::load(&allowed, |_| None).unwrap();
         for host in [
