@@ -165,6 +165,7 @@ impl Role {
                 }
             }
         }
+        p.dedup();
         Some(p)
     }
 }
@@ -198,6 +199,14 @@ impl Permissions {
             publish: fill(&self.publish),
             subscribe: fill(&self.subscribe),
             respond: self.respond,
+        }
+    }
+
+    /// Drops repeated subjects, keeping the first of each.
+    fn dedup(&mut self) {
+        for list in [&mut self.publish, &mut self.subscribe] {
+            let mut seen = std::collections::HashSet::new();
+            list.retain(|subject| seen.insert(subject.clone()));
         }
     }
 
