@@ -71,6 +71,19 @@ pub async fn provision(
     let assignments = bucket(&jetstream, names.assignments_bucket(), None).await?;
     let fleet = bucket(&jetstream, names.fleet_bucket(), None).await?;
     let progress = progress_stream(&jetstream, &names, config).await?;
+    let buckets = [members, leases, jobs, partitions, assignments, fleet];
+    assemble(client, jetstream, names, buckets, progress).await
+}
+
+/// [`Resources`] from the six bucket handles (in [`Resources`]' order) and the progress stream.
+async fn assemble(
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    names: Names,
+    buckets: [kv::Store; 6],
+    progress: stream::Stream,
+) -> Result<Resources, NatsError> {
+    let [members, leases, jobs, partitions, assignments, fleet] = buckets;
     let member_keys = KeyBucket::open(&jetstream, names.members_bucket()).await?;
     let lease_keys = KeyBucket::open(&jetstream, names.leases_bucket()).await?;
     Ok(Resources {
@@ -105,22 +118,8 @@ pub async fn bind(client: async_nats::Client, names: Names) -> Result<Resources,
             NatsError::provision(resource, error)
         })
     })?;
-    let member_keys = KeyBucket::open(&jetstream, names.members_bucket()).await?;
-    let lease_keys = KeyBucket::open(&jetstream, names.leases_bucket()).await?;
-    Ok(Resources {
-        client,
-        jetstream,
-        names,
-        member_keys,
-        lease_keys,
-        members,
-        leases,
-        jobs,
-        partitions,
-        assignments,
-        fleet,
-        progress,
-    })
+    let buckets = [members, leases, jobs, partitions, assignments, fleet];
+    assemble(client, jetstream, names, buckets, progress).await
 }
 
 /// [`bind`], and if something is missing, [`provision`] (which needs the rights to create
