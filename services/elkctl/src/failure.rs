@@ -72,7 +72,9 @@ impl Failure {
             AdminClientError::TimedOut { .. } => (
                 EXIT_TRY_AGAIN,
                 Some(
-                    "the command may have been applied: look (e.g. `elkctl job get`) before repeating it",
+                    "the command may have been applied: look (e.g. `elkctl job get`) before \
+                     repeating it; with credentials, check that they may send this command (an \
+                     observer may only read: docs/security.md)",
                 ),
             ),
             AdminClientError::Transport { .. } | AdminClientError::UnexpectedResult { .. } => {

@@ -57,8 +57,8 @@ impl AuthError {
 }
 
 /// Nothing here is worth retrying: files, keys and names do not fix themselves.
-impl AuthError {
-    pub fn is_retryable(&self) -> bool {
+impl elk_nats::Retryable for AuthError {
+    fn is_retryable(&self) -> bool {
         false
     }
 }
