@@ -17,7 +17,7 @@
 //! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
 //! | `admin` | admin requests → model commands → coded replies |
 //! | `store` | writes a round's change set to KV |
-//! | `metrics` | [`AssignerMetrics`], the counters shared with the caller |
+//! | `metrics` | [`AssignerMetrics`]: the Prometheus metrics, shared with the caller |
 //! | `model` | the pure model: state, `reconcile`, the partition lifecycle, the change set |
 //! | `error` | [`AssignerError`], classified retryable / terminal |
 //! | `faults` | the leader loop's fault-injection point (`test-hooks` feature; a no-op otherwise) |
@@ -83,7 +83,14 @@ async fn run_replica(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
     config.validate()?;
+    let mut instance = elk_runtime::metrics::InstanceMetrics::new("assigner");
+    metrics.register(&mut instance.registry);
+    let status = instance.status.clone();
+    let (_endpoint, health) = instance
+        .serve(config.service.metrics_listen.as_deref(), &metrics.endpoint)
+        .await?;
     let resources = config.service.open("elk-assigner").await?;
+    health.watch_connection(&resources.client);
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let policy = model::Policy {
         grants_per_capacity: config.assigner.grants_per_capacity,
@@ -108,7 +115,8 @@ async fn run_replica(
         ControlRole::Assigner,
         config.service.member_ttl,
         leader,
-    );
+    )
+    .status(status);
     let stop = CancellationToken::new();
     let replica = supervisor.run(stop.clone());
     tokio::pin!(replica);

@@ -8,9 +8,11 @@
 
 mod config;
 mod leader;
+mod metrics;
 pub mod policy;
 
 pub use config::{ScalerConfig, ScalerSettings};
+pub use metrics::ScalerMetrics;
 
 use elk_nats::{RoleSupervisor, follow_key};
 use elk_protocol::messages::MembershipView;
@@ -18,6 +20,7 @@ use elk_protocol::names::{ControlRole, VIEW_KEY};
 use elk_runtime::{ReplicaError, Validate};
 use leader::ScalerLeader;
 use std::future::Future;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Errors of the scaler service: those every replica shares (configuration, membership, NATS).
@@ -29,12 +32,32 @@ pub async fn run(
     config: ScalerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ScalerError> {
-    config.validate()?;
-    elk_runtime::serve_until(shutdown, |stop| serve(config, stop)).await
+    run_with_metrics(config, Arc::default(), shutdown).await
 }
 
-async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), ScalerError> {
+/// Like [`run`], exposing the replica's metrics (and where it serves them).
+pub async fn run_with_metrics(
+    config: ScalerConfig,
+    metrics: Arc<ScalerMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ScalerError> {
+    config.validate()?;
+    elk_runtime::serve_until(shutdown, |stop| serve(config, metrics, stop)).await
+}
+
+async fn serve(
+    config: ScalerConfig,
+    metrics: Arc<ScalerMetrics>,
+    stop: CancellationToken,
+) -> Result<(), ScalerError> {
+    let mut instance = elk_runtime::metrics::InstanceMetrics::new("scaler");
+    metrics.register(&mut instance.registry);
+    let status = instance.status.clone();
+    let (_endpoint, health) = instance
+        .serve(config.service.metrics_listen.as_deref(), &metrics.endpoint)
+        .await?;
     let resources = config.service.open("elk-scaler").await?;
+    health.watch_connection(&resources.client);
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let supervisor = RoleSupervisor::new(
         resources.clone(),
@@ -45,8 +68,10 @@ async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), Scal
             resources,
             config: config.clone(),
             view,
+            metrics,
         },
     )
-    .rejoin_retry(config.scaler.interval);
+    .rejoin_retry(config.scaler.interval)
+    .status(status);
     Ok(supervisor.run(stop).await?)
 }
