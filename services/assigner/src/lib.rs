@@ -13,7 +13,8 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) |
+//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) and the status page |
+//! | `status` | the status page and its KV-read routes (workers, role leaders) |
 //! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
 //! | `admin` | admin requests → model commands → coded replies |
 //! | `store` | writes a round's change set to KV |
@@ -30,6 +31,7 @@ pub mod http;
 mod leader;
 mod metrics;
 mod model;
+mod status;
 mod store;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
@@ -98,9 +100,10 @@ async fn run_replica(
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
     };
     let http = match &config.assigner.http_listen {
-        Some(address) => Some(spawn_http(address, &resources).await?),
+        Some(address) => Some(spawn_http(address, &resources, &metrics.http_api).await?),
         None => None,
     };
+    let http_bound = metrics.http_api.clone();
     let leader = leader::AssignerLeader {
         resources: resources.clone(),
         policy,
@@ -131,6 +134,7 @@ async fn run_replica(
     if let Some((stop_http, task)) = http {
         stop_http.cancel();
         let _ = task.await;
+        http_bound.set(None);
     }
     Ok(outcome?)
 }
@@ -139,6 +143,7 @@ async fn run_replica(
 async fn spawn_http(
     address: &str,
     resources: &elk_nats::Resources,
+    bound: &elk_runtime::BoundAddress,
 ) -> Result<(CancellationToken, JoinHandle<()>), AssignerError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -147,13 +152,9 @@ async fn spawn_http(
             source,
         })?;
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP admin API listening");
+    bound.set(listener.local_addr().ok());
     let stop = CancellationToken::new();
-    let serve = http::serve_http(
-        listener,
-        resources.client.clone(),
-        resources.names.clone(),
-        stop.clone(),
-    );
+    let serve = http::serve_http(listener, resources.clone(), stop.clone());
     let task = tokio::spawn(async move {
         if let Err(error) = serve.await {
             tracing::warn!(%error, "HTTP admin API stopped");

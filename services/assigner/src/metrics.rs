@@ -11,7 +11,7 @@
 //!   they vanish when the term ends, so a standby never exports stale numbers.
 
 use crate::model::{AssignerState, Counters, ModelGauges};
-use elk_runtime::MetricsAddress;
+use elk_runtime::BoundAddress;
 use elk_runtime::metrics::{duration_buckets, latency_buckets};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -45,7 +45,9 @@ type Labels1 = [(&'static str, &'static str); 1];
 #[derive(Debug)]
 pub struct AssignerMetrics {
     /// Where the replica serves `/metrics` once bound (`metrics_listen`).
-    pub endpoint: MetricsAddress,
+    pub endpoint: BoundAddress,
+    /// Where the replica serves the HTTP admin API and status page once bound (`http_listen`).
+    pub http_api: BoundAddress,
     progress: Family<Labels2, Counter>,
     /// Partitions of departed workers taken back (after their progress barrier).
     pub partitions_reclaimed: Counter,
@@ -82,7 +84,8 @@ pub struct AssignerMetrics {
 impl Default for AssignerMetrics {
     fn default() -> Self {
         Self {
-            endpoint: MetricsAddress::default(),
+            endpoint: BoundAddress::default(),
+            http_api: BoundAddress::default(),
             progress: Family::default(),
             partitions_reclaimed: Counter::default(),
             kv_writes: Family::default(),
@@ -380,17 +383,17 @@ impl Collector for LeaderGauges {
         let scalars = [
             (
                 "elk_assigner_live_workers",
-                "Workers in the membership view the leader places partitions on",
+                "Workers in the membership view the leader places partitions on.",
                 snapshot.model.live_workers,
             ),
             (
                 "elk_assigner_draining_workers",
-                "Live workers shutting down (granted nothing new)",
+                "Live workers shutting down (granted nothing new).",
                 snapshot.model.draining_workers,
             ),
             (
                 "elk_assigner_pending_reclaims",
-                "Departed workers whose partitions wait for their progress barrier",
+                "Departed workers whose partitions wait for their progress barrier.",
                 snapshot.pending_reclaims as u64,
             ),
         ];
@@ -405,7 +408,7 @@ impl Collector for LeaderGauges {
         let job_label = |job: &crate::model::JobGauges| ("job", job.job.to_string());
         let mut family = encoder.encode_descriptor(
             "elk_job_partitions",
-            "Partitions of a job by status: live ones (pending includes retry back-off), and completed from the job record",
+            "Partitions of a job by status: live ones (pending includes retry back-off), and completed from the job record.",
             None,
             MetricType::Gauge,
         )?;
@@ -417,7 +420,7 @@ impl Collector for LeaderGauges {
         }
         let mut family = encoder.encode_descriptor(
             "elk_job_state",
-            "1 for the job's current state (active, paused, completed)",
+            "1 for the job's current state (active, paused, completed).",
             None,
             MetricType::Gauge,
         )?;
@@ -428,7 +431,7 @@ impl Collector for LeaderGauges {
         }
         let mut family = encoder.encode_descriptor(
             "elk_job_ids_completed",
-            "IDs of the job processed (from the job record: survives leader changes)",
+            "IDs of the job processed (from the job record: survives leader changes).",
             None,
             MetricType::Counter,
         )?;
@@ -439,12 +442,12 @@ impl Collector for LeaderGauges {
         let per_job: [(&str, &str, fn(&crate::model::JobGauges) -> f64); 2] = [
             (
                 "elk_job_ids_remaining",
-                "IDs of the job known and not processed yet (open-ended: up to the planner's max)",
+                "IDs of the job known and not processed yet (open-ended: up to the planner's max).",
                 |job| job.ids_remaining as f64,
             ),
             (
                 "elk_job_backlog_age_seconds",
-                "How long the job's oldest pending partition has waited to be granted (0: none waits)",
+                "How long the job's oldest pending partition has waited to be granted (0: none waits).",
                 |job| job.backlog_age_ms as f64 / 1_000.0,
             ),
         ];

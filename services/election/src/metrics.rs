@@ -4,7 +4,7 @@
 
 use elk_protocol::messages::{MemberRole, MembershipView};
 use elk_protocol::names::ControlRole;
-use elk_runtime::MetricsAddress;
+use elk_runtime::BoundAddress;
 use elk_runtime::metrics::{GaugeSnapshot, latency_buckets};
 use elk_runtime::prometheus_client::metrics::counter::Counter;
 use elk_runtime::prometheus_client::metrics::family::Family;
@@ -17,7 +17,7 @@ use elk_runtime::prometheus_client::registry::Registry;
 #[derive(Debug)]
 pub struct ElectionMetrics {
     /// Where the replica serves `/metrics` once bound (`metrics_listen`).
-    pub endpoint: MetricsAddress,
+    pub endpoint: BoundAddress,
     /// 1 while this replica is the active one.
     pub active: Gauge,
     /// Generation of the last view this replica wrote (while active).
@@ -36,7 +36,7 @@ pub struct ElectionMetrics {
 impl Default for ElectionMetrics {
     fn default() -> Self {
         Self {
-            endpoint: MetricsAddress::default(),
+            endpoint: BoundAddress::default(),
             active: Gauge::default(),
             view_generation: Gauge::default(),
             view_writes: Counter::default(),
@@ -44,7 +44,7 @@ impl Default for ElectionMetrics {
             view_latency: Histogram::new(latency_buckets()),
             members: GaugeSnapshot::new(
                 "elk_view_members",
-                "Live members in the last membership view this replica wrote, by role (role=\"worker\": live workers)",
+                "Live members in the last membership view this replica wrote, by role (role=\"worker\": live workers).",
             ),
         }
     }

@@ -3,7 +3,7 @@
 //! stale numbers would otherwise add up with the leader's), and the writes of `fleet/desired`.
 
 use elk_protocol::messages::DesiredWorkers;
-use elk_runtime::MetricsAddress;
+use elk_runtime::BoundAddress;
 use elk_runtime::prometheus_client::collector::Collector;
 use elk_runtime::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use elk_runtime::prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct ScalerMetrics {
     /// Where the replica serves `/metrics` once bound (`metrics_listen`).
-    pub endpoint: MetricsAddress,
+    pub endpoint: BoundAddress,
     /// Writes of `fleet/desired` (the desired count or its inputs changed).
     pub desired_writes: Counter,
     computed: Arc<Mutex<Option<DesiredWorkers>>>,
@@ -69,22 +69,22 @@ impl Collector for Computed {
         let gauges: [(&str, &str, u64); 4] = [
             (
                 "elk_scaler_desired_workers",
-                "Desired worker count the scaler leader computed (clamped to min/max workers)",
+                "Desired worker count the scaler leader computed (clamped to min/max workers).",
                 u64::from(desired.desired),
             ),
             (
                 "elk_scaler_live_workers",
-                "Live workers in the membership view, as the scaler leader saw them",
+                "Live workers in the membership view, as the scaler leader saw them.",
                 u64::from(desired.live_workers),
             ),
             (
                 "elk_scaler_backlog_ids",
-                "IDs of active jobs not yet processed (known IDs of open-ended jobs)",
+                "IDs of active jobs not yet processed (known IDs of open-ended jobs).",
                 desired.backlog_ids,
             ),
             (
                 "elk_scaler_backlog_partitions",
-                "Partitions of active jobs not yet completed, including those still to be cut",
+                "Partitions of active jobs not yet completed, including those still to be cut.",
                 desired.backlog_partitions,
             ),
         ];

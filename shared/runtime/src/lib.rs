@@ -25,6 +25,6 @@ pub use config::{ConfigError, ServiceConfig, Validate, load_config, load_config_
 pub use error::ReplicaError;
 pub use flags::{NatsArgs, ServiceFlags, service_main};
 pub use logging::init_logging;
-pub use metrics_http::{Health, MetricsAddress, MetricsEndpoint, MetricsListenError, Readiness};
+pub use metrics_http::{BoundAddress, Health, MetricsEndpoint, MetricsListenError, Readiness};
 pub use prometheus_client;
 pub use signal::{serve_until, shutdown_signal};

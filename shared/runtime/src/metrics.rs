@@ -14,7 +14,7 @@
 //! (`_seconds`), counters registered without `_total` (the encoder appends it). Labels are
 //! bounded: a role, a job, a status, a reason; never a partition or a token.
 
-use crate::metrics_http::{Health, MetricsAddress, MetricsEndpoint, MetricsListenError};
+use crate::metrics_http::{BoundAddress, Health, MetricsEndpoint, MetricsListenError};
 use elk_nats::ReplicaStatus;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -81,11 +81,12 @@ impl InstanceMetrics {
     pub async fn serve(
         self,
         listen: Option<&str>,
-        published: &MetricsAddress,
+        published: &BoundAddress,
     ) -> Result<(Option<MetricsEndpoint>, Health), MetricsListenError> {
         let health = Health::new(self.status);
+        let registry = Arc::new(self.registry);
         let endpoint =
-            MetricsEndpoint::start_if_configured(listen, self.registry, health.clone(), published)
+            MetricsEndpoint::start_if_configured(listen, registry, health.clone(), published)
                 .await?;
         Ok((endpoint, health))
     }
@@ -103,7 +104,7 @@ impl Collector for StatusCollector {
         let gauge = ConstGauge::new(member_up);
         gauge.encode(encoder.encode_descriptor(
             "elk_member_up",
-            "1 while this process holds a live membership (member key renewed in time)",
+            "1 while this process holds a live membership (member key renewed in time).",
             None,
             gauge.metric_type(),
         )?)?;
@@ -114,7 +115,7 @@ impl Collector for StatusCollector {
         let holder = ConstGauge::new(i64::from(self.status.leading().is_some()));
         let mut family = encoder.encode_descriptor(
             "elk_role_holder",
-            "1 while this replica holds the role and runs its leader work, else 0",
+            "1 while this replica holds the role and runs its leader work, else 0.",
             None,
             holder.metric_type(),
         )?;
@@ -123,7 +124,7 @@ impl Collector for StatusCollector {
             let epoch = ConstGauge::new(epoch.get());
             let mut family = encoder.encode_descriptor(
                 "elk_role_epoch",
-                "Epoch of the role lease as this replica last saw it (grows on every change of holder)",
+                "Epoch of the role lease as this replica last saw it (grows on every change of holder).",
                 None,
                 epoch.metric_type(),
             )?;

@@ -105,14 +105,15 @@ pub struct Readiness {
     pub member: bool,
 }
 
-/// Where an instance's endpoint listens, once it is bound (set by the service; read by whoever
-/// started it, e.g. a test that asked for port 0). Cheap to clone.
+/// Where a listener of an instance (its metrics endpoint, the assigner's HTTP API) is bound, once
+/// it is (set by the service; read by whoever started it, e.g. a test that asked for port 0).
+/// Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct MetricsAddress {
+pub struct BoundAddress {
     bound: Arc<watch::Sender<Option<SocketAddr>>>,
 }
 
-impl Default for MetricsAddress {
+impl Default for BoundAddress {
     fn default() -> Self {
         Self {
             bound: Arc::new(watch::Sender::new(None)),
@@ -120,13 +121,13 @@ impl Default for MetricsAddress {
     }
 }
 
-impl MetricsAddress {
-    /// The bound address, if the endpoint is up.
+impl BoundAddress {
+    /// The bound address, if the listener is up.
     pub fn get(&self) -> Option<SocketAddr> {
         *self.bound.borrow()
     }
 
-    /// Waits until the endpoint is bound.
+    /// Waits until the listener is bound.
     pub async fn wait(&self) -> SocketAddr {
         let mut receiver = self.bound.subscribe();
         let bound = receiver.wait_for(Option::is_some).await;
@@ -136,7 +137,8 @@ impl MetricsAddress {
             .expect("the sender lives in self")
     }
 
-    fn set(&self, address: Option<SocketAddr>) {
+    /// Records where the listener is bound (`None`: it stopped).
+    pub fn set(&self, address: Option<SocketAddr>) {
         self.bound.send_replace(address);
     }
 }
@@ -145,7 +147,7 @@ impl MetricsAddress {
 #[derive(Debug)]
 pub struct MetricsEndpoint {
     address: SocketAddr,
-    published: MetricsAddress,
+    published: BoundAddress,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -155,9 +157,9 @@ impl MetricsEndpoint {
     /// there on the current runtime; the bound address is also reported to `published`.
     pub async fn start(
         address: &str,
-        registry: Registry,
+        registry: Arc<Registry>,
         health: Health,
-        published: &MetricsAddress,
+        published: &BoundAddress,
     ) -> Result<Self, MetricsListenError> {
         let listen_error = |source| MetricsListenError {
             address: address.to_owned(),
@@ -169,10 +171,7 @@ impl MetricsEndpoint {
         let bound = listener.local_addr().map_err(listen_error)?;
         tracing::info!(address = %bound, "metrics endpoint listening (/metrics, /healthz, /readyz)");
         let stop = CancellationToken::new();
-        let app = router(Endpoint {
-            registry: Arc::new(registry),
-            health,
-        });
+        let app = router(Endpoint { registry, health });
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app)
@@ -194,9 +193,9 @@ impl MetricsEndpoint {
     /// [`MetricsEndpoint::start`] when `address` is set (`metrics_listen`), else nothing.
     pub async fn start_if_configured(
         address: Option<&str>,
-        registry: Registry,
+        registry: Arc<Registry>,
         health: Health,
-        published: &MetricsAddress,
+        published: &BoundAddress,
     ) -> Result<Option<Self>, MetricsListenError> {
         match address {
             Some(address) => Self::start(address, registry, health, published)
@@ -318,10 +317,10 @@ mod tests {
             counter.clone(),
         );
         counter.inc();
-        let published = MetricsAddress::default();
+        let published = BoundAddress::default();
         let endpoint = MetricsEndpoint::start(
             "127.0.0.1:0",
-            registry,
+            Arc::new(registry),
             Health::new(ReplicaStatus::default()),
             &published,
         )

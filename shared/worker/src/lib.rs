@@ -74,6 +74,7 @@ mod config;
 mod coordination;
 mod error;
 mod events;
+mod metrics;
 mod planner;
 mod process_error;
 mod processor;
@@ -103,3 +104,5 @@ pub use elk_nats::{NatsConfig, ProvisionConfig};
 pub use elk_types::{
     Capacity, IdRange, Incarnation, JobName, MemberId, Namespace, PartitionId, PartitionLeaseToken,
 };
+/// The metrics library the worker's registry comes from ([`WorkerBuilder::register_metrics`]).
+pub use prometheus_client;
