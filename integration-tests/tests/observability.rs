@@ -18,6 +18,7 @@ use elk_scaler::ScalerMetrics;
 use elk_testkit::wait_until;
 use elk_types::IdRange;
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, WorkerHandle};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,6 +134,18 @@ async fn scrape_until(
     Ok(last)
 }
 
+/// The metric names of docs/observability.md's tables (rows starting with `| \`elk_`).
+fn documented_metrics() -> anyhow::Result<BTreeSet<String>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/observability.md");
+    let text = std::fs::read_to_string(&path)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `")?.split('`').next())
+        .filter(|name| name.starts_with("elk_"))
+        .map(str::to_owned)
+        .collect())
+}
+
 fn at_least(text: &str, series: &str, minimum: f64) -> bool {
     sample(text, series).is_some_and(|value| value >= minimum)
 }
@@ -213,6 +226,26 @@ async fn every_process_serves_clean_metrics_and_probes() -> anyhow::Result<()> {
             && equals(text, "elk_worker_checkpoint_lag_ids", 0.0)
     })
     .await?;
+
+    // What the processes serve is exactly what docs/observability.md documents.
+    let served: BTreeSet<String> = [&election_text, &assigner_text, &scaler_text, &worker_text]
+        .into_iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .filter(|name| name.starts_with("elk_"))
+        .map(str::to_owned)
+        .collect();
+    let documented = documented_metrics()?;
+    assert_eq!(
+        served.difference(&documented).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "served but not documented in docs/observability.md"
+    );
+    assert_eq!(
+        documented.difference(&served).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "documented in docs/observability.md but not served"
+    );
 
     for (source, address, text) in [
         ("election", election, &election_text),
