@@ -341,6 +341,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One per-job gauge's value, read from a job's gauges.
+type JobValue = fn(&crate::model::JobGauges) -> f64;
+
 /// The gauges only the leader exports, as last computed.
 #[derive(Debug, Clone, Default)]
 struct LeaderGauges {
@@ -439,7 +442,7 @@ impl Collector for LeaderGauges {
             ConstCounter::new(job.ids_completed)
                 .encode(family.encode_family(&[job_label(job)])?)?;
         }
-        let per_job: [(&str, &str, fn(&crate::model::JobGauges) -> f64); 2] = [
+        let per_job: [(&str, &str, JobValue); 2] = [
             (
                 "elk_job_ids_remaining",
                 "IDs of the job known and not processed yet (open-ended: up to the planner's max).",

@@ -75,21 +75,24 @@ impl WorkerMetrics {
     }
 }
 
-/// The last acknowledged checkpoint of each grant (by job, partition and token), recorded by the
-/// progress publisher on every acked checkpoint report and read for the checkpoint lag.
+/// One grant: job, partition and lease token.
+pub(crate) type GrantId = (JobName, PartitionId, PartitionLeaseToken);
+
+/// The last acknowledged checkpoint of each grant, recorded by the progress publisher on every
+/// acked checkpoint report and read for the checkpoint lag.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AckedCheckpoints {
-    inner: Arc<Mutex<HashMap<(JobName, PartitionId, PartitionLeaseToken), u64>>>,
+    inner: Arc<Mutex<HashMap<GrantId, u64>>>,
 }
 
 impl AckedCheckpoints {
-    pub(crate) fn acked(&self, grant: (JobName, PartitionId, PartitionLeaseToken), last_done: u64) {
+    pub(crate) fn acked(&self, grant: GrantId, last_done: u64) {
         let mut acked = self.lock();
         let entry = acked.entry(grant).or_insert(last_done);
         *entry = (*entry).max(last_done);
     }
 
-    pub(crate) fn get(&self, grant: &(JobName, PartitionId, PartitionLeaseToken)) -> Option<u64> {
+    pub(crate) fn get(&self, grant: &GrantId) -> Option<u64> {
         self.lock().get(grant).copied()
     }
 
@@ -101,14 +104,15 @@ impl AckedCheckpoints {
         self.lock().retain(|grant, _| keep(grant));
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(JobName, PartitionId, PartitionLeaseToken), u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GrantId, u64>> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+/// A counter family read from atomics: name, help, label name, (label value, counter) pairs.
+type CounterFamily<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
 
 /// Encodes the worker's [`StatsCounters`] as Prometheus counters on each scrape.
 #[derive(Debug)]
@@ -118,7 +122,7 @@ impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.0;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let families: [(&str, &str, &str, Vec<(&str, &AtomicU64)>); 4] = [
+        let families: [CounterFamily; 4] = [
             (
                 "elk_worker_partitions",
                 "Partitions that ended in this worker, by outcome (completed, failed, released).",
