@@ -44,6 +44,7 @@ use elk_nats::{RoleSupervisor, follow_key};
 use elk_protocol::messages::MembershipView;
 use elk_protocol::names::{ControlRole, VIEW_KEY};
 use elk_runtime::Validate;
+use elk_runtime::metrics::open_replica;
 use faults::Faults;
 use std::future::Future;
 use std::sync::Arc;
@@ -85,14 +86,10 @@ async fn run_replica(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
     config.validate()?;
-    let mut instance = elk_runtime::metrics::InstanceMetrics::new("assigner");
-    metrics.register(&mut instance.registry);
-    let status = instance.status.clone();
-    let (_endpoint, health) = instance
-        .serve(config.service.metrics_listen.as_deref(), &metrics.endpoint)
-        .await?;
-    let resources = config.service.open("elk-assigner").await?;
-    health.watch_connection(&resources.client);
+    let register = |registry: &mut _| metrics.register(registry);
+    let (resources, status, _serving) =
+        open_replica::<AssignerError>("assigner", &config.service, register, &metrics.endpoint)
+            .await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let policy = model::Policy {
         grants_per_capacity: config.assigner.grants_per_capacity,

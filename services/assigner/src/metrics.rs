@@ -165,36 +165,46 @@ impl AssignerMetrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        registry.register(
-            "elk_assigner_progress_reports",
-            "Progress reports by outcome (applied, rejected, malformed) and reason",
-            self.progress.clone(),
-        );
-        registry.register(
-            "elk_assigner_kv_writes",
-            "KV writes of the leader by bucket (partitions, jobs, assignments) and operation (put, purge, delete)",
-            self.kv_writes.clone(),
-        );
+        let labelled = [
+            (
+                "elk_assigner_progress_reports",
+                "Progress reports by outcome (applied, rejected, malformed) and reason",
+                &self.progress,
+            ),
+            (
+                "elk_assigner_kv_writes",
+                "KV writes of the leader by bucket (partitions, jobs, assignments) and operation (put, purge, delete)",
+                &self.kv_writes,
+            ),
+        ];
+        for (name, help, family) in labelled {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "elk_assigner_revocations",
             "Partitions revoked, by cause: rebalance (owner over quota) or job_stopped (paused or cancelled)",
             self.revocations.clone(),
         );
-        registry.register(
-            "elk_assigner_handover_duration_seconds",
-            "Hand-over of a partition between live workers: revoke until the owner's release",
-            self.handover_duration.clone(),
-        );
-        registry.register(
-            "elk_assigner_reclaim_latency_seconds",
-            "From the view without a departed worker to its partitions pending again (progress barrier)",
-            self.reclaim_latency.clone(),
-        );
-        registry.register(
-            "elk_assigner_round_duration_seconds",
-            "One leader loop iteration: apply events, reconcile, write the change set, ack, reply",
-            self.round_duration.clone(),
-        );
+        let histograms = [
+            (
+                "elk_assigner_handover_duration_seconds",
+                "Hand-over of a partition between live workers: revoke until the owner's release",
+                &self.handover_duration,
+            ),
+            (
+                "elk_assigner_reclaim_latency_seconds",
+                "From the view without a departed worker to its partitions pending again (progress barrier)",
+                &self.reclaim_latency,
+            ),
+            (
+                "elk_assigner_round_duration_seconds",
+                "One leader loop iteration: apply events, reconcile, write the change set, ack, reply",
+                &self.round_duration,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            registry.register(name, help, histogram.clone());
+        }
         registry.register_collector(Box::new(self.leader.clone()));
     }
 

@@ -36,6 +36,7 @@ use elk_nats::{
 use elk_protocol::messages::{ElectionLease, MemberRole};
 use elk_protocol::names::ELECTION_KEY;
 use elk_protocol::{SCHEMA_VERSION, encode};
+use elk_runtime::metrics::open_replica;
 use elk_runtime::{ConfigError, ReplicaError, Validate};
 use std::future::Future;
 use std::sync::Arc;
@@ -59,6 +60,12 @@ pub enum ElectionError {
 
 impl From<NatsError> for ElectionError {
     fn from(error: NatsError) -> Self {
+        ElectionError::Replica(error.into())
+    }
+}
+
+impl From<elk_runtime::MetricsListenError> for ElectionError {
+    fn from(error: elk_runtime::MetricsListenError) -> Self {
         ElectionError::Replica(error.into())
     }
 }
@@ -121,15 +128,10 @@ async fn serve(
     metrics: Arc<ElectionMetrics>,
     stop: CancellationToken,
 ) -> Result<(), ElectionError> {
-    let mut instance = elk_runtime::metrics::InstanceMetrics::new("election");
-    metrics.register(&mut instance.registry);
-    let status = instance.status.clone();
-    let (_endpoint, health) = instance
-        .serve(config.service.metrics_listen.as_deref(), &metrics.endpoint)
-        .await
-        .map_err(ReplicaError::from)?;
-    let resources = config.service.open("elk-election").await?;
-    health.watch_connection(&resources.client);
+    let register = |registry: &mut _| metrics.register(registry);
+    let (resources, status, _serving) =
+        open_replica::<ElectionError>("election", &config.service, register, &metrics.endpoint)
+            .await?;
     let election_lease = follow_key::<ElectionLease>(&resources.leases, ELECTION_KEY).await?;
     let mut replica = Replica {
         config,

@@ -52,20 +52,26 @@ impl Default for ElectionMetrics {
 
 impl ElectionMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "elk_election_active",
-            "1 while this replica is the active election replica (holds leases/election)",
-            self.active.clone(),
-        );
-        registry.register(
-            "elk_view_generation",
-            "Generation of the last membership view this replica wrote",
-            self.view_generation.clone(),
-        );
+        let gauges = [
+            (
+                "elk_election_active",
+                "1 while this replica is the active election replica (holds leases/election)",
+                &self.active,
+            ),
+            (
+                "elk_view_generation",
+                "Generation of the last membership view this replica wrote",
+                &self.view_generation,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        let writes = self.view_writes.clone();
         registry.register(
             "elk_election_view_writes",
             "Membership views written",
-            self.view_writes.clone(),
+            writes,
         );
         registry.register(
             "elk_election_role_changes",

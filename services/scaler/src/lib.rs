@@ -17,6 +17,7 @@ pub use metrics::ScalerMetrics;
 use elk_nats::{RoleSupervisor, follow_key};
 use elk_protocol::messages::MembershipView;
 use elk_protocol::names::{ControlRole, VIEW_KEY};
+use elk_runtime::metrics::open_replica;
 use elk_runtime::{ReplicaError, Validate};
 use leader::ScalerLeader;
 use std::future::Future;
@@ -50,14 +51,9 @@ async fn serve(
     metrics: Arc<ScalerMetrics>,
     stop: CancellationToken,
 ) -> Result<(), ScalerError> {
-    let mut instance = elk_runtime::metrics::InstanceMetrics::new("scaler");
-    metrics.register(&mut instance.registry);
-    let status = instance.status.clone();
-    let (_endpoint, health) = instance
-        .serve(config.service.metrics_listen.as_deref(), &metrics.endpoint)
-        .await?;
-    let resources = config.service.open("elk-scaler").await?;
-    health.watch_connection(&resources.client);
+    let register = |registry: &mut _| metrics.register(registry);
+    let (resources, status, _serving) =
+        open_replica::<ScalerError>("scaler", &config.service, register, &metrics.endpoint).await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let supervisor = RoleSupervisor::new(
         resources.clone(),

@@ -14,8 +14,9 @@
 //! (`_seconds`), counters registered without `_total` (the encoder appends it). Labels are
 //! bounded: a role, a job, a status, a reason; never a partition or a token.
 
+use crate::ServiceCommon;
 use crate::metrics_http::{BoundAddress, Health, MetricsEndpoint, MetricsListenError};
-use elk_nats::ReplicaStatus;
+use elk_nats::{NatsError, ReplicaStatus, Resources};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -31,12 +32,17 @@ pub type Labels = Vec<(&'static str, String)>;
 /// holding `elk_build_info{component, version}` = 1.
 pub fn instance_registry(component: &'static str) -> Registry {
     let mut registry = Registry::default();
+    register_build_info(&mut registry, component);
+    registry
+}
+
+/// Registers `elk_build_info{component, version}` = 1 (for a registry the caller provides).
+pub fn register_build_info(registry: &mut Registry, component: &'static str) {
     let info = Info::new(vec![
         ("component", component.to_owned()),
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
     ]);
     registry.register("elk_build", "Build of this ELK process (always 1)", info);
-    registry
 }
 
 /// A [`ReplicaStatus`] whose membership and role state is exported by `registry`
@@ -90,6 +96,33 @@ impl InstanceMetrics {
                 .await?;
         Ok((endpoint, health))
     }
+}
+
+/// A service replica's start: a registry for `component` (`election`, `assigner`, `scaler`) with
+/// the membership and role metrics and whatever `register` adds, served with the probes on
+/// `common.metrics_listen` (when set; before connecting, so liveness answers during a slow start,
+/// and reported to `published`); then the connection as `elk-<component>` and the provisioning
+/// (`ServiceCommon::open`), which readiness follows. Returns the resources, the status to give the
+/// replica's membership and role supervision, and the endpoint (keep it alive while the replica
+/// runs; `None` when `metrics_listen` is unset).
+pub async fn open_replica<E>(
+    component: &'static str,
+    common: &ServiceCommon,
+    register: impl FnOnce(&mut Registry),
+    published: &BoundAddress,
+) -> Result<(Resources, ReplicaStatus, Option<MetricsEndpoint>), E>
+where
+    E: From<MetricsListenError> + From<NatsError>,
+{
+    let mut instance = InstanceMetrics::new(component);
+    register(&mut instance.registry);
+    let status = instance.status.clone();
+    let (endpoint, health) = instance
+        .serve(common.metrics_listen.as_deref(), published)
+        .await?;
+    let resources = common.open(&format!("elk-{component}")).await?;
+    health.watch_connection(&resources.client);
+    Ok((resources, status, endpoint))
 }
 
 /// Encodes a [`ReplicaStatus`] on each scrape.

@@ -38,38 +38,39 @@ impl WorkerMetrics {
         stats: Arc<StatsCounters>,
         capacity: u32,
     ) -> Self {
-        let build = prometheus_client::metrics::info::Info::new(vec![
-            ("component", "worker".to_owned()),
-            ("version", env!("CARGO_PKG_VERSION").to_owned()),
-        ]);
-        registry.register("elk_build", "Build of this ELK process (always 1)", build);
+        elk_runtime::metrics::register_build_info(registry, "worker");
         let status = elk_runtime::metrics::replica_status(registry);
         let metrics = Self {
             status,
             ..Self::default()
         };
-        registry.register(
-            "elk_worker_running_partitions",
-            "Partitions whose processor is running in this worker",
-            metrics.running.clone(),
-        );
-        registry.register(
-            "elk_worker_queued_partitions",
-            "Partitions granted to this worker, waiting for a free slot",
-            metrics.queued.clone(),
-        );
-        registry.register(
-            "elk_worker_checkpoint_lag_ids",
-            "IDs the running partitions processed beyond their last acknowledged checkpoint (what a crash now would repeat)",
-            metrics.checkpoint_lag.clone(),
-        );
         let capacity_gauge: Gauge = Gauge::default();
         capacity_gauge.set(i64::from(capacity));
-        registry.register(
-            "elk_worker_capacity",
-            "Partitions this worker processes at once",
-            capacity_gauge,
-        );
+        let gauges = [
+            (
+                "elk_worker_running_partitions",
+                "Partitions whose processor is running in this worker",
+                &metrics.running,
+            ),
+            (
+                "elk_worker_queued_partitions",
+                "Partitions granted to this worker, waiting for a free slot",
+                &metrics.queued,
+            ),
+            (
+                "elk_worker_checkpoint_lag_ids",
+                "IDs the running partitions processed beyond their last acknowledged checkpoint (what a crash now would repeat)",
+                &metrics.checkpoint_lag,
+            ),
+            (
+                "elk_worker_capacity",
+                "Partitions this worker processes at once",
+                &capacity_gauge,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
         registry.register_collector(Box::new(StatsCollector(stats)));
         metrics
     }
