@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_MEMBER_TTL: Duration = Duration::from_secs(2);
 /// How long an admin request of a scenario waits for an assigner leader.
 pub const ADMIN_PATIENCE: Duration = Duration::from_secs(60);
+/// Where test endpoints listen: a free loopback port.
+const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
+
+pub mod browser;
+pub mod scrape;
 
 /// One in-process service replica that can be stopped gracefully or aborted.
 pub struct ServiceHandle {
@@ -72,6 +77,9 @@ pub struct Stack {
     pub secure: Option<Arc<secure::SecureNats>>,
     /// With [`Stack::secured`]: the connection admin requests go through (an operator identity).
     operator: Option<async_nats::Client>,
+    /// Replicas and workers started from now on serve metrics and probes on a free port
+    /// ([`Stack::with_endpoints`]), and assigners the HTTP API.
+    pub endpoints: bool,
 }
 
 impl Stack {
@@ -92,6 +100,7 @@ impl Stack {
             member_ttl: TEST_MEMBER_TTL,
             secure: None,
             operator: None,
+            endpoints: false,
         })
     }
 
@@ -117,6 +126,7 @@ impl Stack {
             member_ttl: TEST_MEMBER_TTL,
             secure: Some(Arc::new(secure)),
             operator: Some(operator),
+            endpoints: false,
         })
     }
 
@@ -131,6 +141,14 @@ impl Stack {
         }
     }
 
+    /// Every replica and worker started afterwards serves `/metrics`, `/healthz` and `/readyz`
+    /// on a free loopback port, and every assigner its HTTP API (the addresses are in their
+    /// metrics handles: `endpoint`, `http_api`; a worker's in `WorkerHandle::metrics_address`).
+    pub fn with_endpoints(mut self) -> Self {
+        self.endpoints = true;
+        self
+    }
+
     /// Uses `ttl` instead of [`TEST_MEMBER_TTL`] for the replicas and workers started afterwards.
     pub fn with_member_ttl(mut self, ttl: Duration) -> Self {
         self.member_ttl = ttl;
@@ -143,21 +161,36 @@ impl Stack {
 
     /// The common section of a replica `id` of this stack reaching NATS at `url`.
     fn service_common(&self, url: &str, role: Role, id: &str) -> ServiceCommon {
-        ServiceCommon::new(
+        let common = ServiceCommon::new(
             self.nats_config(url, role, id),
             self.namespace.clone(),
             MemberId::new(id).expect("valid id"),
         )
-        .with_member_ttl(self.member_ttl)
+        .with_member_ttl(self.member_ttl);
+        if self.endpoints {
+            common.with_metrics_listen(LOOPBACK_ANY_PORT)
+        } else {
+            common
+        }
     }
 
     pub fn election(&self, id: &str) -> ServiceHandle {
+        self.election_with_metrics(id, Arc::default())
+    }
+
+    /// An election replica whose metrics the test reads.
+    pub fn election_with_metrics(
+        &self,
+        id: &str,
+        metrics: Arc<elk_election::ElectionMetrics>,
+    ) -> ServiceHandle {
         let mut config =
             elk_election::ElectionConfig::new(self.service_common(&self.url(), Role::Election, id));
         config.election.election_ttl = self.member_ttl;
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
-            if let Err(error) = elk_election::run(config, stop.cancelled_owned()).await {
+            let stopped = stop.cancelled_owned();
+            if let Err(error) = elk_election::run_with_metrics(config, metrics, stopped).await {
                 tracing::warn!(%name, %error, "election replica stopped");
             }
         })
@@ -183,8 +216,14 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_assigner::AssignerMetrics>,
     ) -> ServiceHandle {
-        let config =
+        let mut config =
             elk_assigner::AssignerConfig::new(self.service_common(url, Role::Assigner, id));
+        if self.endpoints {
+            config.assigner.http_listen = Some(LOOPBACK_ANY_PORT.to_owned());
+            // The scenarios with endpoints read the API without tokens (its guard has its own
+            // tests: http_security.rs).
+            config.assigner.http.allow_unauthenticated = true;
+        }
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) =
@@ -196,11 +235,21 @@ impl Stack {
     }
 
     pub fn scaler(&self, id: &str) -> ServiceHandle {
+        self.scaler_with_metrics(id, Arc::default())
+    }
+
+    /// A scaler replica whose metrics the test reads.
+    pub fn scaler_with_metrics(
+        &self,
+        id: &str,
+        metrics: Arc<elk_scaler::ScalerMetrics>,
+    ) -> ServiceHandle {
         let config =
             elk_scaler::ScalerConfig::new(self.service_common(&self.url(), Role::Scaler, id));
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
-            if let Err(error) = elk_scaler::run(config, stop.cancelled_owned()).await {
+            let stopped = stop.cancelled_owned();
+            if let Err(error) = elk_scaler::run_with_metrics(config, metrics, stopped).await {
                 tracing::warn!(%name, %error, "scaler replica stopped");
             }
         })
@@ -241,15 +290,16 @@ impl Stack {
             .iter()
             .map(|job| JobName::new(*job))
             .collect::<Result<Vec<_>, _>>()?;
-        let worker = Worker::builder(self.namespace.clone(), MemberId::new(id)?)
+        let mut builder = Worker::builder(self.namespace.clone(), MemberId::new(id)?)
             .nats(self.nats_config(url, Role::Worker, id))
             .capacity(capacity)
             .jobs(jobs)
             .member_ttl(self.member_ttl)
-            .checkpoint_interval(Duration::from_millis(200))
-            .start(processor)
-            .await?;
-        Ok(worker)
+            .checkpoint_interval(Duration::from_millis(200));
+        if self.endpoints {
+            builder = builder.metrics_listen(LOOPBACK_ANY_PORT);
+        }
+        Ok(builder.start(processor).await?)
     }
 
     /// The typed admin client of this stack's namespace; it waits up to 60 s for an assigner

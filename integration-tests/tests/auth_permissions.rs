@@ -279,10 +279,11 @@ async fn every_forbidden_action_of_a_worker_is_refused_and_changes_nothing() {
     untouched(&r.members, "worker-a").await;
     untouched(&r.fleet, "desired").await;
     assert_eq!(revision(&r.leases, "role.assigner").await, lease_before);
-    let malformed = metrics
-        .progress_malformed
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(malformed, 0, "no forged report arrived");
+    assert_eq!(
+        metrics.progress_reports("malformed"),
+        0,
+        "no forged report arrived"
+    );
     let job = stack
         .wait_job_completed("guarded", Duration::from_secs(90))
         .await

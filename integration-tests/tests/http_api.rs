@@ -50,8 +50,7 @@ async fn http_api_drives_a_job_end_to_end() {
     .unwrap();
     let server = tokio::spawn(elk_assigner::http::serve_http(
         listener,
-        stack.resources.client.clone(),
-        stack.resources.names.clone(),
+        stack.resources.clone(),
         security,
         stop.clone(),
     ));

@@ -40,8 +40,7 @@ impl Api {
         let stop = CancellationToken::new();
         let served = tokio::spawn(serve_http(
             listener,
-            stack.resources.client.clone(),
-            stack.resources.names.clone(),
+            stack.resources.clone(),
             security,
             stop.clone(),
         ));

@@ -23,6 +23,9 @@ pub enum AssignerError {
     /// Terminal: the HTTP admin API's tokens or TLS files are missing or unusable.
     #[error("HTTP admin API: {reason}")]
     HttpSetup { reason: String },
+    /// Terminal: the metrics endpoint cannot listen on `metrics_listen`.
+    #[error(transparent)]
+    MetricsListen(#[from] elk_runtime::MetricsListenError),
     /// Retryable or terminal as the NATS error says.
     #[error(transparent)]
     Nats(#[from] NatsError),
@@ -98,7 +101,8 @@ impl Retryable for AssignerError {
         match self {
             AssignerError::Config(_)
             | AssignerError::HttpListen { .. }
-            | AssignerError::HttpSetup { .. } => false,
+            | AssignerError::HttpSetup { .. }
+            | AssignerError::MetricsListen(_) => false,
             AssignerError::Nats(error) => error.is_retryable(),
             AssignerError::Role(error) => error.is_retryable(),
             AssignerError::Jetstream { .. } | AssignerError::FeedEnded(_) => true,

@@ -284,9 +284,11 @@ async fn check(guard: &Guard, request: Request) -> Result<Request, Response> {
                     "a valid bearer token is required (Authorization: Bearer <token>)",
                 )
                 .into_response();
+                // Bearer for programs; Basic so that a browser (the status page) prompts for
+                // the token as a password.
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"elk\""),
+                    header::HeaderValue::from_static("Bearer realm=\"elk\", Basic realm=\"elk\""),
                 );
                 return Err(response);
             }

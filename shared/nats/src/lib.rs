@@ -12,6 +12,7 @@ mod kv;
 pub mod membership;
 mod provision;
 pub mod role;
+mod status;
 
 pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
 pub use connect::{
@@ -28,3 +29,4 @@ pub use provision::{
     MemberResources, ProvisionConfig, Resources, bind, open, open_member, provision,
 };
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};
+pub use status::{RenewalObserver, ReplicaStatus};

@@ -3,7 +3,7 @@
 
 use crate::config::ConfigError;
 use crate::error::ReplicaError;
-use elk_nats::{MemberLease, NatsConfig, Resources, ServiceMember};
+use elk_nats::{MemberLease, NatsConfig, ReplicaStatus, Resources, ServiceMember};
 use elk_protocol::messages::MemberRole;
 use elk_types::{MemberId, Namespace};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
-/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL` in the environment).
+/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_METRICS_LISTEN` in
+/// the environment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCommon {
@@ -25,8 +26,12 @@ pub struct ServiceCommon {
     pub member_ttl: Duration,
     /// How to reach NATS (`[service.nats]`).
     pub nats: NatsConfig,
-    // Issue 11 adds `metrics_listen` and `log_format` here, with the short forms
-    // `ELK_METRICS_LISTEN` and `ELK_LOG_FORMAT` in `config::ENV_SHORT_FORMS`.
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`HOST:PORT`, e.g. `0.0.0.0:9464`;
+    /// `ELK_METRICS_LISTEN`); nothing is served when unset. See `crate::metrics_http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    // Issue 11 adds `log_format` here, with the short form `ELK_LOG_FORMAT` in
+    // `config::ENV_SHORT_FORMS`.
 }
 
 /// Member TTL of a service replica unless configured.
@@ -41,6 +46,7 @@ impl ServiceCommon {
             member_id: default_member_id(service),
             member_ttl: DEFAULT_MEMBER_TTL,
             nats: NatsConfig::default(),
+            metrics_listen: None,
         }
     }
 
@@ -51,11 +57,18 @@ impl ServiceCommon {
             member_id,
             member_ttl: DEFAULT_MEMBER_TTL,
             nats,
+            metrics_listen: None,
         }
     }
 
     pub fn with_member_ttl(mut self, member_ttl: Duration) -> Self {
         self.member_ttl = member_ttl;
+        self
+    }
+
+    /// Serves metrics and probes on `address` (`HOST:PORT`; port 0 picks a free one).
+    pub fn with_metrics_listen(mut self, address: impl Into<String>) -> Self {
+        self.metrics_listen = Some(address.into());
         self
     }
 
@@ -78,13 +91,15 @@ impl ServiceCommon {
     }
 
     /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
-    /// `retry`, and `stop` ends joining (also waiting for a previous run's key to expire).
+    /// `retry`, `stop` ends joining (also waiting for a previous run's key to expire), and every
+    /// membership is reported to `status`.
     pub fn member<'a>(
         &'a self,
         resources: &'a Resources,
         role: MemberRole,
         retry: Duration,
         stop: &'a CancellationToken,
+        status: &'a ReplicaStatus,
     ) -> ServiceMember<'a> {
         ServiceMember {
             resources,
@@ -93,6 +108,7 @@ impl ServiceCommon {
             ttl: self.member_ttl,
             retry,
             stop,
+            status,
         }
     }
 
@@ -110,6 +126,9 @@ impl ServiceCommon {
         self.nats
             .validate()
             .map_err(|reason| ConfigError::invalid(format!("service.{reason}")))?;
+        if let Some(address) = &self.metrics_listen {
+            crate::metrics_http::validate_listen_address("service.metrics_listen", address)?;
+        }
         Ok(())
     }
 }
@@ -195,6 +214,10 @@ mod tests {
         common.member_ttl = Duration::from_secs(1);
         common.nats.url = " ".to_owned();
         assert!(common.validate().is_err());
+        common.nats.url = "nats://a:1".to_owned();
+        common.metrics_listen = Some("9464".to_owned());
+        let error = common.validate().unwrap_err().to_string();
+        assert!(error.contains("service.metrics_listen"), "{error}");
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub struct ServiceFlags {
     /// TTL of the member key, e.g. 3s (env ELK_MEMBER_TTL) [default: 3s].
     #[arg(long, value_name = "DURATION")]
     pub member_ttl: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9464 (env
+    /// ELK_METRICS_LISTEN) [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -150,6 +154,8 @@ struct CommonOverrides<'a> {
     member_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     member_ttl: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<&'a str>,
     nats: NatsOverrides<'a>,
 }
 
@@ -204,6 +210,7 @@ impl ServiceFlags {
                 namespace: self.namespace.as_deref(),
                 member_id: self.member_id.as_deref(),
                 member_ttl: self.member_ttl.as_deref(),
+                metrics_listen: self.metrics_listen.as_deref(),
                 nats: self.nats.overrides(),
             },
         }
@@ -274,12 +281,15 @@ mod tests {
             "5s",
             "--nats-url",
             "nats://a:1",
+            "--metrics-listen",
+            "127.0.0.1:9464",
         ])
         .unwrap();
         let json = serde_json::to_value(flags.overrides()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"service": {"namespace": "prod", "member_ttl": "5s",
+                                           "metrics_listen": "127.0.0.1:9464",
                                            "nats": {"url": "nats://a:1"}}})
         );
     }

@@ -6,12 +6,18 @@
 //! `ELK_*` environment → flags, then [`Validate`]; see [`config`] for the environment scheme),
 //! prints it (`--print-config`) or starts logging and turns SIGINT / SIGTERM into the
 //! `shutdown` future. A second signal exits the process at once.
+//!
+//! Observability: [`metrics`] (one `prometheus-client` registry per instance, the membership and
+//! role gauges every process exports) and [`metrics_http`] (`/metrics`, `/healthz`, `/readyz` on
+//! `metrics_listen`).
 
 mod common;
 pub mod config;
 mod error;
 mod flags;
 mod logging;
+pub mod metrics;
+pub mod metrics_http;
 mod signal;
 
 pub use common::{DEFAULT_MEMBER_TTL, ServiceCommon, default_member_id, join};
@@ -19,4 +25,6 @@ pub use config::{ConfigError, ServiceConfig, Validate, load_config, load_config_
 pub use error::ReplicaError;
 pub use flags::{NatsArgs, ServiceFlags, service_main};
 pub use logging::init_logging;
+pub use metrics_http::{BoundAddress, Health, MetricsEndpoint, MetricsListenError, Readiness};
+pub use prometheus_client;
 pub use signal::{serve_until, shutdown_signal};

@@ -58,7 +58,7 @@ impl AssignerState {
         }
         // Paused or cancelled while granted (e.g. seen at load): hand them back.
         for key in &stopped_jobs {
-            self.revoke(key);
+            self.revoke(key, RevokeCause::JobStopped);
         }
         // Partitions being handed over take a place in the balance (their future owner's), so
         // the solver does not revoke more while they are in flight.
@@ -105,7 +105,7 @@ impl AssignerState {
                     *held.entry(previous).or_default() += 1;
                 }
                 // Move only to a worker that processes the job; otherwise it stays put.
-                (Some(_), Some(_)) if compatible => self.revoke(&key),
+                (Some(_), Some(_)) if compatible => self.revoke(&key, RevokeCause::Rebalance),
                 (Some(previous), _) => *held.entry(previous).or_default() += 1,
                 // A hand-over in flight: its place is reserved, the grant waits for the release.
                 (None, Some(target)) if moving.contains(&key) => {
@@ -152,6 +152,7 @@ impl AssignerState {
             id: worker,
             incarnation,
         };
+        self.counters.grants += 1;
         self.transition(key, PartitionStatus::Granted, |record| {
             record.owner = Some(owner);
             record.token = token;
@@ -161,8 +162,20 @@ impl AssignerState {
 
     /// Takes a granted partition off its owner's record; it stays `revoking` (still owned, same
     /// token) until the owner releases it or its membership ends.
-    pub(super) fn revoke(&mut self, key: &PartitionKey) {
+    pub(super) fn revoke(&mut self, key: &PartitionKey, cause: RevokeCause) {
         self.counters.revocations += 1;
+        if cause == RevokeCause::JobStopped {
+            self.counters.revocations_job_stopped += 1;
+        }
         self.transition(key, PartitionStatus::Revoking, |_| {});
     }
+}
+
+/// Why a partition is revoked (counted per cause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RevokeCause {
+    /// Its owner is over quota: the balance moves it.
+    Rebalance,
+    /// Its job was paused or cancelled.
+    JobStopped,
 }

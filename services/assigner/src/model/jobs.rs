@@ -3,6 +3,7 @@
 //! lookups. Refusals are typed ([`AdminRefusal`]); the leader loop persists the changes before it
 //! replies, so a reply means the change is stored.
 
+use super::grants::RevokeCause;
 use super::{AdminRefusal, AssignerState, JobCommand, PartitionKey, SpecProblem, Stored};
 use elk_protocol::admin::{IdState, MAX_PAGE};
 use elk_protocol::messages::{JobRecord, JobSpec, JobState, PartitionRecord, PartitionStatus};
@@ -118,7 +119,7 @@ impl AssignerState {
             .map(|stored| PartitionKey::of(&stored.value))
             .collect();
         for key in granted {
-            self.revoke(&key);
+            self.revoke(&key, RevokeCause::JobStopped);
         }
     }
 
