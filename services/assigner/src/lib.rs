@@ -14,8 +14,8 @@
 //! | module | role |
 //! |---|---|
 //! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) and the status page |
-//! | `http_guard` | the checks of every HTTP request: Host, Origin, bearer token and scope, JSON, body limits |
-//! | `http_serve` | the HTTP listener: header timeout, connection limit, TLS |
+//! | `http::guard` | the checks of every HTTP request: Host, Origin, bearer token and scope, JSON, body limits |
+//! | `http::serve` | the HTTP listener: header timeout, connection limit, TLS |
 //! | `status` | the status page and its KV-read routes (workers, role leaders) |
 //! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
 //! | `admin` | admin requests → model commands → coded replies |
@@ -30,8 +30,6 @@ mod config;
 mod error;
 mod faults;
 pub mod http;
-mod http_guard;
-mod http_serve;
 mod leader;
 mod metrics;
 mod model;

@@ -1,4 +1,4 @@
-//! The live status of a namespace for the HTTP API (`http.rs`): the status page itself
+//! The live status of a namespace for the HTTP API (`http/`): the status page itself
 //! (`status_page.html`, self-contained) and the two JSON routes it needs besides the admin
 //! commands — `GET /v1/workers` (live workers with their grants, capacity and state) and
 //! `GET /v1/roles` (role leaders with their epochs, the view generation).

@@ -263,7 +263,7 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    // The guard is tested on its own (http_guard, integration-tests/tests/http_security.rs):
+    // The guard is tested on its own (`guard`, integration-tests/tests/http_security.rs):
     // here every request passes it.
     let open = crate::config::HttpSettings {
         allow_unauthenticated: true,

@@ -28,16 +28,16 @@
 //! `timed_out` 504 (the leader did not answer in time), `transport` 502 (NATS failed),
 //! `internal` 500.
 //!
-//! Every request first passes the guard (`http_guard`: Host, Origin, bearer token and scope,
+//! Every request first passes the guard (`guard`: Host, Origin, bearer token and scope,
 //! JSON on mutations, body limits: `unauthorized` 401, `forbidden` 403, `unsupported_media_type`
 //! 415, `misdirected_request` 421, `request_timeout` 408, `payload_too_large` 413), and
 //! connections are served with a header timeout, a connection limit and optional TLS
-//! (`http_serve`).
+//! (`serve`).
 
 use crate::config::HttpSettings;
-use crate::http_guard::{self, Guard};
-pub use crate::http_guard::{ADMIN_TOKENS_ENV, READ_TOKENS_ENV};
-use crate::http_serve::{self, ServeOptions};
+mod guard;
+mod serve;
+
 use crate::status;
 use axum::Router;
 use axum::body::Bytes;
@@ -49,7 +49,10 @@ use elk_nats::{AdminClient, AdminClientError, Resources};
 use elk_protocol::admin::{AdminCommand, MAX_PAGE};
 use elk_protocol::messages::{JobSpec, PartitionStatus};
 use elk_types::{IdRange, JobName, PartitionId};
+use guard::Guard;
+pub use guard::{ADMIN_TOKENS_ENV, READ_TOKENS_ENV};
 use serde::Deserialize;
+use serve::ServeOptions;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +79,7 @@ impl HttpSecurity {
     ) -> Result<Self, String> {
         let guard = Arc::new(Guard::load(settings, env)?);
         let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
-            (Some(cert), Some(key)) => Some(http_serve::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
             _ => None,
         };
         Ok(Self {
@@ -109,9 +112,9 @@ pub async fn serve_http(
     }
     let app = router(bridge).layer(axum::middleware::from_fn_with_state(
         security.guard,
-        http_guard::guard,
+        guard::guard,
     ));
-    http_serve::serve(listener, app, security.serve, shutdown).await
+    serve::serve(listener, app, security.serve, shutdown).await
 }
 
 /// Forwards admin commands to the assigner leader over NATS; reads the status routes from KV.
@@ -502,5 +505,4 @@ fn retry_command(body: &[u8]) -> Result<AdminCommand, ApiError> {
 }
 
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod tests;

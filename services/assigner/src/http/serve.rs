@@ -8,7 +8,7 @@
 //!   gets `503` (plain HTTP) or is closed at once (TLS) instead of queueing behind stalled ones.
 //! - **TLS** (optional): rustls with the `ring` provider.
 //!
-//! The body timeout and size limit are the guard's (`http_guard`): they apply per request.
+//! The body timeout and size limit are the guard's (`guard`): they apply per request.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
