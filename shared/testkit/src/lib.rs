@@ -22,7 +22,8 @@ mod wait;
 pub use auditor::{AuditReport, AuditorError, OwnershipAuditor};
 pub use coverage::{CoverageReport, IdSummary, assert_exact_coverage, assert_full_coverage};
 pub use elk_nats_server::{
-    NatsServer, NatsServerBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
+    NatsCluster, NatsClusterBuilder, NatsServer, NatsServerBuilder, ServerError,
+    check_binary_version, resolve_nats_server_binary,
 };
 pub use proxy::TcpProxy;
 pub use wait::{TimedOut, wait_until};
