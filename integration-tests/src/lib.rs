@@ -395,6 +395,15 @@ impl Ledger {
         self.processed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many IDs the ledger's range has.
+    pub fn len(&self) -> u64 {
+        self.counts.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
     /// First ID of the ledger's range.
     pub fn first(&self) -> u64 {
         self.first
@@ -480,9 +489,9 @@ impl Processor for RecordingProcessor {
     }
 }
 
-/// Checks invariants 1, 2, 3 and 5 of ARCHITECTURE §6 for `job` after it completed: every ID
-/// processed, no overlap, no acknowledged checkpoint lost, repetition only after crashes and only
-/// beyond the last checkpoint.
+/// Checks invariants 1–5 of ARCHITECTURE §6 for `job` after it completed: every ID processed,
+/// no overlap, no acknowledged checkpoint lost, no grant taking effect under an older epoch once
+/// a newer one did, repetition only after crashes and only beyond the last checkpoint.
 pub async fn assert_invariants(
     auditor: &elk_testkit::OwnershipAuditor,
     job: &str,
@@ -493,6 +502,7 @@ pub async fn assert_invariants(
     elk_testkit::assert_full_coverage(ledger.first(), &counts);
     report.assert_no_overlap();
     report.assert_durable_progress();
+    report.assert_fencing();
     let job = JobName::new(job).expect("valid job name");
     report.assert_bounded_repetition(&job, ledger.first(), &counts);
 }
