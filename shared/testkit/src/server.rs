@@ -128,7 +128,8 @@ impl NatsServerBuilder {
                     jetstream: self.jetstream.unwrap_or(true),
                     sync_always: self.sync_always,
                 };
-                Running::Container(crate::container::ContainerServer::start(options)?)
+                let server = crate::container::ContainerServer::start(options)?;
+                Running::Container(Box::new(server))
             }
             #[cfg(not(feature = "testcontainers"))]
             Backend::Testcontainers => return Err(TestServerError::BackendNotBuilt),
@@ -144,8 +145,9 @@ impl NatsServerBuilder {
 
 enum Running {
     Process(elk_nats_server::NatsServer),
+    // Boxed: the container handle is several times the size of a process handle.
     #[cfg(feature = "testcontainers")]
-    Container(crate::container::ContainerServer),
+    Container(Box<crate::container::ContainerServer>),
 }
 
 /// A test's nats-server on either backend, stopped and cleaned up on drop.
