@@ -9,7 +9,7 @@
 //! with new ports.
 
 use crate::server::ClusterSeat;
-use crate::{NatsServer, ServerError};
+use crate::{NatsServer, NatsServerBuilder, ServerError};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,20 +19,18 @@ const HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
 /// Attempts at starting a cluster when a picked route port was taken meanwhile.
 const START_ATTEMPTS: usize = 3;
 
-/// Options for [`NatsCluster`].
+/// Options for [`NatsCluster`]: its size, and the options every server gets.
 #[derive(Debug, Clone)]
 pub struct NatsClusterBuilder {
     size: usize,
-    sync_always: bool,
-    binary: Option<PathBuf>,
+    node: NatsServerBuilder,
 }
 
 impl Default for NatsClusterBuilder {
     fn default() -> Self {
         Self {
             size: 3,
-            sync_always: false,
-            binary: None,
+            node: NatsServerBuilder::default(),
         }
     }
 }
@@ -44,16 +42,15 @@ impl NatsClusterBuilder {
         self
     }
 
-    /// Every server fsyncs each JetStream write before acknowledging it (`sync_interval:
-    /// always`); see [`crate::NatsServerBuilder::sync_always`].
+    /// [`NatsServerBuilder::sync_always`] for every server.
     pub fn sync_always(mut self, enabled: bool) -> Self {
-        self.sync_always = enabled;
+        self.node = self.node.sync_always(enabled);
         self
     }
 
-    /// Uses this binary instead of resolving one.
+    /// [`NatsServerBuilder::binary`] for every server.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
-        self.binary = Some(path.into());
+        self.node = self.node.binary(path);
         self
     }
 
@@ -83,13 +80,7 @@ impl NatsClusterBuilder {
                 route_port: *route_port,
                 route_ports: route_ports.clone(),
             };
-            let mut builder = NatsServer::builder()
-                .sync_always(self.sync_always)
-                .seat(seat);
-            if let Some(binary) = &self.binary {
-                builder = builder.binary(binary);
-            }
-            nodes.push(builder.start()?);
+            nodes.push(self.node.clone().seat(seat).start()?);
         }
         let urls = nodes
             .iter()

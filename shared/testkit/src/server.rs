@@ -173,9 +173,13 @@ impl NatsServer {
     /// Starts a JetStream-enabled server on the backend `ELK_TEST_BACKEND` picks; panics with
     /// the reason (and how to fix it) if it cannot.
     pub fn start() -> Self {
-        Self::builder()
-            .start()
-            .unwrap_or_else(|error| panic!("cannot start nats-server: {error}"))
+        match Self::builder().start() {
+            Ok(server) => server,
+            Err(error) => panic!(
+                "cannot start nats-server ({BACKEND_ENV}={}): {error}",
+                std::env::var(BACKEND_ENV).unwrap_or_default()
+            ),
+        }
     }
 
     pub fn backend(&self) -> Backend {
