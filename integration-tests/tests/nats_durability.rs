@@ -4,8 +4,10 @@
 //!   server leading the partitions bucket is killed mid-job and restarted, then a server that
 //!   leads nothing of interest: the job completes and invariants 1–5 hold under the auditor.
 //! * On a single server fsyncing every write (`sync_interval: always`, as `deploy/` runs it),
-//!   the server is killed three times mid-job: no acknowledged checkpoint is lost, and with
-//!   every membership outliving the outages no ID is processed twice.
+//!   the server is killed three times mid-job: no acknowledged checkpoint is lost (the progress
+//!   stream's and the partitions and assignments buckets' last sequences never go back across a
+//!   crash, and the progress stream holds at least every report a worker saw acknowledged), and
+//!   with every membership outliving the outages no ID is processed twice.
 
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack, assert_invariants};
 use elk_testkit::{NatsCluster, NatsServer, OwnershipAuditor, wait_until};
@@ -151,6 +153,37 @@ async fn a_cluster_loses_nothing_when_the_partitions_leader_and_another_server_a
     election.stop().await;
 }
 
+/// The streams whose last sequence the single-server test compares across each crash.
+const STORED_STREAMS: [&str; 3] = ["progress stream", "partitions bucket", "assignments bucket"];
+
+/// The last sequence of each of [`STORED_STREAMS`], read once the server answers again.
+async fn last_sequences(stack: &Stack) -> [u64; 3] {
+    let streams = [
+        stack.resources.progress.clone(),
+        stack.resources.partitions.stream.clone(),
+        stack.resources.assignments.stream.clone(),
+    ];
+    let mut last = [0; 3];
+    for (slot, stream) in last.iter_mut().zip(streams) {
+        let read = std::sync::Mutex::new(None);
+        wait_until("the server answers stream info", DEADLINE, || async {
+            let mut stream = stream.clone();
+            if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(2), stream.info()).await
+            {
+                *read.lock().unwrap() = Some(info.state.last_sequence);
+            }
+            read.lock().unwrap().is_some()
+        })
+        .await
+        .unwrap();
+        *slot = read
+            .into_inner()
+            .unwrap()
+            .expect("read before the wait ended");
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_syncing_every_write_loses_no_acknowledged_checkpoint() {
     let server = NatsServer::builder().sync_always(true).start().unwrap();
@@ -176,9 +209,29 @@ async fn a_killed_server_syncing_every_write_loses_no_acknowledged_checkpoint() 
         })
         .await
         .unwrap();
+        // Every write JetStream acknowledged before this point (a worker's checkpoint report,
+        // the assigner's partition and assignment records) has a sequence at or below its
+        // stream's last one now, and each acknowledged report took a sequence of its own.
+        let acknowledged_reports = a.stats().reports_published + b.stats().reports_published;
+        let before = last_sequences(&stack).await;
+        assert!(
+            before[0] >= acknowledged_reports,
+            "{before:?} {acknowledged_reports}"
+        );
         // SIGKILL, then the same port and store.
-        eprintln!("kill at {} IDs", ledger.processed());
+        eprintln!(
+            "kill at {} IDs, last sequences {before:?}",
+            ledger.processed()
+        );
         stack.server.restart().unwrap();
+        // None of those writes is gone after the crash.
+        let after = last_sequences(&stack).await;
+        for (stream, (before, after)) in STORED_STREAMS.iter().zip(before.iter().zip(after)) {
+            assert!(
+                after >= *before,
+                "kill {kill}: the {stream} lost acknowledged writes: last sequence {before} before, {after} after"
+            );
+        }
     }
 
     let job = stack.wait_job_completed("synced", DEADLINE).await.unwrap();
