@@ -85,6 +85,11 @@ pub struct PermissionsArgs {
 pub struct ProvisionArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    /// Copies of every bucket and of the progress stream (1 on a single server, 3 on a cluster
+    /// of 3); existing resources are changed to it. Unset: existing ones keep theirs, new ones 1.
+    #[arg(long, env = "ELK_REPLICAS", value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=elk_nats::MAX_REPLICAS as i64))]
+    pub replicas: Option<u8>,
 }
 
 fn role(text: &str) -> anyhow::Result<Role> {
@@ -172,7 +177,10 @@ fn render_permissions(role: Role, names: &Names) -> String {
 
 /// `elkctl provision`: creates or updates every bucket, the progress stream and its consumer.
 pub async fn provision(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
-    let resources = args.target.provision().await?;
+    let resources = args
+        .target
+        .provision(args.replicas.map(usize::from))
+        .await?;
     let names = &resources.names;
     println!(
         "namespace {} provisioned: buckets {}, {}, {}, {}, {}, {}; stream {} with consumer {}",

@@ -43,11 +43,16 @@ impl TargetArgs {
         Ok(elk_nats::bind(client, names).await?)
     }
 
-    /// Connects and creates or updates every resource of the namespace (an admin identity).
-    pub async fn provision(&self) -> anyhow::Result<Resources> {
+    /// Connects and creates or updates every resource of the namespace (an admin identity), with
+    /// `replicas` copies (`None`: existing resources keep theirs, new ones get 1).
+    pub async fn provision(&self, replicas: Option<usize>) -> anyhow::Result<Resources> {
         let names = Names::new(self.namespace()?);
         let client = self.connect().await?;
-        Ok(elk_nats::provision(client, names, &ProvisionConfig::default()).await?)
+        let config = ProvisionConfig {
+            replicas,
+            ..ProvisionConfig::default()
+        };
+        Ok(elk_nats::provision(client, names, &config).await?)
     }
 }
 

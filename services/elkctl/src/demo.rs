@@ -164,7 +164,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         nats,
         namespace: namespace.to_string(),
     };
-    let resources = target.provision().await?;
+    let resources = target.provision(None).await?;
 
     let services = CancellationToken::new();
     let member_ttl = Duration::from_secs(args.member_ttl_secs.max(1));

@@ -120,6 +120,17 @@ impl NatsConfig {
         self
     }
 
+    /// The server URLs of [`NatsConfig::url`] (split at commas, blanks dropped): the client
+    /// tries them in turn and fails over between them, so a cluster stays reachable while any
+    /// of the given servers is up.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// This config with `name` as the connection name unless one is set already.
     pub fn named_if_unset(mut self, name: impl Into<String>) -> Self {
         if self.name.is_none() {
@@ -299,7 +310,7 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsErro
     if config.tls_required {
         options = options.require_tls(true);
     }
-    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(&config.url))
+    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(config.urls()))
         .await
         .map_err(|elapsed| NatsError::connect(&config.url, elapsed))?
         .map_err(|error| NatsError::connect(&config.url, error))?;
@@ -449,6 +460,16 @@ mod tests {
             NatsConfig::default().effective_inbox_prefix().unwrap(),
             "_INBOX"
         );
+    }
+
+    #[test]
+    fn several_urls_are_split_at_commas() {
+        let config = NatsConfig::new("nats://a:4222, nats://b:4222,,nats://c:4222 ", "x");
+        assert_eq!(
+            config.urls(),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(NatsConfig::default().urls(), [DEFAULT_NATS_URL]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod keys;
 mod kv;
 pub mod membership;
 mod provision;
+mod replicas;
 pub mod role;
 mod status;
 
@@ -28,5 +29,6 @@ pub use membership::{
 pub use provision::{
     MemberResources, ProvisionConfig, Resources, bind, open, open_member, provision,
 };
+pub use replicas::MAX_REPLICAS;
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};
 pub use status::{RenewalObserver, ReplicaStatus};

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
-/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_METRICS_LISTEN` in
-/// the environment).
+/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_METRICS_LISTEN`,
+/// `ELK_REPLICAS` in the environment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCommon {
@@ -30,6 +30,12 @@ pub struct ServiceCommon {
     /// `ELK_METRICS_LISTEN`); nothing is served when unset. See `crate::metrics_http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// How many NATS servers keep a copy of every bucket and of the progress stream (JetStream
+    /// replicas, 1 to 5): 1 on a single server, 3 on a cluster of 3. Set, the replica creates
+    /// missing resources with it and changes existing ones to it; unset, existing resources keep
+    /// theirs and missing ones get 1. More than the cluster's servers is refused at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
     // Issue 11 adds `log_format` here, with the short form `ELK_LOG_FORMAT` in
     // `config::ENV_SHORT_FORMS`.
 }
@@ -47,6 +53,7 @@ impl ServiceCommon {
             member_ttl: DEFAULT_MEMBER_TTL,
             nats: NatsConfig::default(),
             metrics_listen: None,
+            replicas: None,
         }
     }
 
@@ -58,6 +65,7 @@ impl ServiceCommon {
             member_ttl: DEFAULT_MEMBER_TTL,
             nats,
             metrics_listen: None,
+            replicas: None,
         }
     }
 
@@ -72,6 +80,12 @@ impl ServiceCommon {
         self
     }
 
+    /// Provisions every bucket and stream with `replicas` copies.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
     /// The NATS connection of `service` (`elk-assigner`...), named `<service>/<member id>`
     /// unless the config names it.
     pub fn connection(&self, service: &str) -> NatsConfig {
@@ -81,13 +95,17 @@ impl ServiceCommon {
     }
 
     /// Connects to NATS as `<service>/<member id>` (refusing servers ELK cannot run on) and binds
-    /// the namespace's buckets and stream, provisioning them only if they are missing and this
-    /// identity may create them ([`elk_nats::open`]; with ELK's permission model a service never
-    /// may: an admin runs `elkctl provision` first).
+    /// the namespace's buckets and stream, provisioning them only if they are missing or their
+    /// replica count is not the configured one, and this identity may ([`elk_nats::open`]; with
+    /// ELK's permission model a service never may: an admin runs `elkctl provision` first).
     pub async fn open(&self, service: &str) -> Result<elk_nats::Resources, elk_nats::NatsError> {
         let client = elk_nats::connect(&self.connection(service)).await?;
         let names = elk_protocol::names::Names::new(self.namespace.clone());
-        elk_nats::open(client, names, &elk_nats::ProvisionConfig::default()).await
+        let provisioning = elk_nats::ProvisionConfig {
+            replicas: self.replicas,
+            ..elk_nats::ProvisionConfig::default()
+        };
+        elk_nats::open(client, names, &provisioning).await
     }
 
     /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
@@ -128,6 +146,14 @@ impl ServiceCommon {
             .map_err(|reason| ConfigError::invalid(format!("service.{reason}")))?;
         if let Some(address) = &self.metrics_listen {
             crate::metrics_http::validate_listen_address("service.metrics_listen", address)?;
+        }
+        if let Some(replicas) = self.replicas
+            && !(1..=elk_nats::MAX_REPLICAS).contains(&replicas)
+        {
+            return Err(ConfigError::invalid(format!(
+                "service.replicas must be between 1 and {}, got {replicas}",
+                elk_nats::MAX_REPLICAS
+            )));
         }
         Ok(())
     }
@@ -218,6 +244,64 @@ mod tests {
         common.metrics_listen = Some("9464".to_owned());
         let error = common.validate().unwrap_err().to_string();
         assert!(error.contains("service.metrics_listen"), "{error}");
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct EchoSettings {
+        volume: u32,
+    }
+
+    crate::service_config! {
+        /// A service config as every service declares one.
+        pub struct EchoConfig { echo: EchoSettings }
+    }
+
+    impl crate::Validate for EchoConfig {
+        fn validate(&self) -> Result<(), ConfigError> {
+            self.service.validate()
+        }
+    }
+
+    #[test]
+    fn replicas_come_from_elk_replicas_or_the_file_and_are_checked() {
+        let load = |variables: &[(&str, &str)], file: Option<&std::path::Path>| {
+            let variables = variables
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()));
+            let no_flags = std::collections::BTreeMap::<String, String>::new();
+            crate::config::load_config_from::<EchoConfig>(file, variables, no_flags)
+        };
+        assert_eq!(load(&[], None).unwrap().service.replicas, None);
+        let from_env = load(&[("ELK_REPLICAS", "3")], None).unwrap();
+        assert_eq!(from_env.service.replicas, Some(3));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echo.toml");
+        std::fs::write(&path, "[service]\nreplicas = 1\n").unwrap();
+        assert_eq!(load(&[], Some(&path)).unwrap().service.replicas, Some(1));
+        let error = load(&[("ELK_REPLICAS", "7")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("service.replicas"), "{error}");
+        // The effective configuration prints the setting only when it is set.
+        let printed = toml::to_string(&from_env).unwrap();
+        assert!(printed.contains("replicas = 3"), "{printed}");
+        assert!(
+            !toml::to_string(&load(&[], None).unwrap())
+                .unwrap()
+                .contains("replicas")
+        );
+    }
+
+    #[test]
+    fn replicas_are_one_to_five_when_set() {
+        let common = ServiceCommon::defaults("assigner");
+        assert_eq!(common.replicas, None, "unset by default: keep what exists");
+        assert!(common.clone().with_replicas(3).validate().is_ok());
+        for wrong in [0, 6] {
+            let error = common.clone().with_replicas(wrong).validate().unwrap_err();
+            assert!(error.to_string().contains("service.replicas"), "{error}");
+        }
     }
 
     #[test]
