@@ -68,8 +68,9 @@ async fn every_resource_gets_the_configured_replicas_and_clients_keep_them() {
         assert_eq!((replicas, followers), (1, 0), "{name}");
     }
     // The services' setting brings everything to 3, the consumer included (the new copies
-    // are placed in the background).
-    let replicated = provision(client.clone(), names(), &with_replicas(Some(3)))
+    // are placed in the background): `open` (what services call) binds, sees the count differ
+    // and provisions.
+    let replicated = elk_nats::open(client.clone(), names(), &with_replicas(Some(3)))
         .await
         .unwrap();
     for (name, replicas, _) in replica_counts(&replicated).await {
@@ -84,7 +85,13 @@ async fn every_resource_gets_the_configured_replicas_and_clients_keep_them() {
     })
     .await
     .unwrap();
-    // A client without a setting does not undo it.
+    // A client without a setting does not undo it, opening or provisioning.
+    let opened = elk_nats::open(client.clone(), names(), &with_replicas(None))
+        .await
+        .unwrap();
+    for (name, replicas, _) in replica_counts(&opened).await {
+        assert_eq!(replicas, 3, "{name}");
+    }
     let later = provision(client.clone(), names(), &with_replicas(None))
         .await
         .unwrap();
