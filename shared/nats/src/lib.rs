@@ -11,6 +11,7 @@ mod kv;
 pub mod membership;
 mod provision;
 pub mod role;
+pub mod trace;
 
 pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
 pub use connect::{

@@ -3,6 +3,8 @@
 
 use crate::config::ConfigError;
 use crate::error::ReplicaError;
+use crate::logging::LogFormat;
+use crate::telemetry::TracingConfig;
 use elk_nats::{MemberLease, NatsConfig, Resources, ServiceMember};
 use elk_protocol::messages::MemberRole;
 use elk_types::{MemberId, Namespace};
@@ -11,7 +13,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
-/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL` in the environment).
+/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT` in the
+/// environment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCommon {
@@ -25,8 +28,15 @@ pub struct ServiceCommon {
     pub member_ttl: Duration,
     /// How to reach NATS (`[service.nats]`).
     pub nats: NatsConfig,
-    // Issue 11 adds `metrics_listen` and `log_format` here, with the short forms
-    // `ELK_METRICS_LISTEN` and `ELK_LOG_FORMAT` in `config::ENV_SHORT_FORMS`.
+    /// `text` (default) or `json` log lines (`--log-format`, `ELK_LOG_FORMAT`).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Trace export (`[service.tracing]`); off unless an OTLP endpoint is configured here or in
+    /// the standard `OTEL_EXPORTER_OTLP_*` variables.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+    // Issue 11 adds `metrics_listen` here, with the short form `ELK_METRICS_LISTEN` in
+    // `config::ENV_SHORT_FORMS`.
 }
 
 /// Member TTL of a service replica unless configured.
@@ -41,6 +51,8 @@ impl ServiceCommon {
             member_id: default_member_id(service),
             member_ttl: DEFAULT_MEMBER_TTL,
             nats: NatsConfig::default(),
+            log_format: LogFormat::default(),
+            tracing: TracingConfig::default(),
         }
     }
 
@@ -51,6 +63,8 @@ impl ServiceCommon {
             member_id,
             member_ttl: DEFAULT_MEMBER_TTL,
             nats,
+            log_format: LogFormat::default(),
+            tracing: TracingConfig::default(),
         }
     }
 
@@ -105,6 +119,9 @@ impl ServiceCommon {
         if self.nats.url.trim().is_empty() {
             return Err(ConfigError::invalid("service.nats.url must not be empty"));
         }
+        self.tracing
+            .validate()
+            .map_err(|error| ConfigError::invalid(error.to_string()))?;
         Ok(())
     }
 }

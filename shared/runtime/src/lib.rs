@@ -1,22 +1,26 @@
 //! Process plumbing shared by the service binaries: layered configuration with one common
-//! section, the connection flags every binary shares, logging, and shutdown signals.
+//! section, the connection flags every binary shares, logging and trace export ([`telemetry`]),
+//! and shutdown signals.
 //!
 //! Services are libraries (`run(config, shutdown)`); their thin `main` is one call to
 //! [`service_main`], which parses [`ServiceFlags`], loads the config (defaults → TOML file →
 //! `ELK_*` environment → flags, then [`Validate`]; see [`config`] for the environment scheme),
-//! prints it (`--print-config`) or starts logging and turns SIGINT / SIGTERM into the
-//! `shutdown` future. A second signal exits the process at once.
+//! prints it (`--print-config`) or starts telemetry (logs, and traces when an OTLP endpoint is
+//! configured) and turns SIGINT / SIGTERM into the `shutdown` future. A second signal exits the
+//! process at once. Queued spans are exported before `main` returns.
 
 mod common;
 pub mod config;
 mod error;
 mod flags;
-mod logging;
+pub mod logging;
 mod signal;
+pub mod telemetry;
 
 pub use common::{DEFAULT_MEMBER_TTL, ServiceCommon, default_member_id, join};
 pub use config::{ConfigError, ServiceConfig, Validate, load_config, load_config_from};
 pub use error::ReplicaError;
 pub use flags::{NatsArgs, ServiceFlags, service_main};
-pub use logging::init_logging;
+pub use logging::LogFormat;
+pub use telemetry::{Telemetry, TelemetryOptions, TracingConfig};
 pub use signal::{serve_until, shutdown_signal};

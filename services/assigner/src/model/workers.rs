@@ -141,5 +141,6 @@ fn grant_of(record: &PartitionRecord) -> Grant {
         range: record.range,
         resume_from,
         token: record.token,
+        traceparent: record.grant_traceparent.clone(),
     }
 }
