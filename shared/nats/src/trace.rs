@@ -70,7 +70,10 @@ fn parse_with_state(value: &str, state: TraceState) -> Option<SpanContext> {
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let rest = parts.next();
     let lower_hex = |text: &str, len: usize| {
-        text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        text.len() == len
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !lower_hex(version, 2) || version == "ff" || (version == "00" && rest.is_some()) {
         return None;
@@ -223,7 +226,10 @@ mod tests {
         assert!(is_sampled(SAMPLE));
         // Unknown flag bits are dropped, a later version with more fields is read.
         let flags = SAMPLE.replace("-01", "-03");
-        assert_eq!(format_traceparent(&parse_traceparent(&flags).unwrap()), SAMPLE);
+        assert_eq!(
+            format_traceparent(&parse_traceparent(&flags).unwrap()),
+            SAMPLE
+        );
         let later = SAMPLE.replacen("00-", "01-", 1) + "-future";
         assert!(parse_traceparent(&later).is_some());
         for bad in [

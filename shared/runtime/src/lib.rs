@@ -22,5 +22,5 @@ pub use config::{ConfigError, ServiceConfig, Validate, load_config, load_config_
 pub use error::ReplicaError;
 pub use flags::{NatsArgs, ServiceFlags, service_main};
 pub use logging::LogFormat;
-pub use telemetry::{Telemetry, TelemetryOptions, TracingConfig};
 pub use signal::{serve_until, shutdown_signal};
+pub use telemetry::{Telemetry, TelemetryOptions, TracingConfig};

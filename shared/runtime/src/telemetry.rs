@@ -416,7 +416,11 @@ pub fn init(options: TelemetryOptions<'_>) -> Result<Telemetry, TelemetryError> 
                 .boxed(),
         );
     }
-    if tracing_subscriber::registry().with(layers).try_init().is_err() {
+    if tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_err()
+    {
         // Someone else's subscriber is installed (a test harness, a second call): leave it, and
         // do not export through a layer nobody sees.
         if let Some(provider) = provider {

@@ -8,8 +8,11 @@ use crate::model::AssignerState;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use elk_nats::Resources;
+use elk_nats::trace::{self, OtelSpan};
 use elk_protocol::decode;
-use elk_protocol::messages::{MemberRef, MembershipView, ProgressReport};
+use elk_protocol::messages::{MemberRef, MembershipView, ProgressEvent, ProgressReport};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanContext, SpanKind};
 
 /// Validates one message and applies its report to the model; malformed and stale reports are
 /// counted and dropped (they are acked like the others).
@@ -33,12 +36,34 @@ pub(super) fn apply_message(
         }
     });
     match checked {
-        Ok(report) => match state.apply_progress(&report) {
-            Ok(()) => AssignerMetrics::add(&metrics.progress_applied, 1),
-            Err(rejection) => {
-                tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
+        Ok(report) => {
+            // Reports of unsampled traces carry no context: nothing is parsed or built for them.
+            let context = if trace::enabled() {
+                trace::from_headers(message.headers.as_ref())
+            } else {
+                None
+            };
+            let mut span = context
+                .as_ref()
+                .filter(|context| context.is_sampled())
+                .map(|context| apply_span(context, &report));
+            let outcome = apply_report(state, &report, context.as_ref());
+            if let Some(span) = &mut span {
+                let outcome = match outcome {
+                    Ok(()) => "applied",
+                    Err(crate::model::Rejection::UnknownPartition) => "rejected_unknown_partition",
+                    Err(crate::model::Rejection::StaleToken) => "rejected_stale",
+                };
+                span.set_attribute(KeyValue::new("elk.outcome", outcome));
+                span.end();
             }
-        },
+            match outcome {
+                Ok(()) => AssignerMetrics::add(&metrics.progress_applied, 1),
+                Err(rejection) => {
+                    tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
+                }
+            }
+        }
         Err(error) => {
             if metrics
                 .progress_malformed
@@ -49,6 +74,46 @@ pub(super) fn apply_message(
             }
         }
     }
+}
+
+/// Applies `report`; a release or failure that carried a trace context keeps it in the
+/// partition record for the next grant to link to.
+fn apply_report(
+    state: &mut AssignerState,
+    report: &ProgressReport,
+    context: Option<&SpanContext>,
+) -> Result<(), crate::model::Rejection> {
+    let ends_ownership = matches!(
+        report.event,
+        ProgressEvent::Released { .. } | ProgressEvent::Failed { .. }
+    );
+    let traceparent = context
+        .filter(|_| ends_ownership)
+        .map(trace::format_traceparent);
+    state.apply_traced_progress(report, traceparent.as_deref())
+}
+
+/// The span of applying one report of a sampled trace: a child of the worker's publish span.
+fn apply_span(context: &SpanContext, report: &ProgressReport) -> trace::BoxedSpan {
+    let kind = match &report.event {
+        ProgressEvent::Checkpoint { .. } => "checkpoint",
+        ProgressEvent::Completed => "completed",
+        ProgressEvent::Failed { .. } => "failed",
+        ProgressEvent::Released { .. } => "released",
+    };
+    let attributes = vec![
+        KeyValue::new("elk.job", report.job.to_string()),
+        KeyValue::new("elk.partition", report.partition.get() as i64),
+        KeyValue::new("elk.worker", report.worker.to_string()),
+        KeyValue::new("elk.event", kind),
+    ];
+    trace::start_span(
+        "elk.progress.apply",
+        SpanKind::Consumer,
+        Some(context),
+        attributes,
+        &[],
+    )
 }
 
 /// A member that left the view, whose partitions wait until the progress stream has been applied

@@ -12,7 +12,7 @@
 //! Workers that declared jobs only ever receive partitions of those jobs; the balance is computed
 //! as if every worker processed every job.
 
-use super::{AssignerState, PartitionKey};
+use super::{AssignerState, PartitionKey, spans};
 use elk_placement::{Partition, Worker, solve};
 use elk_protocol::messages::{JobState, MemberRef, PartitionStatus};
 use elk_types::{JobName, MemberId};
@@ -58,7 +58,7 @@ impl AssignerState {
         }
         // Paused or cancelled while granted (e.g. seen at load): hand them back.
         for key in &stopped_jobs {
-            self.revoke(key);
+            self.revoke(key, "job_stopped");
         }
         // Partitions being handed over take a place in the balance (their future owner's), so
         // the solver does not revoke more while they are in flight.
@@ -105,7 +105,7 @@ impl AssignerState {
                     *held.entry(previous).or_default() += 1;
                 }
                 // Move only to a worker that processes the job; otherwise it stays put.
-                (Some(_), Some(_)) if compatible => self.revoke(&key),
+                (Some(_), Some(_)) if compatible => self.revoke(&key, "rebalance"),
                 (Some(previous), _) => *held.entry(previous).or_default() += 1,
                 // A hand-over in flight: its place is reserved, the grant waits for the release.
                 (None, Some(target)) if moving.contains(&key) => {
@@ -153,6 +153,16 @@ impl AssignerState {
             incarnation,
         };
         self.transition(key, PartitionStatus::Granted, |record| {
+            if record.traceparent.is_none() {
+                // Cut before this process traced (or by an older build): its trace starts now.
+                record.traceparent = spans::cut(record, None);
+            }
+            record.grant_traceparent = spans::grant(
+                record,
+                owner.id.as_str(),
+                token.get(),
+                super::workers::resume_point(record),
+            );
             record.owner = Some(owner);
             record.token = token;
             record.error = None;
@@ -160,9 +170,12 @@ impl AssignerState {
     }
 
     /// Takes a granted partition off its owner's record; it stays `revoking` (still owned, same
-    /// token) until the owner releases it or its membership ends.
-    pub(super) fn revoke(&mut self, key: &PartitionKey) {
+    /// token) until the owner releases it or its membership ends. `reason` names why (for the
+    /// partition's trace).
+    pub(super) fn revoke(&mut self, key: &PartitionKey, reason: &'static str) {
         self.counters.revocations += 1;
-        self.transition(key, PartitionStatus::Revoking, |_| {});
+        self.transition(key, PartitionStatus::Revoking, |record| {
+            spans::grant_event("elk.partition.revoke", record, reason);
+        });
     }
 }

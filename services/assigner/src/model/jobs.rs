@@ -33,16 +33,29 @@ fn check_spec(spec: &JobSpec) -> Result<(), SpecProblem> {
 
 impl AssignerState {
     /// Creates a job (stored with the round's change set, as a create: it must not exist in KV).
+    #[cfg(test)]
     pub(crate) fn create_job(
         &mut self,
         name: &JobName,
         spec: &JobSpec,
     ) -> Result<JobRecord, AdminRefusal> {
+        self.create_traced_job(name, spec, None)
+    }
+
+    /// Creates a job; `traceparent` is the (sampled) span of the request that created it, which
+    /// every partition's trace links to.
+    pub(crate) fn create_traced_job(
+        &mut self,
+        name: &JobName,
+        spec: &JobSpec,
+        traceparent: Option<String>,
+    ) -> Result<JobRecord, AdminRefusal> {
         if self.jobs.contains_key(name) {
             return Err(AdminRefusal::AlreadyExists(name.clone()));
         }
         check_spec(spec)?;
-        let record = JobRecord::new(name.clone(), spec.clone(), self.epoch, self.now_ms);
+        let mut record = JobRecord::new(name.clone(), spec.clone(), self.epoch, self.now_ms);
+        record.traceparent = traceparent;
         self.jobs.insert(name.clone(), Stored::new(record.clone()));
         self.dirty_jobs.insert(name.clone());
         Ok(record)
@@ -81,7 +94,7 @@ impl AssignerState {
             JobState::Paused => {}
             state => return Err(invalid_state(name, state, JobCommand::Pause)),
         }
-        self.revoke_job(name);
+        self.revoke_job(name, "job_paused");
         Ok(self.touch(name))
     }
 
@@ -101,7 +114,7 @@ impl AssignerState {
             return Err(invalid_state(name, job.state, JobCommand::Cancel));
         }
         job.state = JobState::Cancelled;
-        self.revoke_job(name);
+        self.revoke_job(name, "job_cancelled");
         Ok(self.touch(name))
     }
 
@@ -111,14 +124,14 @@ impl AssignerState {
     }
 
     /// Revokes every granted partition of a job (they are released, then stay pending).
-    fn revoke_job(&mut self, name: &JobName) {
+    fn revoke_job(&mut self, name: &JobName, reason: &'static str) {
         let granted: Vec<PartitionKey> = self
             .partitions_of(name)
             .filter(|stored| stored.value.status == PartitionStatus::Granted)
             .map(|stored| PartitionKey::of(&stored.value))
             .collect();
         for key in granted {
-            self.revoke(&key);
+            self.revoke(&key, reason);
         }
     }
 
