@@ -1,6 +1,9 @@
 //! Fixtures for scenario tests over real NATS: an in-process control plane (election, assigner,
 //! scaler) on a private nats-server, workers with a recording processor, and helpers to create
-//! jobs and wait for them. The scenarios live in `tests/`.
+//! jobs and wait for them; components as processes of their own ([`nodes`]). The scenarios live
+//! in `tests/`.
+
+pub mod nodes;
 
 use anyhow::Context;
 use elk_nats::{AdminClient, NatsConfig, ProvisionConfig, Resources};

@@ -12,6 +12,7 @@
 //! events of the processing span; and a hand-over (a worker stopped mid-job releases its
 //! partitions) links the new grant to the old owner's release.
 
+use elk_integration_tests::nodes::{Node, NodeTarget, otlp_env};
 use elk_nats::AdminClient;
 use elk_otlp_receiver::{OtlpReceiver, ReceivedSpan, Transport};
 use elk_protocol::messages::{JobSpec, JobState, PartitionStatus};
@@ -20,64 +21,12 @@ use elk_testkit::{NatsServer, wait_until};
 use elk_types::{IdRange, JobName, Namespace};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 
 const NAMESPACE: &str = "traced";
 const JOB: &str = "traced-job";
 const PARTITIONS: u64 = 8;
 const PARTITION_SIZE: u64 = 10;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A component process; killed if the test ends without stopping it.
-struct Node {
-    child: Child,
-}
-
-impl Node {
-    fn start(
-        node: &str,
-        nats: &str,
-        member: &str,
-        otlp: (&str, &str),
-        extra: &[(&str, &str)],
-    ) -> Self {
-        let (endpoint, protocol) = otlp;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_elk-node"));
-        command
-            .env("ELK_NODE", node)
-            .env("ELK_NATS_URL", nats)
-            .env("ELK_NAMESPACE", NAMESPACE)
-            .env("ELK_MEMBER_ID", member)
-            .env("ELK_MEMBER_TTL", "2s")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-            // Export within 100 ms, so the test waits little for spans of running processes.
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true);
-        for (key, value) in extra {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("elk-node starts");
-        Self { child }
-    }
-
-    /// SIGTERM, then wait for a clean exit (graceful stop, spans flushed).
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("running") as i32;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let exit = tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .expect("stops within the deadline")
-            .expect("wait");
-        assert!(exit.success(), "node exited with {exit}");
-    }
-}
 
 /// This process's telemetry: spans of the admin client, over gRPC.
 async fn init_client_telemetry(receiver: &OtlpReceiver) -> elk_runtime::Telemetry {
@@ -125,16 +74,21 @@ async fn a_job_s_partitions_are_traced_across_processes_with_their_hand_overs_li
     let telemetry = init_client_telemetry(&receiver).await;
     let server = NatsServer::builder().start().expect("nats-server");
     let nats = server.url().to_owned();
-    let grpc_endpoint = receiver.grpc_endpoint();
-    let http_endpoint = receiver.http_endpoint();
-    let grpc = (grpc_endpoint.as_str(), "grpc");
-    let http = (http_endpoint.as_str(), "http/protobuf");
+    let target = NodeTarget {
+        binary: env!("CARGO_BIN_EXE_elk-node"),
+        nats_url: &nats,
+        namespace: NAMESPACE,
+    };
+    let (grpc_endpoint, http_endpoint) = (receiver.grpc_endpoint(), receiver.http_endpoint());
+    let grpc = otlp_env(&grpc_endpoint, "grpc");
+    let http = otlp_env(&http_endpoint, "http/protobuf");
+    let mut worker_env = http.clone();
+    worker_env.extend([("ELK_NODE_CAPACITY", "2"), ("ELK_NODE_ID_DELAY_MS", "100")]);
 
-    let election = Node::start("election", &nats, "election-1", http, &[]);
-    let assigner = Node::start("assigner", &nats, "assigner-1", grpc, &[]);
-    let worker_env = [("ELK_NODE_CAPACITY", "2"), ("ELK_NODE_ID_DELAY_MS", "100")];
-    let worker_a = Node::start("worker", &nats, "worker-a", http, &worker_env);
-    let worker_b = Node::start("worker", &nats, "worker-b", http, &worker_env);
+    let election = Node::start(target, "election", "election-1", &http);
+    let assigner = Node::start(target, "assigner", "assigner-1", &grpc);
+    let worker_a = Node::start(target, "worker", "worker-a", &worker_env);
+    let worker_b = Node::start(target, "worker", "worker-b", &worker_env);
 
     let client = elk_nats::connect(&elk_nats::NatsConfig::new(&nats, "trace-test"))
         .await

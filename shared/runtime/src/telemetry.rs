@@ -400,18 +400,18 @@ pub fn init(options: TelemetryOptions<'_>) -> Result<Telemetry, TelemetryError> 
         options.default_log_filter,
     )];
     if let Some(provider) = &provider {
-        let tracer = provider.tracer(
-            export
-                .as_ref()
-                .map_or(options.service_name, |settings| &settings.service_name)
-                .to_owned(),
-        );
+        // The same instrumentation scope as ELK's own OpenTelemetry spans (`elk_nats::trace`).
+        let tracer = provider.tracer("elk");
         // ELK's spans and the user's are INFO; the exporter's own crates (tonic, hyper, h2)
         // only emit below that, so exporting never traces itself.
         let filter = tracing_subscriber::filter::LevelFilter::INFO;
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                // No busy/idle timing (two clock reads per poll of every instrumented future)
+                // and no thread attributes: what a span costs stays what it records.
+                .with_tracked_inactivity(false)
+                .with_threads(false)
                 .with_filter(filter)
                 .boxed(),
         );
