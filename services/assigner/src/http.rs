@@ -135,6 +135,7 @@ fn router(bridge: Bridge) -> Router {
         .route("/v1/stats", get(stats))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(crate::http_trace::traced))
         .with_state(bridge)
 }
 

@@ -13,7 +13,7 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) |
+//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads); `http_trace`: its spans |
 //! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
 //! | `admin` | admin requests → model commands → coded replies |
 //! | `store` | writes a round's change set to KV |
@@ -27,6 +27,7 @@ mod config;
 mod error;
 mod faults;
 pub mod http;
+mod http_trace;
 mod leader;
 mod metrics;
 mod model;

@@ -3,6 +3,7 @@
 //! process, which exports as `elk-assigner` over OTLP/HTTP; both reach a real OTLP receiver.
 //! The command span is the trace's root, the admin request its child, the assigner's handling a
 //! child of the request — and elkctl's spans are there as soon as it exits (flushed on exit).
+//! The HTTP admin API does the same for a caller's `traceparent` header.
 
 use elk_nats::NatsConfig;
 use elk_otlp_receiver::{OtlpReceiver, Transport};
@@ -11,7 +12,12 @@ use elk_runtime::telemetry::OtlpProtocol;
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{MemberId, Namespace};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+/// A caller's span context, as an HTTP client would send it.
+const CALLER_TRACE: &str = "5c1a6f0e9b2d4c3a8e7f6d5c4b3a2918";
+const CALLER_SPAN: &str = "a1b2c3d4e5f60718";
 
 const NAMESPACE: &str = "traced-cli";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -90,7 +96,31 @@ async fn an_elkctl_command_and_the_assigner_s_handling_are_one_trace() {
         Some(command.span_id.as_str())
     );
 
+    // An HTTP client's trace goes on through the bridge into the leader's handling.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let client = elk_nats::connect(&NatsConfig::new(&url, "http-bridge"))
+        .await
+        .unwrap();
+    let names = elk_protocol::names::Names::new(Namespace::new(NAMESPACE).unwrap());
+    let bridge = tokio::spawn(elk_assigner::http::serve_http(
+        listener,
+        client,
+        names,
+        stop.clone(),
+    ));
+    let http_request = format!(
+        "GET /v1/stats HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         traceparent: 00-{CALLER_TRACE}-{CALLER_SPAN}-01\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(http_request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
     stop.cancel();
+    let _ = bridge.await;
     election
         .await
         .expect("joins")
@@ -121,4 +151,28 @@ async fn an_elkctl_command_and_the_assigner_s_handling_are_one_trace() {
         Some(request.span_id.as_str())
     );
     assert_eq!(handle.attribute("elk.verb"), Some("create_job"));
+
+    let http = spans
+        .iter()
+        .find(|span| span.name == "GET /v1/stats")
+        .expect("the HTTP request's span");
+    assert_eq!(http.trace_id, CALLER_TRACE);
+    assert_eq!(http.parent_span_id.as_deref(), Some(CALLER_SPAN));
+    assert_eq!(http.attribute("http.response.status_code"), Some("200"));
+    let forwarded = spans
+        .iter()
+        .find(|span| {
+            span.name == "elk.admin.request"
+                && span.parent_span_id.as_deref() == Some(http.span_id.as_str())
+        })
+        .expect("the bridge's admin request under the HTTP span");
+    let stats = spans
+        .iter()
+        .find(|span| span.name == "elk.admin.handle" && span.attribute("elk.verb") == Some("stats"))
+        .expect("the leader's handling of stats");
+    assert_eq!(stats.trace_id, CALLER_TRACE);
+    assert_eq!(
+        stats.parent_span_id.as_deref(),
+        Some(forwarded.span_id.as_str())
+    );
 }

@@ -11,7 +11,10 @@
 //! 100 % sampling drops nothing (`OTEL_BSP_MAX_QUEUE_SIZE=65536`). The variants of one run are
 //! interleaved, their order rotating from run to run, so drifts of a shared machine hit every
 //! variant alike; each variant's line is its median run, and the overhead is reported both
-//! between the medians and as the median of the per-run (paired) overheads.
+//! between the medians and as the median of the per-run (paired) overheads. Because other
+//! tenants of a shared machine change the throughput far more than tracing does, the CPU the
+//! benchmark's own processes spend per completion (nats-server + assigner + workers, from
+//! `/proc`) is compared as well: it measures what tracing costs even when the machine is busy.
 
 use super::{Settings, print_line, round};
 use anyhow::Context;
@@ -50,6 +53,8 @@ impl Variant {
 struct RunResult {
     line: Value,
     completions_per_s: f64,
+    /// CPU of nats-server, the assigner and the workers per completion, in µs.
+    cpu_us_per_completion: f64,
     completed: f64,
     spans: u64,
 }
@@ -63,6 +68,10 @@ struct VariantSummary {
     spans_per_completion: f64,
     overhead_pct: f64,
     overhead_pct_paired: f64,
+    cpu_us_per_completion: f64,
+    cpu_overhead_pct: f64,
+    cpu_overhead_pct_paired: f64,
+    machine_cores: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,8 +115,7 @@ pub(crate) async fn run(
                     variant.label()
                 );
                 let before = receiver.span_count();
-                let mut result =
-                    run_child(settings, workers, variant, &endpoint, protocol).await?;
+                let mut result = run_child(settings, workers, variant, &endpoint, protocol).await?;
                 result.spans = receiver.span_count() - before;
                 results[index].push(result);
             }
@@ -152,7 +160,11 @@ async fn run_child(
             .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536");
     }
     let output = command.output().await.context("run the child benchmark")?;
-    anyhow::ensure!(output.status.success(), "child run failed: {}", output.status);
+    anyhow::ensure!(
+        output.status.success(),
+        "child run failed: {}",
+        output.status
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line: Value = stdout
         .lines()
@@ -160,8 +172,13 @@ async fn run_child(
         .find(|line| line["bench"] == "throughput")
         .context("the child printed no throughput line")?;
     let number = |key: &str| line[key].as_f64().unwrap_or(0.0);
+    let rate = number("completions_per_s");
+    let cores = number("cpu_nats_server_cores")
+        + number("cpu_assigner_cores")
+        + number("cpu_workers_cores");
     Ok(RunResult {
-        completions_per_s: number("completions_per_s"),
+        completions_per_s: rate,
+        cpu_us_per_completion: cores / rate.max(1e-9) * 1e6,
         completed: number("partitions"),
         spans: 0,
         line,
@@ -193,7 +210,13 @@ fn report(
         .map(|run| run.completions_per_s)
         .collect();
     let off_median = median(off_rates.clone());
+    let off_cpu: Vec<f64> = results[off_index]
+        .iter()
+        .map(|run| run.cpu_us_per_completion)
+        .collect();
+    let off_cpu_median = median(off_cpu.clone());
     let overhead = |rate: f64, base: f64| round((base - rate) / base.max(1e-9) * 100.0, 2);
+    let extra = |cost: f64, base: f64| round((cost - base) / base.max(1e-9) * 100.0, 2);
     let mut summaries = Vec::new();
     for (variant, runs) in variants.iter().zip(results) {
         let rates: Vec<f64> = runs.iter().map(|run| run.completions_per_s).collect();
@@ -201,6 +224,16 @@ fn report(
             .iter()
             .zip(&off_rates)
             .map(|(rate, base)| overhead(*rate, *base))
+            .collect();
+        let cpu: Vec<f64> = runs.iter().map(|run| run.cpu_us_per_completion).collect();
+        let cpu_paired: Vec<f64> = cpu
+            .iter()
+            .zip(&off_cpu)
+            .map(|(cost, base)| extra(*cost, *base))
+            .collect();
+        let machine: Vec<f64> = runs
+            .iter()
+            .map(|run| run.line["cpu_machine_cores"].as_f64().unwrap_or(0.0))
             .collect();
         let spans: u64 = runs.iter().map(|run| run.spans).sum();
         let completed: f64 = runs.iter().map(|run| run.completed).sum();
@@ -213,6 +246,10 @@ fn report(
             spans_per_completion: round(spans as f64 / completed.max(1.0), 2),
             overhead_pct: overhead(median_rate, off_median),
             overhead_pct_paired: round(median(paired), 2),
+            cpu_us_per_completion: round(median(cpu.clone()), 1),
+            cpu_overhead_pct: extra(median(cpu), off_cpu_median),
+            cpu_overhead_pct_paired: round(median(cpu_paired), 2),
+            machine_cores: round(median(machine), 2),
         };
         // The variant's median run, as `throughput` prints it, labelled.
         let mut runs = runs;
@@ -225,6 +262,7 @@ fn report(
         line["trace_sampling"] = summary.trace_sampling.clone().into();
         line["spans_per_completion"] = summary.spans_per_completion.into();
         line["overhead_pct"] = summary.overhead_pct.into();
+        line["cpu_overhead_pct"] = summary.cpu_overhead_pct.into();
         print_line(&line)?;
         summaries.push(summary);
     }

@@ -69,9 +69,13 @@ pub(super) fn grant(
     token: u64,
     resume_from: u64,
 ) -> Option<String> {
+    if !trace::enabled() {
+        // Not tracing now (whatever an earlier leader stored): no context on the grant.
+        return None;
+    }
     let root = record.traceparent.as_deref()?;
     let parent = trace::parse_traceparent(root)?;
-    if !parent.is_sampled() || !trace::enabled() {
+    if !parent.is_sampled() {
         return Some(root.to_owned());
     }
     let previous: Vec<SpanContext> = record
@@ -104,11 +108,14 @@ pub(super) fn grant_event(
     record: &PartitionRecord,
     reason: &'static str,
 ) -> Option<String> {
+    if !trace::enabled() {
+        return None;
+    }
     let parent = record
         .grant_traceparent
         .as_deref()
         .and_then(trace::parse_traceparent)?;
-    if !parent.is_sampled() || !trace::enabled() {
+    if !parent.is_sampled() {
         return None;
     }
     let mut attributes = partition_attributes(record);
