@@ -229,7 +229,7 @@ impl AssignerState {
         let record = self.job(job)?;
         if let Some(stored) = self.partitions_of(job).find(|p| p.value.range.contains(id)) {
             return Ok(IdState::InPartition {
-                partition: stored.value.clone(),
+                partition: Box::new(stored.value.clone()),
             });
         }
         if record.id_completed(id) {
