@@ -53,7 +53,7 @@ pub fn enabled() -> bool {
 }
 
 /// The tracer of ELK's own spans (the global provider's, scope `elk`).
-pub fn tracer() -> &'static opentelemetry::global::BoxedTracer {
+fn tracer() -> &'static opentelemetry::global::BoxedTracer {
     TRACER.get_or_init(|| opentelemetry::global::tracer(SCOPE))
 }
 
@@ -109,13 +109,8 @@ pub fn traceparent_of(context: &SpanContext) -> Option<String> {
     context.is_valid().then(|| format_traceparent(context))
 }
 
-/// Whether a `traceparent` says "sampled" (false for a malformed one).
-pub fn is_sampled(traceparent: &str) -> bool {
-    parse_traceparent(traceparent).is_some_and(|context| context.is_sampled())
-}
-
 /// Adds `context` to `headers` (`traceparent`, and `tracestate` when it has entries).
-pub fn insert_headers(headers: &mut HeaderMap, context: &SpanContext) {
+fn insert_headers(headers: &mut HeaderMap, context: &SpanContext) {
     if !context.is_valid() {
         return;
     }
@@ -160,11 +155,6 @@ pub fn span_context(span: &tracing::Span) -> SpanContext {
 /// Does nothing without an OpenTelemetry layer.
 pub fn set_remote_parent(span: &tracing::Span, parent: &SpanContext) {
     let _ = span.set_parent(Context::new().with_remote_span_context(parent.clone()));
-}
-
-/// Links `span` to `linked` (another span of the same or another trace).
-pub fn add_link(span: &tracing::Span, linked: &SpanContext) {
-    span.add_link(linked.clone());
 }
 
 /// An OpenTelemetry context holding only `parent`: attached around code that runs under a remote
@@ -222,8 +212,6 @@ mod tests {
         assert_eq!(format_traceparent(&context), SAMPLE);
         let unsampled = SAMPLE.replace("-01", "-00");
         assert!(!parse_traceparent(&unsampled).unwrap().is_sampled());
-        assert!(!is_sampled(&unsampled));
-        assert!(is_sampled(SAMPLE));
         // Unknown flag bits are dropped, a later version with more fields is read.
         let flags = SAMPLE.replace("-01", "-03");
         assert_eq!(
