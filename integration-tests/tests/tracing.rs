@@ -9,8 +9,9 @@
 //! `elk.partition` (assigner) → `elk.partition.grant` (assigner) → `elk.partition.process`
 //! (worker) → `user.process` (the processor's own span) and → `elk.progress.publish` (worker)
 //! → `elk.progress.apply` (assigner), the root linked to the job's creation; checkpoints are
-//! events of the processing span; and a hand-over (a worker stopped mid-job releases its
-//! partitions) links the new grant to the old owner's release.
+//! events of the processing span; a hand-over (a worker stopped mid-job releases its
+//! partitions) links the new grant to the old owner's release; and a planner question is one
+//! trace from the assigner into the planner's own code.
 
 use elk_integration_tests::nodes::{Node, NodeTarget, otlp_env};
 use elk_nats::AdminClient;
@@ -24,6 +25,9 @@ use std::time::Duration;
 
 const NAMESPACE: &str = "traced";
 const JOB: &str = "traced-job";
+/// An open-ended job whose planner (served by worker-b) says its data ends at [`PLAN_MAX`].
+const OPEN_JOB: &str = "traced-open";
+const PLAN_MAX: u64 = 30;
 const PARTITIONS: u64 = 8;
 const PARTITION_SIZE: u64 = 10;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -84,11 +88,17 @@ async fn a_job_s_partitions_are_traced_across_processes_with_their_hand_overs_li
     let http = otlp_env(&http_endpoint, "http/protobuf");
     let mut worker_env = http.clone();
     worker_env.extend([("ELK_NODE_CAPACITY", "2"), ("ELK_NODE_ID_DELAY_MS", "100")]);
+    let plan_max = PLAN_MAX.to_string();
+    let mut planner_env = worker_env.clone();
+    planner_env.extend([
+        ("ELK_NODE_PLAN_JOB", OPEN_JOB),
+        ("ELK_NODE_PLAN_MAX", &plan_max),
+    ]);
 
     let election = Node::start(target, "election", "election-1", &http);
     let assigner = Node::start(target, "assigner", "assigner-1", &grpc);
     let worker_a = Node::start(target, "worker", "worker-a", &worker_env);
-    let worker_b = Node::start(target, "worker", "worker-b", &worker_env);
+    let worker_b = Node::start(target, "worker", "worker-b", &planner_env);
 
     let client = elk_nats::connect(&elk_nats::NatsConfig::new(&nats, "trace-test"))
         .await
@@ -113,6 +123,19 @@ async fn a_job_s_partitions_are_traced_across_processes_with_their_hand_overs_li
         .create_job(job.clone(), spec)
         .await
         .expect("job created");
+    let open_job = JobName::new(OPEN_JOB).unwrap();
+    admin
+        .create_job(open_job.clone(), JobSpec::open_ended(1, PARTITION_SIZE))
+        .await
+        .expect("open-ended job created");
+    wait_until("the planner answered", DEADLINE, || async {
+        admin
+            .get_job(open_job.clone())
+            .await
+            .is_ok_and(|record| record.known_max == Some(PLAN_MAX))
+    })
+    .await
+    .expect("the planner answered");
 
     // Stop worker-a once it has checkpointed: it releases what it holds, worker-b takes over.
     wait_until("worker-a checkpointed", DEADLINE, || async {
@@ -149,7 +172,10 @@ async fn a_job_s_partitions_are_traced_across_processes_with_their_hand_overs_li
     let completed_applies = || {
         spans_named(&receiver.spans(), "elk.progress.apply")
             .iter()
-            .filter(|span| span.attribute("elk.event") == Some("completed"))
+            .filter(|span| {
+                span.attribute("elk.event") == Some("completed")
+                    && span.attribute("elk.job") == Some(JOB)
+            })
             .count() as u64
     };
     wait_until("every completion's apply exported", DEADLINE, || async {
@@ -185,7 +211,10 @@ async fn a_job_s_partitions_are_traced_across_processes_with_their_hand_overs_li
     assert_eq!(flush.trace_id, handle.trace_id);
 
     // One trace per partition, rooted at its cut and linked to the job's creation.
-    let roots = spans_named(&spans, "elk.partition");
+    let roots: Vec<&ReceivedSpan> = spans_named(&spans, "elk.partition")
+        .into_iter()
+        .filter(|root| root.attribute("elk.job") == Some(JOB))
+        .collect();
     assert_eq!(roots.len() as u64, PARTITIONS, "one root per partition");
     let mut handed_over = 0;
     let mut checkpoints = 0;
@@ -292,4 +321,24 @@ async fn a_job_s_partitions_are_traced_across_processes_with_their_hand_overs_li
     // Both transports carried spans.
     assert!(receiver.requests(Transport::Grpc) > 0);
     assert!(receiver.requests(Transport::Http) > 0);
+
+    // A planner question: the assigner's request, the planner's answer, the user's code inside.
+    let plan_max = PLAN_MAX.to_string();
+    let asked = spans_named(&spans, "elk.plan.request")
+        .into_iter()
+        .find(|span| span.attribute("elk.max_id") == Some(plan_max.as_str()))
+        .expect("the assigner's planner request that got the answer");
+    assert_eq!(asked.service_name, "elk-assigner");
+    assert_eq!(asked.attribute("elk.job"), Some(OPEN_JOB));
+    let answer = spans_named(&spans, "elk.plan.answer")
+        .into_iter()
+        .find(|span| span.parent_span_id.as_deref() == Some(asked.span_id.as_str()))
+        .expect("the planner's answer under the request");
+    assert_eq!(answer.service_name, "elk-worker");
+    assert_eq!(answer.kind, 2, "server");
+    assert!(
+        spans.iter().any(|span| span.name == "user.plan"
+            && span.parent_span_id.as_deref() == Some(answer.span_id.as_str())),
+        "the user's planner code runs inside the answer"
+    );
 }

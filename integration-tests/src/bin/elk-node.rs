@@ -7,11 +7,14 @@
 //!   SIGTERM = graceful stop, spans exported before exit);
 //! - `worker`: a worker (`ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`,
 //!   `ELK_NODE_CAPACITY`) whose processor checkpoints every ID, waiting `ELK_NODE_ID_DELAY_MS`
-//!   per ID inside a span of its own (`user.process`); telemetry as `elk-worker` (or
-//!   `OTEL_SERVICE_NAME`); SIGTERM = graceful shutdown (releases), then the spans are flushed.
+//!   per ID inside a span of its own (`user.process`); with `ELK_NODE_PLAN_JOB` and
+//!   `ELK_NODE_PLAN_MAX` it also serves that open-ended job's planner (answering the max ID inside
+//!   a span `user.plan`); telemetry as `elk-worker` (or `OTEL_SERVICE_NAME`); SIGTERM = graceful
+//!   shutdown (releases), then the spans are flushed.
 
 use elk_worker::{
-    MemberId, Namespace, PartitionWork, ProcessError, ProcessOutcome, Processor, Worker,
+    JobName, MemberId, Namespace, NatsConfig, PartitionWork, PlanError, Planner, ProcessError,
+    ProcessOutcome, Processor, Worker, serve_planner,
 };
 use std::process::ExitCode;
 use std::time::Duration;
@@ -67,6 +70,23 @@ impl Processor for SlowProcessor {
     }
 }
 
+/// Answers a fixed max ID inside the user's own span.
+struct FixedPlanner {
+    max_id: u64,
+}
+
+impl Planner for FixedPlanner {
+    async fn next_max_id(
+        &self,
+        _job: &JobName,
+        cursor: u64,
+        _wanted: u64,
+    ) -> Result<Option<u64>, PlanError> {
+        let _span = tracing::info_span!("user.plan", cursor).entered();
+        Ok(Some(self.max_id))
+    }
+}
+
 fn env(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} is not set"))
 }
@@ -100,6 +120,15 @@ async fn run_worker() -> Result<(), Box<dyn std::error::Error>> {
     let capacity: u32 = env("ELK_NODE_CAPACITY")?.parse()?;
     let id_delay = Duration::from_millis(env("ELK_NODE_ID_DELAY_MS")?.parse()?);
     let ttl_secs: u64 = env("ELK_MEMBER_TTL")?.trim_end_matches('s').parse()?;
+    let planner = match std::env::var("ELK_NODE_PLAN_JOB") {
+        Ok(job) => {
+            let max_id: u64 = env("ELK_NODE_PLAN_MAX")?.parse()?;
+            let nats = NatsConfig::new(env("ELK_NATS_URL")?, format!("{id}-planner"));
+            let job = JobName::new(job)?;
+            Some(serve_planner(nats, namespace.clone(), job, FixedPlanner { max_id }).await?)
+        }
+        Err(_) => None,
+    };
     let worker = Worker::builder(namespace, id)
         .nats_url(env("ELK_NATS_URL")?)
         .capacity(capacity)
@@ -109,5 +138,8 @@ async fn run_worker() -> Result<(), Box<dyn std::error::Error>> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     terminate.recv().await;
     worker.shutdown().await?;
+    if let Some(planner) = planner {
+        planner.shutdown().await?;
+    }
     Ok(())
 }
