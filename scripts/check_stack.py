@@ -8,12 +8,12 @@ the overlay's rendered config. Service names resolve as in the cluster (`nats`; 
 at an address where nothing listens, so spans are dropped). Then every process with probes must
 answer `/healthz` and `/readyz` (200) and serve `/metrics` on its `metrics` port, a job created
 with the elkctl image must complete (also as seen through the assigner's HTTP admin API on its
-`http` port), every process must still be running afterwards, and on SIGTERM every ELK process
-must exit 0 within its pod's termination grace period.
+`http` port, which also serves the status page), every process must still be running afterwards,
+and on SIGTERM every ELK process must exit 0 within its pod's termination grace period.
 
-`--no-probes` skips the HTTP endpoints: the services serve them once the observability issue (11)
-lands; until then .ci/run passes it. Run by scripts/check-stack (which picks the engine and needs
-the images of scripts/build-images).
+`--no-probes` skips the probe and metrics endpoints (for a build of the binaries that predates
+them). Run by scripts/check-stack (which picks the engine and needs the images of
+scripts/build-images).
 """
 
 from __future__ import annotations
@@ -258,6 +258,10 @@ def check(stack, endpoints, probes):
         if status != 200 or json.loads(body)["job"]["state"] != "completed":
             raise StackFailed(f"{pod}: the HTTP admin API does not show {JOB} completed ({status})")
         print(f"ok  {pod}: the HTTP admin API shows {JOB} completed")
+        status, body = http_status(port, "/status")
+        if status != 200 or "<title>ELK Coordinator status</title>" not in body:
+            raise StackFailed(f"{pod}: GET /status does not serve the status page ({status})")
+        print(f"ok  {pod}: the status page is served")
     if not stack.admin_api:
         raise StackFailed("no container declares the admin API port `http`")
     stack.assert_running()

@@ -20,6 +20,10 @@ Run by scripts/validate-deploy (which provides the tools); each step prints one 
 5. Prometheus: `promtool check config` on the rendered config and rule files (see
    check_prometheus_config), `promtool check rules`, `promtool test rules` (rules/*.test.yml). Grafana: provisioning files and dashboards parse, and dashboards use
    only provisioned datasource uids.
+6. Metric names: every `elk_*` metric an alert rule or a dashboard query uses is documented in
+   docs/observability.md (the integration test observability.rs checks that those documented
+   are exactly those the processes serve), and every dashboard query parses (`promtool check
+   rules` on them as recording rules).
 """
 
 from __future__ import annotations
@@ -426,6 +430,56 @@ def check_grafana():
     return len(dashboards)
 
 
+# --- 6. metric names ------------------------------------------------------------------------------
+
+METRICS_DOC = os.path.join(REPO, "docs", "observability.md")
+HISTOGRAM_SERIES = ("_bucket", "_count", "_sum")
+
+
+def documented_metrics():
+    """The metric names of docs/observability.md's tables (rows starting with | `elk_...`)."""
+    with open(METRICS_DOC, encoding="utf-8") as handle:
+        names = set(re.findall(r"^\| `(elk_[a-z0-9_]+)`", handle.read(), re.MULTILINE))
+    if not names:
+        raise Invalid(f"{os.path.relpath(METRICS_DOC, REPO)} documents no elk_ metric")
+    return names
+
+
+def check_metric_names(overlay, docs, workdir):
+    """Rules and dashboards use documented metrics only; dashboard queries parse."""
+    documented = documented_metrics()
+    queries, dashboard_queries = [], []
+    for name, text in configmap_files(docs, "prometheus-rules").items():
+        for group in yaml.safe_load(text)["groups"]:
+            for rule in group["rules"]:
+                queries.append((f"{name}: {rule.get('alert') or rule.get('record')}", rule["expr"]))
+    for name, text in configmap_files(docs, "grafana-dashboards").items():
+        for panel in json.loads(text)["panels"]:
+            for target in panel.get("targets", []):
+                where = f"{name}: panel {panel.get('title')!r}"
+                queries.append((where, target["expr"]))
+                dashboard_queries.append(target["expr"])
+    for where, expr in queries:
+        for metric in set(re.findall(r"\belk_[a-z0-9_]+", expr)):
+            base = next((metric[: -len(suffix)] for suffix in HISTOGRAM_SERIES
+                         if metric.endswith(suffix) and metric[: -len(suffix)] in documented), metric)
+            if base not in documented:
+                raise Invalid(f"{overlay}: {where} uses {metric}, which is not documented in "
+                              f"{os.path.relpath(METRICS_DOC, REPO)}")
+    # Grafana's range variable is not PromQL; any duration stands in for it.
+    rules = {"groups": [{"name": "dashboard-queries", "rules": [
+        {"record": f"dashboard:query_{index}", "expr": expr.replace("$__range", "1h")}
+        for index, expr in enumerate(dashboard_queries)]}]}
+    path = os.path.join(tempfile.mkdtemp(prefix=f"dashboards-{overlay}-", dir=workdir), "queries.yml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(rules, handle)
+    try:
+        run(["promtool", "check", "rules", path])
+    except Invalid as error:
+        raise Invalid(f"{overlay}: a dashboard query does not parse: {error}") from error
+    return len(queries)
+
+
 # --- self-test: each check must reject a seeded mistake ----------------------------------------
 
 
@@ -492,6 +546,13 @@ SEEDED_MISTAKES = [
     ("rule files not found", "prod", lambda d: edit_configmap(
         d, "prometheus-config", "prometheus.yml", lambda t: t.replace("rules/*.yml", "rules/*.yaml")),
      "rule files"),
+    ("alert on an undocumented metric", "prod", lambda d: edit_configmap(
+        d, "prometheus-rules", "elk.rules.yml", lambda t: t.replace(
+            "elk_job_ids_remaining", "elk_job_ids_left")), "not documented"),
+    ("dashboard query that does not parse", "kind", lambda d: edit_configmap(
+        d, "grafana-dashboards", "elk-overview.json", lambda t: t.replace(
+            "rate(elk_job_ids_completed_total[1m])", "rate(elk_job_ids_completed_total[1m]", 1)),
+     "does not parse"),
 ]
 
 
@@ -539,6 +600,8 @@ def check_all(rendered, workdir, quiet=True):
         f"{o}: {check_nats(o, d, workdir)} server(s)" for o, d in rendered.items()), quiet)
     step("promtool check config", lambda: ", ".join(
         f"{o}: {check_prometheus_config(o, d, workdir)} rule files" for o, d in rendered.items()), quiet)
+    step("documented metrics in rules and dashboards, queries parse", lambda: ", ".join(
+        f"{o}: {check_metric_names(o, d, workdir)} queries" for o, d in rendered.items()), quiet)
 
 
 def main(argv):

@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_MEMBER_TTL: Duration = Duration::from_secs(2);
 /// How long an admin request of a scenario waits for an assigner leader.
 pub const ADMIN_PATIENCE: Duration = Duration::from_secs(60);
+/// Where test endpoints listen: a free loopback port.
+const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
+
+pub mod browser;
+pub mod scrape;
 
 /// One in-process service replica that can be stopped gracefully or aborted.
 pub struct ServiceHandle {
@@ -68,6 +73,9 @@ pub struct Stack {
     /// Member TTL (and election lease TTL) of every service replica and worker this stack starts:
     /// [`TEST_MEMBER_TTL`] unless changed with [`Stack::with_member_ttl`].
     pub member_ttl: Duration,
+    /// Replicas and workers started from now on serve metrics and probes on a free port
+    /// ([`Stack::with_endpoints`]), and assigners the HTTP API.
+    pub endpoints: bool,
 }
 
 impl Stack {
@@ -86,7 +94,16 @@ impl Stack {
             namespace,
             resources,
             member_ttl: TEST_MEMBER_TTL,
+            endpoints: false,
         })
+    }
+
+    /// Every replica and worker started afterwards serves `/metrics`, `/healthz` and `/readyz`
+    /// on a free loopback port, and every assigner its HTTP API (the addresses are in their
+    /// metrics handles: `endpoint`, `http_api`; a worker's in `WorkerHandle::metrics_address`).
+    pub fn with_endpoints(mut self) -> Self {
+        self.endpoints = true;
+        self
     }
 
     /// Uses `ttl` instead of [`TEST_MEMBER_TTL`] for the replicas and workers started afterwards.
@@ -101,20 +118,35 @@ impl Stack {
 
     /// The common section of a replica `id` of this stack reaching NATS at `url`.
     fn service_common(&self, url: &str, id: &str) -> ServiceCommon {
-        ServiceCommon::new(
+        let common = ServiceCommon::new(
             NatsConfig::new(url, id),
             self.namespace.clone(),
             MemberId::new(id).expect("valid id"),
         )
-        .with_member_ttl(self.member_ttl)
+        .with_member_ttl(self.member_ttl);
+        if self.endpoints {
+            common.with_metrics_listen(LOOPBACK_ANY_PORT)
+        } else {
+            common
+        }
     }
 
     pub fn election(&self, id: &str) -> ServiceHandle {
+        self.election_with_metrics(id, Arc::default())
+    }
+
+    /// An election replica whose metrics the test reads.
+    pub fn election_with_metrics(
+        &self,
+        id: &str,
+        metrics: Arc<elk_election::ElectionMetrics>,
+    ) -> ServiceHandle {
         let mut config = elk_election::ElectionConfig::new(self.service_common(&self.url(), id));
         config.election.election_ttl = self.member_ttl;
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
-            if let Err(error) = elk_election::run(config, stop.cancelled_owned()).await {
+            let stopped = stop.cancelled_owned();
+            if let Err(error) = elk_election::run_with_metrics(config, metrics, stopped).await {
                 tracing::warn!(%name, %error, "election replica stopped");
             }
         })
@@ -140,7 +172,10 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_assigner::AssignerMetrics>,
     ) -> ServiceHandle {
-        let config = elk_assigner::AssignerConfig::new(self.service_common(url, id));
+        let mut config = elk_assigner::AssignerConfig::new(self.service_common(url, id));
+        if self.endpoints {
+            config.assigner.http_listen = Some(LOOPBACK_ANY_PORT.to_owned());
+        }
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             if let Err(error) =
@@ -152,10 +187,20 @@ impl Stack {
     }
 
     pub fn scaler(&self, id: &str) -> ServiceHandle {
+        self.scaler_with_metrics(id, Arc::default())
+    }
+
+    /// A scaler replica whose metrics the test reads.
+    pub fn scaler_with_metrics(
+        &self,
+        id: &str,
+        metrics: Arc<elk_scaler::ScalerMetrics>,
+    ) -> ServiceHandle {
         let config = elk_scaler::ScalerConfig::new(self.service_common(&self.url(), id));
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
-            if let Err(error) = elk_scaler::run(config, stop.cancelled_owned()).await {
+            let stopped = stop.cancelled_owned();
+            if let Err(error) = elk_scaler::run_with_metrics(config, metrics, stopped).await {
                 tracing::warn!(%name, %error, "scaler replica stopped");
             }
         })
@@ -196,15 +241,16 @@ impl Stack {
             .iter()
             .map(|job| JobName::new(*job))
             .collect::<Result<Vec<_>, _>>()?;
-        let worker = Worker::builder(self.namespace.clone(), MemberId::new(id)?)
+        let mut builder = Worker::builder(self.namespace.clone(), MemberId::new(id)?)
             .nats_url(url)
             .capacity(capacity)
             .jobs(jobs)
             .member_ttl(self.member_ttl)
-            .checkpoint_interval(Duration::from_millis(200))
-            .start(processor)
-            .await?;
-        Ok(worker)
+            .checkpoint_interval(Duration::from_millis(200));
+        if self.endpoints {
+            builder = builder.metrics_listen(LOOPBACK_ANY_PORT);
+        }
+        Ok(builder.start(processor).await?)
     }
 
     /// The typed admin client of this stack's namespace; it waits up to 60 s for an assigner

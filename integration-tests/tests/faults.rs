@@ -13,7 +13,6 @@ use elk_protocol::{SCHEMA_VERSION, decode, encode};
 use elk_testkit::{OwnershipAuditor, TcpProxy, wait_until};
 use elk_types::{Epoch, IdRange, JobName, MemberId, PartitionId, PartitionLeaseToken, ViewSeq};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -144,7 +143,7 @@ async fn the_standby_assigner_resumes_a_rebalance_under_a_higher_epoch() {
     let newcomer = stack.worker("worker-c", 2, paced(&ledger)).await.unwrap();
     // The leader has issued its first revokes (written before its next round starts).
     wait_until("the rebalance started", DEADLINE, || async {
-        first_metrics.revocations.load(Ordering::Relaxed) > 0
+        first_metrics.revocations() > 0
     })
     .await
     .unwrap();
@@ -158,7 +157,7 @@ async fn the_standby_assigner_resumes_a_rebalance_under_a_higher_epoch() {
         role_epoch(&stack).await > first_epoch,
         "the standby leads under a higher epoch"
     );
-    assert!(standby_metrics.leader_terms.load(Ordering::Relaxed) >= 1);
+    assert!(standby_metrics.leader_terms.get() >= 1);
     assert_invariants(&audit, "rebalance", &ledger).await;
     for worker in [a, b, newcomer] {
         worker.shutdown().await.unwrap();
@@ -264,7 +263,7 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
         .await
         .unwrap();
     wait_until("the spoofed report was refused", DEADLINE, || async {
-        metrics.progress_malformed.load(Ordering::Relaxed) >= 1
+        metrics.progress_reports("malformed") >= 1
     })
     .await
     .unwrap();
@@ -275,7 +274,7 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
     .await
     .unwrap();
     wait_until("the forged report was rejected", DEADLINE, || async {
-        metrics.progress_rejected.load(Ordering::Relaxed) >= 1
+        metrics.progress_reports("rejected") >= 1
     })
     .await
     .unwrap();

@@ -42,8 +42,7 @@ async fn http_api_drives_a_job_end_to_end() {
     let stop = CancellationToken::new();
     let server = tokio::spawn(elk_assigner::http::serve_http(
         listener,
-        stack.resources.client.clone(),
-        stack.resources.names.clone(),
+        stack.resources.clone(),
         stop.clone(),
     ));
     let range = IdRange::new(1, 20_000).unwrap();

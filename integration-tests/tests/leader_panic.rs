@@ -19,7 +19,6 @@ use elk_runtime::ServiceCommon;
 use elk_testkit::{OwnershipAuditor, wait_until};
 use elk_types::{IdRange, Incarnation, MemberId};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -176,11 +175,11 @@ async fn a_panicking_leader_task_hands_the_role_to_a_standby_within_a_ttl() {
     stack.wait_job_completed("panic", DEADLINE).await.unwrap();
     assert_invariants(&audit, "panic", &ledger).await;
     assert_eq!(
-        first.metrics.leader_terms.load(Ordering::Relaxed),
+        first.metrics.leader_terms.get(),
         1,
         "a panicked term is not restarted"
     );
-    assert!(standby.metrics.leader_terms.load(Ordering::Relaxed) >= 1);
+    assert!(standby.metrics.leader_terms.get() >= 1);
     // The replica that panicked came back as a standby (new incarnation); the role stays put.
     wait_until("assigner-1 re-joined", DEADLINE, || async {
         incarnation(&stack, "assigner-1")

@@ -8,7 +8,6 @@ use elk_protocol::names::Names;
 use elk_testkit::wait_until;
 use elk_types::{IdRange, JobName, PartitionId};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,11 +58,8 @@ async fn a_worker_joining_mid_job_gets_its_share_without_repeats() {
         "repeated {} ids",
         ledger.duplicates().len()
     );
-    assert!(
-        metrics.revocations.load(Ordering::Relaxed) > 0,
-        "the join rebalanced by revoking"
-    );
-    assert_eq!(metrics.progress_rejected.load(Ordering::Relaxed), 0);
+    assert!(metrics.revocations() > 0, "the join rebalanced by revoking");
+    assert_eq!(metrics.progress_reports("rejected"), 0);
     let released: u64 = [&first, &second]
         .iter()
         .map(|w| w.stats().partitions_released)
@@ -115,11 +111,11 @@ async fn a_deleted_partition_key_is_found_by_the_audit_and_recreated() {
     wait_until(
         "the new leader repairs the gap",
         Duration::from_secs(30),
-        || async { metrics.gaps_repaired.load(Ordering::Relaxed) == 1 },
+        || async { metrics.gaps_repaired.get() == 1 },
     )
     .await
     .unwrap();
-    assert_eq!(metrics.gaps_detected.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.gaps_detected.get(), 1);
 
     let ledger = Ledger::new(range);
     let worker = stack
@@ -144,7 +140,7 @@ async fn a_deleted_partition_key_is_found_by_the_audit_and_recreated() {
         "repeated {} ids",
         ledger.duplicates().len()
     );
-    assert_eq!(metrics.overlaps_detected.load(Ordering::Relaxed), 0);
+    assert_eq!(metrics.overlaps_detected.get(), 0);
 
     worker.shutdown().await.unwrap();
     second_assigner.stop().await;

@@ -64,14 +64,7 @@ impl Validate for AssignerConfig {
             ));
         }
         if let Some(address) = &assigner.http_listen {
-            let port = address
-                .rsplit_once(':')
-                .map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
-                return Err(ConfigError::invalid(format!(
-                    "assigner.http_listen '{address}' is not HOST:PORT (e.g. 0.0.0.0:8080)"
-                )));
-            }
+            elk_runtime::metrics_http::validate_listen_address("assigner.http_listen", address)?;
         }
         Ok(())
     }

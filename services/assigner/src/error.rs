@@ -20,6 +20,9 @@ pub enum AssignerError {
         #[source]
         source: std::io::Error,
     },
+    /// Terminal: the metrics endpoint cannot listen on `metrics_listen`.
+    #[error(transparent)]
+    MetricsListen(#[from] elk_runtime::MetricsListenError),
     /// Retryable or terminal as the NATS error says.
     #[error(transparent)]
     Nats(#[from] NatsError),
@@ -93,7 +96,9 @@ impl AssignerError {
 impl Retryable for AssignerError {
     fn is_retryable(&self) -> bool {
         match self {
-            AssignerError::Config(_) | AssignerError::HttpListen { .. } => false,
+            AssignerError::Config(_)
+            | AssignerError::HttpListen { .. }
+            | AssignerError::MetricsListen(_) => false,
             AssignerError::Nats(error) => error.is_retryable(),
             AssignerError::Role(error) => error.is_retryable(),
             AssignerError::Jetstream { .. } | AssignerError::FeedEnded(_) => true,

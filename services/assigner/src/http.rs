@@ -13,6 +13,9 @@
 //! | `GET /v1/partitions?job=&status=&after_job=&after_id=&limit=` | `list_partitions` |
 //! | `POST /v1/retry` (JSON body `{job?, partition?}`, may be empty) | `retry` |
 //! | `GET /v1/stats` | `stats` |
+//! | `GET /v1/workers` | — (live workers with grants, capacity, load and state; read from KV) |
+//! | `GET /v1/roles` | — (role leaders with their epochs, the view generation; read from KV) |
+//! | `GET /status`, `GET /` | — (the live status page, HTML; see `status.rs`) |
 //! | `GET /healthz` | — (this process and its NATS connection) |
 //!
 //! A successful response is the JSON of the [`AdminResult`] (tagged by `kind`). Every error is
@@ -25,16 +28,16 @@
 //! `timed_out` 504 (the leader did not answer in time), `transport` 502 (NATS failed),
 //! `internal` 500.
 
+use crate::status;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use elk_nats::{AdminClient, AdminClientError};
+use elk_nats::{AdminClient, AdminClientError, Resources};
 use elk_protocol::admin::{AdminCommand, MAX_PAGE};
 use elk_protocol::messages::{JobSpec, PartitionStatus};
-use elk_protocol::names::Names;
 use elk_types::{IdRange, JobName, PartitionId};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -45,12 +48,12 @@ use tokio_util::sync::CancellationToken;
 /// leader.
 pub async fn serve_http(
     listener: TcpListener,
-    client: async_nats::Client,
-    names: Names,
+    resources: Resources,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let bridge = Bridge {
-        admin: AdminClient::new(client, names),
+        admin: AdminClient::new(resources.client.clone(), resources.names.clone()),
+        resources,
     };
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "admin HTTP API listening");
@@ -60,10 +63,11 @@ pub async fn serve_http(
         .await
 }
 
-/// Forwards admin commands to the assigner leader over NATS.
+/// Forwards admin commands to the assigner leader over NATS; reads the status routes from KV.
 #[derive(Clone)]
 struct Bridge {
     admin: AdminClient,
+    resources: Resources,
 }
 
 /// An error response: `{"error": {"code": code, "message": message}}` with `status`.
@@ -133,6 +137,10 @@ fn router(bridge: Bridge) -> Router {
         .route("/v1/partitions", get(list_partitions))
         .route("/v1/retry", post(retry))
         .route("/v1/stats", get(stats))
+        .route("/v1/workers", get(workers))
+        .route("/v1/roles", get(roles))
+        .route("/status", get(status_page))
+        .route("/", get(status_page))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(crate::http_trace::traced))
@@ -213,6 +221,42 @@ async fn retry(State(bridge): State<Bridge>, body: Bytes) -> ApiResult {
 
 async fn stats(State(bridge): State<Bridge>) -> ApiResult {
     forward(&bridge, AdminCommand::Stats, StatusCode::OK).await
+}
+
+async fn workers(State(bridge): State<Bridge>) -> ApiResult {
+    let workers = status::read_workers(&bridge.resources)
+        .await
+        .map_err(read_failed)?;
+    Ok(axum::Json(workers).into_response())
+}
+
+async fn roles(State(bridge): State<Bridge>) -> ApiResult {
+    let roles = status::read_roles(&bridge.resources)
+        .await
+        .map_err(read_failed)?;
+    Ok(axum::Json(roles).into_response())
+}
+
+/// A KV read of a status route failed.
+fn read_failed(error: elk_nats::NatsError) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "transport",
+        elk_nats::report(&error),
+    )
+}
+
+async fn status_page() -> Response {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, status::STATUS_PAGE_CSP),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        status::STATUS_PAGE,
+    )
+        .into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -4,6 +4,7 @@
 use super::*;
 use elk_protocol::admin::{ASSIGNER_SERVICE, AdminReply, AdminRequest, AdminResult, AdminStats};
 use elk_protocol::messages::JobRecord;
+use elk_protocol::names::Names;
 use elk_protocol::{decode, encode};
 use elk_types::{Epoch, Namespace};
 use futures::StreamExt;
@@ -221,6 +222,12 @@ async fn fake_assigner(client: async_nats::Client, names: &Names) -> Arc<Mutex<V
     seen
 }
 
+async fn provisioned(client: async_nats::Client, names: &Names) -> Resources {
+    elk_nats::provision(client, names.clone(), &elk_nats::ProvisionConfig::default())
+        .await
+        .unwrap()
+}
+
 async fn serve(bridge: Bridge) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -252,15 +259,11 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
     let client = async_nats::connect(server.url()).await.unwrap();
     let names = Names::new(Namespace::new("test").unwrap());
     let seen = fake_assigner(client.clone(), &names).await;
+    let resources = provisioned(client.clone(), &names).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let served = tokio::spawn(serve_http(
-        listener,
-        client.clone(),
-        names.clone(),
-        shutdown.clone(),
-    ));
+    let served = tokio::spawn(serve_http(listener, resources, shutdown.clone()));
 
     let (status, body) = call(address, "GET", "/healthz", "").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
@@ -298,6 +301,20 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
 
     let (status, body) = call(address, "GET", "/v1/stats", "").await;
     assert_eq!((status, &body["kind"]), (200, &json!("stats")));
+
+    // Read from KV by this replica, no leader involved: nothing designated, nobody live yet.
+    let (status, body) = call(address, "GET", "/v1/roles", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["view_generation"], Value::Null);
+    assert_eq!(body["roles"][0]["role"], "assigner");
+    assert_eq!(body["roles"][0]["holder"], Value::Null);
+    assert_eq!(body["roles"][1]["role"], "scaler");
+    let (status, body) = call(address, "GET", "/v1/workers", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"namespace": "test", "view_generation": null, "workers": []})
+    );
 
     let (status, body) = call(address, "GET", "/v1/jobs/backfill/ids/42", "").await;
     assert_eq!(status, 500, "{body}");
@@ -360,8 +377,10 @@ async fn no_assigner_is_a_503_after_the_patience() {
     let server = elk_testkit::NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
     let names = Names::new(Namespace::new("nobody").unwrap());
+    let resources = provisioned(client.clone(), &names).await;
     let address = serve(Bridge {
         admin: AdminClient::new(client, names).with_patience(Duration::from_millis(300)),
+        resources,
     })
     .await;
     let (status, body) = call(address, "GET", "/v1/stats", "").await;

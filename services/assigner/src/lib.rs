@@ -13,11 +13,12 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads); `http_trace`: its spans |
+//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) and the status page; `http_trace`: its spans |
+//! | `status` | the status page and its KV-read routes (workers, role leaders) |
 //! | `leader` | the leader term: load, event loop, progress and reclaim barrier, planner questions |
 //! | `admin` | admin requests → model commands → coded replies |
 //! | `store` | writes a round's change set to KV |
-//! | `metrics` | [`AssignerMetrics`], the counters shared with the caller |
+//! | `metrics` | [`AssignerMetrics`]: the Prometheus metrics, shared with the caller |
 //! | `model` | the pure model: state, `reconcile`, the partition lifecycle, the change set |
 //! | `error` | [`AssignerError`], classified retryable / terminal |
 //! | `faults` | the leader loop's fault-injection point (`test-hooks` feature; a no-op otherwise) |
@@ -31,6 +32,7 @@ mod http_trace;
 mod leader;
 mod metrics;
 mod model;
+mod status;
 mod store;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
@@ -43,6 +45,7 @@ use elk_nats::{RoleSupervisor, follow_key};
 use elk_protocol::messages::MembershipView;
 use elk_protocol::names::{ControlRole, VIEW_KEY};
 use elk_runtime::Validate;
+use elk_runtime::metrics::open_replica;
 use faults::Faults;
 use std::future::Future;
 use std::sync::Arc;
@@ -84,7 +87,10 @@ async fn run_replica(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
     config.validate()?;
-    let resources = config.service.open("elk-assigner").await?;
+    let register = |registry: &mut _| metrics.register(registry);
+    let (resources, status, _serving) =
+        open_replica::<AssignerError>("assigner", &config.service, register, &metrics.endpoint)
+            .await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let policy = model::Policy {
         grants_per_capacity: config.assigner.grants_per_capacity,
@@ -92,9 +98,10 @@ async fn run_replica(
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
     };
     let http = match &config.assigner.http_listen {
-        Some(address) => Some(spawn_http(address, &resources).await?),
+        Some(address) => Some(spawn_http(address, &resources, &metrics.http_api).await?),
         None => None,
     };
+    let http_bound = metrics.http_api.clone();
     let leader = leader::AssignerLeader {
         resources: resources.clone(),
         policy,
@@ -109,7 +116,8 @@ async fn run_replica(
         ControlRole::Assigner,
         config.service.member_ttl,
         leader,
-    );
+    )
+    .status(status);
     let stop = CancellationToken::new();
     let replica = supervisor.run(stop.clone());
     tokio::pin!(replica);
@@ -124,6 +132,7 @@ async fn run_replica(
     if let Some((stop_http, task)) = http {
         stop_http.cancel();
         let _ = task.await;
+        http_bound.set(None);
     }
     Ok(outcome?)
 }
@@ -132,6 +141,7 @@ async fn run_replica(
 async fn spawn_http(
     address: &str,
     resources: &elk_nats::Resources,
+    bound: &elk_runtime::BoundAddress,
 ) -> Result<(CancellationToken, JoinHandle<()>), AssignerError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -140,13 +150,9 @@ async fn spawn_http(
             source,
         })?;
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP admin API listening");
+    bound.set(listener.local_addr().ok());
     let stop = CancellationToken::new();
-    let serve = http::serve_http(
-        listener,
-        resources.client.clone(),
-        resources.names.clone(),
-        stop.clone(),
-    );
+    let serve = http::serve_http(listener, resources.clone(), stop.clone());
     let task = tokio::spawn(async move {
         if let Err(error) = serve.await {
             tracing::warn!(%error, "HTTP admin API stopped");

@@ -7,12 +7,14 @@
 
 use crate::ElectionConfig;
 use crate::ElectionError;
+use crate::metrics::ElectionMetrics;
 use crate::roles::reconcile_roles;
 use crate::view::{MemberTable, ViewWriter};
 use elk_nats::{NatsError, Resources, WatchSnapshot, watch_snapshot};
 use elk_runtime::ReplicaError;
 use futures::StreamExt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -24,22 +26,28 @@ const VIEW_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub(crate) async fn run_active(
     resources: Resources,
     config: ElectionConfig,
+    metrics: Arc<ElectionMetrics>,
     stop: CancellationToken,
 ) -> Result<(), ElectionError> {
     tokio::select! {
         () = stop.cancelled() => Ok(()),
-        result = coordinate(&resources, &config) => result,
+        result = coordinate(&resources, &config, &metrics) => result,
     }
 }
 
-async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<(), ElectionError> {
+async fn coordinate(
+    resources: &Resources,
+    config: &ElectionConfig,
+    metrics: &ElectionMetrics,
+) -> Result<(), ElectionError> {
     let WatchSnapshot { entries, mut watch } = watch_snapshot(&resources.members).await?;
     let mut table = MemberTable::from_entries(entries.values());
     let mut writer = ViewWriter::load(resources).await?;
     // A new active replica cannot know what it missed: it always starts a new generation.
     let view = writer.publish(resources, table.members()).await?;
     tracing::info!(generation = %view.generation, members = view.members.len(), "active: membership view published");
-    reconcile_roles(resources, view).await;
+    metrics.view_written(view);
+    reconcile_roles(resources, view, metrics).await;
 
     let mut resync = tokio::time::interval_at(
         Instant::now() + config.election.role_resync,
@@ -47,6 +55,8 @@ async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<()
     );
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut flush_at: Option<Instant> = None;
+    // Server time of the first member change of the burst the next view will include.
+    let mut burst_started: Option<SystemTime> = None;
     loop {
         tokio::select! {
             event = watch.next() => {
@@ -64,11 +74,21 @@ async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<()
                 if changed && flush_at.is_none() {
                     flush_at = Some(Instant::now() + config.election.view_debounce);
                 }
+                if changed && burst_started.is_none() {
+                    burst_started = Some(server_time(entry.created.unix_timestamp_nanos()));
+                }
             }
             () = sleep_until_some(flush_at) => {
                 flush_at = None;
                 match writer.publish(resources, table.members()).await {
-                    Ok(view) => reconcile_roles(resources, view).await,
+                    Ok(view) => {
+                        metrics.view_written(view);
+                        if let Some(started) = burst_started.take() {
+                            let latency = SystemTime::now().duration_since(started).unwrap_or_default();
+                            metrics.view_latency.observe(latency.as_secs_f64());
+                        }
+                        reconcile_roles(resources, view, metrics).await;
+                    }
                     Err(ElectionError::Replica(ReplicaError::Nats(error)))
                         if error.is_retryable() =>
                     {
@@ -80,11 +100,17 @@ async fn coordinate(resources: &Resources, config: &ElectionConfig) -> Result<()
             }
             _ = resync.tick() => {
                 if let Some(view) = writer.current() {
-                    reconcile_roles(resources, view).await;
+                    reconcile_roles(resources, view, metrics).await;
                 }
             }
         }
     }
+}
+
+/// A server timestamp (Unix nanoseconds) as a `SystemTime`; before 1970 reads as 1970.
+fn server_time(unix_nanos: i128) -> SystemTime {
+    let nanos = u64::try_from(unix_nanos).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

@@ -22,10 +22,12 @@
 
 mod active;
 mod config;
+mod metrics;
 pub mod roles;
 mod view;
 
 pub use config::{ElectionConfig, ElectionSettings};
+pub use metrics::ElectionMetrics;
 
 use bytes::Bytes;
 use elk_nats::{
@@ -34,8 +36,10 @@ use elk_nats::{
 use elk_protocol::messages::{ElectionLease, MemberRole};
 use elk_protocol::names::ELECTION_KEY;
 use elk_protocol::{SCHEMA_VERSION, encode};
+use elk_runtime::metrics::open_replica;
 use elk_runtime::{ConfigError, ReplicaError, Validate};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +60,12 @@ pub enum ElectionError {
 
 impl From<NatsError> for ElectionError {
     fn from(error: NatsError) -> Self {
+        ElectionError::Replica(error.into())
+    }
+}
+
+impl From<elk_runtime::MetricsListenError> for ElectionError {
+    fn from(error: elk_runtime::MetricsListenError) -> Self {
         ElectionError::Replica(error.into())
     }
 }
@@ -81,8 +91,17 @@ pub async fn run(
     config: ElectionConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ElectionError> {
+    run_with_metrics(config, Arc::default(), shutdown).await
+}
+
+/// Like [`run`], exposing the replica's metrics (and where it serves them).
+pub async fn run_with_metrics(
+    config: ElectionConfig,
+    metrics: Arc<ElectionMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ElectionError> {
     config.validate()?;
-    elk_runtime::serve_until(shutdown, |stop| serve(config, stop)).await
+    elk_runtime::serve_until(shutdown, |stop| serve(config, metrics, stop)).await
 }
 
 /// Outcome of the standby phase.
@@ -97,17 +116,26 @@ const STEP_DOWN_PAUSE: Duration = Duration::from_millis(500);
 
 struct Replica {
     config: ElectionConfig,
+    metrics: Arc<ElectionMetrics>,
     resources: Resources,
     stop: CancellationToken,
     election_lease: watch::Receiver<Option<Versioned<ElectionLease>>>,
     election_follow_alive: bool,
 }
 
-async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), ElectionError> {
-    let resources = config.service.open("elk-election").await?;
+async fn serve(
+    config: ElectionConfig,
+    metrics: Arc<ElectionMetrics>,
+    stop: CancellationToken,
+) -> Result<(), ElectionError> {
+    let register = |registry: &mut _| metrics.register(registry);
+    let (resources, status, _serving) =
+        open_replica::<ElectionError>("election", &config.service, register, &metrics.endpoint)
+            .await?;
     let election_lease = follow_key::<ElectionLease>(&resources.leases, ELECTION_KEY).await?;
     let mut replica = Replica {
         config,
+        metrics,
         resources,
         stop,
         election_lease,
@@ -119,7 +147,7 @@ async fn serve(config: ElectionConfig, stop: CancellationToken) -> Result<(), El
         replica.stop.clone(),
     );
     let retry = replica.config.election.standby_retry;
-    let member = service.member(&resources, MemberRole::Election, retry, &stop);
+    let member = service.member(&resources, MemberRole::Election, retry, &stop, &status);
     // `None`: stopped while waiting for a previous run's key to expire.
     let Some(mut membership) = elk_runtime::join(&member).await? else {
         return Ok(());
@@ -221,8 +249,10 @@ impl Replica {
         let mut task = tokio::spawn(active::run_active(
             self.resources.clone(),
             self.config.clone(),
+            self.metrics.clone(),
             task_stop.clone(),
         ));
+        self.metrics.active.set(1);
         enum Reason {
             Shutdown,
             ElectionLost,
@@ -241,6 +271,7 @@ impl Replica {
         {
             tracing::error!(%error, "active task panicked");
         }
+        self.metrics.active.set(0);
         match reason {
             Reason::ElectionLost => {
                 tracing::warn!("election lease lost: active work stopped, back to standby");

@@ -10,6 +10,7 @@
 //! Every write is a compare-and-set on the lease's revision, so epochs never decrease.
 
 use crate::ElectionError;
+use crate::metrics::ElectionMetrics;
 use bytes::Bytes;
 use elk_nats::{CasOutcome, Resources, cas_write, read_entry};
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
@@ -67,9 +68,13 @@ pub fn next_role_lease(
 const MAX_ROLE_CONFLICTS: usize = 3;
 
 /// Brings every role lease in line with `view`. Errors are logged; the resync tick retries.
-pub(crate) async fn reconcile_roles(resources: &Resources, view: &MembershipView) {
+pub(crate) async fn reconcile_roles(
+    resources: &Resources,
+    view: &MembershipView,
+    metrics: &ElectionMetrics,
+) {
     for role in ControlRole::ALL {
-        if let Err(error) = reconcile_role(resources, role, view).await {
+        if let Err(error) = reconcile_role(resources, role, view, metrics).await {
             tracing::warn!(role = role.as_str(), %error, "cannot update role lease; will retry");
         }
     }
@@ -79,6 +84,7 @@ async fn reconcile_role(
     resources: &Resources,
     role: ControlRole,
     view: &MembershipView,
+    metrics: &ElectionMetrics,
 ) -> Result<(), ElectionError> {
     let key = role.lease_key();
     for _ in 0..MAX_ROLE_CONFLICTS {
@@ -109,6 +115,7 @@ async fn reconcile_role(
         )
         .await?;
         if let CasOutcome::Written(_) = outcome {
+            metrics.role_changed(role);
             tracing::info!(
                 role = role.as_str(),
                 holder = ?next.holder.as_ref().map(|holder| holder.id.as_str()),

@@ -103,10 +103,12 @@ async fn an_elkctl_command_and_the_assigner_s_handling_are_one_trace() {
         .await
         .unwrap();
     let names = elk_protocol::names::Names::new(Namespace::new(NAMESPACE).unwrap());
+    let resources = elk_nats::provision(client, names, &elk_nats::ProvisionConfig::default())
+        .await
+        .unwrap();
     let bridge = tokio::spawn(elk_assigner::http::serve_http(
         listener,
-        client,
-        names,
+        resources,
         stop.clone(),
     ));
     let http_request = format!(

@@ -8,6 +8,7 @@
 
 use crate::ScalerConfig;
 use crate::ScalerError;
+use crate::metrics::ScalerMetrics;
 use crate::policy::{backlog_of, desired_workers};
 use bytes::Bytes;
 use elk_nats::{
@@ -19,6 +20,7 @@ use elk_protocol::names::DESIRED_WORKERS_KEY;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
 use elk_types::Revision;
 use futures::TryStreamExt;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,7 @@ pub(crate) struct ScalerLeader {
     pub(crate) resources: Resources,
     pub(crate) config: ScalerConfig,
     pub(crate) view: watch::Receiver<Option<Versioned<MembershipView>>>,
+    pub(crate) metrics: Arc<ScalerMetrics>,
 }
 
 /// The `desired` key as last written or read by this leader.
@@ -46,6 +49,9 @@ impl LeaderWork for ScalerLeader {
         cancel: CancellationToken,
     ) -> Result<TermEnd, ScalerError> {
         tracing::info!(epoch = %term.epoch(), "scaler leader: publishing desired worker count");
+        // Whatever ends the term (cancel, or the task being dropped), its numbers stop being
+        // exported.
+        let _not_leading = NotLeading(&self.metrics);
         let mut ticker = tokio::time::interval(self.config.scaler.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut published: Option<Published> = None;
@@ -91,6 +97,7 @@ impl ScalerLeader {
             backlog_partitions: backlog.partitions,
             computed_unix_ms: unix_ms_now(),
         };
+        self.metrics.computed(&desired);
         if published.is_none() {
             let stored = read_entry(&self.resources.fleet, DESIRED_WORKERS_KEY).await?;
             *published = Some(adopt(stored));
@@ -117,6 +124,7 @@ impl ScalerLeader {
         .await?;
         match outcome {
             CasOutcome::Written(revision) => {
+                self.metrics.desired_writes.inc();
                 tracing::info!(
                     desired = desired.desired,
                     live_workers,
@@ -137,6 +145,15 @@ impl ScalerLeader {
             }
         }
         Ok(())
+    }
+}
+
+/// Clears the leader's exported numbers when dropped (the term is over).
+struct NotLeading<'a>(&'a ScalerMetrics);
+
+impl Drop for NotLeading<'_> {
+    fn drop(&mut self) {
+        self.0.not_leading();
     }
 }
 

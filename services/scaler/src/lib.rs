@@ -8,16 +8,20 @@
 
 mod config;
 mod leader;
+mod metrics;
 pub mod policy;
 
 pub use config::{ScalerConfig, ScalerSettings};
+pub use metrics::ScalerMetrics;
 
 use elk_nats::{RoleSupervisor, follow_key};
 use elk_protocol::messages::MembershipView;
 use elk_protocol::names::{ControlRole, VIEW_KEY};
+use elk_runtime::metrics::open_replica;
 use elk_runtime::{ReplicaError, Validate};
 use leader::ScalerLeader;
 use std::future::Future;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Errors of the scaler service: those every replica shares (configuration, membership, NATS).
@@ -29,12 +33,27 @@ pub async fn run(
     config: ScalerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ScalerError> {
-    config.validate()?;
-    elk_runtime::serve_until(shutdown, |stop| serve(config, stop)).await
+    run_with_metrics(config, Arc::default(), shutdown).await
 }
 
-async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), ScalerError> {
-    let resources = config.service.open("elk-scaler").await?;
+/// Like [`run`], exposing the replica's metrics (and where it serves them).
+pub async fn run_with_metrics(
+    config: ScalerConfig,
+    metrics: Arc<ScalerMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ScalerError> {
+    config.validate()?;
+    elk_runtime::serve_until(shutdown, |stop| serve(config, metrics, stop)).await
+}
+
+async fn serve(
+    config: ScalerConfig,
+    metrics: Arc<ScalerMetrics>,
+    stop: CancellationToken,
+) -> Result<(), ScalerError> {
+    let register = |registry: &mut _| metrics.register(registry);
+    let (resources, status, _serving) =
+        open_replica::<ScalerError>("scaler", &config.service, register, &metrics.endpoint).await?;
     let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY).await?;
     let supervisor = RoleSupervisor::new(
         resources.clone(),
@@ -45,8 +64,10 @@ async fn serve(config: ScalerConfig, stop: CancellationToken) -> Result<(), Scal
             resources,
             config: config.clone(),
             view,
+            metrics,
         },
     )
-    .rejoin_retry(config.scaler.interval);
+    .rejoin_retry(config.scaler.interval)
+    .status(status);
     Ok(supervisor.run(stop).await?)
 }

@@ -11,6 +11,7 @@ mod kv;
 pub mod membership;
 mod provision;
 pub mod role;
+mod status;
 pub mod trace;
 
 pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
@@ -25,3 +26,4 @@ pub use membership::{
 };
 pub use provision::{ProvisionConfig, Resources, provision};
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};
+pub use status::{RenewalObserver, ReplicaStatus};

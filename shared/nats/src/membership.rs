@@ -26,6 +26,7 @@
 use crate::error::NatsError;
 use crate::kv::{CasOutcome, cas_write};
 use crate::provision::Resources;
+use crate::status::{RenewalObserver, ReplicaStatus};
 use bytes::Bytes;
 use elk_protocol::encode;
 use elk_protocol::messages::MemberRecord;
@@ -157,6 +158,8 @@ pub struct MemberLease {
     stop_renewing: CancellationToken,
     state: Arc<Mutex<LeaseState>>,
     resources: Resources,
+    /// Told the round trip of every successful renewal (metrics), once set.
+    renewal_observer: Arc<std::sync::OnceLock<RenewalObserver>>,
 }
 
 impl std::fmt::Debug for MemberLease {
@@ -234,6 +237,7 @@ impl MemberLease {
                 left: false,
             })),
             resources: resources.clone(),
+            renewal_observer: Arc::default(),
         };
         lease.spawn_renewal(value, sent_at);
         Ok(lease)
@@ -263,6 +267,13 @@ impl MemberLease {
         self.deadline.clone()
     }
 
+    /// Reports the round trip of every later successful renewal to `observer` (the first call
+    /// wins; renewals start a third of the TTL after the join, so none is missed when this is
+    /// called right after it).
+    pub fn observe_renewals(&self, observer: RenewalObserver) {
+        let _ = self.renewal_observer.set(observer);
+    }
+
     fn spawn_renewal(&self, value: Bytes, first_sent_at: Instant) {
         let renewal = Renewal {
             resources: self.resources.clone(),
@@ -273,6 +284,7 @@ impl MemberLease {
             lost: self.lost.clone(),
             deadline: self.deadline.clone(),
             state: self.state.clone(),
+            observer: self.renewal_observer.clone(),
         };
         tokio::spawn(renewal.run(first_sent_at, self.stop_renewing.clone()));
     }
@@ -310,6 +322,7 @@ struct Renewal {
     lost: CancellationToken,
     deadline: LeaseDeadline,
     state: Arc<Mutex<LeaseState>>,
+    observer: Arc<std::sync::OnceLock<RenewalObserver>>,
 }
 
 impl Renewal {
@@ -349,6 +362,9 @@ impl Renewal {
             .await;
             match attempt {
                 Ok(Ok(CasOutcome::Written(revision))) => {
+                    if let Some(observer) = self.observer.get() {
+                        observer(sent_at.elapsed());
+                    }
                     guard.revision = revision;
                     fence_deadline = sent_at + fence_after(ttl);
                     self.deadline.extend_to(fence_deadline);
@@ -419,6 +435,8 @@ pub struct ServiceMember<'a> {
     pub retry: Duration,
     /// Ends join and re-join attempts.
     pub stop: &'a CancellationToken,
+    /// Told of every membership this replica joins (readiness, renewal times).
+    pub status: &'a ReplicaStatus,
 }
 
 impl ServiceMember<'_> {
@@ -442,6 +460,7 @@ impl ServiceMember<'_> {
             match MemberLease::join(self.resources, self.id.clone(), record, self.ttl).await {
                 Ok(lease) => {
                     tracing::info!(member = %self.id, role = ?self.role, incarnation = %lease.incarnation(), "joined");
+                    self.status.joined(&lease);
                     return Ok(Some(lease));
                 }
                 Err(JoinError::IdTaken { .. }) => {

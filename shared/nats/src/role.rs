@@ -43,6 +43,7 @@ use crate::error::{NatsError, Retryable};
 use crate::follow::{Versioned, follow_key};
 use crate::membership::{JoinError, MemberLease, ServiceMember};
 use crate::provision::Resources;
+use crate::status::ReplicaStatus;
 use elk_protocol::messages::{MemberRef, MemberRole, RoleLease};
 use elk_protocol::names::ControlRole;
 use elk_types::{Epoch, MemberId};
@@ -181,6 +182,7 @@ pub struct RoleSupervisor<W: LeaderWork> {
     restart: RestartPolicy,
     give_up_hold_off: Duration,
     work: Arc<W>,
+    status: ReplicaStatus,
 }
 
 impl<W: LeaderWork> RoleSupervisor<W> {
@@ -202,7 +204,14 @@ impl<W: LeaderWork> RoleSupervisor<W> {
             restart: RestartPolicy::default(),
             give_up_hold_off: ttl.saturating_mul(2),
             work: Arc::new(work),
+            status: ReplicaStatus::default(),
         }
+    }
+
+    /// Reports membership, leadership and the lease's epoch to `status` (readiness, metrics).
+    pub fn status(mut self, status: ReplicaStatus) -> Self {
+        self.status = status;
+        self
     }
 
     /// Pause between failed re-join attempts.
@@ -233,7 +242,9 @@ impl<W: LeaderWork> RoleSupervisor<W> {
             ttl: self.ttl,
             retry: self.rejoin_retry,
             stop: &stop,
+            status: &self.status,
         };
+        self.status.follows(self.role);
         let joined = member.join().await.map_err(|source| RoleError::Join {
             id: self.member_id.clone(),
             source,
@@ -244,6 +255,7 @@ impl<W: LeaderWork> RoleSupervisor<W> {
         };
         loop {
             let exit = self.follow(&membership, &mut role, &stop).await;
+            self.status.set_leading(None);
             let next = match exit {
                 Exit::Shutdown => {
                     leave(membership).await;
@@ -290,7 +302,13 @@ impl<W: LeaderWork> RoleSupervisor<W> {
         // Consecutive failures of one term: (epoch, count).
         let mut failures: (Epoch, u32) = (Epoch(0), 0);
         loop {
-            let designated = designated_epoch(role.borrow_and_update().as_ref(), &me);
+            let designated = {
+                let lease = role.borrow_and_update();
+                if let Some(lease) = lease.as_ref() {
+                    self.status.set_lease_epoch(lease.value.epoch);
+                }
+                designated_epoch(lease.as_ref(), &me)
+            };
             state = match decide(state.phase(Instant::now()), designated) {
                 Step::Stay => state,
                 Step::Demote => state.demote().await,
@@ -304,6 +322,7 @@ impl<W: LeaderWork> RoleSupervisor<W> {
                     })
                 }
             };
+            self.status.set_leading(state.leading());
             tokio::select! {
                 () = stop.cancelled() => {
                     state.demote().await;
@@ -460,6 +479,14 @@ enum RoleState<E> {
 }
 
 impl<E: std::fmt::Display> RoleState<E> {
+    /// The epoch whose leader task is running (not while backing off).
+    fn leading(&self) -> Option<Epoch> {
+        match self {
+            RoleState::Leader { epoch, .. } => Some(*epoch),
+            RoleState::Follower { .. } | RoleState::BackingOff { .. } => None,
+        }
+    }
+
     fn phase(&self, now: Instant) -> Phase {
         match self {
             RoleState::Follower { declined } => Phase::Follower {

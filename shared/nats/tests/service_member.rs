@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use elk_nats::{
-    NatsConfig, ProvisionConfig, Resources, ServiceMember, cas_write, connect, provision,
-    read_entry,
+    NatsConfig, ProvisionConfig, ReplicaStatus, Resources, ServiceMember, cas_write, connect,
+    provision, read_entry,
 };
 use elk_protocol::messages::MemberRole;
 use elk_protocol::names::Names;
@@ -42,10 +42,12 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
     .unwrap();
 
     let stop = CancellationToken::new();
+    let status = ReplicaStatus::default();
     let joining = {
         let resources = resources.clone();
         let id = id.clone();
         let stop = stop.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             let member = ServiceMember {
                 resources: &resources,
@@ -54,6 +56,7 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
                 ttl: Duration::from_secs(2),
                 retry: Duration::from_millis(100),
                 stop: &stop,
+                status: &status,
             };
             member.join().await
         })
@@ -65,6 +68,7 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
         let old_key_live = entry.is_some_and(|e| !e.deleted && e.value == previous);
         if old_key_live {
             assert!(!finished, "joined while the previous key was still live");
+            assert!(!status.is_member(), "not a member while waiting");
         }
         if finished {
             break;
@@ -82,7 +86,9 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
         .unwrap();
     assert!(!stored.deleted);
     assert_ne!(stored.value, previous, "the new incarnation's record");
+    assert!(status.is_member(), "the join is reported to the status");
     lease.leave().await.unwrap();
+    assert!(!status.is_member(), "left: no longer a member");
 }
 
 #[tokio::test]
@@ -91,6 +97,7 @@ async fn a_join_waiting_on_a_live_holder_ends_when_stopped() {
     let resources = resources(&server).await;
     let id = MemberId::new("scaler-a").unwrap();
     let never = CancellationToken::new();
+    let status = ReplicaStatus::default();
     let holder_member = ServiceMember {
         resources: &resources,
         id: &id,
@@ -98,6 +105,7 @@ async fn a_join_waiting_on_a_live_holder_ends_when_stopped() {
         ttl: Duration::from_secs(2),
         retry: Duration::from_millis(100),
         stop: &never,
+        status: &status,
     };
     let holder = holder_member.join().await.unwrap().unwrap();
 

@@ -5,7 +5,7 @@ use crate::config::ConfigError;
 use crate::error::ReplicaError;
 use crate::logging::LogFormat;
 use crate::telemetry::TracingConfig;
-use elk_nats::{MemberLease, NatsConfig, Resources, ServiceMember};
+use elk_nats::{MemberLease, NatsConfig, ReplicaStatus, Resources, ServiceMember};
 use elk_protocol::messages::MemberRole;
 use elk_types::{MemberId, Namespace};
 use serde::{Deserialize, Serialize};
@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
-/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT` in the
-/// environment).
+/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT`,
+/// `ELK_METRICS_LISTEN` in the environment; short forms listed in `config::ENV_SHORT_FORMS`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCommon {
@@ -35,8 +35,10 @@ pub struct ServiceCommon {
     /// the standard `OTEL_EXPORTER_OTLP_*` variables.
     #[serde(default)]
     pub tracing: TracingConfig,
-    // Issue 11 adds `metrics_listen` here, with the short form `ELK_METRICS_LISTEN` in
-    // `config::ENV_SHORT_FORMS`.
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`HOST:PORT`, e.g. `0.0.0.0:9464`;
+    /// `ELK_METRICS_LISTEN`); nothing is served when unset. See `crate::metrics_http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Member TTL of a service replica unless configured.
@@ -53,6 +55,7 @@ impl ServiceCommon {
             nats: NatsConfig::default(),
             log_format: LogFormat::default(),
             tracing: TracingConfig::default(),
+            metrics_listen: None,
         }
     }
 
@@ -65,11 +68,18 @@ impl ServiceCommon {
             nats,
             log_format: LogFormat::default(),
             tracing: TracingConfig::default(),
+            metrics_listen: None,
         }
     }
 
     pub fn with_member_ttl(mut self, member_ttl: Duration) -> Self {
         self.member_ttl = member_ttl;
+        self
+    }
+
+    /// Serves metrics and probes on `address` (`HOST:PORT`; port 0 picks a free one).
+    pub fn with_metrics_listen(mut self, address: impl Into<String>) -> Self {
+        self.metrics_listen = Some(address.into());
         self
     }
 
@@ -90,13 +100,15 @@ impl ServiceCommon {
     }
 
     /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
-    /// `retry`, and `stop` ends joining (also waiting for a previous run's key to expire).
+    /// `retry`, `stop` ends joining (also waiting for a previous run's key to expire), and every
+    /// membership is reported to `status`.
     pub fn member<'a>(
         &'a self,
         resources: &'a Resources,
         role: MemberRole,
         retry: Duration,
         stop: &'a CancellationToken,
+        status: &'a ReplicaStatus,
     ) -> ServiceMember<'a> {
         ServiceMember {
             resources,
@@ -105,6 +117,7 @@ impl ServiceCommon {
             ttl: self.member_ttl,
             retry,
             stop,
+            status,
         }
     }
 
@@ -122,6 +135,9 @@ impl ServiceCommon {
         self.tracing
             .validate()
             .map_err(|error| ConfigError::invalid(error.to_string()))?;
+        if let Some(address) = &self.metrics_listen {
+            crate::metrics_http::validate_listen_address("service.metrics_listen", address)?;
+        }
         Ok(())
     }
 }
@@ -207,6 +223,10 @@ mod tests {
         common.member_ttl = Duration::from_secs(1);
         common.nats.url = " ".to_owned();
         assert!(common.validate().is_err());
+        common.nats.url = "nats://a:1".to_owned();
+        common.metrics_listen = Some("9464".to_owned());
+        let error = common.validate().unwrap_err().to_string();
+        assert!(error.contains("service.metrics_listen"), "{error}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum ReplicaError {
     /// Retryable when NATS was only unreachable or slow.
     #[error(transparent)]
     Nats(#[from] NatsError),
+    /// Terminal: the metrics endpoint cannot listen on `metrics_listen`.
+    #[error(transparent)]
+    MetricsListen(#[from] crate::MetricsListenError),
 }
 
 /// Start-up failures of the role supervisor (`elk_nats::RoleSupervisor`) are a replica's own.
@@ -40,6 +43,7 @@ impl Retryable for ReplicaError {
             ReplicaError::Config(_) => false,
             ReplicaError::Join { source, .. } => source.is_retryable(),
             ReplicaError::Nats(error) => error.is_retryable(),
+            ReplicaError::MetricsListen(error) => error.is_retryable(),
         }
     }
 }

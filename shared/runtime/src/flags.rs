@@ -58,6 +58,10 @@ pub struct ServiceFlags {
     /// span) (env ELK_LOG_FORMAT) [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<crate::LogFormat>,
+    /// Serve /metrics, /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9464 (env
+    /// ELK_METRICS_LISTEN) [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -79,6 +83,8 @@ struct CommonOverrides<'a> {
     member_ttl: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<crate::LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<&'a str>,
     nats: NatsOverrides<'a>,
 }
 
@@ -98,6 +104,7 @@ impl ServiceFlags {
                 member_id: self.member_id.as_deref(),
                 member_ttl: self.member_ttl.as_deref(),
                 log_format: self.log_format,
+                metrics_listen: self.metrics_listen.as_deref(),
                 nats: NatsOverrides {
                     url: self.nats.url.as_deref(),
                     credentials_file: self.nats.credentials_file.as_deref(),
@@ -185,6 +192,8 @@ mod tests {
             "nats://a:1",
             "--log-format",
             "json",
+            "--metrics-listen",
+            "127.0.0.1:9464",
         ])
         .unwrap();
         let json = serde_json::to_value(flags.overrides()).unwrap();
@@ -192,6 +201,7 @@ mod tests {
             json,
             serde_json::json!({"service": {"namespace": "prod", "member_ttl": "5s",
                                            "log_format": "json",
+                                           "metrics_listen": "127.0.0.1:9464",
                                            "nats": {"url": "nats://a:1"}}})
         );
     }

@@ -8,12 +8,18 @@
 //! prints it (`--print-config`) or starts telemetry (logs, and traces when an OTLP endpoint is
 //! configured) and turns SIGINT / SIGTERM into the `shutdown` future. A second signal exits the
 //! process at once. Queued spans are exported before `main` returns.
+//!
+//! Observability: [`telemetry`] (logs and traces), [`metrics`] (one `prometheus-client` registry
+//! per instance, the membership and role gauges every process exports) and [`metrics_http`]
+//! (`/metrics`, `/healthz`, `/readyz` on `metrics_listen`).
 
 mod common;
 pub mod config;
 mod error;
 mod flags;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_http;
 mod signal;
 pub mod telemetry;
 
@@ -22,5 +28,7 @@ pub use config::{ConfigError, ServiceConfig, Validate, load_config, load_config_
 pub use error::ReplicaError;
 pub use flags::{NatsArgs, ServiceFlags, service_main};
 pub use logging::LogFormat;
+pub use metrics_http::{BoundAddress, Health, MetricsEndpoint, MetricsListenError, Readiness};
+pub use prometheus_client;
 pub use signal::{serve_until, shutdown_signal};
 pub use telemetry::{Telemetry, TelemetryOptions, TracingConfig};

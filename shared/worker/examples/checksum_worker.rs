@@ -8,7 +8,9 @@
 //!     --namespace prod --capacity 4
 //! ELK_NATS_URL=nats://nats:4222 ELK_NAMESPACE=prod ELK_CAPACITY=4 checksum_worker
 //! ```
-//! Every flag has an `ELK_*` environment variable (`--help` lists them). The member id defaults to
+//! Every flag has an `ELK_*` environment variable (`--help` lists them); `ELK_METRICS_LISTEN`
+//! serves the SDK's metrics (plus this example's own `checksum_worker_ids_folded_total`) and the
+//! probes. The member id defaults to
 //! `<hostname>-<pid>`, unique per process (in Kubernetes the hostname is the pod name). The older
 //! positional form `checksum_worker <url> <namespace> <member-id> <capacity>` still works.
 //!
@@ -19,6 +21,7 @@
 //! partition. `--log-format json` writes JSON log lines with their trace and span ids.
 
 use clap::Parser;
+use elk_worker::prometheus_client::metrics::counter::Counter;
 use elk_worker::{
     BlockingProcessor, JobName, MemberId, Namespace, NatsConfig, PartitionWork, ProcessError,
     ProcessOutcome, Worker, WorkerEvent,
@@ -61,6 +64,9 @@ struct Args {
     /// How long a graceful shutdown may take in total, releases and leave included (e.g. 30s).
     #[arg(long, env = "ELK_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Serve /metrics, /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9464 [default: off].
+    #[arg(long, env = "ELK_METRICS_LISTEN", value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Simulated CPU work per ID (busy loop), e.g. 20us; 0 for none.
     #[arg(long, env = "ELK_ID_COST", default_value = "0", value_parser = parse_duration)]
     id_cost: Duration,
@@ -147,6 +153,8 @@ fn default_member_id() -> String {
 
 struct Checksum {
     id_cost: Duration,
+    /// The application's own metric, served next to the SDK's.
+    ids_folded: Counter,
 }
 
 impl BlockingProcessor for Checksum {
@@ -166,6 +174,7 @@ impl BlockingProcessor for Checksum {
             }
             checksum = checksum.rotate_left(7) ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             work.checkpoint(id);
+            self.ids_folded.inc();
         }
         tracing::info!(
             job = %work.job(),
@@ -240,16 +249,33 @@ async fn run(args: Args) -> Result<i32, Box<dyn std::error::Error>> {
     nats.credentials_file = args.nats_credentials.clone();
     // Processors get most of the grace to return; the rest is for the releases and the leave.
     let reserve = (args.shutdown_grace / 4).min(Duration::from_secs(5));
-    let worker = Worker::builder(namespace.clone(), id.clone())
+    let ids_folded = Counter::default();
+    let exported = ids_folded.clone();
+    let mut builder = Worker::builder(namespace.clone(), id.clone())
         .nats(nats)
         .capacity(args.capacity)
         .jobs(jobs)
         .member_ttl(args.member_ttl)
         .stop_grace(args.shutdown_grace - reserve)
+        .register_metrics(move |registry| {
+            registry.register(
+                "checksum_worker_ids_folded",
+                "IDs folded into a checksum by this process",
+                exported.clone(),
+            );
+        });
+    if let Some(address) = &args.metrics_listen {
+        builder = builder.metrics_listen(address);
+    }
+    let worker = builder
         .start_blocking(Checksum {
             id_cost: args.id_cost,
+            ids_folded,
         })
         .await?;
+    if let Some(address) = worker.metrics_address() {
+        tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+    }
     tracing::info!(
         member = %id,
         %namespace,

@@ -29,6 +29,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) stop_grace: Duration,
     pub(crate) assignment_resync: Duration,
     pub(crate) provision: ProvisionConfig,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`HOST:PORT`); none when unset.
+    pub(crate) metrics_listen: Option<String>,
 }
 
 impl WorkerConfig {
@@ -50,6 +52,10 @@ impl WorkerConfig {
         }
         if self.nats.url.trim().is_empty() {
             return Err("the NATS url is empty".to_owned());
+        }
+        if let Some(address) = &self.metrics_listen {
+            elk_runtime::metrics_http::validate_listen_address("metrics_listen", address)
+                .map_err(|error| error.to_string())?;
         }
         Ok(())
     }

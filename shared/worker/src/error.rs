@@ -20,6 +20,9 @@ pub enum WorkerError {
     TaskFailed { reason: String },
     #[error("cannot subscribe to {subject}: {message}")]
     Subscribe { subject: String, message: String },
+    /// The metrics endpoint cannot listen where [`crate::WorkerBuilder::metrics_listen`] said.
+    #[error(transparent)]
+    MetricsListen(#[from] elk_runtime::MetricsListenError),
 }
 
 impl elk_nats::Retryable for WorkerError {
@@ -32,7 +35,9 @@ impl WorkerError {
     /// Whether starting again later may succeed (a taken id frees up when its TTL expires).
     pub fn is_retryable(&self) -> bool {
         match self {
-            WorkerError::InvalidConfig { .. } | WorkerError::TaskFailed { .. } => false,
+            WorkerError::InvalidConfig { .. }
+            | WorkerError::TaskFailed { .. }
+            | WorkerError::MetricsListen(_) => false,
             WorkerError::IdTaken { .. } | WorkerError::Subscribe { .. } => true,
             WorkerError::Nats(error) => error.is_retryable(),
         }

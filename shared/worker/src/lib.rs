@@ -36,6 +36,11 @@
 //! }
 //! ```
 //!
+//! **Metrics and probes**: [`WorkerBuilder::metrics_listen`] serves `/metrics` (Prometheus:
+//! running and queued partitions, checkpoint lag, fences, renewal latency, …), `/healthz` and
+//! `/readyz` from the worker's coordination thread; [`WorkerBuilder::register_metrics`] adds the
+//! application's own metrics next to them (`docs/observability.md`).
+//!
 //! Contract with the coordinator (ARCHITECTURE §3–4, `docs/protocol.md` §5):
 //! 1. **Join**: create `elk_<ns>_members/<id>` with a per-key TTL (default 3 s), renewed by CAS
 //!    every TTL/3; an id held by a live member is refused ([`WorkerError::IdTaken`]).
@@ -74,6 +79,7 @@ mod config;
 mod coordination;
 mod error;
 mod events;
+mod metrics;
 mod planner;
 mod process_error;
 mod processor;
@@ -104,3 +110,5 @@ pub use elk_nats::{NatsConfig, ProvisionConfig};
 pub use elk_types::{
     Capacity, IdRange, Incarnation, JobName, MemberId, Namespace, PartitionId, PartitionLeaseToken,
 };
+/// The metrics library the worker's registry comes from ([`WorkerBuilder::register_metrics`]).
+pub use prometheus_client;

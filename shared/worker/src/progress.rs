@@ -22,6 +22,7 @@
 //! as the W3C `traceparent` / `tracestate` headers; the assigner's apply span is its child.
 //! Other reports carry no headers.
 
+use crate::metrics::AckedCheckpoints;
 use crate::stats::StatsCounters;
 use bytes::Bytes;
 use elk_nats::LeaseDeadline;
@@ -82,9 +83,10 @@ impl ProgressPublisher {
         jetstream: async_nats::jetstream::Context,
         subject: String,
         stats: Arc<StatsCounters>,
+        acked: AckedCheckpoints,
     ) -> (ProgressPublisher, PublisherTask) {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(publish_loop(jetstream, subject, stats, receiver));
+        let task = tokio::spawn(publish_loop(jetstream, subject, stats, acked, receiver));
         (ProgressPublisher { commands }, PublisherTask(task))
     }
 
@@ -130,12 +132,14 @@ async fn publish_loop(
     jetstream: async_nats::jetstream::Context,
     subject: String,
     stats: Arc<StatsCounters>,
+    acked: AckedCheckpoints,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let target = Target {
         jetstream: &jetstream,
         subject: &subject,
         stats: &stats,
+        acked: &acked,
     };
     while let Some(command) = commands.recv().await {
         match command {
@@ -162,6 +166,8 @@ struct Target<'a> {
     jetstream: &'a async_nats::jetstream::Context,
     subject: &'a str,
     stats: &'a StatsCounters,
+    /// Acked checkpoints go here (the worker's checkpoint lag).
+    acked: &'a AckedCheckpoints,
 }
 
 impl Target<'_> {
@@ -218,6 +224,10 @@ impl Target<'_> {
             let error = match self.publish_once(payload.clone(), headers.clone()).await {
                 Ok(()) => {
                     StatsCounters::bump(&self.stats.reports_published);
+                    if let ProgressEvent::Checkpoint { last_done } = report.event {
+                        let grant = (report.job.clone(), report.partition, report.token);
+                        self.acked.acked(grant, last_done);
+                    }
                     return "acked";
                 }
                 Err(error) => error,

@@ -90,6 +90,8 @@ struct Slot {
     grant: Grant,
     checkpoint: Arc<CheckpointCell>,
     last_flushed: Option<u64>,
+    /// The checkpoint the grant came with (durable already).
+    granted_at: Option<u64>,
     state: SlotState,
     /// The trace this run continues (set when it starts).
     trace: Continuation,
@@ -359,6 +361,7 @@ impl Supervisor {
         let checkpoint = Arc::new(CheckpointCell::new(grant.range, grant.resume_from));
         let slot = Slot {
             last_flushed: checkpoint.get(),
+            granted_at: checkpoint.get(),
             checkpoint,
             grant,
             state: SlotState::Queued,
@@ -534,8 +537,9 @@ impl Supervisor {
         }
     }
 
-    /// Publishes the checkpoints that advanced since the last flush.
+    /// Publishes the checkpoints that advanced since the last flush, and updates the gauges.
     fn flush_checkpoints(&mut self) {
+        self.update_gauges();
         let mut advanced = Vec::new();
         for slot in self.slots.values_mut() {
             if !matches!(slot.state, SlotState::Running { .. }) {
@@ -562,6 +566,43 @@ impl Supervisor {
             })
             .collect();
         self.publisher.publish(reports, &self.membership);
+    }
+
+    /// Running and queued partitions, and the checkpoint lag: IDs the running partitions
+    /// processed beyond their last acknowledged checkpoint (or the checkpoint they were granted
+    /// with).
+    fn update_gauges(&self) {
+        let metrics = &self.shared.metrics;
+        let acked = &metrics.acked;
+        acked.retain(|(job, partition, token)| {
+            let key = GrantKey {
+                job: job.clone(),
+                partition: *partition,
+                token: *token,
+            };
+            self.slots.contains_key(&key)
+        });
+        let mut running = 0;
+        let mut lag = 0u64;
+        for (key, slot) in &self.slots {
+            if !matches!(slot.state, SlotState::Running { .. }) {
+                continue;
+            }
+            running += 1;
+            let grant = (key.job.clone(), key.partition, key.token);
+            let durable = acked.get(&grant).or(slot.granted_at);
+            if let Some(done) = slot.checkpoint.get() {
+                lag += match durable {
+                    Some(durable) => done.saturating_sub(durable),
+                    None => done + 1 - slot.grant.range.first(),
+                };
+            }
+        }
+        metrics.running.set(running);
+        metrics.queued.set(self.queue.len() as i64);
+        metrics
+            .checkpoint_lag
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
     fn cancel_running(&mut self) {

@@ -14,13 +14,16 @@ use crate::config::{
 };
 use crate::coordination::CoordinationRuntime;
 use crate::events::{Lifecycle, WorkerEvents};
+use crate::metrics::WorkerMetrics;
 use crate::processor::{AsyncRunner, BlockingProcessor, BlockingRunner, Processor, Runner};
 use crate::progress::ProgressPublisher;
 use crate::stats::{StatsCounters, WorkerStats};
 use crate::supervisor::{Session, Supervisor, SupervisorParts};
 use elk_nats::{NatsConfig, ProvisionConfig};
 use elk_protocol::names::Names;
+use elk_runtime::{BoundAddress, Health, MetricsEndpoint};
 use elk_types::{Capacity, Incarnation, JobName, MemberId, Namespace};
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,19 +71,36 @@ impl Worker {
                 stop_grace: DEFAULT_STOP_GRACE,
                 assignment_resync: DEFAULT_ASSIGNMENT_RESYNC,
                 provision: ProvisionConfig::default(),
+                metrics_listen: None,
             },
             processors: None,
             coordination: None,
+            user_metrics: None,
         }
     }
 }
 
+/// Registers a user's own metrics into the worker's registry.
+type RegisterMetrics = Arc<dyn Fn(&mut Registry) + Send + Sync>;
+
 /// Configures and starts a worker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerBuilder {
     config: WorkerConfig,
     processors: Option<Handle>,
     coordination: Option<CoordinationRuntime>,
+    user_metrics: Option<RegisterMetrics>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("config", &self.config)
+            .field("processors", &self.processors)
+            .field("coordination", &self.coordination)
+            .field("user_metrics", &self.user_metrics.is_some())
+            .finish()
+    }
 }
 
 impl WorkerBuilder {
@@ -154,6 +174,37 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serves the worker's Prometheus metrics on `address` (`HOST:PORT`, e.g. `0.0.0.0:9464`;
+    /// port 0 picks a free one, see [`WorkerHandle::metrics_address`]) at `/metrics`, with the
+    /// probes `/healthz` (liveness: the worker's coordination runtime answers) and `/readyz`
+    /// (readiness: connected to NATS and holding a live membership). Served from the worker's
+    /// coordination runtime, so a busy processor runtime does not delay a probe. Off by default;
+    /// [`WorkerHandle::encode_metrics`] works either way.
+    pub fn metrics_listen(mut self, address: impl Into<String>) -> Self {
+        self.config.metrics_listen = Some(address.into());
+        self
+    }
+
+    /// Adds the application's own metrics to the worker's registry, served and encoded with the
+    /// SDK's (`register` is called once, at start).
+    ///
+    /// ```no_run
+    /// use elk_worker::prometheus_client::metrics::counter::Counter;
+    /// # fn builder(builder: elk_worker::WorkerBuilder) -> elk_worker::WorkerBuilder {
+    /// let rows: Counter = Counter::default();
+    /// builder.register_metrics(move |registry| {
+    ///     registry.register("myapp_rows", "Rows written by the processor", rows.clone());
+    /// })
+    /// # }
+    /// ```
+    pub fn register_metrics(
+        mut self,
+        register: impl Fn(&mut Registry) + Send + Sync + 'static,
+    ) -> Self {
+        self.user_metrics = Some(Arc::new(register));
+        self
+    }
+
     /// The runtime processors run on (default: the runtime that calls `start`).
     pub fn processor_runtime(mut self, runtime: Handle) -> Self {
         self.processors = Some(runtime);
@@ -202,10 +253,20 @@ impl WorkerBuilder {
                 }
             })?,
         };
+        let stats = Arc::new(StatsCounters::default());
+        let mut registry = Registry::default();
+        if let Some(register) = &self.user_metrics {
+            register(&mut registry);
+        }
+        let metrics =
+            WorkerMetrics::register(&mut registry, stats.clone(), self.config.capacity.get());
         let shared = Arc::new(Shared {
-            stats: Arc::new(StatsCounters::default()),
+            stats,
             incarnation: AtomicU64::new(0),
             lifecycle: Lifecycle::new(),
+            metrics,
+            registry: Arc::new(registry),
+            metrics_address: BoundAddress::default(),
         });
         let control = Control::default();
         let (joined, joined_wait) = oneshot::channel();
@@ -249,6 +310,9 @@ pub(crate) struct Shared {
     /// The current incarnation (0 before the first join).
     pub(crate) incarnation: AtomicU64,
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) metrics: WorkerMetrics,
+    registry: Arc<Registry>,
+    metrics_address: BoundAddress,
 }
 
 /// How the handle stops the coordination task.
@@ -279,15 +343,26 @@ impl Start {
         joined: oneshot::Sender<Result<(), WorkerError>>,
     ) -> Result<(), WorkerError> {
         let config = self.config;
+        let shared = &self.shared;
+        let health = Health::new(shared.metrics.status.clone());
+        // Up before connecting, so liveness answers while the connection is made.
+        let endpoint = MetricsEndpoint::start_if_configured(
+            config.metrics_listen.as_deref(),
+            shared.registry.clone(),
+            health.clone(),
+            &shared.metrics_address,
+        );
         let connected = async {
+            let _endpoint = endpoint.await?;
             let client = elk_nats::connect(&config.nats).await?;
+            health.watch_connection(&client);
             let names = Names::new(config.namespace.clone());
             let resources = elk_nats::provision(client, names, &config.provision).await?;
-            let session = Session::open(&resources, &config, self.shared.stats.clone()).await?;
-            Ok::<_, WorkerError>((resources, session))
+            let session = Session::open(&resources, &config, shared).await?;
+            Ok::<_, WorkerError>((resources, session, _endpoint))
         };
         // Boxed: these futures are large, and the coordination thread's stack is not.
-        let (resources, session) = match Box::pin(connected).await {
+        let (resources, session, _endpoint) = match Box::pin(connected).await {
             Ok(started) => started,
             Err(error) => {
                 let _ = joined.send(Err(error));
@@ -298,6 +373,7 @@ impl Start {
             resources.jetstream.clone(),
             resources.names.progress_subject(&config.id),
             self.shared.stats.clone(),
+            self.shared.metrics.acked.clone(),
         );
         let mut supervisor = Supervisor::new(SupervisorParts {
             config,
@@ -353,6 +429,20 @@ impl WorkerHandle {
     /// A snapshot of the worker's counters.
     pub fn stats(&self) -> WorkerStats {
         self.shared.stats.snapshot()
+    }
+
+    /// Where the metrics endpoint listens ([`WorkerBuilder::metrics_listen`]), if it does.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.shared.metrics_address.get()
+    }
+
+    /// The worker's metrics in the Prometheus text format (what `/metrics` serves), for an
+    /// application that serves them itself.
+    pub fn encode_metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.shared.registry)
+            .expect("writing to a String cannot fail");
+        text
     }
 
     /// Subscribes to the worker's lifecycle events. The first call sees every event since the

@@ -13,7 +13,6 @@ use elk_protocol::decode;
 use elk_protocol::messages::{JobRecord, JobState};
 use elk_types::IdRange;
 use futures::StreamExt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,8 +104,8 @@ pub(crate) async fn run_job(
         live_keys: record
             .partitions_total
             .saturating_sub(record.partitions_compacted),
-        kv_writes: metrics.kv_writes.load(Ordering::Relaxed),
-        progress_applied: metrics.progress_applied.load(Ordering::Relaxed),
+        kv_writes: metrics.kv_write_count(),
+        progress_applied: metrics.progress_reports("applied"),
         cpu: CpuSnapshot::take(nats_pid),
     };
     let started = Instant::now();

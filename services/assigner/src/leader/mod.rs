@@ -25,10 +25,19 @@ use elk_protocol::names::PROGRESS_CONSUMER;
 use futures::{FutureExt, StreamExt};
 use progress::Reclaims;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Clears the term's leader-only gauges when dropped.
+struct TermGauges<'a>(&'a AssignerMetrics);
+
+impl Drop for TermGauges<'_> {
+    fn drop(&mut self) {
+        self.0.term_ended();
+    }
+}
 
 /// Progress reports applied per iteration at most.
 const PROGRESS_BATCH: usize = 1_000;
@@ -70,7 +79,9 @@ impl AssignerLeader {
     ) -> Result<(), AssignerError> {
         let resources = &self.resources;
         let epoch = term.epoch();
-        AssignerMetrics::add(&self.metrics.leader_terms, 1);
+        self.metrics.term_started();
+        // However the term ends (an error, a cancel, the task dropped), its gauges go with it.
+        let _term_gauges = TermGauges(&self.metrics);
         let mut state = load::load_state(resources, epoch, self.policy.clone()).await?;
         tracing::info!(
             %epoch,
@@ -145,6 +156,7 @@ impl AssignerLeader {
                 Some((job, max_id)) = plan_answers.recv() => state.apply_plan_answer(&job, max_id),
                 _ = tick.tick() => {}
             }
+            let round_started = Instant::now();
             self.faults.check();
             let now = unix_ms_now();
             state.advance_clock(now);
@@ -202,7 +214,8 @@ impl AssignerLeader {
             if let Some((Some(reply_to), reply, span)) = admin_reply {
                 self.reply(reply_to, &reply).instrument(span).await;
             }
-            self.metrics.publish(&state.counters());
+            self.metrics
+                .round_done(&mut state, round_started, reclaims.waiting());
         }
     }
 

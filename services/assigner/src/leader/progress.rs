@@ -4,7 +4,7 @@
 use crate::error::AssignerError;
 use crate::error::JetstreamOperation;
 use crate::metrics::AssignerMetrics;
-use crate::model::AssignerState;
+use crate::model::{AssignerState, Rejection};
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use elk_nats::Resources;
@@ -13,6 +13,7 @@ use elk_protocol::decode;
 use elk_protocol::messages::{MemberRef, MembershipView, ProgressEvent, ProgressReport};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanKind};
+use std::time::Instant;
 
 /// Validates one message and applies its report to the model; malformed and stale reports are
 /// counted and dropped (they are acked like the others).
@@ -21,7 +22,8 @@ pub(super) fn apply_message(
     message: &Message,
     metrics: &AssignerMetrics,
 ) {
-    let decoded = decode::<ProgressReport>(&message.payload).map_err(|e| e.to_string());
+    let decoded =
+        decode::<ProgressReport>(&message.payload).map_err(|e| ("undecodable", e.to_string()));
     // A report must come from the subject of the worker it names: with per-worker publish
     // permissions, no client can speak for another worker.
     let checked = decoded.and_then(|report| {
@@ -29,9 +31,12 @@ pub(super) fn apply_message(
         if from_subject == report.worker.as_str() {
             Ok(report)
         } else {
-            Err(format!(
-                "report names worker {} but came from {}",
-                report.worker, message.subject
+            Err((
+                "wrong_subject",
+                format!(
+                    "report names worker {} but came from {}",
+                    report.worker, message.subject
+                ),
             ))
         }
     });
@@ -51,27 +56,30 @@ pub(super) fn apply_message(
             if let Some(span) = &mut span {
                 let outcome = match outcome {
                     Ok(()) => "applied",
-                    Err(crate::model::Rejection::UnknownPartition) => "rejected_unknown_partition",
-                    Err(crate::model::Rejection::StaleToken) => "rejected_stale",
+                    Err(Rejection::UnknownPartition) => "rejected_unknown_partition",
+                    Err(Rejection::StaleToken) => "rejected_stale",
                 };
                 span.set_attribute(KeyValue::new("elk.outcome", outcome));
                 span.end();
             }
             match outcome {
-                Ok(()) => AssignerMetrics::add(&metrics.progress_applied, 1),
+                Ok(()) => metrics.progress("applied", event_reason(&report.event)),
                 Err(rejection) => {
+                    let reason = match rejection {
+                        Rejection::UnknownPartition => "unknown_partition",
+                        Rejection::StaleToken => "stale_token",
+                    };
+                    metrics.progress("rejected", reason);
                     tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
                 }
             }
         }
-        Err(error) => {
-            if metrics
-                .progress_malformed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                == 0
-            {
+        Err((reason, error)) => {
+            // Logged once per replica: a misbehaving publisher could otherwise flood the log.
+            if metrics.progress_reports("malformed") == 0 {
                 tracing::warn!(subject = %message.subject, %error, "malformed progress report dropped");
             }
+            metrics.progress("malformed", reason);
         }
     }
 }
@@ -82,7 +90,7 @@ fn apply_report(
     state: &mut AssignerState,
     report: &ProgressReport,
     context: Option<&SpanContext>,
-) -> Result<(), crate::model::Rejection> {
+) -> Result<(), Rejection> {
     let ends_ownership = matches!(
         report.event,
         ProgressEvent::Released { .. } | ProgressEvent::Failed { .. }
@@ -95,17 +103,11 @@ fn apply_report(
 
 /// The span of applying one report of a sampled trace: a child of the worker's publish span.
 fn apply_span(context: &SpanContext, report: &ProgressReport) -> trace::BoxedSpan {
-    let kind = match &report.event {
-        ProgressEvent::Checkpoint { .. } => "checkpoint",
-        ProgressEvent::Completed => "completed",
-        ProgressEvent::Failed { .. } => "failed",
-        ProgressEvent::Released { .. } => "released",
-    };
     let attributes = vec![
         KeyValue::new("elk.job", report.job.to_string()),
         KeyValue::new("elk.partition", report.partition.get() as i64),
         KeyValue::new("elk.worker", report.worker.to_string()),
-        KeyValue::new("elk.event", kind),
+        KeyValue::new("elk.event", event_reason(&report.event)),
     ];
     trace::start_span(
         "elk.progress.apply",
@@ -116,11 +118,23 @@ fn apply_span(context: &SpanContext, report: &ProgressReport) -> trace::BoxedSpa
     )
 }
 
+/// The `reason` label of an applied report, and its span's `elk.event`: its event.
+fn event_reason(event: &ProgressEvent) -> &'static str {
+    match event {
+        ProgressEvent::Checkpoint { .. } => "checkpoint",
+        ProgressEvent::Completed => "completed",
+        ProgressEvent::Failed { .. } => "failed",
+        ProgressEvent::Released { .. } => "released",
+    }
+}
+
 /// A member that left the view, whose partitions wait until the progress stream has been applied
 /// up to `barrier` (everything it published before leaving).
 struct PendingReclaim {
     member: MemberRef,
     barrier: u64,
+    /// When the view without the member was applied (reclaim latency).
+    since: Instant,
 }
 
 /// The departed members waiting for their barrier.
@@ -151,10 +165,19 @@ impl Reclaims {
             .last_sequence;
         for member in gone {
             if !self.pending.iter().any(|pending| pending.member == member) {
-                self.pending.push(PendingReclaim { member, barrier });
+                self.pending.push(PendingReclaim {
+                    member,
+                    barrier,
+                    since: Instant::now(),
+                });
             }
         }
         Ok(())
+    }
+
+    /// Departed members still waiting for their barrier.
+    pub(super) fn waiting(&self) -> usize {
+        self.pending.len()
     }
 
     /// Reclaims the partitions of members whose barrier the consumer's ack floor has reached.
@@ -177,8 +200,8 @@ impl Reclaims {
             let count = state.reclaim(&pending.member);
             if count > 0 {
                 tracing::info!(member = %pending.member.id, partitions = count, "reclaimed partitions of a departed worker");
+                metrics.reclaimed(count as u64, pending.since.elapsed());
             }
-            AssignerMetrics::add(&metrics.partitions_reclaimed, count as u64);
             false
         });
     }

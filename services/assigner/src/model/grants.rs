@@ -58,7 +58,7 @@ impl AssignerState {
         }
         // Paused or cancelled while granted (e.g. seen at load): hand them back.
         for key in &stopped_jobs {
-            self.revoke(key, "job_stopped");
+            self.revoke(key, RevokeCause::JobStopped);
         }
         // Partitions being handed over take a place in the balance (their future owner's), so
         // the solver does not revoke more while they are in flight.
@@ -105,7 +105,7 @@ impl AssignerState {
                     *held.entry(previous).or_default() += 1;
                 }
                 // Move only to a worker that processes the job; otherwise it stays put.
-                (Some(_), Some(_)) if compatible => self.revoke(&key, "rebalance"),
+                (Some(_), Some(_)) if compatible => self.revoke(&key, RevokeCause::Rebalance),
                 (Some(previous), _) => *held.entry(previous).or_default() += 1,
                 // A hand-over in flight: its place is reserved, the grant waits for the release.
                 (None, Some(target)) if moving.contains(&key) => {
@@ -152,6 +152,7 @@ impl AssignerState {
             id: worker,
             incarnation,
         };
+        self.counters.grants += 1;
         self.transition(key, PartitionStatus::Granted, |record| {
             if record.traceparent.is_none() {
                 // Cut before this process traced (or by an older build): its trace starts now.
@@ -170,12 +171,40 @@ impl AssignerState {
     }
 
     /// Takes a granted partition off its owner's record; it stays `revoking` (still owned, same
-    /// token) until the owner releases it or its membership ends. `reason` names why (for the
-    /// partition's trace).
-    pub(super) fn revoke(&mut self, key: &PartitionKey, reason: &'static str) {
+    /// token) until the owner releases it or its membership ends. `cause` is counted and named
+    /// in the partition's trace.
+    pub(super) fn revoke(&mut self, key: &PartitionKey, cause: RevokeCause) {
         self.counters.revocations += 1;
+        if cause != RevokeCause::Rebalance {
+            self.counters.revocations_job_stopped += 1;
+        }
         self.transition(key, PartitionStatus::Revoking, |record| {
-            spans::grant_event("elk.partition.revoke", record, reason);
+            spans::grant_event("elk.partition.revoke", record, cause.reason());
         });
+    }
+}
+
+/// Why a partition is revoked (counted per cause: `rebalance` or `job_stopped`, the other three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RevokeCause {
+    /// Its owner is over quota: the balance moves it.
+    Rebalance,
+    /// Its job was paused by an admin command.
+    JobPaused,
+    /// Its job was cancelled by an admin command.
+    JobCancelled,
+    /// Its job was found paused or cancelled while the partition was granted (e.g. at load).
+    JobStopped,
+}
+
+impl RevokeCause {
+    /// The `elk.reason` of the partition's `elk.partition.revoke` span.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Rebalance => "rebalance",
+            Self::JobPaused => "job_paused",
+            Self::JobCancelled => "job_cancelled",
+            Self::JobStopped => "job_stopped",
+        }
     }
 }

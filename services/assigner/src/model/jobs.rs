@@ -3,6 +3,7 @@
 //! lookups. Refusals are typed ([`AdminRefusal`]); the leader loop persists the changes before it
 //! replies, so a reply means the change is stored.
 
+use super::grants::RevokeCause;
 use super::{AdminRefusal, AssignerState, JobCommand, PartitionKey, SpecProblem, Stored};
 use elk_protocol::admin::{IdState, MAX_PAGE};
 use elk_protocol::messages::{JobRecord, JobSpec, JobState, PartitionRecord, PartitionStatus};
@@ -94,7 +95,7 @@ impl AssignerState {
             JobState::Paused => {}
             state => return Err(invalid_state(name, state, JobCommand::Pause)),
         }
-        self.revoke_job(name, "job_paused");
+        self.revoke_job(name, RevokeCause::JobPaused);
         Ok(self.touch(name))
     }
 
@@ -114,7 +115,7 @@ impl AssignerState {
             return Err(invalid_state(name, job.state, JobCommand::Cancel));
         }
         job.state = JobState::Cancelled;
-        self.revoke_job(name, "job_cancelled");
+        self.revoke_job(name, RevokeCause::JobCancelled);
         Ok(self.touch(name))
     }
 
@@ -124,14 +125,14 @@ impl AssignerState {
     }
 
     /// Revokes every granted partition of a job (they are released, then stay pending).
-    fn revoke_job(&mut self, name: &JobName, reason: &'static str) {
+    fn revoke_job(&mut self, name: &JobName, cause: RevokeCause) {
         let granted: Vec<PartitionKey> = self
             .partitions_of(name)
             .filter(|stored| stored.value.status == PartitionStatus::Granted)
             .map(|stored| PartitionKey::of(&stored.value))
             .collect();
         for key in granted {
-            self.revoke(&key, reason);
+            self.revoke(&key, cause);
         }
     }
 

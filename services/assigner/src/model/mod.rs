@@ -33,6 +33,7 @@
 
 mod changes;
 mod gaps;
+mod gauges;
 mod grants;
 mod jobs;
 mod partitions;
@@ -45,6 +46,7 @@ mod workers;
 mod tests;
 
 pub(crate) use changes::{ChangeSet, Put, Written};
+pub(crate) use gauges::{JobGauges, ModelGauges};
 pub(crate) use plan::PlanQuestion;
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
 
@@ -150,12 +152,18 @@ pub(crate) struct Counters {
     pub gaps_repaired: u64,
     /// Overlapping partitions found or refused.
     pub overlaps_detected: u64,
+    /// Partitions granted (each grant has a fresh token).
+    pub grants: u64,
     /// Partitions taken from over-quota workers (or of stopped jobs).
     pub revocations: u64,
+    /// Of `revocations`: those of paused or cancelled jobs (the rest rebalance).
+    pub revocations_job_stopped: u64,
     /// Revokes not answered within the revoke timeout.
     pub revokes_overdue: u64,
     /// Failed attempts scheduled for a retry.
     pub retries_scheduled: u64,
+    /// Partitions parked as `failed` (attempts exhausted, or a permanent failure).
+    pub partitions_parked: u64,
     /// Completed partitions deleted below their job's low watermark.
     pub partitions_compacted: u64,
 }
@@ -198,6 +206,9 @@ pub(crate) struct AssignerState {
     delayed: BTreeMap<PartitionKey, u64>,
     /// Revoking partitions: since when (Unix ms), and whether already reported as overdue.
     revoking_since: BTreeMap<PartitionKey, (u64, bool)>,
+    /// Pending partitions (grantable or delayed): since when (Unix ms) they wait — since they
+    /// became pending, or since this term loaded them.
+    pending_since: BTreeMap<PartitionKey, u64>,
 
     /// Per job: low watermark + completed intervals + live partitions (gap detection).
     coverage: BTreeMap<JobName, elk_coverage::Coverage>,
@@ -218,6 +229,8 @@ pub(crate) struct AssignerState {
     compaction_deletes: Vec<PartitionKey>,
 
     counters: Counters,
+    /// Durations (ms) of hand-overs completed since last taken: revoke → the owner's release.
+    handovers_ms: Vec<u64>,
 }
 
 impl AssignerState {
@@ -237,6 +250,7 @@ impl AssignerState {
             pending: BTreeSet::new(),
             delayed: BTreeMap::new(),
             revoking_since: BTreeMap::new(),
+            pending_since: BTreeMap::new(),
             coverage: BTreeMap::new(),
             repairs: Vec::new(),
             awaiting_compaction: BTreeMap::new(),
@@ -247,6 +261,7 @@ impl AssignerState {
             completed_to_write: Vec::new(),
             compaction_deletes: Vec::new(),
             counters: Counters::default(),
+            handovers_ms: Vec::new(),
         }
     }
 
@@ -356,7 +371,9 @@ impl AssignerState {
             .filter(|(_, keys)| !keys.is_empty())
             .map(|(worker, keys)| (worker, keys.iter().collect::<BTreeSet<_>>()))
             .collect::<BTreeMap<_, _>>();
-        pending == self.pending
+        let waiting: BTreeSet<&PartitionKey> = pending.iter().chain(delayed.keys()).collect();
+        waiting.iter().copied().eq(self.pending_since.keys())
+            && pending == self.pending
             && delayed == self.delayed
             && revoking.iter().eq(self.revoking_since.keys())
             && granted == indexed_grants

@@ -44,14 +44,17 @@ impl AssignerState {
 
     fn index(&mut self, key: &PartitionKey, record: &PartitionRecord) {
         match record.status {
-            PartitionStatus::Pending => match record.not_before_unix_ms {
-                Some(due) => {
-                    self.delayed.insert(key.clone(), due);
+            PartitionStatus::Pending => {
+                self.pending_since.entry(key.clone()).or_insert(self.now_ms);
+                match record.not_before_unix_ms {
+                    Some(due) => {
+                        self.delayed.insert(key.clone(), due);
+                    }
+                    None => {
+                        self.pending.insert(key.clone());
+                    }
                 }
-                None => {
-                    self.pending.insert(key.clone());
-                }
-            },
+            }
             PartitionStatus::Granted => {
                 if let Some(owner) = &record.owner {
                     self.grants_by_worker
@@ -72,6 +75,10 @@ impl AssignerState {
     fn unindex(&mut self, key: &PartitionKey, record: &PartitionRecord, next: PartitionStatus) {
         self.pending.remove(key);
         self.delayed.remove(key);
+        if next != PartitionStatus::Pending {
+            // A pending partition keeps waiting from the same moment while its fields change.
+            self.pending_since.remove(key);
+        }
         if next != PartitionStatus::Revoking {
             // A revoke stays timed from its start while its checkpoints come in.
             self.revoking_since.remove(key);
@@ -141,6 +148,12 @@ impl AssignerState {
     pub(super) fn next_token(&mut self) -> PartitionLeaseToken {
         self.token_counter = (self.token_counter + 1) & 0xFFFF_FFFF;
         PartitionLeaseToken((self.epoch.get() << 32) | self.token_counter)
+    }
+
+    /// The durations (ms) of the hand-overs completed since the last call: from the revoke to the
+    /// owner's release.
+    pub(crate) fn take_handover_durations(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.handovers_ms)
     }
 
     /// Partitions being revoked (waiting for their owner's release or expiry).
@@ -263,6 +276,9 @@ impl AssignerState {
             }
             ProgressEvent::Released { last_done } => {
                 let revoked = record.status == PartitionStatus::Revoking;
+                if let Some((since, _)) = self.revoking_since.get(&key) {
+                    self.handovers_ms.push(self.now_ms.saturating_sub(*since));
+                }
                 let last_done = last_done.map(|done| done.min(range.last()));
                 self.transition(&key, PartitionStatus::Pending, |record| {
                     record.owner = None;

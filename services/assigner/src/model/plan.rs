@@ -180,6 +180,7 @@ impl AssignerState {
         if retry {
             self.counters.retries_scheduled += 1;
         } else if let Some(stored) = self.jobs.get_mut(&key.job) {
+            self.counters.partitions_parked += 1;
             stored.value.partitions_failed += 1;
             self.dirty_jobs.insert(key.job.clone());
         }

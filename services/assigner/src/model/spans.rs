@@ -1,4 +1,4 @@
-//! The assigner's side of a partition's trace (`docs/observability.md` §2). One partition's life
+//! The assigner's side of a partition's trace (`docs/observability.md` §8). One partition's life
 //! is one trace, rooted at its cut:
 //!
 //! ```text

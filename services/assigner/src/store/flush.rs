@@ -71,19 +71,23 @@ pub(crate) async fn write_changes(
     let partition_key = |key: &PartitionKey| Names::partition_key(&key.job, key.partition);
     let partitions = writer
         .put_all(
+            "partitions",
             &resources.partitions,
             partitions.into_iter().chain(completed).collect(),
             partition_key,
         )
         .await?;
     let jobs = writer
-        .put_all(&resources.jobs, jobs, |name| name.to_string())
+        .put_all("jobs", &resources.jobs, jobs, |name| name.to_string())
         .await?;
     writer.purge_all(purges).await;
     let assignments = writer
-        .put_all(&resources.assignments, assignments, |worker| {
-            worker.to_string()
-        })
+        .put_all(
+            "assignments",
+            &resources.assignments,
+            assignments,
+            |worker| worker.to_string(),
+        )
         .await?;
     let written_now: BTreeMap<&MemberId, Revision> = assignments
         .iter()
@@ -101,6 +105,7 @@ pub(crate) async fn write_changes(
             .assignments
             .delete_expect_revision(prune.worker.as_str(), Some(revision.get()))
             .await;
+        metrics.kv_writes("assignments", "delete", 1);
         match deleted {
             Ok(()) => pruned.push(prune.worker),
             // Someone else wrote it (a newer leader): leave it to them.
@@ -134,6 +139,7 @@ impl Writer<'_> {
     /// revisions.
     async fn put_all<K, V: Fenced>(
         &self,
+        bucket: &'static str,
         store: &async_nats::jetstream::kv::Store,
         puts: Vec<Put<K, V>>,
         key_name: impl Fn(&K) -> String,
@@ -154,7 +160,7 @@ impl Writer<'_> {
             .buffer_unordered(WRITE_WINDOW)
             .collect()
             .await;
-        AssignerMetrics::add(&self.metrics.kv_writes, count);
+        self.metrics.kv_writes(bucket, "put", count);
         written.into_iter().collect()
     }
 
@@ -207,7 +213,7 @@ impl Writer<'_> {
             .filter_map(std::future::ready)
             .collect()
             .await;
-        AssignerMetrics::add(&self.metrics.kv_writes, count);
+        self.metrics.kv_writes("partitions", "purge", count);
         for error in failures {
             tracing::warn!(%error, "compaction delete failed");
         }

@@ -8,11 +8,11 @@ use crate::config::WorkerConfig;
 use crate::events::{DrainCause, WorkerEvent};
 use crate::processor::ProcessResult;
 use crate::stats::StatsCounters;
+use crate::worker::Shared;
 use elk_nats::{MemberLease, Resources, new_incarnation};
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{MemberRecord, MemberRole, ProgressEvent};
 use elk_types::Incarnation;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +27,7 @@ impl Session {
     pub(crate) async fn open(
         resources: &Resources,
         config: &WorkerConfig,
-        stats: Arc<StatsCounters>,
+        shared: &Shared,
     ) -> Result<Session, WorkerError> {
         let record = MemberRecord {
             schema: SCHEMA_VERSION,
@@ -40,11 +40,12 @@ impl Session {
         };
         let lease =
             MemberLease::join(resources, config.id.clone(), record, config.member_ttl).await?;
+        shared.metrics.status.joined(&lease);
         let feed = AssignmentFeed::open(
             resources.assignments.clone(),
             config.id.to_string(),
             config.assignment_resync,
-            stats,
+            shared.stats.clone(),
         )
         .await;
         match feed {
@@ -120,14 +121,14 @@ impl Supervisor {
         self.queue.clear();
         self.finished.clear();
         self.last_applied = None;
+        self.update_gauges();
     }
 
     /// Re-joins with a new incarnation, retrying until it works or the worker shuts down.
     pub(super) async fn rejoin(&mut self) -> Option<Session> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let stats = self.shared.stats.clone();
-            match Session::open(&self.resources, &self.config, stats).await {
+            match Session::open(&self.resources, &self.config, &self.shared).await {
                 Ok(session) => return Some(session),
                 Err(error) => tracing::warn!(%error, "re-join failed; retrying"),
             }

@@ -5,6 +5,7 @@
 mod admin;
 mod changes;
 mod decisions;
+mod gauges;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;

@@ -1,0 +1,98 @@
+//! The scaler's metrics (Prometheus, `docs/observability.md`): what the leader last computed —
+//! desired and live workers, the backlog — exported only while this replica leads (a follower's
+//! stale numbers would otherwise add up with the leader's), and the writes of `fleet/desired`.
+
+use elk_protocol::messages::DesiredWorkers;
+use elk_runtime::BoundAddress;
+use elk_runtime::prometheus_client::collector::Collector;
+use elk_runtime::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use elk_runtime::prometheus_client::metrics::counter::Counter;
+use elk_runtime::prometheus_client::metrics::gauge::ConstGauge;
+use elk_runtime::prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+
+/// What a scaler replica exports. Share it with `Arc`.
+#[derive(Debug, Default)]
+pub struct ScalerMetrics {
+    /// Where the replica serves `/metrics` once bound (`metrics_listen`).
+    pub endpoint: BoundAddress,
+    /// Writes of `fleet/desired` (the desired count or its inputs changed).
+    pub desired_writes: Counter,
+    computed: Arc<Mutex<Option<DesiredWorkers>>>,
+}
+
+impl ScalerMetrics {
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "elk_scaler_desired_writes",
+            "Writes of fleet/desired by this replica",
+            self.desired_writes.clone(),
+        );
+        registry.register_collector(Box::new(Computed(self.computed.clone())));
+    }
+
+    /// The leader computed `desired` (exported until [`ScalerMetrics::not_leading`]).
+    pub(crate) fn computed(&self, desired: &DesiredWorkers) {
+        *self.lock() = Some(desired.clone());
+    }
+
+    /// The term ended: this replica's numbers are no longer current.
+    pub(crate) fn not_leading(&self) {
+        *self.lock() = None;
+    }
+
+    /// What the leader computed last, while it leads (tests).
+    pub fn last_computed(&self) -> Option<DesiredWorkers> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<DesiredWorkers>> {
+        self.computed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+struct Computed(Arc<Mutex<Option<DesiredWorkers>>>);
+
+impl Collector for Computed {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(desired) = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        else {
+            return Ok(());
+        };
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "elk_scaler_desired_workers",
+                "Desired worker count the scaler leader computed (clamped to min/max workers).",
+                u64::from(desired.desired),
+            ),
+            (
+                "elk_scaler_live_workers",
+                "Live workers in the membership view, as the scaler leader saw them.",
+                u64::from(desired.live_workers),
+            ),
+            (
+                "elk_scaler_backlog_ids",
+                "IDs of active jobs not yet processed (known IDs of open-ended jobs).",
+                desired.backlog_ids,
+            ),
+            (
+                "elk_scaler_backlog_partitions",
+                "Partitions of active jobs not yet completed, including those still to be cut.",
+                desired.backlog_partitions,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
