@@ -1,7 +1,7 @@
 //! Fixtures for scenario tests over real NATS: an in-process control plane (election, assigner,
-//! scaler) on a private nats-server, workers with a recording processor, and helpers to create
-//! jobs and wait for them; components as processes of their own ([`nodes`]). The scenarios live
-//! in `tests/`.
+//! scaler) on a private nats-server (on the test backend `ELK_TEST_BACKEND` picks) or a private
+//! JetStream cluster, workers with a recording processor, and helpers to create jobs and wait
+//! for them; components as processes of their own ([`nodes`]). The scenarios live in `tests/`.
 
 pub mod nodes;
 
@@ -12,7 +12,7 @@ use elk_protocol::decode;
 use elk_protocol::messages::{JobRecord, JobSpec, JobState};
 use elk_protocol::names::Names;
 use elk_runtime::ServiceCommon;
-use elk_testkit::{NatsServer, wait_until};
+use elk_testkit::{NatsCluster, NatsServer, wait_until};
 use elk_types::{IdRange, JobName, MemberId, Namespace};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker, WorkerHandle};
 use std::sync::Arc;
@@ -65,9 +65,57 @@ impl ServiceHandle {
     }
 }
 
-/// A private nats-server plus the namespace's resources.
+/// The NATS a [`Stack`] runs on.
+pub enum StackServer {
+    /// One server, on the test backend (a process or a container).
+    Single(NatsServer),
+    /// A JetStream cluster of server processes.
+    Cluster(NatsCluster),
+}
+
+impl StackServer {
+    /// What clients are given: the server's URL, or every node's URL comma-separated.
+    pub fn url(&self) -> &str {
+        match self {
+            StackServer::Single(server) => server.url(),
+            StackServer::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// Kills the single server and starts it again on the same port and store.
+    ///
+    /// # Panics
+    /// On a cluster stack, whose nodes restart one at a time ([`StackServer::cluster_mut`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        match self {
+            StackServer::Single(server) => Ok(server.restart()?),
+            StackServer::Cluster(_) => panic!("a cluster stack restarts one node at a time"),
+        }
+    }
+
+    /// The store of a single server process (see [`NatsServer::store_dir`]).
+    pub fn store_dir(&self) -> Option<std::path::PathBuf> {
+        match self {
+            StackServer::Single(server) => server.store_dir(),
+            StackServer::Cluster(_) => None,
+        }
+    }
+
+    /// The cluster of a cluster stack.
+    ///
+    /// # Panics
+    /// On a single-server stack.
+    pub fn cluster_mut(&mut self) -> &mut NatsCluster {
+        match self {
+            StackServer::Cluster(cluster) => cluster,
+            StackServer::Single(_) => panic!("this stack runs on a single server"),
+        }
+    }
+}
+
+/// A private nats-server (or cluster) plus the namespace's resources.
 pub struct Stack {
-    pub server: NatsServer,
+    pub server: StackServer,
     pub namespace: Namespace,
     pub resources: Resources,
     /// Member TTL (and election lease TTL) of every service replica and worker this stack starts:
@@ -76,25 +124,44 @@ pub struct Stack {
     /// Replicas and workers started from now on serve metrics and probes on a free port
     /// ([`Stack::with_endpoints`]), and assigners the HTTP API.
     pub endpoints: bool,
+    /// The `replicas` setting of every service replica this stack starts (`None`: unset).
+    pub replicas: Option<usize>,
 }
 
 impl Stack {
+    /// A stack on one server, started on the backend `ELK_TEST_BACKEND` picks.
     pub async fn new() -> anyhow::Result<Self> {
-        let server = NatsServer::builder().start()?;
+        Self::on(StackServer::Single(NatsServer::builder().start()?), None).await
+    }
+
+    /// A stack on `server` (e.g. one with `sync_always`).
+    pub async fn on_server(server: NatsServer) -> anyhow::Result<Self> {
+        Self::on(StackServer::Single(server), None).await
+    }
+
+    /// A stack on `cluster` whose buckets and stream have one replica per server: provisioned
+    /// so, and the services are configured so (`replicas`).
+    pub async fn on_cluster(cluster: NatsCluster) -> anyhow::Result<Self> {
+        let replicas = cluster.size();
+        Self::on(StackServer::Cluster(cluster), Some(replicas)).await
+    }
+
+    async fn on(server: StackServer, replicas: Option<usize>) -> anyhow::Result<Self> {
         let namespace = Namespace::new("it")?;
         let client = elk_nats::connect(&NatsConfig::new(server.url(), "integration-test")).await?;
-        let resources = elk_nats::provision(
-            client,
-            Names::new(namespace.clone()),
-            &ProvisionConfig::default(),
-        )
-        .await?;
+        let provisioning = ProvisionConfig {
+            replicas,
+            ..ProvisionConfig::default()
+        };
+        let resources =
+            elk_nats::provision(client, Names::new(namespace.clone()), &provisioning).await?;
         Ok(Self {
             server,
             namespace,
             resources,
             member_ttl: TEST_MEMBER_TTL,
             endpoints: false,
+            replicas,
         })
     }
 
@@ -124,6 +191,10 @@ impl Stack {
             MemberId::new(id).expect("valid id"),
         )
         .with_member_ttl(self.member_ttl);
+        let common = match self.replicas {
+            Some(replicas) => common.with_replicas(replicas),
+            None => common,
+        };
         if self.endpoints {
             common.with_metrics_listen(LOOPBACK_ANY_PORT)
         } else {
@@ -326,6 +397,15 @@ impl Ledger {
         self.processed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many IDs the ledger's range has.
+    pub fn len(&self) -> u64 {
+        self.counts.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
     /// First ID of the ledger's range.
     pub fn first(&self) -> u64 {
         self.first
@@ -411,9 +491,9 @@ impl Processor for RecordingProcessor {
     }
 }
 
-/// Checks invariants 1, 2, 3 and 5 of ARCHITECTURE §6 for `job` after it completed: every ID
-/// processed, no overlap, no acknowledged checkpoint lost, repetition only after crashes and only
-/// beyond the last checkpoint.
+/// Checks invariants 1–5 of ARCHITECTURE §6 for `job` after it completed: every ID processed,
+/// no overlap, no acknowledged checkpoint lost, no grant taking effect under an older epoch once
+/// a newer one did, repetition only after crashes and only beyond the last checkpoint.
 pub async fn assert_invariants(
     auditor: &elk_testkit::OwnershipAuditor,
     job: &str,
@@ -424,6 +504,7 @@ pub async fn assert_invariants(
     elk_testkit::assert_full_coverage(ledger.first(), &counts);
     report.assert_no_overlap();
     report.assert_durable_progress();
+    report.assert_fencing();
     let job = JobName::new(job).expect("valid job name");
     report.assert_bounded_repetition(&job, ledger.first(), &counts);
 }

@@ -51,6 +51,17 @@ impl NatsConfig {
         }
     }
 
+    /// The server URLs of [`NatsConfig::url`] (split at commas, blanks dropped): the client
+    /// tries them in turn and fails over between them, so a cluster stays reachable while any
+    /// of the given servers is up.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// This config with `name` as the connection name unless one is set already.
     pub fn named_if_unset(mut self, name: impl Into<String>) -> Self {
         if self.name.is_none() {
@@ -107,7 +118,7 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsErro
             )
         })?;
     }
-    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(&config.url))
+    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(config.urls()))
         .await
         .map_err(|elapsed| NatsError::connect(&config.url, elapsed))?
         .map_err(|error| NatsError::connect(&config.url, error))?;
@@ -146,6 +157,16 @@ mod tests {
         assert!(text.contains("2.9.10") && text.contains("2.11.0"), "{text}");
         assert!(check_server_version("nats://x", "2.11.0", true).is_ok());
         assert!(check_server_version("nats://x", "", true).is_err());
+    }
+
+    #[test]
+    fn several_urls_are_split_at_commas() {
+        let config = NatsConfig::new("nats://a:4222, nats://b:4222,,nats://c:4222 ", "x");
+        assert_eq!(
+            config.urls(),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(NatsConfig::default().urls(), [DEFAULT_NATS_URL]);
     }
 
     #[test]

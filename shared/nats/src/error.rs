@@ -55,6 +55,19 @@ pub enum NatsError {
         #[source]
         source: BoxError,
     },
+    /// JetStream cannot keep `replicas` copies of a resource: the server is not clustered, or
+    /// the cluster has fewer servers able to hold one.
+    #[error(
+        "cannot provision {resource} with {replicas} replicas: {reason}; set `replicas` \
+         (ELK_REPLICAS) to at most the number of JetStream servers (1 for a single server)"
+    )]
+    Replicas {
+        resource: String,
+        replicas: usize,
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("{operation} on {bucket}/{key} failed: {source}")]
     Kv {
         operation: &'static str,
@@ -146,6 +159,8 @@ impl NatsError {
             NatsError::ServerTooOld { .. } | NatsError::JetStreamDisabled { .. } => {
                 NatsErrorKind::Incompatible
             }
+            // A replica count the cluster cannot hold is a configuration to change, not to retry.
+            NatsError::Replicas { .. } => NatsErrorKind::Refused,
             NatsError::Connect { kind, .. }
             | NatsError::Provision { kind, .. }
             | NatsError::Kv { kind, .. }
@@ -241,6 +256,14 @@ fn classify_one(error: &(dyn StdError + 'static)) -> Option<NatsErrorKind> {
             K::InvalidStoreName | K::TooLongHistory | K::LimitMarkersNotSupported => Some(Refused),
             // The cause is in the source (an account or stream error).
             K::JetStream | K::BucketCreate => None,
+        };
+    }
+    if let Some(error) = error.downcast_ref::<context::GetStreamError>() {
+        use context::GetStreamErrorKind as K;
+        return match error.kind() {
+            K::Request => Some(Unavailable),
+            K::JetStream(api) => Some(api_error_kind(&api)),
+            K::EmptyName | K::InvalidStreamName => Some(Refused),
         };
     }
     if let Some(error) = error.downcast_ref::<stream::ConsumerError>() {

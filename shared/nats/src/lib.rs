@@ -10,6 +10,7 @@ mod follow;
 mod kv;
 pub mod membership;
 mod provision;
+mod replicas;
 pub mod role;
 mod status;
 pub mod trace;
@@ -25,5 +26,6 @@ pub use membership::{
     JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
 };
 pub use provision::{ProvisionConfig, Resources, provision};
+pub use replicas::MAX_REPLICAS;
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};
 pub use status::{RenewalObserver, ReplicaStatus};

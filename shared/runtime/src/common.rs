@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
 /// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT`,
-/// `ELK_METRICS_LISTEN` in the environment; short forms listed in `config::ENV_SHORT_FORMS`).
+/// `ELK_METRICS_LISTEN`, `ELK_REPLICAS` in the environment; short forms listed in
+/// `config::ENV_SHORT_FORMS`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCommon {
@@ -39,6 +40,12 @@ pub struct ServiceCommon {
     /// `ELK_METRICS_LISTEN`); nothing is served when unset. See `crate::metrics_http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// How many NATS servers keep a copy of every bucket and of the progress stream (JetStream
+    /// replicas, 1 to 5): 1 on a single server, 3 on a cluster of 3. Set, the replica creates
+    /// missing resources with it and changes existing ones to it; unset, existing resources keep
+    /// theirs and missing ones get 1. More than the cluster's servers is refused at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 /// Member TTL of a service replica unless configured.
@@ -56,6 +63,7 @@ impl ServiceCommon {
             log_format: LogFormat::default(),
             tracing: TracingConfig::default(),
             metrics_listen: None,
+            replicas: None,
         }
     }
 
@@ -69,6 +77,7 @@ impl ServiceCommon {
             log_format: LogFormat::default(),
             tracing: TracingConfig::default(),
             metrics_listen: None,
+            replicas: None,
         }
     }
 
@@ -83,6 +92,12 @@ impl ServiceCommon {
         self
     }
 
+    /// Provisions every bucket and stream with `replicas` copies.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
     /// The NATS connection of `service` (`elk-assigner`...), named `<service>/<member id>`
     /// unless the config names it.
     pub fn connection(&self, service: &str) -> NatsConfig {
@@ -92,11 +107,15 @@ impl ServiceCommon {
     }
 
     /// Connects to NATS as `<service>/<member id>` (refusing servers ELK cannot run on) and
-    /// provisions the namespace's buckets and stream.
+    /// provisions the namespace's buckets and stream with the configured replicas.
     pub async fn open(&self, service: &str) -> Result<elk_nats::Resources, elk_nats::NatsError> {
         let client = elk_nats::connect(&self.connection(service)).await?;
         let names = elk_protocol::names::Names::new(self.namespace.clone());
-        elk_nats::provision(client, names, &elk_nats::ProvisionConfig::default()).await
+        let provisioning = elk_nats::ProvisionConfig {
+            replicas: self.replicas,
+            ..elk_nats::ProvisionConfig::default()
+        };
+        elk_nats::provision(client, names, &provisioning).await
     }
 
     /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
@@ -137,6 +156,14 @@ impl ServiceCommon {
             .map_err(|error| ConfigError::invalid(error.to_string()))?;
         if let Some(address) = &self.metrics_listen {
             crate::metrics_http::validate_listen_address("service.metrics_listen", address)?;
+        }
+        if let Some(replicas) = self.replicas
+            && !(1..=elk_nats::MAX_REPLICAS).contains(&replicas)
+        {
+            return Err(ConfigError::invalid(format!(
+                "service.replicas must be between 1 and {}, got {replicas}",
+                elk_nats::MAX_REPLICAS
+            )));
         }
         Ok(())
     }
@@ -227,6 +254,64 @@ mod tests {
         common.metrics_listen = Some("9464".to_owned());
         let error = common.validate().unwrap_err().to_string();
         assert!(error.contains("service.metrics_listen"), "{error}");
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct EchoSettings {
+        volume: u32,
+    }
+
+    crate::service_config! {
+        /// A service config as every service declares one.
+        pub struct EchoConfig { echo: EchoSettings }
+    }
+
+    impl crate::Validate for EchoConfig {
+        fn validate(&self) -> Result<(), ConfigError> {
+            self.service.validate()
+        }
+    }
+
+    #[test]
+    fn replicas_come_from_elk_replicas_or_the_file_and_are_checked() {
+        let load = |variables: &[(&str, &str)], file: Option<&std::path::Path>| {
+            let variables = variables
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()));
+            let no_flags = std::collections::BTreeMap::<String, String>::new();
+            crate::config::load_config_from::<EchoConfig>(file, variables, no_flags)
+        };
+        assert_eq!(load(&[], None).unwrap().service.replicas, None);
+        let from_env = load(&[("ELK_REPLICAS", "3")], None).unwrap();
+        assert_eq!(from_env.service.replicas, Some(3));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echo.toml");
+        std::fs::write(&path, "[service]\nreplicas = 1\n").unwrap();
+        assert_eq!(load(&[], Some(&path)).unwrap().service.replicas, Some(1));
+        let error = load(&[("ELK_REPLICAS", "7")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("service.replicas"), "{error}");
+        // The effective configuration prints the setting only when it is set.
+        let printed = toml::to_string(&from_env).unwrap();
+        assert!(printed.contains("replicas = 3"), "{printed}");
+        assert!(
+            !toml::to_string(&load(&[], None).unwrap())
+                .unwrap()
+                .contains("replicas")
+        );
+    }
+
+    #[test]
+    fn replicas_are_one_to_five_when_set() {
+        let common = ServiceCommon::defaults("assigner");
+        assert_eq!(common.replicas, None, "unset by default: keep what exists");
+        assert!(common.clone().with_replicas(3).validate().is_ok());
+        for wrong in [0, 6] {
+            let error = common.clone().with_replicas(wrong).validate().unwrap_err();
+            assert!(error.to_string().contains("service.replicas"), "{error}");
+        }
     }
 
     #[test]

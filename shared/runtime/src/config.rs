@@ -10,7 +10,7 @@
 //!
 //! | variable | key |
 //! |---|---|
-//! | `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT`, `ELK_METRICS_LISTEN` | short forms of `service.nats.url`, `service.namespace`, `service.member_id`, `service.member_ttl`, `service.log_format`, `service.metrics_listen` |
+//! | `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT`, `ELK_METRICS_LISTEN`, `ELK_REPLICAS` | short forms of `service.nats.url`, `service.namespace`, `service.member_id`, `service.member_ttl`, `service.log_format`, `service.metrics_listen`, `service.replicas` |
 //! | `ELK_SERVICE__<KEY>` (e.g. `ELK_SERVICE__NATS__URL`) | `service.<key>` |
 //! | `ELK_NATS__<KEY>` (e.g. `ELK_NATS__CREDENTIALS_FILE`) | `service.nats.<key>` |
 //! | `ELK_<SECTION>__<KEY>` (e.g. `ELK_ASSIGNER__TICK`) | `<section>.<key>` of that service only |
@@ -147,6 +147,7 @@ pub const ENV_SHORT_FORMS: &[(&str, &str)] = &[
     ("member_ttl", "service.member_ttl"),
     ("log_format", "service.log_format"),
     ("metrics_listen", "service.metrics_listen"),
+    ("replicas", "service.replicas"),
 ];
 
 /// Prefix of every variable the loader reads.
@@ -363,6 +364,7 @@ mod tests {
         assert_eq!(key("NATS_URL").unwrap(), "service.nats.url");
         assert_eq!(key("MEMBER_TTL").unwrap(), "service.member_ttl");
         assert_eq!(key("METRICS_LISTEN").unwrap(), "service.metrics_listen");
+        assert_eq!(key("REPLICAS").unwrap(), "service.replicas");
         assert_eq!(key("SERVICE__NATS__URL").unwrap(), "service.nats.url");
         assert_eq!(
             key("NATS__CREDENTIALS_FILE").unwrap(),

@@ -1,11 +1,16 @@
 //! Test fixtures for ELK Coordinator: a real `nats-server` per test, condition polling, fault
 //! injection and invariant checks.
 //!
-//! * [`NatsServer`] (re-exported from `elk-nats-server`) starts `nats-server` (from
-//!   `NATS_SERVER_BIN`, else `PATH`) on a random loopback port with a temporary store, and kills
-//!   it and removes the store when dropped; `stop` and `restart` (same port, same store) simulate
-//!   a NATS outage. A missing or too old binary is an error that says how to install one, never a
-//!   silent skip.
+//! * [`NatsServer`] starts a nats-server for one test on a random loopback port with a private
+//!   JetStream store, and stops it and removes the store when dropped; `stop` (SIGKILL) and
+//!   `restart` (same port, same store) simulate a crash and an outage. The backend comes from
+//!   `ELK_TEST_BACKEND` ([`Backend`]): a child process (`NATS_SERVER_BIN`, else `PATH`; the
+//!   default), or with `testcontainers` the project's nats-server image in a container through
+//!   the `testcontainers` crate (feature `testcontainers`, on Docker or podman's socket; see
+//!   [`container`]). A missing binary, engine or image is an error that says how to get one,
+//!   never a silent skip.
+//! * [`NatsCluster`] (re-exported from `elk-nats-server`) starts a JetStream cluster of server
+//!   processes on loopback whose nodes can be killed and restarted one by one.
 //! * [`wait_until`] polls an async condition until it holds or a deadline passes; tests never
 //!   sleep to wait.
 //! * [`TcpProxy`] sits between a client and the server so a test can cut the client off (a
@@ -15,14 +20,18 @@
 //!   helpers check a per-ID processing counter (invariant 1).
 
 pub mod auditor;
+#[cfg(feature = "testcontainers")]
+pub mod container;
 pub mod coverage;
 mod proxy;
+mod server;
 mod wait;
 
 pub use auditor::{AuditReport, AuditorError, OwnershipAuditor};
 pub use coverage::{CoverageReport, IdSummary, assert_exact_coverage, assert_full_coverage};
 pub use elk_nats_server::{
-    NatsServer, NatsServerBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
+    NatsCluster, NatsClusterBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
 };
 pub use proxy::TcpProxy;
+pub use server::{BACKEND_ENV, Backend, NatsServer, NatsServerBuilder, TestServerError};
 pub use wait::{TimedOut, wait_until};

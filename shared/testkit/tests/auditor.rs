@@ -84,10 +84,21 @@ impl Fixture {
     }
 
     async fn assign(&self, worker: &str, incarnation: u64, seq: u64, grants: Vec<Grant>) {
+        self.assign_under(1, worker, incarnation, seq, grants).await;
+    }
+
+    async fn assign_under(
+        &self,
+        epoch: u64,
+        worker: &str,
+        incarnation: u64,
+        seq: u64,
+        grants: Vec<Grant>,
+    ) {
         let record = AssignmentRecord {
             schema: SCHEMA_VERSION,
             incarnation: Incarnation(incarnation),
-            epoch: Epoch(1),
+            epoch: Epoch(epoch),
             seq: ViewSeq(seq),
             grants,
             drain: false,
@@ -228,6 +239,38 @@ async fn a_grant_while_the_owner_still_holds_is_an_overlap() {
         text.contains("job backfill partition 1 held twice")
             && text.contains("w-a")
             && text.contains("w-b"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_grant_under_an_older_epoch_after_a_newer_one_breaks_fencing() {
+    let f = Fixture::new().await;
+    f.join("w-a", 1).await;
+    f.join("w-b", 2).await;
+    f.join("w-c", 3).await;
+    f.assign_under(1, "w-a", 1, 1, vec![grant(1, 10, 1)]).await;
+    f.assign_under(2, "w-b", 2, 1, vec![grant(2, 20, 1001)])
+        .await;
+    let clean = f.check().await;
+    assert!(clean.stale_epoch_holds().is_empty(), "{clean}");
+    clean.assert_fencing();
+
+    // A deposed leader's late write: w-c never saw epoch 2, so it would apply it.
+    f.assign_under(1, "w-c", 3, 1, vec![grant(3, 11, 2001)])
+        .await;
+    let report = f.check().await;
+    let stale = report.stale_epoch_holds();
+    assert_eq!(stale.len(), 1, "{report}");
+    assert_eq!(stale[0].0.holder.worker.as_str(), "w-c");
+    assert_eq!(stale[0].1.holder.worker.as_str(), "w-b");
+    let payload = std::panic::catch_unwind(|| report.assert_fencing()).unwrap_err();
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        text.contains("invariant 4") && text.contains("w-c"),
         "{text}"
     );
 }

@@ -1,13 +1,19 @@
 //! `NatsServer::restart` keeps the port and the JetStream store: a KV value written before the
-//! restart is read back after it, by the same (reconnected) client.
+//! restart is read back after it, by the same (reconnected) client. Runs on the backend
+//! `ELK_TEST_BACKEND` picks (a process, or a container).
 
 use elk_nats::NatsConfig;
-use elk_testkit::{NatsServer, wait_until};
+use elk_testkit::{Backend, NatsServer, wait_until};
 use std::time::Duration;
 
 #[tokio::test]
 async fn restart_keeps_port_and_jetstream_data() {
     let mut server = NatsServer::start();
+    assert_eq!(
+        server.backend(),
+        Backend::from_env().unwrap(),
+        "the backend asked for"
+    );
     let port = server.port();
     let client = elk_nats::connect(&NatsConfig::new(server.url(), "restart-test"))
         .await
@@ -22,7 +28,12 @@ async fn restart_keeps_port_and_jetstream_data() {
         .await
         .unwrap();
     store.put("key", "before".into()).await.unwrap();
-    assert!(server.store_dir().exists());
+    if let Some(store) = server.store_dir() {
+        assert!(
+            store.exists(),
+            "a server process keeps its store in {store:?}"
+        );
+    }
 
     server.stop();
     assert!(!server.is_running());

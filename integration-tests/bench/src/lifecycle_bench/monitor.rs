@@ -46,7 +46,10 @@ pub(crate) async fn run_job(
     metrics: &elk_assigner::AssignerMetrics,
     partitions: u64,
 ) -> anyhow::Result<JobRun> {
-    let nats_pid = find_nats_server(&stack.server.store_dir());
+    let nats_pid = stack
+        .server
+        .store_dir()
+        .and_then(|store| find_nats_server(&store));
     if nats_pid.is_none() {
         eprintln!("  (nats-server process not found: its CPU reads 0)");
     }

@@ -16,6 +16,19 @@ use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
 use elk_types::{IdRange, JobName};
 use std::collections::BTreeMap;
 
+/// How many IDs `coverage` holds as completed: those up to the low watermark and the completed
+/// intervals above it.
+fn completed_ids(coverage: &mut Coverage) -> u64 {
+    let below = coverage
+        .low_watermark()
+        .map_or(0, |low| low - coverage.start() + 1);
+    below
+        + coverage
+            .completed_ranges()
+            .map(|range| range.len())
+            .sum::<u64>()
+}
+
 impl AssignerState {
     fn coverage_of(&mut self, job: &JobName) -> Option<&mut Coverage> {
         let record = &self.jobs.get(job)?.value;
@@ -83,9 +96,12 @@ impl AssignerState {
         }
         let names: Vec<JobName> = self.jobs.keys().cloned().collect();
         for name in &names {
-            // A deleted partition key leaves the job's counters ahead of KV: follow KV, so the
-            // job completes once what exists (and the repairs) is done.
+            // A deleted partition key leaves the job's counters ahead of KV, and a partition
+            // completed in KV whose job record write failed (a NATS failover between the two
+            // writes) leaves them behind: follow KV, so the job completes once what exists (and
+            // the repairs) is done, with the IDs its coverage holds.
             let (in_kv, completed_in_kv) = counts.get(name).copied().unwrap_or_default();
+            let ids_completed = self.coverage_of(name).map(completed_ids);
             let job = &mut self.jobs.get_mut(name).expect("listed").value;
             if job.state == JobState::Cancelled {
                 // Its partitions are being deleted on purpose: the counters keep the history.
@@ -97,6 +113,9 @@ impl AssignerState {
                 tracing::warn!(job = %name, recorded_total = job.partitions_total, total, completed, "job counters disagree with the partitions bucket: corrected");
                 job.partitions_total = total;
                 job.partitions_completed = completed;
+                if let Some(ids) = ids_completed {
+                    job.ids_completed = ids;
+                }
                 self.dirty_jobs.insert(name.clone());
             }
         }

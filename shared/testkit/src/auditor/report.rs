@@ -235,6 +235,49 @@ impl AuditReport {
         );
     }
 
+    /// Holds that started under an older epoch than one a hold had started under before them:
+    /// each with the newest hold before it.
+    pub fn stale_epoch_holds(&self) -> Vec<(&Hold, &Hold)> {
+        let mut newest: Option<&Hold> = None;
+        let mut stale = Vec::new();
+        for hold in &self.holds {
+            match newest {
+                Some(top) if hold.epoch < top.epoch => stale.push((hold, top)),
+                Some(top) if hold.epoch == top.epoch => {}
+                _ => newest = Some(hold),
+            }
+        }
+        stale
+    }
+
+    /// Panics if a grant took effect under an older epoch after one had taken effect under a
+    /// newer epoch (invariant 4, fencing: nothing written under an older epoch takes effect once
+    /// a newer one exists). Holds are in start (server time) order, so their epochs must never
+    /// go down.
+    pub fn assert_fencing(&self) {
+        let stale = self.stale_epoch_holds();
+        if stale.is_empty() {
+            return;
+        }
+        let details: Vec<String> = stale
+            .iter()
+            .take(10)
+            .map(|(hold, newer)| {
+                format!(
+                    "  - {}
+    after {}",
+                    self.describe_hold(hold),
+                    self.describe_hold(newer)
+                )
+            })
+            .collect();
+        panic!(
+            "fencing violated (invariant 4): {} grants took effect under an older epoch\n{}",
+            stale.len(),
+            details.join("\n")
+        );
+    }
+
     /// Panics if a new grant resumed at or before a durable checkpoint (invariant 3).
     pub fn assert_durable_progress(&self) {
         if self.lost_checkpoints.is_empty() {

@@ -274,6 +274,38 @@ fn the_audit_at_load_repairs_a_deleted_partition() {
 }
 
 #[test]
+fn a_completion_stored_without_its_job_record_is_counted_at_load() {
+    // Partitions 1 and 2 completed in KV, but the job record written after them was lost (a
+    // NATS failover between the two writes): it still counts partition 1 only.
+    let mut job = fixed_job(IdRange::new(1, 3_000).unwrap(), 1_000);
+    job.cursor = 3_001;
+    job.next_partition = PartitionId(4);
+    job.partitions_total = 3;
+    job.partitions_completed = 1;
+    job.ids_completed = 1_000;
+    let partitions = [
+        (1, PartitionStatus::Completed),
+        (2, PartitionStatus::Completed),
+        (3, PartitionStatus::Pending),
+    ]
+    .into_iter()
+    .map(|(id, status)| {
+        let range = IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap();
+        (partition_record(id, range, status), Revision(id))
+    })
+    .collect();
+    let state = loaded(Snapshot {
+        jobs: vec![(job, Revision(1))],
+        partitions,
+        ..Snapshot::default()
+    });
+    let job = &state.jobs[&job_name()].value;
+    assert_eq!((job.partitions_total, job.partitions_completed), (3, 2));
+    assert_eq!(job.ids_completed, 2_000, "the IDs follow the partitions");
+    assert_eq!(state.counters().gaps_detected, 0);
+}
+
+#[test]
 fn overlapping_partitions_are_reported_never_created_twice() {
     let mut job = fixed_job(IdRange::new(1, 2_000).unwrap(), 1_000);
     job.cursor = 2_001;
