@@ -1,7 +1,9 @@
 //! Fixtures for scenario tests over real NATS: an in-process control plane (election, assigner,
 //! scaler) on a private nats-server (on the test backend `ELK_TEST_BACKEND` picks) or a private
 //! JetStream cluster, workers with a recording processor, and helpers to create jobs and wait
-//! for them. The scenarios live in `tests/`.
+//! for them; components as processes of their own ([`nodes`]). The scenarios live in `tests/`.
+
+pub mod nodes;
 
 pub mod secure;
 

@@ -209,6 +209,7 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
         range: IdRange::new(19_001, 20_000).unwrap(),
         resume_from: 19_001,
         token: zombie_token,
+        traceparent: None,
     };
     let record = AssignmentRecord {
         schema: SCHEMA_VERSION,

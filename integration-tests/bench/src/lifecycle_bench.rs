@@ -15,12 +15,18 @@
 //!
 //! The assigner runs on its own tokio runtime (threads named `elk-assigner-*`) so its CPU can be
 //! told apart from the workers'; that mirrors a separate assigner process.
+//!
+//! Telemetry is set up as in a service (`elk_runtime::telemetry`, `service.name` `elk-bench`):
+//! traces are exported when the standard `OTEL_EXPORTER_OTLP_*` variables say so. With
+//! `--trace-sampling`, `throughput` runs each variant in a child process and prints them side by
+//! side (`trace_overhead.rs`).
 
 mod compaction;
 mod cpu;
 mod kv_ceiling;
 mod monitor;
 mod throughput;
+mod trace_overhead;
 
 use anyhow::Context;
 use elk_integration_tests::{ServiceHandle, Stack};
@@ -92,6 +98,14 @@ pub struct LifecycleArgs {
     /// Smoke run: small sizes, a few seconds per scenario.
     #[arg(long)]
     quick: bool,
+    /// `throughput` with tracing `off` and at these parent-based sampling ratios (repeatable,
+    /// e.g. `--trace-sampling off --trace-sampling 0.01 --trace-sampling 1`): each run of each
+    /// variant in a child process exporting to an OTLP receiver in this one, interleaved.
+    #[arg(long = "trace-sampling", value_name = "off|RATIO", value_parser = trace_overhead::Variant::parse)]
+    trace_sampling: Vec<trace_overhead::Variant>,
+    /// OTLP transport of `--trace-sampling`: grpc or http/protobuf.
+    #[arg(long, default_value = "grpc")]
+    trace_protocol: String,
 }
 
 /// What the scenarios need to know.
@@ -106,7 +120,6 @@ pub(crate) struct Settings {
 }
 
 pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
-    init_logging();
     let quick = arguments.quick;
     let settings = Settings {
         throughput_workers: if !arguments.workers.is_empty() {
@@ -141,6 +154,10 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    let tracing_config = elk_runtime::TracingConfig::default();
+    let mut options = elk_runtime::TelemetryOptions::new("elk-bench", &tracing_config);
+    options.default_log_filter = "error,async_nats=off";
+    let telemetry = runtime.block_on(async { elk_runtime::telemetry::init(options) })?;
     // A runtime of its own for the assigner, as if it were its own process on this machine.
     let assigner_runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name(cpu::ASSIGNER_THREAD)
@@ -153,6 +170,11 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
         let outcome = runtime.block_on(async {
             match scenario {
                 Scenario::Compaction => compaction::run(&settings, assigner_runtime.handle()).await,
+                Scenario::Throughput if !arguments.trace_sampling.is_empty() => {
+                    let (variants, protocol) =
+                        (&arguments.trace_sampling, &arguments.trace_protocol);
+                    trace_overhead::run(&settings, variants, protocol).await
+                }
                 Scenario::Throughput => throughput::run(&settings, assigner_runtime.handle()).await,
                 Scenario::KvCeiling => {
                     kv_ceiling::run(&settings).await?;
@@ -166,18 +188,10 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
         }
     }
     assigner_runtime.shutdown_timeout(Duration::from_secs(1));
+    runtime.block_on(telemetry.shutdown());
     runtime.shutdown_timeout(Duration::from_secs(1));
     anyhow::ensure!(failed.is_empty(), "scenarios failed: {failed:?}");
     Ok(())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,async_nats=off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Prints one JSON line on stdout.

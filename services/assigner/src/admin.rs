@@ -10,10 +10,13 @@ use elk_protocol::admin::{
 };
 use elk_protocol::decode;
 
+/// Handles one encoded request; `traceparent` is the (sampled) span handling it, which a created
+/// job records so that its partitions' traces link to it.
 pub(crate) fn handle(
     state: &mut AssignerState,
     metrics: &AssignerMetrics,
     payload: &[u8],
+    traceparent: Option<String>,
 ) -> AdminReply {
     let request: AdminRequest = match decode(payload) {
         Ok(request) => request,
@@ -21,7 +24,7 @@ pub(crate) fn handle(
             return AdminReply::error(AdminErrorCode::BadRequest, format!("bad request: {error}"));
         }
     };
-    match execute(state, metrics, request.command) {
+    match execute(state, metrics, request.command, traceparent) {
         Ok(result) => AdminReply::ok(result),
         Err(refusal) => AdminReply::error(refusal.code(), refusal.to_string()),
     }
@@ -31,10 +34,13 @@ fn execute(
     state: &mut AssignerState,
     metrics: &AssignerMetrics,
     command: AdminCommand,
+    traceparent: Option<String>,
 ) -> Result<AdminResult, AdminRefusal> {
     let job = |job| AdminResult::Job { job };
     Ok(match command {
-        AdminCommand::CreateJob { name, spec } => job(state.create_job(&name, &spec)?),
+        AdminCommand::CreateJob { name, spec } => {
+            job(state.create_traced_job(&name, &spec, traceparent)?)
+        }
         AdminCommand::ListJobs => AdminResult::Jobs {
             jobs: state.list_jobs(),
         },

@@ -13,7 +13,7 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) and the status page |
+//! | [`http`] | HTTP JSON admin API (a NATS client of whichever replica leads) and the status page; `http_trace`: its spans |
 //! | `http::guard` | the checks of every HTTP request: Host, Origin, bearer token and scope, JSON, body limits |
 //! | `http::serve` | the HTTP listener: header timeout, connection limit, TLS |
 //! | `status` | the status page and its KV-read routes (workers, role leaders) |
@@ -30,6 +30,7 @@ mod config;
 mod error;
 mod faults;
 pub mod http;
+mod http_trace;
 mod leader;
 mod metrics;
 mod model;

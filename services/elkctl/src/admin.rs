@@ -338,6 +338,18 @@ impl JobCommand {
         })
     }
 
+    /// The command's name (its span's).
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobCommand::Create(_) => "elkctl job create",
+            JobCommand::List(_) => "elkctl job list",
+            JobCommand::Get(_) => "elkctl job get",
+            JobCommand::Pause(_) => "elkctl job pause",
+            JobCommand::Resume(_) => "elkctl job resume",
+            JobCommand::Cancel(_) => "elkctl job cancel",
+        }
+    }
+
     /// The admin flags of this command.
     pub fn connect(&self) -> &ConnectArgs {
         match self {

@@ -4,6 +4,11 @@
 //! (`elk.<ns>.admin.assigner.<verb>`, see `docs/admin-api.md`); arguments are checked before any
 //! network call, output is an aligned table (or `--json`). A failure prints its message, code
 //! and a hint, and exits with a status per kind of failure (see `failure`).
+//!
+//! Each command is one span (`elkctl <command>`, the root of its trace) when traces are exported
+//! (the standard `OTEL_EXPORTER_OTLP_*` variables, `service.name` `elkctl`): an admin command's
+//! request carries its context, so the assigner's handling is part of the same trace. Logs go to
+//! stderr only when `RUST_LOG` asks for them.
 
 mod admin;
 mod auth;
@@ -16,6 +21,7 @@ mod status;
 mod watch;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +32,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines (on stderr, when RUST_LOG enables them) as text or json.
+    #[arg(long, global = true, env = "ELK_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<elk_runtime::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,24 +78,61 @@ impl Command {
             }
         }
     }
+
+    /// The command's name, as its span is called.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Demo(_) => "elkctl demo",
+            Command::Status(_) => "elkctl status",
+            Command::Job(command) => command.name(),
+            Command::Partitions(_) => "elkctl partitions",
+            Command::Retry(_) => "elkctl retry",
+            Command::IdStatus(_) => "elkctl id-status",
+            Command::Stats(_) => "elkctl stats",
+            Command::Watch(_) => "elkctl watch",
+            Command::Auth(_) => "elkctl auth",
+            Command::Provision(_) => "elkctl provision",
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.command.json();
-    let outcome = match cli.command {
-        Command::Demo(args) => demo::run(args).await,
-        Command::Status(args) => status::run(args).await,
-        Command::Job(command) => admin::run_job(command).await,
-        Command::Partitions(args) => admin::run_partitions(args).await,
-        Command::Retry(args) => admin::run_retry(args).await,
-        Command::IdStatus(args) => admin::run_id_status(args).await,
-        Command::Stats(args) => admin::run_stats(args).await,
-        Command::Watch(args) => watch::run(args).await,
-        Command::Auth(command) => auth::run(command),
-        Command::Provision(args) => auth::provision(args).await,
+    let tracing_config = elk_runtime::TracingConfig::default();
+    let mut options = elk_runtime::TelemetryOptions::new("elkctl", &tracing_config);
+    options.log_format = cli.log_format.unwrap_or_default();
+    options.default_log_filter = "off";
+    let telemetry = match elk_runtime::telemetry::init(options) {
+        Ok(telemetry) => telemetry,
+        Err(error) => return failure::Failure::of(&error.into()).report(json),
     };
+    let span = tracing::info_span!(
+        "elkctl",
+        otel.name = cli.command.name(),
+        otel.status_code = tracing::field::Empty,
+    );
+    let command = async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Job(command) => admin::run_job(command).await,
+            Command::Partitions(args) => admin::run_partitions(args).await,
+            Command::Retry(args) => admin::run_retry(args).await,
+            Command::IdStatus(args) => admin::run_id_status(args).await,
+            Command::Stats(args) => admin::run_stats(args).await,
+            Command::Watch(args) => watch::run(args).await,
+            Command::Auth(command) => auth::run(command),
+            Command::Provision(args) => auth::provision(args).await,
+        }
+    };
+    let outcome = command.instrument(span.clone()).await;
+    if outcome.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    drop(span);
+    telemetry.shutdown().await;
     match outcome {
         Ok(code) => code,
         Err(error) => failure::Failure::of(&error).report(json),

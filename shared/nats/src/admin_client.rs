@@ -9,6 +9,10 @@
 //! that does not answer within the request timeout is [`AdminClientError::TimedOut`], and the
 //! command may or may not have been applied (creating the job again would be refused as
 //! `already_exists`).
+//!
+//! Every request is a span `elk.admin.request` (kind client, a child of the caller's current
+//! span); when it has a trace context (this process exports traces), the request carries it as
+//! W3C `traceparent`/`tracestate` headers, and the assigner's handling continues the trace.
 
 use crate::error::{BoxError, NatsErrorKind, Retryable, classify};
 use elk_protocol::admin::{
@@ -20,6 +24,7 @@ use elk_protocol::names::Names;
 use elk_protocol::{decode, encode};
 use elk_types::{JobName, Namespace, PartitionId};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long a request waits for an assigner leader by default.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(5);
@@ -169,6 +174,29 @@ impl AdminClient {
 
     /// Sends `command` to the assigner leader and returns its result (see the module docs).
     pub async fn request(&self, command: AdminCommand) -> Result<AdminResult, AdminClientError> {
+        let verb = command.verb();
+        let span = tracing::info_span!(
+            "elk.admin.request",
+            otel.kind = "client",
+            elk.verb = verb,
+            elk.namespace = %self.names.namespace(),
+            otel.status_code = tracing::field::Empty,
+            elk.error_code = tracing::field::Empty,
+        );
+        let headers = crate::trace::headers_for(&crate::trace::span_context(&span));
+        let outcome = self.send(command, headers).instrument(span.clone()).await;
+        if let Err(error) = &outcome {
+            span.record("otel.status_code", "ERROR");
+            span.record("elk.error_code", error.code());
+        }
+        outcome
+    }
+
+    async fn send(
+        &self,
+        command: AdminCommand,
+        headers: Option<async_nats::HeaderMap>,
+    ) -> Result<AdminResult, AdminClientError> {
         use async_nats::RequestErrorKind;
         let verb = command.verb();
         let subject = self.names.admin_subject(ASSIGNER_SERVICE, verb);
@@ -176,9 +204,12 @@ impl AdminClient {
         let deadline = Instant::now() + self.patience;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let request = async_nats::Request::new()
+            let mut request = async_nats::Request::new()
                 .payload(payload.clone())
                 .timeout(Some(self.request_timeout));
+            if let Some(headers) = &headers {
+                request = request.headers(headers.clone());
+            }
             let error = match self.client.send_request(subject.clone(), request).await {
                 Ok(message) => return reply_result(verb, &message.payload),
                 Err(error) => error,

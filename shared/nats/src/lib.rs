@@ -14,6 +14,7 @@ mod provision;
 mod replicas;
 pub mod role;
 mod status;
+pub mod trace;
 
 pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
 pub use connect::{

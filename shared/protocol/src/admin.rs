@@ -135,8 +135,8 @@ impl Message for AdminRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum IdState {
-    /// In this live partition.
-    InPartition { partition: PartitionRecord },
+    /// In this live partition (boxed: far larger than the other variants; same encoding).
+    InPartition { partition: Box<PartitionRecord> },
     /// Processed; its partition may have been compacted away.
     Completed,
     /// No partition covers it yet.

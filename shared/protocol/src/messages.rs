@@ -237,6 +237,10 @@ pub struct JobRecord {
     /// Completed ranges above the low watermark (merged).
     #[serde(default)]
     pub completed_above_watermark: Vec<IdRange>,
+    /// W3C `traceparent` of the span that created the job (the assigner's handling of
+    /// `create_job`), when that span was sampled: every partition's trace links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 message!(JobRecord, "job");
 
@@ -261,6 +265,7 @@ impl JobRecord {
             known_max: None,
             low_watermark: None,
             completed_above_watermark: Vec::new(),
+            traceparent: None,
         }
     }
 
@@ -333,6 +338,16 @@ pub struct PartitionRecord {
     pub not_before_unix_ms: Option<u64>,
     /// Epoch of the assigner that last wrote this record.
     pub epoch: Epoch,
+    /// W3C `traceparent` of the partition's trace root (its cut), set when the assigner traces:
+    /// every later span of the partition's life belongs to this trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `traceparent` of the partition's latest step: while `granted`/`revoking` the current
+    /// grant's span (copied into the worker's [`Grant`]); afterwards the span that ended the
+    /// ownership (the owner's `released`/`failed` report, or the grant of a reclaimed owner),
+    /// which the next grant links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_traceparent: Option<String>,
 }
 message!(PartitionRecord, "partition");
 
@@ -352,6 +367,8 @@ impl PartitionRecord {
             error: None,
             not_before_unix_ms: None,
             epoch,
+            traceparent: None,
+            grant_traceparent: None,
         }
     }
 }
@@ -365,6 +382,11 @@ pub struct Grant {
     /// First ID to process (`checkpoint + 1`, or `range.min`).
     pub resume_from: u64,
     pub token: PartitionLeaseToken,
+    /// W3C `traceparent` of the assigner's grant span when the coordinator traces: the worker's
+    /// processing span is its child (its sampled flag carries the sampling decision). Absent
+    /// otherwise. A KV watch delivers no headers, so the context travels in the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Value of `elk_<ns>_assignments/<worker_id>`: the complete set of partitions the worker may

@@ -25,6 +25,10 @@ fn round_trip<M: Message + PartialEq + Debug>(message: M) {
     assert_eq!(back, message);
 }
 
+/// W3C trace contexts as the assigner writes them.
+const ROOT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const GRANT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+
 fn sample_partition() -> PartitionRecord {
     PartitionRecord {
         schema: SCHEMA_VERSION,
@@ -42,6 +46,8 @@ fn sample_partition() -> PartitionRecord {
         error: None,
         not_before_unix_ms: None,
         epoch: Epoch(4),
+        traceparent: Some(ROOT.to_owned()),
+        grant_traceparent: Some(GRANT.to_owned()),
     }
 }
 
@@ -91,6 +97,7 @@ fn all_messages_round_trip() {
     job_record.partitions_total = 50;
     job_record.low_watermark = Some(100_000);
     job_record.completed_above_watermark = vec![IdRange::new(200_001, 210_000).unwrap()];
+    job_record.traceparent = Some(ROOT.to_owned());
     round_trip(job_record);
     round_trip(sample_partition());
     round_trip(AssignmentRecord {
@@ -104,6 +111,7 @@ fn all_messages_round_trip() {
             range: IdRange::new(60_001, 70_000).unwrap(),
             resume_from: 65_001,
             token: PartitionLeaseToken(99),
+            traceparent: Some(GRANT.to_owned()),
         }],
         drain: false,
     });
@@ -377,4 +385,30 @@ fn a_failed_event_without_permanent_is_a_retryable_failure() {
             permanent: false,
         }
     );
+}
+
+#[test]
+fn trace_contexts_are_optional_and_absent_when_not_traced() {
+    // A record written without tracing carries no trace field at all (the bytes are those of a
+    // build without tracing), and one written with it is read by decoders that ignore it.
+    let mut untraced = sample_partition();
+    untraced.traceparent = None;
+    untraced.grant_traceparent = None;
+    let bytes = encode(&untraced);
+    assert!(!bytes.windows(11).any(|w| w == b"traceparent"));
+    let traced = encode(&sample_partition());
+    assert!(traced.windows(11).any(|w| w == b"traceparent"));
+    let back: PartitionRecord = decode(&traced).unwrap();
+    assert_eq!(back.traceparent.as_deref(), Some(ROOT));
+    assert_eq!(back.grant_traceparent.as_deref(), Some(GRANT));
+    let grant = Grant {
+        job: job(),
+        partition: PartitionId(1),
+        range: IdRange::new(1, 10).unwrap(),
+        resume_from: 1,
+        token: PartitionLeaseToken(5),
+        traceparent: None,
+    };
+    let plain = rmp_serde::to_vec_named(&grant).unwrap();
+    assert!(!plain.windows(11).any(|w| w == b"traceparent"));
 }

@@ -3,6 +3,8 @@
 
 use crate::config::ConfigError;
 use crate::error::ReplicaError;
+use crate::logging::LogFormat;
+use crate::telemetry::TracingConfig;
 use elk_nats::{MemberLease, NatsConfig, ReplicaStatus, Resources, ServiceMember};
 use elk_protocol::messages::MemberRole;
 use elk_types::{MemberId, Namespace};
@@ -11,8 +13,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The fields every service shares (`[service]` in TOML, `ELK_SERVICE__*` or the short forms
-/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_METRICS_LISTEN`,
-/// `ELK_REPLICAS` in the environment).
+/// `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT`,
+/// `ELK_METRICS_LISTEN`, `ELK_REPLICAS` in the environment; short forms listed in
+/// `config::ENV_SHORT_FORMS`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCommon {
@@ -26,6 +29,13 @@ pub struct ServiceCommon {
     pub member_ttl: Duration,
     /// How to reach NATS (`[service.nats]`).
     pub nats: NatsConfig,
+    /// `text` (default) or `json` log lines (`--log-format`, `ELK_LOG_FORMAT`).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Trace export (`[service.tracing]`); off unless an OTLP endpoint is configured here or in
+    /// the standard `OTEL_EXPORTER_OTLP_*` variables.
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`HOST:PORT`, e.g. `0.0.0.0:9464`;
     /// `ELK_METRICS_LISTEN`); nothing is served when unset. See `crate::metrics_http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,8 +46,6 @@ pub struct ServiceCommon {
     /// theirs and missing ones get 1. More than the cluster's servers is refused at start-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
-    // Issue 11 adds `log_format` here, with the short form `ELK_LOG_FORMAT` in
-    // `config::ENV_SHORT_FORMS`.
 }
 
 /// Member TTL of a service replica unless configured.
@@ -52,6 +60,8 @@ impl ServiceCommon {
             member_id: default_member_id(service),
             member_ttl: DEFAULT_MEMBER_TTL,
             nats: NatsConfig::default(),
+            log_format: LogFormat::default(),
+            tracing: TracingConfig::default(),
             metrics_listen: None,
             replicas: None,
         }
@@ -64,6 +74,8 @@ impl ServiceCommon {
             member_id,
             member_ttl: DEFAULT_MEMBER_TTL,
             nats,
+            log_format: LogFormat::default(),
+            tracing: TracingConfig::default(),
             metrics_listen: None,
             replicas: None,
         }
@@ -144,6 +156,9 @@ impl ServiceCommon {
         self.nats
             .validate()
             .map_err(|reason| ConfigError::invalid(format!("service.{reason}")))?;
+        self.tracing
+            .validate()
+            .map_err(|error| ConfigError::invalid(error.to_string()))?;
         if let Some(address) = &self.metrics_listen {
             crate::metrics_http::validate_listen_address("service.metrics_listen", address)?;
         }

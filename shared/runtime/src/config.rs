@@ -10,7 +10,7 @@
 //!
 //! | variable | key |
 //! |---|---|
-//! | `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_METRICS_LISTEN`, `ELK_REPLICAS` | short forms of `service.nats.url`, `service.namespace`, `service.member_id`, `service.member_ttl`, `service.metrics_listen`, `service.replicas` |
+//! | `ELK_NATS_URL`, `ELK_NAMESPACE`, `ELK_MEMBER_ID`, `ELK_MEMBER_TTL`, `ELK_LOG_FORMAT`, `ELK_METRICS_LISTEN`, `ELK_REPLICAS` | short forms of `service.nats.url`, `service.namespace`, `service.member_id`, `service.member_ttl`, `service.log_format`, `service.metrics_listen`, `service.replicas` |
 //! | `ELK_SERVICE__<KEY>` (e.g. `ELK_SERVICE__NATS__URL`) | `service.<key>` |
 //! | `ELK_NATS__<KEY>` (e.g. `ELK_NATS__CREDENTIALS_FILE`) | `service.nats.<key>` |
 //! | `ELK_<SECTION>__<KEY>` (e.g. `ELK_ASSIGNER__TICK`) | `<section>.<key>` of that service only |
@@ -62,6 +62,11 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate {
     /// The name of the service's own table, also its environment prefix (`assigner` →
     /// `ELK_ASSIGNER__<KEY>`).
     const SECTION: &'static str;
+
+    /// The `[service]` table (member id, log format, tracing), if the config has one.
+    fn common(&self) -> Option<&crate::ServiceCommon> {
+        None
+    }
 }
 
 /// Declares a service's configuration: a struct with the `[service]` table ([`ServiceCommon`])
@@ -126,17 +131,21 @@ macro_rules! service_config {
 
         impl $crate::ServiceConfig for $name {
             const SECTION: &'static str = stringify!($section);
+
+            fn common(&self) -> Option<&$crate::ServiceCommon> {
+                Some(&self.service)
+            }
         }
     };
 }
 
-/// Environment short forms: `ELK_<SHORT>` sets the key. Issue 11 adds `log_format` here (with
-/// its field in `ServiceCommon`).
+/// Environment short forms: `ELK_<SHORT>` sets the key.
 pub const ENV_SHORT_FORMS: &[(&str, &str)] = &[
     ("nats_url", "service.nats.url"),
     ("namespace", "service.namespace"),
     ("member_id", "service.member_id"),
     ("member_ttl", "service.member_ttl"),
+    ("log_format", "service.log_format"),
     ("metrics_listen", "service.metrics_listen"),
     ("replicas", "service.replicas"),
 ];

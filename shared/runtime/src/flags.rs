@@ -131,6 +131,10 @@ pub struct ServiceFlags {
     /// TTL of the member key, e.g. 3s (env ELK_MEMBER_TTL) [default: 3s].
     #[arg(long, value_name = "DURATION")]
     pub member_ttl: Option<String>,
+    /// Log lines as `text` or `json` (JSON lines carry trace_id and span_id inside a traced
+    /// span) (env ELK_LOG_FORMAT) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<crate::LogFormat>,
     /// Serve /metrics, /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:9464 (env
     /// ELK_METRICS_LISTEN) [default: off].
     #[arg(long, value_name = "HOST:PORT")]
@@ -154,6 +158,8 @@ struct CommonOverrides<'a> {
     member_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     member_ttl: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<crate::LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<&'a str>,
     nats: NatsOverrides<'a>,
@@ -210,6 +216,7 @@ impl ServiceFlags {
                 namespace: self.namespace.as_deref(),
                 member_id: self.member_id.as_deref(),
                 member_ttl: self.member_ttl.as_deref(),
+                log_format: self.log_format,
                 metrics_listen: self.metrics_listen.as_deref(),
                 nats: self.nats.overrides(),
             },
@@ -218,8 +225,9 @@ impl ServiceFlags {
 }
 
 /// The whole `main` of a service binary: parse [`ServiceFlags`] (with `name` and `about` shown in
-/// `--help`, and `--version`), load and validate the layered config, print it or start logging
-/// and call `run` until SIGINT/SIGTERM.
+/// `--help`, and `--version`), load and validate the layered config, print it or start telemetry
+/// (logs; traces as `service.name` = `name` when an OTLP endpoint is configured) and call `run`
+/// until SIGINT/SIGTERM, then export the spans still queued.
 ///
 /// Exit status: 0 after a clean stop (or `--help`, `--version`, `--print-config`), 1 when the
 /// service failed, 2 for bad flags or configuration. Errors are printed as one line with their
@@ -254,8 +262,19 @@ where
             Err(error) => fail(name, &error, 2),
         };
     }
-    crate::init_logging();
-    match run(config, Box::pin(crate::shutdown_signal())).await {
+    let no_tracing = crate::TracingConfig::default();
+    let common = config.common();
+    let mut options =
+        crate::TelemetryOptions::new(name, common.map_or(&no_tracing, |c| &c.tracing));
+    options.instance_id = common.map(|c| c.member_id.as_str());
+    options.log_format = common.map(|c| c.log_format).unwrap_or_default();
+    let telemetry = match crate::telemetry::init(options) {
+        Ok(telemetry) => telemetry,
+        Err(error) => return fail(name, &error, 2),
+    };
+    let outcome = run(config, Box::pin(crate::shutdown_signal())).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(name, &error, 1),
     }
@@ -281,6 +300,8 @@ mod tests {
             "5s",
             "--nats-url",
             "nats://a:1",
+            "--log-format",
+            "json",
             "--metrics-listen",
             "127.0.0.1:9464",
         ])
@@ -289,6 +310,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"service": {"namespace": "prod", "member_ttl": "5s",
+                                           "log_format": "json",
                                            "metrics_listen": "127.0.0.1:9464",
                                            "nats": {"url": "nats://a:1"}}})
         );

@@ -46,6 +46,7 @@ fn grant(partition: u64, token: u64, resume_from: u64) -> Grant {
         range: IdRange::new(partition * 1000 - 999, partition * 1000).unwrap(),
         resume_from,
         token: PartitionLeaseToken(token),
+        traceparent: None,
     }
 }
 

@@ -16,6 +16,12 @@
 //! probes. The member id defaults to
 //! `<hostname>-<pid>`, unique per process (in Kubernetes the hostname is the pod name). The older
 //! positional form `checksum_worker <url> <namespace> <member-id> <capacity>` still works.
+//!
+//! Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` (and `OTEL_EXPORTER_OTLP_PROTOCOL`) set, the
+//! worker exports its spans as `service.name` `elk-worker` (`--service-name` or
+//! `OTEL_SERVICE_NAME` to change it): each partition's `elk.partition.process` span, with the
+//! checksum loop as a span of its own inside, continues the trace the assigner started for the
+//! partition. `--log-format json` writes JSON log lines with their trace and span ids.
 
 use clap::Parser;
 use elk_worker::prometheus_client::metrics::counter::Counter;
@@ -23,7 +29,6 @@ use elk_worker::{
     BlockingProcessor, JobName, MemberId, Namespace, NatsConfig, PartitionWork, ProcessError,
     ProcessOutcome, Worker, WorkerEvent,
 };
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -68,6 +73,12 @@ struct Args {
     /// Simulated CPU work per ID (busy loop), e.g. 20us; 0 for none.
     #[arg(long, env = "ELK_ID_COST", default_value = "0", value_parser = parse_duration)]
     id_cost: Duration,
+    /// Log lines as text or json (JSON lines carry trace_id and span_id inside a traced span).
+    #[arg(long, env = "ELK_LOG_FORMAT", default_value = "text")]
+    log_format: elk_runtime::LogFormat,
+    /// `service.name` of the exported spans [default: OTEL_SERVICE_NAME, else elk-worker].
+    #[arg(long)]
+    service_name: Option<String>,
     /// Older positional form: <url> <namespace> <member-id> <capacity>, each optional.
     #[arg(hide = true, num_args = 0..=4)]
     positional: Vec<String>,
@@ -154,6 +165,8 @@ struct Checksum {
 
 impl BlockingProcessor for Checksum {
     fn process(&self, work: PartitionWork) -> Result<ProcessOutcome, ProcessError> {
+        // The user's own span: inside the SDK's `elk.partition.process` span when traced.
+        let _checksum = tracing::info_span!("checksum", first = work.resume_from()).entered();
         let mut checksum = 0u64;
         for id in work.resume_from()..=work.range().last() {
             if work.is_cancelled() {
@@ -201,20 +214,28 @@ async fn termination_signal() {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let code = match run(Args::parse()).await {
+    let args = Args::parse();
+    let tracing_config = elk_runtime::TracingConfig {
+        service_name: args.service_name.clone(),
+        ..elk_runtime::TracingConfig::default()
+    };
+    let mut options = elk_runtime::TelemetryOptions::new("elk-worker", &tracing_config);
+    options.log_format = args.log_format;
+    let telemetry = match elk_runtime::telemetry::init(options) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("checksum_worker: {error}");
+            std::process::exit(2);
+        }
+    };
+    let code = match run(args).await {
         Ok(code) => code,
         Err(error) => {
             tracing::error!("{error}");
             1
         }
     };
+    telemetry.shutdown().await;
     // Exit here rather than by returning: dropping the runtime would wait for a processor still
     // spinning on the blocking pool (after a second signal, or a grace that ran out).
     std::process::exit(code);

@@ -86,6 +86,7 @@ mod processor;
 mod progress;
 mod stats;
 mod supervisor;
+mod trace_context;
 mod worker;
 
 pub use config::{

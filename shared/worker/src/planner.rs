@@ -10,6 +10,7 @@
 //! processes may serve the same job (each request is answered by one of them).
 
 use crate::WorkerError;
+use crate::trace_context::Continuation;
 use elk_nats::NatsConfig;
 use elk_protocol::admin::{PlanReply, PlanRequest};
 use elk_protocol::names::Names;
@@ -344,8 +345,17 @@ impl<P: Planner> Server<P> {
             tracing::debug!(subject = %message.subject, "plan message without a reply subject");
             return;
         };
+        let remote = elk_nats::trace::from_headers(message.headers.as_ref());
+        let trace = Continuation::of(remote, || {
+            tracing::info_span!(
+                parent: None,
+                "elk.plan.answer",
+                otel.kind = "server",
+                elk.job = %self.job,
+            )
+        });
         let max_id = match decode::<PlanRequest>(&message.payload) {
-            Ok(request) if request.job == self.job => self.ask(&request).await,
+            Ok(request) if request.job == self.job => trace.run(self.ask(&request)).await,
             Ok(request) => {
                 self.malformed(format!(
                     "request for job '{}' on the subject of job '{}'",

@@ -353,6 +353,7 @@ mod tests {
             range,
             resume_from: 1,
             token: PartitionLeaseToken(7),
+            traceparent: None,
         };
         let cancellation = CancellationToken::new();
         let control = WorkControl {

@@ -16,14 +16,22 @@
 //! * once the membership is lost, every report of it still queued is **moot** and dropped unsent:
 //!   the assigner reclaims those partitions from their last acknowledged checkpoint, and would
 //!   reject the reports anyway (protocol §5.6).
+//!
+//! A report of a sampled trace (its run's context, see `crate::trace_context`) is published
+//! inside a span `elk.progress.publish` (kind producer, retries included) whose context travels
+//! as the W3C `traceparent` / `tracestate` headers; the assigner's apply span is its child.
+//! Other reports carry no headers.
 
 use crate::metrics::AckedCheckpoints;
 use crate::stats::StatsCounters;
 use bytes::Bytes;
 use elk_nats::LeaseDeadline;
+use elk_nats::trace::{self, OtelSpan};
 use elk_protocol::encode;
 use elk_protocol::messages::{ProgressEvent, ProgressReport};
 use futures::StreamExt;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanContext, SpanKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -38,9 +46,16 @@ const WARN_AFTER_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// One report to publish, with the trace context of the run that produced it (sampled traces
+/// only).
+pub(crate) struct Outgoing {
+    pub(crate) report: ProgressReport,
+    pub(crate) trace: Option<SpanContext>,
+}
+
 enum Command {
     Publish {
-        reports: Vec<ProgressReport>,
+        reports: Vec<Outgoing>,
         membership: LeaseDeadline,
     },
     Flush(oneshot::Sender<()>),
@@ -77,14 +92,16 @@ impl ProgressPublisher {
 
     /// Queues one batch produced under `membership`; at most one report per partition (see the
     /// module comment).
-    pub(crate) fn publish(&self, reports: Vec<ProgressReport>, membership: &LeaseDeadline) {
+    pub(crate) fn publish(&self, reports: Vec<Outgoing>, membership: &LeaseDeadline) {
         if reports.is_empty() {
             return;
         }
         debug_assert!(
             {
-                let mut partitions: Vec<_> =
-                    reports.iter().map(|r| (&r.job, r.partition)).collect();
+                let mut partitions: Vec<_> = reports
+                    .iter()
+                    .map(|o| (&o.report.job, o.report.partition))
+                    .collect();
                 let before = partitions.len();
                 partitions.sort();
                 partitions.dedup();
@@ -154,10 +171,42 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// Publishes `report` until acked, under the rules of the module comment.
-    async fn deliver(self, report: ProgressReport, membership: &LeaseDeadline) {
+    /// Publishes a report inside its `elk.progress.publish` span (sampled traces only).
+    async fn deliver(self, outgoing: Outgoing, membership: &LeaseDeadline) {
+        let Outgoing { report, trace } = outgoing;
+        let Some(parent) = trace else {
+            self.deliver_report(&report, None, membership).await;
+            return;
+        };
+        let mut span = trace::start_span(
+            "elk.progress.publish",
+            SpanKind::Producer,
+            Some(&parent),
+            vec![
+                KeyValue::new("elk.job", report.job.to_string()),
+                KeyValue::new("elk.partition", report.partition.get() as i64),
+                KeyValue::new("elk.event", event_kind(&report.event)),
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.destination.name", self.subject.to_owned()),
+            ],
+            &[],
+        );
+        let headers = trace::headers_for(span.span_context());
+        let outcome = self.deliver_report(&report, headers, membership).await;
+        span.set_attribute(KeyValue::new("elk.outcome", outcome));
+        span.end();
+    }
+
+    /// Publishes `report` until acked, under the rules of the module comment; says how it ended
+    /// (`acked`, `moot`, `given_up`).
+    async fn deliver_report(
+        self,
+        report: &ProgressReport,
+        headers: Option<async_nats::HeaderMap>,
+        membership: &LeaseDeadline,
+    ) -> &'static str {
         let terminal = !matches!(report.event, ProgressEvent::Checkpoint { .. });
-        let payload = Bytes::from(encode(&report));
+        let payload = Bytes::from(encode(report));
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;
         loop {
@@ -169,17 +218,17 @@ impl Target<'_> {
                     event = ?report.event,
                     "membership lost: report is moot, dropped unsent"
                 );
-                return;
+                return "moot";
             }
             attempt += 1;
-            let error = match self.publish_once(payload.clone()).await {
+            let error = match self.publish_once(payload.clone(), headers.clone()).await {
                 Ok(()) => {
                     StatsCounters::bump(&self.stats.reports_published);
                     if let ProgressEvent::Checkpoint { last_done } = report.event {
                         let grant = (report.job.clone(), report.partition, report.token);
                         self.acked.acked(grant, last_done);
                     }
-                    return;
+                    return "acked";
                 }
                 Err(error) => error,
             };
@@ -192,7 +241,7 @@ impl Target<'_> {
                     %error,
                     "checkpoint given up after retries; the next report carries its progress"
                 );
-                return;
+                return "given_up";
             }
             StatsCounters::bump(&self.stats.publish_retries);
             if terminal && attempt == WARN_AFTER_ATTEMPTS {
@@ -212,12 +261,30 @@ impl Target<'_> {
         }
     }
 
-    async fn publish_once(self, payload: Bytes) -> Result<(), String> {
-        let ack = self
-            .jetstream
-            .publish(self.subject.to_owned(), payload)
-            .await
-            .map_err(|error| error.to_string())?;
+    async fn publish_once(
+        self,
+        payload: Bytes,
+        headers: Option<async_nats::HeaderMap>,
+    ) -> Result<(), String> {
+        let subject = self.subject.to_owned();
+        let sent = match headers {
+            Some(headers) => {
+                self.jetstream
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+            }
+            None => self.jetstream.publish(subject, payload).await,
+        };
+        let ack = sent.map_err(|error| error.to_string())?;
         ack.await.map(|_| ()).map_err(|error| error.to_string())
+    }
+}
+
+fn event_kind(event: &ProgressEvent) -> &'static str {
+    match event {
+        ProgressEvent::Checkpoint { .. } => "checkpoint",
+        ProgressEvent::Completed => "completed",
+        ProgressEvent::Failed { .. } => "failed",
+        ProgressEvent::Released { .. } => "released",
     }
 }

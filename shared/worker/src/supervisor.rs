@@ -26,6 +26,10 @@
 //!
 //! Checkpoints of running slots are flushed every `checkpoint_interval` when they advanced. A
 //! terminal event is queued only after the slot is removed, so nothing follows it.
+//!
+//! A running grant whose `traceparent` is sampled runs inside a span `elk.partition.process`
+//! (child of the assigner's grant span; see `crate::trace_context`): flushed checkpoints, a revoke
+//! and the outcome are its events, and its reports carry its context.
 
 mod session;
 
@@ -36,8 +40,10 @@ use crate::events::{DrainCause, WorkerEvent};
 use crate::processor::{
     CheckpointCell, PartitionWork, ProcessOutcome, ProcessResult, Runner, WorkControl,
 };
+use crate::progress::Outgoing;
 use crate::progress::ProgressPublisher;
 use crate::stats::StatsCounters;
+use crate::trace_context::Continuation;
 use crate::worker::Shared;
 use crate::{ProcessError, WorkerError};
 use elk_nats::{KvEntry, LeaseDeadline, MemberResources};
@@ -45,6 +51,7 @@ use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::decode;
 use elk_protocol::messages::{AssignmentRecord, Grant, ProgressEvent, ProgressReport};
 use elk_types::{Epoch, Incarnation, JobName, PartitionId, PartitionLeaseToken, ViewSeq};
+use opentelemetry::KeyValue;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,6 +93,8 @@ struct Slot {
     /// The checkpoint the grant came with (durable already).
     granted_at: Option<u64>,
     state: SlotState,
+    /// The trace this run continues (set when it starts).
+    trace: Continuation,
 }
 
 /// Whose result a processor task carries.
@@ -356,6 +365,7 @@ impl Supervisor {
             checkpoint,
             grant,
             state: SlotState::Queued,
+            trace: Continuation::Untraced,
         };
         self.slots.insert(key.clone(), slot);
         self.queue.push_back(key);
@@ -379,6 +389,7 @@ impl Supervisor {
                 tracing::info!(job = %key.job, partition = %key.partition, "revoking partition");
                 *revoked = true;
                 cancellation.cancel();
+                slot.trace.event("revoked", Vec::new());
                 self.shared.lifecycle.emit(revoked_event);
             }
             return;
@@ -416,6 +427,25 @@ impl Supervisor {
             return;
         };
         let cancellation = CancellationToken::new();
+        let remote = slot
+            .grant
+            .traceparent
+            .as_deref()
+            .and_then(elk_nats::trace::parse_traceparent);
+        let worker = &self.config.id;
+        let grant = &slot.grant;
+        slot.trace = Continuation::of(remote, || {
+            tracing::info_span!(
+                parent: None,
+                "elk.partition.process",
+                otel.kind = "consumer",
+                elk.job = %grant.job,
+                elk.partition = grant.partition.get(),
+                elk.token = grant.token.get(),
+                elk.resume_from = grant.resume_from,
+                elk.worker = %worker,
+            )
+        });
         let work = PartitionWork::new(
             &slot.grant,
             WorkControl {
@@ -429,10 +459,8 @@ impl Supervisor {
             revoked: false,
         };
         tracing::debug!(job = %key.job, partition = %key.partition, "starting partition");
-        let id = self
-            .runner
-            .run(work)
-            .spawn(&mut self.tasks, &self.processors);
+        let run = slot.trace.wrap_run(self.runner.run(work));
+        let id = run.spawn(&mut self.tasks, &self.processors);
         self.task_owners.insert(id, TaskOwner::Grant(key));
         StatsCounters::bump(&self.shared.stats.partitions_started);
     }
@@ -466,9 +494,35 @@ impl Supervisor {
         };
         StatsCounters::bump(counter);
         tracing::debug!(job = %key.job, partition = %key.partition, ?event, "partition ended");
-        let report = self.report(&slot.grant, event);
+        match &event {
+            ProgressEvent::Failed { error, .. } => slot.trace.fail(error),
+            ProgressEvent::Released { last_done } => slot.trace.event(
+                "released",
+                last_done
+                    .map(|done| vec![KeyValue::new("elk.last_done", done as i64)])
+                    .unwrap_or_default(),
+            ),
+            _ => slot.trace.event("completed", Vec::new()),
+        }
+        let report = self.outgoing(slot, event);
         self.publisher.publish(vec![report], &self.membership);
         self.finished.insert(key);
+    }
+
+    /// `event` of `slot` as a report, with the trace context of its run — or, for a grant that
+    /// never ran (released from the queue), of the grant itself when it is sampled.
+    fn outgoing(&self, slot: &Slot, event: ProgressEvent) -> Outgoing {
+        let trace = slot.trace.report_context().or_else(|| {
+            slot.grant
+                .traceparent
+                .as_deref()
+                .and_then(elk_nats::trace::parse_traceparent)
+                .filter(|context| context.is_sampled())
+        });
+        Outgoing {
+            report: self.report(&slot.grant, event),
+            trace,
+        }
     }
 
     fn report(&self, grant: &Grant, event: ProgressEvent) -> ProgressReport {
@@ -497,12 +551,19 @@ impl Supervisor {
             }
             slot.last_flushed = current;
             if let Some(last_done) = current {
-                advanced.push((slot.grant.clone(), last_done));
+                slot.trace.event(
+                    "checkpoint",
+                    vec![KeyValue::new("elk.last_done", last_done as i64)],
+                );
+                advanced.push((slot.grant.clone(), last_done, slot.trace.report_context()));
             }
         }
         let reports = advanced
             .into_iter()
-            .map(|(grant, last_done)| self.report(&grant, ProgressEvent::Checkpoint { last_done }))
+            .map(|(grant, last_done, trace)| Outgoing {
+                report: self.report(&grant, ProgressEvent::Checkpoint { last_done }),
+                trace,
+            })
             .collect();
         self.publisher.publish(reports, &self.membership);
     }

@@ -197,6 +197,7 @@ fn router(bridge: Bridge) -> Router {
         .route("/", get(status_page))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(crate::http_trace::traced))
         .with_state(bridge)
 }
 

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Clears the term's leader-only gauges when dropped.
 struct TermGauges<'a>(&'a AssignerMetrics);
@@ -164,8 +165,12 @@ impl AssignerLeader {
                 progress::apply_message(&mut state, message, &self.metrics);
             }
             let admin_reply = admin_request.map(|request| {
-                let reply = admin::handle(&mut state, &self.metrics, &request.payload);
-                (request.reply, reply)
+                let span = admin_span(&request);
+                let traceparent = sampled_traceparent(&span);
+                let reply = span.in_scope(|| {
+                    admin::handle(&mut state, &self.metrics, &request.payload, traceparent)
+                });
+                (request.reply, reply, span)
             });
             reclaims
                 .release_caught_up(&mut state, &consumer, &self.metrics)
@@ -178,10 +183,20 @@ impl AssignerLeader {
                 return Err(AssignerError::Deposed { epoch });
             }
             let changes = state.take_changes();
-            match store::write_changes(changes, epoch, resources, &self.metrics).await {
+            // A traced admin request shows how long storing its change took.
+            let flush_span = match &admin_reply {
+                Some((_, _, span)) if !span.is_disabled() => {
+                    tracing::info_span!(parent: span, "elk.assigner.flush")
+                }
+                _ => tracing::Span::none(),
+            };
+            let flushed = store::write_changes(changes, epoch, resources, &self.metrics)
+                .instrument(flush_span)
+                .await;
+            match flushed {
                 Ok(written) => state.record_written(written),
                 Err(error) => {
-                    if let Some((Some(reply_to), _)) = admin_reply {
+                    if let Some((Some(reply_to), _, _)) = admin_reply {
                         let refused = AdminReply::error(
                             AdminErrorCode::Unavailable,
                             format!("could not store the change: {error}"),
@@ -196,8 +211,8 @@ impl AssignerLeader {
                     tracing::debug!(%error, "progress ack failed; the report will be redelivered");
                 }
             }
-            if let Some((Some(reply_to), reply)) = admin_reply {
-                self.reply(reply_to, &reply).await;
+            if let Some((Some(reply_to), reply, span)) = admin_reply {
+                self.reply(reply_to, &reply).instrument(span).await;
             }
             self.metrics
                 .round_done(&mut state, round_started, reclaims.waiting());
@@ -205,10 +220,50 @@ impl AssignerLeader {
     }
 
     async fn reply(&self, reply_to: async_nats::Subject, reply: &AdminReply) {
+        if let Some(error) = &reply.error {
+            tracing::Span::current().record("elk.refusal", error.code.as_str());
+        }
         let _ = self
             .resources
             .client
             .publish(reply_to, Bytes::from(encode(reply)))
             .await;
     }
+}
+
+/// The span of handling one admin request (`elk.admin.handle`, kind server) when this process
+/// traces: a child of the client's span when the request carries one (a new trace otherwise);
+/// none for a request whose trace is not sampled. It lasts until the reply is sent (the flush
+/// of the round included).
+fn admin_span(request: &async_nats::Message) -> tracing::Span {
+    if !elk_nats::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let remote = elk_nats::trace::from_headers(request.headers.as_ref());
+    if remote.as_ref().is_some_and(|context| !context.is_sampled()) {
+        return tracing::Span::none();
+    }
+    let verb = request.subject.rsplit('.').next().unwrap_or_default();
+    let span = tracing::info_span!(
+        parent: None,
+        "elk.admin.handle",
+        otel.kind = "server",
+        elk.verb = %verb,
+        elk.refusal = tracing::field::Empty,
+    );
+    if let Some(remote) = remote {
+        elk_nats::trace::set_remote_parent(&span, &remote);
+    }
+    span
+}
+
+/// The `traceparent` of `span` if it is sampled.
+fn sampled_traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let context = elk_nats::trace::span_context(span);
+    context
+        .is_sampled()
+        .then(|| elk_nats::trace::format_traceparent(&context))
 }

@@ -4,9 +4,12 @@
 use crate::model::PlanQuestion;
 use bytes::Bytes;
 use elk_nats::Resources;
+use elk_nats::trace::{self, OtelSpan};
 use elk_protocol::admin::{PlanReply, PlanRequest};
 use elk_protocol::{decode, encode};
 use elk_types::JobName;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -30,12 +33,31 @@ pub(super) fn ask(
         cursor: question.cursor,
         wanted: question.wanted,
     };
-    tokio::spawn(async move {
-        let reply = tokio::time::timeout(
-            PLANNER_TIMEOUT,
-            client.request(subject, Bytes::from(encode(&request))),
+    // A traced process starts a trace per question (the planner's span continues it).
+    let mut span = trace::enabled().then(|| {
+        trace::start_span(
+            "elk.plan.request",
+            SpanKind::Client,
+            None,
+            vec![
+                KeyValue::new("elk.job", question.job.to_string()),
+                KeyValue::new("elk.cursor", question.cursor as i64),
+            ],
+            &[],
         )
-        .await;
+    });
+    let headers = span
+        .as_ref()
+        .and_then(|span| trace::headers_for(span.span_context()));
+    tokio::spawn(async move {
+        let payload = Bytes::from(encode(&request));
+        let asked = async {
+            match headers {
+                Some(headers) => client.request_with_headers(subject, headers, payload).await,
+                None => client.request(subject, payload).await,
+            }
+        };
+        let reply = tokio::time::timeout(PLANNER_TIMEOUT, asked).await;
         let max_id = match reply {
             Ok(Ok(message)) => match decode::<PlanReply>(&message.payload) {
                 Ok(reply) => reply.max_id,
@@ -50,6 +72,13 @@ pub(super) fn ask(
             }
             Err(_) => None,
         };
+        if let Some(span) = &mut span {
+            span.set_attribute(KeyValue::new(
+                "elk.max_id",
+                max_id.map_or(-1, |id| id as i64),
+            ));
+            span.end();
+        }
         let _ = answers.send((question.job, max_id));
     });
 }

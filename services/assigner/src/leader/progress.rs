@@ -8,8 +8,11 @@ use crate::model::{AssignerState, Rejection};
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use elk_nats::Resources;
+use elk_nats::trace::{self, OtelSpan};
 use elk_protocol::decode;
 use elk_protocol::messages::{MemberRef, MembershipView, ProgressEvent, ProgressReport};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanContext, SpanKind};
 use std::time::Instant;
 
 /// Validates one message and applies its report to the model; malformed and stale reports are
@@ -38,17 +41,39 @@ pub(super) fn apply_message(
         }
     });
     match checked {
-        Ok(report) => match state.apply_progress(&report) {
-            Ok(()) => metrics.progress("applied", event_reason(&report.event)),
-            Err(rejection) => {
-                let reason = match rejection {
-                    Rejection::UnknownPartition => "unknown_partition",
-                    Rejection::StaleToken => "stale_token",
+        Ok(report) => {
+            // Reports of unsampled traces carry no context: nothing is parsed or built for them.
+            let context = if trace::enabled() {
+                trace::from_headers(message.headers.as_ref())
+            } else {
+                None
+            };
+            let mut span = context
+                .as_ref()
+                .filter(|context| context.is_sampled())
+                .map(|context| apply_span(context, &report));
+            let outcome = apply_report(state, &report, context.as_ref());
+            if let Some(span) = &mut span {
+                let outcome = match outcome {
+                    Ok(()) => "applied",
+                    Err(Rejection::UnknownPartition) => "rejected_unknown_partition",
+                    Err(Rejection::StaleToken) => "rejected_stale",
                 };
-                metrics.progress("rejected", reason);
-                tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
+                span.set_attribute(KeyValue::new("elk.outcome", outcome));
+                span.end();
             }
-        },
+            match outcome {
+                Ok(()) => metrics.progress("applied", event_reason(&report.event)),
+                Err(rejection) => {
+                    let reason = match rejection {
+                        Rejection::UnknownPartition => "unknown_partition",
+                        Rejection::StaleToken => "stale_token",
+                    };
+                    metrics.progress("rejected", reason);
+                    tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
+                }
+            }
+        }
         Err((reason, error)) => {
             // Logged once per replica: a misbehaving publisher could otherwise flood the log.
             if metrics.progress_reports("malformed") == 0 {
@@ -59,7 +84,41 @@ pub(super) fn apply_message(
     }
 }
 
-/// The `reason` label of an applied report: its event.
+/// Applies `report`; a release or failure that carried a trace context keeps it in the
+/// partition record for the next grant to link to.
+fn apply_report(
+    state: &mut AssignerState,
+    report: &ProgressReport,
+    context: Option<&SpanContext>,
+) -> Result<(), Rejection> {
+    let ends_ownership = matches!(
+        report.event,
+        ProgressEvent::Released { .. } | ProgressEvent::Failed { .. }
+    );
+    let traceparent = context
+        .filter(|_| ends_ownership)
+        .map(trace::format_traceparent);
+    state.apply_traced_progress(report, traceparent.as_deref())
+}
+
+/// The span of applying one report of a sampled trace: a child of the worker's publish span.
+fn apply_span(context: &SpanContext, report: &ProgressReport) -> trace::BoxedSpan {
+    let attributes = vec![
+        KeyValue::new("elk.job", report.job.to_string()),
+        KeyValue::new("elk.partition", report.partition.get() as i64),
+        KeyValue::new("elk.worker", report.worker.to_string()),
+        KeyValue::new("elk.event", event_reason(&report.event)),
+    ];
+    trace::start_span(
+        "elk.progress.apply",
+        SpanKind::Consumer,
+        Some(context),
+        attributes,
+        &[],
+    )
+}
+
+/// The `reason` label of an applied report, and its span's `elk.event`: its event.
 fn event_reason(event: &ProgressEvent) -> &'static str {
     match event {
         ProgressEvent::Checkpoint { .. } => "checkpoint",

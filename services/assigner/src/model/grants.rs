@@ -12,7 +12,7 @@
 //! Workers that declared jobs only ever receive partitions of those jobs; the balance is computed
 //! as if every worker processed every job.
 
-use super::{AssignerState, PartitionKey};
+use super::{AssignerState, PartitionKey, spans};
 use elk_placement::{Partition, Worker, solve};
 use elk_protocol::messages::{JobState, MemberRef, PartitionStatus};
 use elk_types::{JobName, MemberId};
@@ -154,6 +154,16 @@ impl AssignerState {
         };
         self.counters.grants += 1;
         self.transition(key, PartitionStatus::Granted, |record| {
+            if record.traceparent.is_none() {
+                // Cut before this process traced (or by an older build): its trace starts now.
+                record.traceparent = spans::cut(record, None);
+            }
+            record.grant_traceparent = spans::grant(
+                record,
+                owner.id.as_str(),
+                token.get(),
+                super::workers::resume_point(record),
+            );
             record.owner = Some(owner);
             record.token = token;
             record.error = None;
@@ -161,21 +171,40 @@ impl AssignerState {
     }
 
     /// Takes a granted partition off its owner's record; it stays `revoking` (still owned, same
-    /// token) until the owner releases it or its membership ends.
+    /// token) until the owner releases it or its membership ends. `cause` is counted and named
+    /// in the partition's trace.
     pub(super) fn revoke(&mut self, key: &PartitionKey, cause: RevokeCause) {
         self.counters.revocations += 1;
-        if cause == RevokeCause::JobStopped {
+        if cause != RevokeCause::Rebalance {
             self.counters.revocations_job_stopped += 1;
         }
-        self.transition(key, PartitionStatus::Revoking, |_| {});
+        self.transition(key, PartitionStatus::Revoking, |record| {
+            spans::grant_event("elk.partition.revoke", record, cause.reason());
+        });
     }
 }
 
-/// Why a partition is revoked (counted per cause).
+/// Why a partition is revoked (counted per cause: `rebalance` or `job_stopped`, the other three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RevokeCause {
     /// Its owner is over quota: the balance moves it.
     Rebalance,
-    /// Its job was paused or cancelled.
+    /// Its job was paused by an admin command.
+    JobPaused,
+    /// Its job was cancelled by an admin command.
+    JobCancelled,
+    /// Its job was found paused or cancelled while the partition was granted (e.g. at load).
     JobStopped,
+}
+
+impl RevokeCause {
+    /// The `elk.reason` of the partition's `elk.partition.revoke` span.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Rebalance => "rebalance",
+            Self::JobPaused => "job_paused",
+            Self::JobCancelled => "job_cancelled",
+            Self::JobStopped => "job_stopped",
+        }
+    }
 }

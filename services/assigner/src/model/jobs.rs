@@ -34,16 +34,29 @@ fn check_spec(spec: &JobSpec) -> Result<(), SpecProblem> {
 
 impl AssignerState {
     /// Creates a job (stored with the round's change set, as a create: it must not exist in KV).
+    #[cfg(test)]
     pub(crate) fn create_job(
         &mut self,
         name: &JobName,
         spec: &JobSpec,
     ) -> Result<JobRecord, AdminRefusal> {
+        self.create_traced_job(name, spec, None)
+    }
+
+    /// Creates a job; `traceparent` is the (sampled) span of the request that created it, which
+    /// every partition's trace links to.
+    pub(crate) fn create_traced_job(
+        &mut self,
+        name: &JobName,
+        spec: &JobSpec,
+        traceparent: Option<String>,
+    ) -> Result<JobRecord, AdminRefusal> {
         if self.jobs.contains_key(name) {
             return Err(AdminRefusal::AlreadyExists(name.clone()));
         }
         check_spec(spec)?;
-        let record = JobRecord::new(name.clone(), spec.clone(), self.epoch, self.now_ms);
+        let mut record = JobRecord::new(name.clone(), spec.clone(), self.epoch, self.now_ms);
+        record.traceparent = traceparent;
         self.jobs.insert(name.clone(), Stored::new(record.clone()));
         self.dirty_jobs.insert(name.clone());
         Ok(record)
@@ -82,7 +95,7 @@ impl AssignerState {
             JobState::Paused => {}
             state => return Err(invalid_state(name, state, JobCommand::Pause)),
         }
-        self.revoke_job(name);
+        self.revoke_job(name, RevokeCause::JobPaused);
         Ok(self.touch(name))
     }
 
@@ -102,7 +115,7 @@ impl AssignerState {
             return Err(invalid_state(name, job.state, JobCommand::Cancel));
         }
         job.state = JobState::Cancelled;
-        self.revoke_job(name);
+        self.revoke_job(name, RevokeCause::JobCancelled);
         Ok(self.touch(name))
     }
 
@@ -112,14 +125,14 @@ impl AssignerState {
     }
 
     /// Revokes every granted partition of a job (they are released, then stay pending).
-    fn revoke_job(&mut self, name: &JobName) {
+    fn revoke_job(&mut self, name: &JobName, cause: RevokeCause) {
         let granted: Vec<PartitionKey> = self
             .partitions_of(name)
             .filter(|stored| stored.value.status == PartitionStatus::Granted)
             .map(|stored| PartitionKey::of(&stored.value))
             .collect();
         for key in granted {
-            self.revoke(&key, RevokeCause::JobStopped);
+            self.revoke(&key, cause);
         }
     }
 
@@ -217,7 +230,7 @@ impl AssignerState {
         let record = self.job(job)?;
         if let Some(stored) = self.partitions_of(job).find(|p| p.value.range.contains(id)) {
             return Ok(IdState::InPartition {
-                partition: stored.value.clone(),
+                partition: Box::new(stored.value.clone()),
             });
         }
         if record.id_completed(id) {

@@ -28,7 +28,8 @@
 //! Files: `partitions.rs` (the lifecycle, its indexes, progress, reclaims), `workers.rs` (views and
 //! assignment records), `grants.rs` (placement), `plan.rs` (cutting jobs, retries, planners),
 //! `gaps.rs` (coverage, audit, compaction), `jobs.rs` (admin commands), `refusal.rs` (their typed
-//! refusals), `changes.rs` (the change set).
+//! refusals), `changes.rs` (the change set), `spans.rs` (the spans of a partition's trace, built
+//! at these events only when the process traces).
 
 mod changes;
 mod gaps;
@@ -38,6 +39,7 @@ mod jobs;
 mod partitions;
 mod plan;
 mod refusal;
+mod spans;
 mod workers;
 
 #[cfg(test)]

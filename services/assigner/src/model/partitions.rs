@@ -196,6 +196,12 @@ impl AssignerState {
             .collect();
         for key in &keys {
             self.transition(key, PartitionStatus::Pending, |record| {
+                // The next grant links to this reclaim (sampled traces only).
+                if let Some(reclaim) =
+                    super::spans::grant_event("elk.partition.reclaim", record, "owner_departed")
+                {
+                    record.grant_traceparent = Some(reclaim);
+                }
                 record.owner = None;
             });
         }
@@ -209,7 +215,19 @@ impl AssignerState {
     }
 
     /// Applies one progress report. Stale reports (wrong token or owner) are rejected.
+    #[cfg(test)]
     pub(crate) fn apply_progress(&mut self, report: &ProgressReport) -> Result<(), Rejection> {
+        self.apply_traced_progress(report, None)
+    }
+
+    /// Applies one progress report that carried the trace context `trace` (the `traceparent` of
+    /// the worker's publish span, if any): a release or failure keeps it for the next grant to
+    /// link to (a hand-over). Stale reports (wrong token or owner) are rejected.
+    pub(crate) fn apply_traced_progress(
+        &mut self,
+        report: &ProgressReport,
+        trace: Option<&str>,
+    ) -> Result<(), Rejection> {
         let key = PartitionKey::new(report.job.clone(), report.partition);
         let Some(stored) = self.partitions.get(&key) else {
             self.counters.progress_rejected += 1;
@@ -253,7 +271,7 @@ impl AssignerState {
                 permanent,
             } => {
                 let last_done = last_done.map(|done| done.min(range.last()));
-                self.fail_partition(&key, error.clone(), last_done, *permanent);
+                self.fail_partition(&key, error.clone(), last_done, *permanent, trace);
                 self.dirty_assignments.insert(report.worker.clone());
             }
             ProgressEvent::Released { last_done } => {
@@ -265,6 +283,9 @@ impl AssignerState {
                 self.transition(&key, PartitionStatus::Pending, |record| {
                     record.owner = None;
                     record.checkpoint = record.checkpoint.max(last_done);
+                    if let Some(trace) = trace {
+                        record.grant_traceparent = Some(trace.to_owned());
+                    }
                 });
                 self.dirty_assignments.insert(report.worker.clone());
                 if !revoked {

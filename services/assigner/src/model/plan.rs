@@ -134,7 +134,9 @@ impl AssignerState {
         stored.value.next_partition = PartitionId(id.get() + 1);
         stored.value.partitions_total += 1;
         self.dirty_jobs.insert(job.clone());
-        self.insert_new_partition(PartitionRecord::pending(job.clone(), id, range, self.epoch));
+        let mut record = PartitionRecord::pending(job.clone(), id, range, self.epoch);
+        record.traceparent = super::spans::cut(&record, stored.value.traceparent.as_deref());
+        self.insert_new_partition(record);
         true
     }
 
@@ -147,6 +149,7 @@ impl AssignerState {
         error: String,
         last_done: Option<u64>,
         permanent: bool,
+        trace: Option<&str>,
     ) {
         let Some(job) = self.jobs.get(&key.job).map(|job| job.value.spec.clone()) else {
             return;
@@ -169,6 +172,10 @@ impl AssignerState {
             record.error = Some(error);
             record.checkpoint = record.checkpoint.max(last_done);
             record.not_before_unix_ms = not_before;
+            if let Some(trace) = trace {
+                // The next grant (a retry, or `retry` after parking) links to this failure.
+                record.grant_traceparent = Some(trace.to_owned());
+            }
         });
         if retry {
             self.counters.retries_scheduled += 1;

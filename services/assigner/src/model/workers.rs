@@ -130,16 +130,22 @@ impl AssignerState {
     }
 }
 
-fn grant_of(record: &PartitionRecord) -> Grant {
-    let resume_from = match record.checkpoint {
+/// The first ID the next run of `record` processes: after its checkpoint, or its first ID.
+pub(super) fn resume_point(record: &PartitionRecord) -> u64 {
+    match record.checkpoint {
         Some(done) if done >= record.range.first() => done + 1,
         _ => record.range.first(),
-    };
+    }
+}
+
+fn grant_of(record: &PartitionRecord) -> Grant {
+    let resume_from = resume_point(record);
     Grant {
         job: record.job.clone(),
         partition: record.id,
         range: record.range,
         resume_from,
         token: record.token,
+        traceparent: record.grant_traceparent.clone(),
     }
 }

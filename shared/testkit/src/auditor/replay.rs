@@ -335,6 +335,7 @@ mod tests {
                             range: IdRange::new(partition * 100 - 99, partition * 100).unwrap(),
                             resume_from,
                             token: PartitionLeaseToken(token),
+                            traceparent: None,
                         })
                         .collect(),
                     drain: false,

@@ -202,7 +202,7 @@ impl Supervisor {
             if let Some(slot) = self.slots.remove(&key) {
                 let last_done = slot.checkpoint.get();
                 StatsCounters::bump(&self.shared.stats.partitions_released);
-                releases.push(self.report(&slot.grant, ProgressEvent::Released { last_done }));
+                releases.push(self.outgoing(&slot, ProgressEvent::Released { last_done }));
             }
         }
         self.queue.clear();

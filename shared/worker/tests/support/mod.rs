@@ -157,6 +157,7 @@ pub fn grant(partition: u64, first: u64, last: u64, resume_from: u64) -> Grant {
         range: IdRange::new(first, last).unwrap(),
         resume_from,
         token: PartitionLeaseToken(1000 + partition),
+        traceparent: None,
     }
 }
 

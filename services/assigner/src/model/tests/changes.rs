@@ -28,6 +28,21 @@ fn a_round_s_change_set_holds_every_write_and_revisions_come_back() {
     assert_eq!(changes.assignments[0].key, a);
     assert_eq!(changes.assignments[0].value.grants.len(), 2);
     assert!(changes.purges.is_empty() && changes.prunes.is_empty());
+    // Tracing is off in this process: no trace context anywhere (records as without tracing).
+    assert!(changes.jobs[0].value.traceparent.is_none());
+    assert!(
+        changes
+            .partitions
+            .iter()
+            .all(|put| put.value.traceparent.is_none() && put.value.grant_traceparent.is_none())
+    );
+    assert!(
+        changes.assignments[0]
+            .value
+            .grants
+            .iter()
+            .all(|g| g.traceparent.is_none())
+    );
 
     // Nothing new happened: the next change set is empty (reconcile is idempotent).
     state.reconcile(2);
