@@ -269,6 +269,28 @@ pub fn load_config_from<T: ServiceConfig>(
         }
         figment = figment.merge(Toml::file_exact(path));
     }
+    extract_validated(figment, variables, overrides)
+}
+
+/// [`load_config_from`] with the TOML document itself instead of a file: what a config file's
+/// text turns into (the fuzz targets feed it arbitrary text).
+pub fn load_config_toml<T: ServiceConfig>(
+    toml: &str,
+    variables: impl IntoIterator<Item = (String, String)>,
+    overrides: impl Serialize,
+) -> Result<T, ConfigError> {
+    use figment::providers::{Format, Serialized, Toml};
+    let figment = Figment::from(Serialized::defaults(T::default())).merge(Toml::string(toml));
+    extract_validated(figment, variables, overrides)
+}
+
+/// The last layers (environment, then flags) over `figment`, extracted and validated.
+fn extract_validated<T: ServiceConfig>(
+    figment: Figment,
+    variables: impl IntoIterator<Item = (String, String)>,
+    overrides: impl Serialize,
+) -> Result<T, ConfigError> {
+    use figment::providers::Serialized;
     let config: T = figment
         .merge(Environment::new(variables, T::SECTION))
         .merge(Serialized::defaults(overrides))
