@@ -381,6 +381,34 @@ mod tests {
     }
 
     #[test]
+    fn toml_text_loads_through_the_same_layers_as_a_file() {
+        let text = "[service]\nnamespace = \"text\"\nmember_ttl = \"5s\"\n[sample]\nrounds = 4\n";
+        let loaded: Sample = load_config_toml(
+            text,
+            vars(&[("ELK_SAMPLE__LABEL", "env")]),
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(loaded.service.namespace, "text");
+        assert_eq!(loaded.service.member_ttl, Duration::from_secs(5));
+        assert_eq!(loaded.sample.label.as_deref(), Some("env"));
+        let invalid =
+            load_config_toml::<Sample>("[sample]\nrounds = 0\n", vars(&[]), Flags::default());
+        assert!(matches!(invalid, Err(ConfigError::Invalid(_))), "validated");
+        let unknown =
+            load_config_toml::<Sample>("[sample]\nround = 1\n", vars(&[]), Flags::default());
+        assert!(
+            matches!(unknown, Err(ConfigError::Load(_))),
+            "unknown keys refused"
+        );
+        let broken = load_config_toml::<Sample>("[sample\n", vars(&[]), Flags::default());
+        assert!(
+            matches!(broken, Err(ConfigError::Load(_))),
+            "TOML syntax errors refused"
+        );
+    }
+
+    #[test]
     fn environment_keys_map_to_nested_config_keys() {
         let key = |variable: &str| env_key(variable, "assigner");
         assert_eq!(key("NATS_URL").unwrap(), "service.nats.url");
