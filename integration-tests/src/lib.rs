@@ -32,6 +32,7 @@ pub const ADMIN_PATIENCE: Duration = Duration::from_secs(60);
 const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
 
 pub mod browser;
+pub mod hostile;
 pub mod scrape;
 
 /// One in-process service replica that can be stopped gracefully or aborted.
@@ -59,6 +60,11 @@ impl ServiceHandle {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+
+    /// Whether the replica is still running (it has not returned, failed or panicked).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Abrupt stop: the task is dropped mid-flight; its keys expire by TTL.

@@ -36,9 +36,17 @@ pub fn encode<M: Message>(message: &M) -> Vec<u8> {
     rmp_serde::to_vec_named(message).expect("protocol messages always serialize")
 }
 
+/// Deepest nesting of arrays and maps a decoder follows. The deepest message (an admin reply
+/// listing partitions with their owners) nests 5 levels; rmp-serde's own limit (1,024) lets a
+/// payload of nested arrays in an ignored field overflow a 2 MiB task stack in a debug build and
+/// abort the process, so a message nested deeper than this is refused as malformed instead.
+pub const MAX_NESTING: usize = 32;
+
 /// Decodes and validates a message; any problem is an error, never a panic.
 pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, DecodeError> {
-    let message: M = rmp_serde::from_slice(bytes).map_err(|source| DecodeError::Malformed {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_NESTING);
+    let message = M::deserialize(&mut deserializer).map_err(|source| DecodeError::Malformed {
         kind: M::KIND,
         source,
     })?;

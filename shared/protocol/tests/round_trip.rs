@@ -412,3 +412,41 @@ fn trace_contexts_are_optional_and_absent_when_not_traced() {
     let plain = rmp_serde::to_vec_named(&grant).unwrap();
     assert!(!plain.windows(11).any(|w| w == b"traceparent"));
 }
+
+/// `{"schema": 1, "nested": [[[...nil...]]]}` with `depth` nested one-element arrays: an unknown
+/// field, so a decoder must skip it.
+fn deeply_nested_unknown_field(depth: usize) -> Vec<u8> {
+    let mut bytes = vec![0x82];
+    bytes.extend(rmp_serde::to_vec(&"schema").unwrap());
+    bytes.push(0x01);
+    bytes.extend(rmp_serde::to_vec(&"nested").unwrap());
+    bytes.extend(std::iter::repeat_n(0x91, depth));
+    bytes.push(0xc0);
+    bytes
+}
+
+#[test]
+fn deep_nesting_is_refused_within_a_small_stack() {
+    // Service tasks run on 2 MiB tokio worker stacks; the decoder must not need more than a small
+    // part of one, whatever the nesting (found by the hostile-input scenario: a debug build
+    // overflowed its stack on 1,000 nested arrays in an ignored field and aborted the process).
+    let decoded = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let deep = deeply_nested_unknown_field(100_000);
+            let shallow = deeply_nested_unknown_field(8);
+            (
+                decode::<PlanReply>(&deep).is_err(),
+                decode::<PlanReply>(&shallow).map(|reply| reply.max_id),
+            )
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(decoded.0, "deep nesting is an error");
+    assert_eq!(
+        decoded.1.unwrap(),
+        None,
+        "shallow nesting in an unknown field is skipped"
+    );
+}

@@ -269,6 +269,28 @@ pub fn load_config_from<T: ServiceConfig>(
         }
         figment = figment.merge(Toml::file_exact(path));
     }
+    extract_validated(figment, variables, overrides)
+}
+
+/// [`load_config_from`] with the TOML document itself instead of a file: what a config file's
+/// text turns into (the fuzz targets feed it arbitrary text).
+pub fn load_config_toml<T: ServiceConfig>(
+    toml: &str,
+    variables: impl IntoIterator<Item = (String, String)>,
+    overrides: impl Serialize,
+) -> Result<T, ConfigError> {
+    use figment::providers::{Format, Serialized, Toml};
+    let figment = Figment::from(Serialized::defaults(T::default())).merge(Toml::string(toml));
+    extract_validated(figment, variables, overrides)
+}
+
+/// The last layers (environment, then flags) over `figment`, extracted and validated.
+fn extract_validated<T: ServiceConfig>(
+    figment: Figment,
+    variables: impl IntoIterator<Item = (String, String)>,
+    overrides: impl Serialize,
+) -> Result<T, ConfigError> {
+    use figment::providers::Serialized;
     let config: T = figment
         .merge(Environment::new(variables, T::SECTION))
         .merge(Serialized::defaults(overrides))
@@ -356,6 +378,34 @@ mod tests {
 
     fn load(file: Option<&Path>, env: &[(&str, &str)], flags: Flags) -> Result<Sample, String> {
         load_config_from(file, vars(env), flags).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn toml_text_loads_through_the_same_layers_as_a_file() {
+        let text = "[service]\nnamespace = \"text\"\nmember_ttl = \"5s\"\n[sample]\nrounds = 4\n";
+        let loaded: Sample = load_config_toml(
+            text,
+            vars(&[("ELK_SAMPLE__LABEL", "env")]),
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(loaded.service.namespace, "text");
+        assert_eq!(loaded.service.member_ttl, Duration::from_secs(5));
+        assert_eq!(loaded.sample.label.as_deref(), Some("env"));
+        let invalid =
+            load_config_toml::<Sample>("[sample]\nrounds = 0\n", vars(&[]), Flags::default());
+        assert!(matches!(invalid, Err(ConfigError::Invalid(_))), "validated");
+        let unknown =
+            load_config_toml::<Sample>("[sample]\nround = 1\n", vars(&[]), Flags::default());
+        assert!(
+            matches!(unknown, Err(ConfigError::Load(_))),
+            "unknown keys refused"
+        );
+        let broken = load_config_toml::<Sample>("[sample\n", vars(&[]), Flags::default());
+        assert!(
+            matches!(broken, Err(ConfigError::Load(_))),
+            "TOML syntax errors refused"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ mod signal;
 pub mod telemetry;
 
 pub use common::{DEFAULT_MEMBER_TTL, ServiceCommon, default_member_id, join};
-pub use config::{ConfigError, ServiceConfig, Validate, load_config, load_config_from};
+pub use config::{
+    ConfigError, ServiceConfig, Validate, load_config, load_config_from, load_config_toml,
+};
 pub use error::ReplicaError;
 pub use flags::{NatsArgs, ServiceFlags, service_main};
 pub use logging::LogFormat;

@@ -505,5 +505,28 @@ fn retry_command(body: &[u8]) -> Result<AdminCommand, ApiError> {
     })
 }
 
+/// An input of the HTTP API that carries data beyond a path segment, as a client sends it.
+#[derive(Debug, Clone, Copy)]
+pub enum RequestInput<'a> {
+    /// The body of `POST /v1/jobs`.
+    CreateJobBody(&'a [u8]),
+    /// The body of `POST /v1/retry`.
+    RetryBody(&'a [u8]),
+    /// The decoded query pairs of `GET /v1/partitions`.
+    PartitionsQuery(&'a [(String, String)]),
+}
+
+/// The admin command the routes decode `input` into, without sending it anywhere; a refusal is
+/// the `bad_request` message the route would answer with. The same decoders the routes use, made
+/// reachable for the fuzz targets (`fuzz/`, `scripts/fuzz`).
+pub fn decode_request_input(input: RequestInput<'_>) -> Result<AdminCommand, String> {
+    match input {
+        RequestInput::CreateJobBody(body) => create_job_command(body),
+        RequestInput::RetryBody(body) => retry_command(body),
+        RequestInput::PartitionsQuery(params) => partitions_command(params),
+    }
+    .map_err(|error| error.message)
+}
+
 #[cfg(test)]
 mod tests;
