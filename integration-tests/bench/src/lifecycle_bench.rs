@@ -22,7 +22,7 @@
 //! side (`trace_overhead.rs`).
 
 mod compaction;
-mod cpu;
+pub(crate) mod cpu;
 mod kv_ceiling;
 mod monitor;
 mod throughput;

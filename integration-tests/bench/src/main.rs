@@ -3,10 +3,16 @@
 //!
 //! One module per benchmark family; `main` only parses the command line and dispatches.
 
+mod chaos_bench;
 mod failover_bench;
+mod kv_reads;
 mod lifecycle_bench;
 mod measure;
+mod memory_bench;
+mod overhead_bench;
 mod placement_bench;
+mod procs;
+mod scale_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +37,17 @@ enum Command {
     /// Job lifecycle on a real nats-server: compaction of a 100,000-partition job, completions
     /// per second of no-op partitions at several worker counts, and the KV write ceiling.
     Lifecycle(lifecycle_bench::LifecycleArgs),
+    /// The real binaries as separate processes (2 replicas of every service, 5 recording
+    /// workers) under random kills, nats-server restarts and network cuts; checks every ID.
+    Chaos(chaos_bench::ChaosArgs),
+    /// 500 and 1,000 live workers (each with its own connection) and a 100,000-partition job:
+    /// cold start, a 10 % join and a 10 % kill under load, completion, assigner RSS per partition.
+    Scale(scale_bench::ScaleArgs),
+    /// RSS of separate processes: an idle worker, the assigner and workers across 1,000,000
+    /// processed partitions, and both assigner replicas across 1,000 leader switches.
+    Memory(memory_bench::MemoryArgs),
+    /// Makespan of a job of 1 s partitions against the ideal `total work ÷ capacity`.
+    Overhead(overhead_bench::OverheadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +56,19 @@ fn main() -> anyhow::Result<()> {
         Command::Placement(arguments) => placement_bench::run(&arguments),
         Command::Failover(arguments) => failover_bench::run(&arguments),
         Command::Lifecycle(arguments) => lifecycle_bench::run(&arguments),
+        Command::Chaos(arguments) => chaos_bench::run(&arguments),
+        Command::Scale(arguments) => scale_bench::run(&arguments),
+        Command::Memory(arguments) => memory_bench::run(&arguments),
+        Command::Overhead(arguments) => overhead_bench::run(&arguments),
     }
+}
+
+/// Logs of the benchmark process itself go to stderr, errors only unless `RUST_LOG` says more.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,async_nats=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

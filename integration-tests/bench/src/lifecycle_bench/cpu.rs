@@ -84,7 +84,7 @@ impl CpuSnapshot {
 }
 
 /// `utime + stime` of one `/proc/.../stat` file.
-fn process_ticks(path: &str) -> Option<u64> {
+pub(crate) fn process_ticks(path: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(path).ok()?;
     stat_ticks(&stat).map(|(_, ticks)| ticks)
 }

@@ -1,0 +1,27 @@
+//! One-shot reads of the records the multi-process benchmarks watch for: a lease (the view, a
+//! role lease) and a job record. `None` when the key is absent, deleted, undecodable, or NATS did
+//! not answer within 2 s (the benchmarks poll through nats-server restarts).
+
+use elk_nats::Resources;
+use elk_protocol::codec::Message;
+use elk_protocol::decode;
+use elk_protocol::messages::JobRecord;
+use std::time::Duration;
+
+pub(crate) async fn read_lease<M: Message>(resources: &Resources, key: &str) -> Option<M> {
+    read(&resources.leases, key).await
+}
+
+pub(crate) async fn read_job(resources: &Resources, job: &str) -> Option<JobRecord> {
+    read(&resources.jobs, job).await
+}
+
+async fn read<M: Message>(store: &async_nats::jetstream::kv::Store, key: &str) -> Option<M> {
+    let entry = tokio::time::timeout(Duration::from_secs(2), elk_nats::read_entry(store, key))
+        .await
+        .ok()?
+        .ok()??;
+    (!entry.deleted)
+        .then(|| decode(&entry.value).ok())
+        .flatten()
+}

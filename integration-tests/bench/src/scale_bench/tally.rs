@@ -1,0 +1,185 @@
+//! Who holds which partition, from the assignment records alone: a watch on the assignments
+//! bucket keeps, per worker, the partitions its latest record grants, and per partition its
+//! owner. Only the changed record is decoded per event, so following 10,000 records of hundreds
+//! of grants stays cheap. Every condition a phase waits for is decided from this copy, at the
+//! moment the change was delivered.
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::kv::{Operation, Store, Watch};
+use elk_protocol::decode;
+use elk_protocol::messages::AssignmentRecord;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+pub(crate) struct GrantTally {
+    watch: Watch,
+    /// Worker id → index into the vectors below.
+    index: HashMap<String, usize>,
+    held: Vec<Vec<u64>>,
+    alive: Vec<bool>,
+    /// `owner[p]`: the worker whose record grants partition `p` (1-based; slot 0 unused).
+    owner: Vec<Option<usize>>,
+    /// Partitions granted by the records of live workers.
+    granted_live: usize,
+    /// Partitions being followed after a kill: when each was first granted to a live worker.
+    reclaimed: HashMap<u64, Option<Instant>>,
+}
+
+impl GrantTally {
+    /// Follows `assignments` for a job of `partitions` partitions.
+    pub async fn follow(assignments: &Store, partitions: u64) -> anyhow::Result<Self> {
+        let snapshot = elk_nats::watch_snapshot(assignments)
+            .await
+            .context("watch the assignments bucket")?;
+        anyhow::ensure!(
+            snapshot.entries.is_empty(),
+            "the assignments bucket is not empty"
+        );
+        Ok(Self {
+            watch: snapshot.watch,
+            index: HashMap::new(),
+            held: Vec::new(),
+            alive: Vec::new(),
+            owner: vec![None; partitions as usize + 1],
+            granted_live: 0,
+            reclaimed: HashMap::new(),
+        })
+    }
+
+    fn worker(&mut self, id: &str) -> usize {
+        if let Some(&index) = self.index.get(id) {
+            return index;
+        }
+        let index = self.held.len();
+        self.index.insert(id.to_owned(), index);
+        self.held.push(Vec::new());
+        self.alive.push(true);
+        index
+    }
+
+    async fn apply_next(&mut self) -> anyhow::Result<()> {
+        let Some(entry) = self.watch.next().await else {
+            bail!("the assignments watch ended");
+        };
+        let entry = entry.context("assignments watch")?;
+        let worker = self.worker(&entry.key);
+        let grants: Vec<u64> = match entry.operation {
+            Operation::Put => decode::<AssignmentRecord>(&entry.value)
+                .with_context(|| format!("assignment record of {}", entry.key))?
+                .grants
+                .iter()
+                .map(|grant| grant.partition.get())
+                .collect(),
+            Operation::Delete | Operation::Purge => Vec::new(),
+        };
+        let previous = std::mem::take(&mut self.held[worker]);
+        for partition in &previous {
+            if let Some(slot) = self.owner.get_mut(*partition as usize)
+                && *slot == Some(worker)
+            {
+                *slot = None;
+            }
+        }
+        let now = Instant::now();
+        for &partition in &grants {
+            if let Some(slot) = self.owner.get_mut(partition as usize) {
+                *slot = Some(worker);
+            }
+            if self.alive[worker]
+                && let Some(seen @ None) = self.reclaimed.get_mut(&partition)
+            {
+                *seen = Some(now);
+            }
+        }
+        if self.alive[worker] {
+            self.granted_live = self.granted_live + grants.len() - previous.len();
+        }
+        self.held[worker] = grants;
+        Ok(())
+    }
+
+    /// Applies changes until `condition` holds; returns when it was first seen to hold.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        mut condition: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<Instant> {
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            if condition(self) {
+                return Ok(Instant::now());
+            }
+            match tokio::time::timeout_at(give_up, self.apply_next()).await {
+                Ok(applied) => applied?,
+                Err(_) => bail!(
+                    "timed out after {deadline:?} waiting for {what} ({} of {} partitions granted to live workers)",
+                    self.granted_live,
+                    self.owner.len() - 1
+                ),
+            }
+        }
+    }
+
+    /// Every partition is granted to a live worker and no live worker holds more than
+    /// `ceil(partitions / live_workers)`: the placement's balance (`max_over_quota` = 1).
+    pub fn balanced(&self, live_workers: usize) -> bool {
+        let partitions = self.owner.len() - 1;
+        if self.granted_live != partitions {
+            return false;
+        }
+        let ceiling = partitions.div_ceil(live_workers.max(1));
+        self.owner[1..]
+            .iter()
+            .all(|owner| owner.is_some_and(|worker| self.alive[worker]))
+            && self
+                .held
+                .iter()
+                .zip(&self.alive)
+                .all(|(held, alive)| !alive || held.len() <= ceiling)
+    }
+
+    /// The owner of every partition now (index 0 unused).
+    pub fn owners(&self) -> Vec<Option<usize>> {
+        self.owner.clone()
+    }
+
+    /// Partitions whose owner differs between `before` and now.
+    pub fn moved_since(&self, before: &[Option<usize>]) -> usize {
+        before
+            .iter()
+            .zip(&self.owner)
+            .skip(1)
+            .filter(|(then, now)| then.is_some() && then != now)
+            .count()
+    }
+
+    /// Marks `ids` dead (killed) and starts following the partitions they held; returns how
+    /// many partitions that is.
+    pub fn kill(&mut self, ids: &[String]) -> usize {
+        self.reclaimed.clear();
+        for id in ids {
+            let worker = self.worker(id);
+            if !self.alive[worker] {
+                continue;
+            }
+            self.alive[worker] = false;
+            self.granted_live -= self.held[worker].len();
+            for &partition in &self.held[worker] {
+                self.reclaimed.insert(partition, None);
+            }
+        }
+        self.reclaimed.len()
+    }
+
+    /// Every followed partition is granted to a live worker again.
+    pub fn all_reclaimed(&self) -> bool {
+        self.reclaimed.values().all(Option::is_some)
+    }
+
+    /// When each followed partition was granted to a live worker again.
+    pub fn reclaim_times(&self) -> Vec<Instant> {
+        self.reclaimed.values().filter_map(|seen| *seen).collect()
+    }
+}
