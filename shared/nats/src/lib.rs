@@ -28,7 +28,8 @@ pub use membership::{
     JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
 };
 pub use provision::{
-    MemberResources, ProvisionConfig, Resources, bind, open, open_member, provision,
+    MemberResources, ProvisionConfig, Resources, STREAM_MAX_CONSUMERS, bind, open, open_member,
+    provision,
 };
 pub use replicas::MAX_REPLICAS;
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};

@@ -11,6 +11,13 @@ use async_nats::jetstream::{self, kv, stream};
 use elk_protocol::names::{Names, PROGRESS_CONSUMER};
 use std::time::Duration;
 
+/// How many consumers the stream of every bucket accepts. Every worker
+/// watches its own assignment key through a consumer of its own, and nats-server 2.15 limits
+/// every stream that does not set a limit of its own to 1,000 consumers (it substitutes that
+/// default for "unlimited", -1): without an explicit limit the thousandth worker could not start.
+/// 100,000 leaves room for ten times the largest fleet measured (`docs/benchmarks.md`, scale).
+pub const STREAM_MAX_CONSUMERS: i32 = 100_000;
+
 /// Provisioning knobs.
 #[derive(Debug, Clone)]
 pub struct ProvisionConfig {
@@ -295,18 +302,46 @@ async fn bucket(
     let replicas = plan
         .target(jetstream, &format!("KV_{name}"), &resource)
         .await?;
-    let config = kv::Config {
-        bucket: name,
-        history: 1,
-        storage: stream::StorageType::File,
-        limit_markers,
-        num_replicas: replicas,
-        ..Default::default()
-    };
+    // The bucket's stream is written directly, rather than through
+    // `create_or_update_key_value`, whose stream config cannot carry a consumer limit: every
+    // provisioning (`elkctl provision`, a service raising the replica count) would reset the limit
+    // to the server's default.
     jetstream
-        .create_or_update_key_value(config)
+        .create_or_update_stream(kv_stream_config(&name, limit_markers, replicas))
+        .await
+        .map_err(|error| NatsError::provision_replicated(&resource, replicas, error))?;
+    jetstream
+        .get_key_value(name.as_str())
         .await
         .map_err(|error| NatsError::provision_replicated(&resource, replicas, error))
+}
+
+/// The stream behind KV bucket `name`: what async-nats' `create_or_update_key_value` writes for
+/// `history: 1`, file storage and the given `limit_markers` (rollups, direct gets, discard new,
+/// no deletes of the stream's messages, per-message TTLs when markers are on) with `replicas`
+/// copies, plus the consumer limit [`STREAM_MAX_CONSUMERS`].
+fn kv_stream_config(
+    name: &str,
+    limit_markers: Option<Duration>,
+    replicas: usize,
+) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(String::new()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_message_ttl: limit_markers.is_some(),
+        subject_delete_marker_ttl: limit_markers,
+        max_consumers: STREAM_MAX_CONSUMERS,
+        ..Default::default()
+    }
 }
 
 async fn progress_stream(

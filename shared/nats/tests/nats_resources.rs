@@ -57,6 +57,59 @@ async fn provisioning_is_idempotent_and_creates_everything() {
     );
 }
 
+/// nats-server 2.15 caps every stream without a limit of its own at 1,000 consumers, and every
+/// worker watches its assignment key through its own consumer: the buckets carry an explicit
+/// limit, and provisioning again (as every worker does at start) keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn more_than_a_thousand_workers_can_watch_their_assignment_keys() {
+    let server = NatsServer::start();
+    let client = connect(&NatsConfig::new(server.url(), "test"))
+        .await
+        .unwrap();
+    // A namespace provisioned before the limit (through `create_key_value`, the server's default
+    // of 1,000 consumers) is raised on the next start.
+    async_nats::jetstream::new(client.clone())
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: names().assignments_bucket(),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let resources = provision(client.clone(), names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let mut watches = Vec::new();
+    for worker in 0..1_000 {
+        let watch = resources
+            .assignments
+            .watch(format!("worker-{worker}"))
+            .await
+            .unwrap_or_else(|error| panic!("watch {worker}: {error}"));
+        watches.push(watch);
+    }
+    // A worker starting now provisions again before it watches its key.
+    let late = provision(client, names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let info = late.assignments.stream.get_info().await.unwrap();
+    assert_eq!(info.config.max_consumers, elk_nats::STREAM_MAX_CONSUMERS);
+    assert!(info.config.allow_direct && info.config.allow_rollup);
+    let watch = late.assignments.watch("worker-1000").await;
+    assert!(watch.is_ok(), "the 1,001st watch: {:?}", watch.err());
+    assert!(
+        late.members
+            .stream
+            .get_info()
+            .await
+            .unwrap()
+            .config
+            .allow_message_ttl,
+        "the members bucket keeps per-key TTLs"
+    );
+}
+
 #[tokio::test]
 async fn compare_and_set_create_update_and_conflict() {
     let server = NatsServer::start();
