@@ -10,8 +10,10 @@
 //! 1. **fleet start**: N workers join (50 at a time); the view lists them all. Then 5 s of idle
 //!    CPU (renewals only) per component.
 //! 2. **cold start**: the job is created → every partition granted to a live worker and balanced
-//!    (no worker above `ceil(P / N)`): `cold_start_ms`; the assigner's RSS before the job and
-//!    with every partition live give `assigner_bytes_per_partition`.
+//!    (every worker holds `floor(P / N)` or `ceil(P / N)`): `cold_start_ms`; the assigner's RSS
+//!    before the job and with every partition live give `assigner_bytes_per_partition`. CPU per
+//!    component (nats-server, assigner, election, this process) is reported for the idle fleet,
+//!    the cold start and the completion.
 //! 3. **join**: N/10 workers start at once → balanced over the larger fleet: `join_balanced_ms`,
 //!    `join_moves` (partitions whose owner changed) against `join_min_moves`.
 //! 4. **kill**: N/10 of the original workers are killed (connection dropped, nothing released) →
@@ -82,10 +84,13 @@ struct Line {
     fleet_start_s: Option<f64>,
     view_bytes: Option<usize>,
     renewals_per_s: f64,
-    idle_cpu_nats_cores: Option<f64>,
-    idle_cpu_assigner_cores: Option<f64>,
-    idle_cpu_election_cores: Option<f64>,
-    idle_cpu_workers_cores: Option<f64>,
+    /// CPU in cores (1.0 = one core busy) over 5 s with nothing to do but renew memberships,
+    /// then during the cold start and during the completion.
+    idle_cpu: Option<Cores>,
+    cold_start_cpu: Option<Cores>,
+    completion_cpu: Option<Cores>,
+    /// Mean size of a worker's assignment record with every partition granted.
+    record_bytes_mean: Option<usize>,
     join_workers: usize,
     join_balanced_ms: Option<f64>,
     join_moves: Option<usize>,
@@ -271,13 +276,24 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
         starting.elapsed().as_secs_f64()
     );
     wait_leader(&resources, Duration::from_secs(60)).await?;
-    measure_idle_cpu(line, nats_pid, &assigner, &election).await;
+    let cpu = CpuMeter {
+        pids: [
+            nats_pid.unwrap_or(0),
+            assigner.pid(),
+            election.pid(),
+            std::process::id(),
+        ],
+    };
+    let idle = cpu.sample();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    line.idle_cpu = Some(cpu.since(idle));
     line.assigner_rss_idle_bytes = assigner.rss_bytes();
 
     // Cold start.
     let admin = AdminClient::new(resources.client.clone(), resources.names.clone())
         .with_patience(Duration::from_secs(60));
     let created = Instant::now();
+    let cold = cpu.sample();
     admin
         .create_job(
             JobName::new(JOB)?,
@@ -292,6 +308,8 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
         )
         .await?;
     line.cold_start_ms = Some(millis(balanced - created));
+    line.cold_start_cpu = Some(cpu.since(cold));
+    line.record_bytes_mean = Some(tally.record_bytes_mean());
     eprintln!("  cold start: {:.0} ms", millis(balanced - created));
     line.assigner_rss_loaded_bytes = assigner.rss_bytes();
     line.nats_rss_loaded_bytes = nats_pid.and_then(rss_bytes);
@@ -314,8 +332,8 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
         .await?;
     line.join_balanced_ms = Some(millis(balanced - join_started));
     line.join_moves = Some(tally.moved_since(&before));
-    line.join_min_moves =
-        Some(partitions - partitions * workers as u64 / (workers + joining) as u64);
+    // Each newcomer must end up with at least floor(P / live) partitions.
+    line.join_min_moves = Some(joining as u64 * (partitions / (workers + joining) as u64));
     eprintln!(
         "  join of {joining}: balanced after {:.0} ms, {} moves",
         millis(balanced - join_started),
@@ -364,9 +382,11 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
 
     // Completion.
     let released = Instant::now();
+    let completing = cpu.sample();
     finish.send_replace(true);
     wait_completed(&resources, deadline(partitions)).await?;
     line.completion_ms = Some(millis(released.elapsed()));
+    line.completion_cpu = Some(cpu.since(completing));
     line.assigner_rss_end_bytes = assigner.rss_bytes();
     line.nats_rss_end_bytes = nats_pid.and_then(rss_bytes);
     eprintln!("  completion: {:.0} ms", millis(released.elapsed()));
@@ -377,35 +397,42 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU of each component over 5 s with nothing to do but renew memberships.
-async fn measure_idle_cpu(
-    line: &mut Line,
-    nats_pid: Option<u32>,
-    assigner: &Process,
-    election: &Process,
-) {
-    let ticks = |pid: Option<u32>| pid.and_then(|pid| process_ticks(&format!("/proc/{pid}/stat")));
-    let sample = || {
-        [
-            ticks(nats_pid),
-            ticks(Some(assigner.pid())),
-            ticks(Some(election.pid())),
-            ticks(Some(std::process::id())),
-        ]
-    };
-    let window = Duration::from_secs(5);
-    let before = sample();
-    tokio::time::sleep(window).await;
-    let after = sample();
-    let cores = |index: usize| {
-        before[index]
-            .zip(after[index])
-            .map(|(b, a)| round(a.saturating_sub(b) as f64 / 100.0 / window.as_secs_f64(), 3))
-    };
-    line.idle_cpu_nats_cores = cores(0);
-    line.idle_cpu_assigner_cores = cores(1);
-    line.idle_cpu_election_cores = cores(2);
-    line.idle_cpu_workers_cores = cores(3);
+/// CPU used by each component, in cores.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Cores {
+    nats: f64,
+    assigner: f64,
+    election: f64,
+    /// This process: the workers (and the benchmark's own watch).
+    workers: f64,
+}
+
+/// Cumulative CPU ticks of the run's processes, to compute [`Cores`] between two samples.
+struct CpuMeter {
+    pids: [u32; 4],
+}
+
+impl CpuMeter {
+    fn sample(&self) -> (Instant, [u64; 4]) {
+        let ticks = self
+            .pids
+            .map(|pid| process_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0));
+        (Instant::now(), ticks)
+    }
+
+    fn since(&self, (then, before): (Instant, [u64; 4])) -> Cores {
+        let (now, after) = self.sample();
+        let seconds = (now - then).as_secs_f64().max(1e-3);
+        let cores = |index: usize| {
+            round(after[index].saturating_sub(before[index]) as f64 / 100.0 / seconds, 3)
+        };
+        Cores {
+            nats: cores(0),
+            assigner: cores(1),
+            election: cores(2),
+            workers: cores(3),
+        }
+    }
 }
 
 async fn wait_view(resources: &Resources, workers: usize, within: Duration) -> anyhow::Result<()> {
@@ -438,9 +465,9 @@ async fn wait_completed(resources: &Resources, within: Duration) -> anyhow::Resu
     Ok(())
 }
 
-/// A generous bound for one phase.
+/// A generous bound for one phase: 15 minutes, and more for jobs beyond 100,000 partitions.
 fn deadline(partitions: u64) -> Duration {
-    Duration::from_secs(120) + Duration::from_millis(partitions * 2)
+    Duration::from_secs(900) + Duration::from_millis(partitions.saturating_sub(100_000) * 10)
 }
 
 fn millis(duration: Duration) -> f64 {

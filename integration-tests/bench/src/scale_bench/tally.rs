@@ -17,6 +17,8 @@ pub(crate) struct GrantTally {
     /// Worker id → index into the vectors below.
     index: HashMap<String, usize>,
     held: Vec<Vec<u64>>,
+    /// Size of each worker's latest record.
+    record_bytes: Vec<usize>,
     alive: Vec<bool>,
     /// `owner[p]`: the worker whose record grants partition `p` (1-based; slot 0 unused).
     owner: Vec<Option<usize>>,
@@ -40,6 +42,7 @@ impl GrantTally {
             watch: snapshot.watch,
             index: HashMap::new(),
             held: Vec::new(),
+            record_bytes: Vec::new(),
             alive: Vec::new(),
             owner: vec![None; partitions as usize + 1],
             granted_live: 0,
@@ -54,6 +57,7 @@ impl GrantTally {
         let index = self.held.len();
         self.index.insert(id.to_owned(), index);
         self.held.push(Vec::new());
+        self.record_bytes.push(0);
         self.alive.push(true);
         index
     }
@@ -73,6 +77,7 @@ impl GrantTally {
                 .collect(),
             Operation::Delete | Operation::Purge => Vec::new(),
         };
+        self.record_bytes[worker] = entry.value.len();
         let previous = std::mem::take(&mut self.held[worker]);
         for partition in &previous {
             if let Some(slot) = self.owner.get_mut(*partition as usize)
@@ -122,22 +127,47 @@ impl GrantTally {
         }
     }
 
-    /// Every partition is granted to a live worker and no live worker holds more than
-    /// `ceil(partitions / live_workers)`: the placement's balance (`max_over_quota` = 1).
+    /// Every partition is granted to a live worker and each of the `live_workers` holds
+    /// `floor(P / live)` or `ceil(P / live)` of them: the placement's balance for equal
+    /// capacities.
     pub fn balanced(&self, live_workers: usize) -> bool {
         let partitions = self.owner.len() - 1;
         if self.granted_live != partitions {
             return false;
         }
-        let ceiling = partitions.div_ceil(live_workers.max(1));
-        self.owner[1..]
-            .iter()
-            .all(|owner| owner.is_some_and(|worker| self.alive[worker]))
-            && self
-                .held
+        let live_workers = live_workers.max(1);
+        let (floor, ceiling) = (
+            partitions / live_workers,
+            partitions.div_ceil(live_workers),
+        );
+        let mut at_least_floor = 0;
+        for (held, alive) in self.held.iter().zip(&self.alive) {
+            if !alive {
+                continue;
+            }
+            if held.len() > ceiling {
+                return false;
+            }
+            if held.len() >= floor {
+                at_least_floor += 1;
+            }
+        }
+        at_least_floor >= live_workers
+            && self.owner[1..]
                 .iter()
-                .zip(&self.alive)
-                .all(|(held, alive)| !alive || held.len() <= ceiling)
+                .all(|owner| owner.is_some_and(|worker| self.alive[worker]))
+    }
+
+    /// Mean size of the live workers' latest records, in bytes.
+    pub fn record_bytes_mean(&self) -> usize {
+        let live: Vec<usize> = self
+            .record_bytes
+            .iter()
+            .zip(&self.alive)
+            .filter(|(_, alive)| **alive)
+            .map(|(bytes, _)| *bytes)
+            .collect();
+        live.iter().sum::<usize>() / live.len().max(1)
     }
 
     /// The owner of every partition now (index 0 unused).
