@@ -229,7 +229,10 @@ async fn processing_drift(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     wait_in_view(&cluster.resources, &id_refs).await?;
-    let nats_pid = find_nats_server(&cluster.server.store_dir());
+    let nats_pid = cluster
+        .server
+        .store_dir()
+        .and_then(|store| find_nats_server(&store));
     let jobs = partitions.div_ceil(JOB_PARTITIONS);
     let warmup_jobs = (jobs / 10).max(1);
     let mut warm: Option<(u64, u64, Option<u64>)> = None;
@@ -337,13 +340,17 @@ async fn leader_switches(
         let (_, now) = cluster.leader().await.context("no assigner leader")?;
         // Until the deposed replica notices (at its next renewal), it may still answer a
         // read-only request in the queue group, under its old epoch: ask until the new one does.
-        wait_until("the new leader answering", Duration::from_secs(30), || async {
-            cluster
-                .admin
-                .stats()
-                .await
-                .is_ok_and(|stats| stats.epoch >= now.epoch)
-        })
+        wait_until(
+            "the new leader answering",
+            Duration::from_secs(30),
+            || async {
+                cluster
+                    .admin
+                    .stats()
+                    .await
+                    .is_ok_and(|stats| stats.epoch >= now.epoch)
+            },
+        )
         .await?;
         durations.push(switching.elapsed());
         // The deposed replica is back as a standby before the next switch.

@@ -223,7 +223,9 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
     let workers = line.workers;
     let partitions = line.partitions;
     let server = NatsServer::builder().start()?;
-    let nats_pid = find_nats_server(&server.store_dir());
+    let nats_pid = server
+        .store_dir()
+        .and_then(|store| find_nats_server(&store));
     let run_dir = tempfile::Builder::new().prefix("elk-scale-").tempdir()?;
     let client = elk_nats::connect(&NatsConfig::new(server.url(), "elk-bench-scale")).await?;
     let namespace = Namespace::new(NAMESPACE)?;
@@ -424,7 +426,10 @@ impl CpuMeter {
         let (now, after) = self.sample();
         let seconds = (now - then).as_secs_f64().max(1e-3);
         let cores = |index: usize| {
-            round(after[index].saturating_sub(before[index]) as f64 / 100.0 / seconds, 3)
+            round(
+                after[index].saturating_sub(before[index]) as f64 / 100.0 / seconds,
+                3,
+            )
         };
         Cores {
             nats: cores(0),

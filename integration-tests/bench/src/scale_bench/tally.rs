@@ -136,10 +136,7 @@ impl GrantTally {
             return false;
         }
         let live_workers = live_workers.max(1);
-        let (floor, ceiling) = (
-            partitions / live_workers,
-            partitions.div_ceil(live_workers),
-        );
+        let (floor, ceiling) = (partitions / live_workers, partitions.div_ceil(live_workers));
         let mut at_least_floor = 0;
         for (held, alive) in self.held.iter().zip(&self.alive) {
             if !alive {
