@@ -32,6 +32,11 @@ pub struct ProvisionConfig {
     /// ones get 1 — what clients such as workers use, so they never undo the operator's choice.
     /// A count the servers cannot hold is refused with [`NatsError::Replicas`].
     pub replicas: Option<usize>,
+    /// How long [`open`] keeps trying again after a failure that may pass by itself (a request
+    /// timing out while the link or the server is down, a server restarting) before it returns
+    /// that error. Refusals (not provisioned for this identity, replicas the servers cannot hold)
+    /// return at once.
+    pub patience: Duration,
 }
 
 impl Default for ProvisionConfig {
@@ -40,9 +45,14 @@ impl Default for ProvisionConfig {
             delete_marker_ttl: Duration::from_secs(10),
             progress_max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: None,
+            patience: Duration::from_secs(60),
         }
     }
 }
+
+/// The first pause between two attempts of [`open`]; it doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(200);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// Handles on every NATS resource of one namespace.
 #[derive(Clone)]
@@ -165,7 +175,31 @@ pub async fn bind(client: async_nats::Client, names: Names) -> Result<Resources,
 /// [`provision`] (which needs the rights to create and update streams; with a restricted identity
 /// a missing resource fails naming it). Existing resources otherwise keep their configuration:
 /// updating it is `elkctl provision`'s job.
+///
+/// A retryable failure starts it over, for up to [`ProvisionConfig::patience`]: a service started
+/// while its link to NATS is cut (or the server restarts) waits instead of exiting (found by
+/// `elk-bench chaos`: a scaler whose link was cut during its start-up exited 1 after one request
+/// timed out).
 pub async fn open(
+    client: async_nats::Client,
+    names: Names,
+    config: &ProvisionConfig,
+) -> Result<Resources, NatsError> {
+    let deadline = tokio::time::Instant::now() + config.patience;
+    let mut pause = FIRST_RETRY_PAUSE;
+    loop {
+        match open_once(client.clone(), names.clone(), config).await {
+            Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "opening the namespace failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn open_once(
     client: async_nats::Client,
     names: Names,
     config: &ProvisionConfig,

@@ -1,5 +1,6 @@
 //! elk-nats against a real nats-server: refusal of unusable servers, idempotent provisioning,
-//! compare-and-set semantics, per-key TTL expiry and snapshot watches.
+//! compare-and-set semantics, per-key TTL expiry and snapshot watches, provisioning across a
+//! network cut.
 
 use bytes::Bytes;
 use elk_nats::{
@@ -7,7 +8,7 @@ use elk_nats::{
     watch_snapshot,
 };
 use elk_protocol::names::Names;
-use elk_testkit::{NatsServer, wait_until};
+use elk_testkit::{NatsServer, TcpProxy, wait_until};
 use elk_types::{Namespace, Revision};
 use futures::StreamExt;
 use std::time::Duration;
@@ -108,6 +109,57 @@ async fn more_than_a_thousand_workers_can_watch_their_assignment_keys() {
             .allow_message_ttl,
         "the members bucket keeps per-key TTLs"
     );
+}
+
+/// A service started while its link to NATS is down waits for it: `open` tries again after
+/// requests that time out, within `patience` (found by `elk-bench chaos`: a scaler whose link was
+/// cut during its start-up exited). Two clients behind two proxies, both cut for longer than one
+/// JetStream request timeout (5 s): without patience opening gives up with a retryable error;
+/// with the default it completes once the link is healed.
+#[tokio::test(flavor = "multi_thread")]
+async fn opening_waits_out_a_network_cut() {
+    let server = NatsServer::start();
+    let admin = connect(&NatsConfig::new(server.url(), "admin"))
+        .await
+        .unwrap();
+    provision(admin, names(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    let impatient_proxy = TcpProxy::start(server.url());
+    let patient_proxy = TcpProxy::start(server.url());
+    let impatient = connect(&NatsConfig::new(impatient_proxy.url(), "impatient"))
+        .await
+        .unwrap();
+    let patient = connect(&NatsConfig::new(patient_proxy.url(), "patient"))
+        .await
+        .unwrap();
+    impatient_proxy.cut();
+    patient_proxy.cut();
+    let no_patience = ProvisionConfig {
+        patience: Duration::ZERO,
+        ..ProvisionConfig::default()
+    };
+    let gave_up =
+        tokio::spawn(async move { elk_nats::open(impatient, names(), &no_patience).await.err() });
+    let waited = tokio::spawn(async move {
+        elk_nats::open(patient, names(), &ProvisionConfig::default())
+            .await
+            .map(|resources| resources.names.namespace().clone())
+    });
+    let error = gave_up
+        .await
+        .unwrap()
+        .expect("a cut link fails opening without patience");
+    assert!(error.is_retryable(), "{error}");
+    // The patient one has seen at least one request time out by now.
+    assert!(!waited.is_finished());
+    patient_proxy.heal();
+    let namespace = tokio::time::timeout(Duration::from_secs(60), waited)
+        .await
+        .expect("opening completes after the heal")
+        .unwrap()
+        .unwrap_or_else(|error| panic!("opening after the heal: {error}"));
+    assert_eq!(namespace, *names().namespace());
 }
 
 #[tokio::test]
