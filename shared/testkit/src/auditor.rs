@@ -158,9 +158,17 @@ impl OwnershipAuditor {
             .await
             .map_err(|e| setup("progress consumer")(e.to_string()))?;
         let tasks = vec![
-            tokio::spawn(follow_kv(members, recorded.clone(), Source::Members)),
             tokio::spawn(follow_kv(
+                resources.members.clone(),
+                members,
+                resources.client.clone(),
+                recorded.clone(),
+                Source::Members,
+            )),
+            tokio::spawn(follow_kv(
+                resources.assignments.clone(),
                 assignments,
+                resources.client.clone(),
                 recorded.clone(),
                 Source::Assignments,
             )),
