@@ -111,15 +111,9 @@ struct Jobs {
 }
 
 pub fn run(arguments: &ChaosArgs) -> anyhow::Result<()> {
-    crate::init_logging();
-    let binaries = Binaries::prepare(&arguments.binaries)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let outcome = runtime.block_on(run_chaos(arguments, &binaries));
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    let line = outcome?;
+    let line = crate::procs::run_with_binaries(&arguments.binaries, |binaries| async move {
+        run_chaos(arguments, &binaries).await
+    })?;
     let mut output = std::io::stdout().lock();
     writeln!(output, "{}", serde_json::to_string(&line)?)?;
     output.flush()?;

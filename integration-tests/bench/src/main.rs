@@ -5,6 +5,7 @@
 
 mod chaos_bench;
 mod failover_bench;
+mod follow;
 mod kv_reads;
 mod lifecycle_bench;
 mod measure;

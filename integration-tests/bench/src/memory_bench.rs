@@ -91,15 +91,10 @@ struct Line {
 }
 
 pub fn run(arguments: &MemoryArgs) -> anyhow::Result<()> {
-    crate::init_logging();
-    let binaries = Binaries::prepare(&arguments.binaries)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let line = runtime.block_on(run_all(arguments, &binaries));
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    print_line(&line?)
+    let line = crate::procs::run_with_binaries(&arguments.binaries, |binaries| async move {
+        run_all(arguments, &binaries).await
+    })?;
+    print_line(&line)
 }
 
 /// The processes of the run.

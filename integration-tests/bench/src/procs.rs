@@ -68,6 +68,26 @@ impl Binaries {
     }
 }
 
+/// One benchmark over separate processes: logging, the binaries (built first unless told
+/// otherwise) and a multi-thread runtime that `run` is driven on.
+pub(crate) fn run_with_binaries<T, F>(
+    args: &BinaryArgs,
+    run: impl FnOnce(Binaries) -> F,
+) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    crate::init_logging();
+    let binaries = Binaries::prepare(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let outcome = runtime.block_on(run(binaries));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
+}
+
 /// Runs `cargo build` of the benchmark's binaries in the profile whose output directory is `dir`
 /// (`target/release` → `--profile release`, `target/debug` → `--profile dev`).
 fn build_in_profile_of(dir: &Path) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@
 
 mod tally;
 
+use crate::follow::Follows;
 use crate::kv_reads::{read_job, read_lease};
 use crate::lifecycle_bench::cpu::{find_nats_server, process_ticks};
 use crate::lifecycle_bench::{print_line, round};

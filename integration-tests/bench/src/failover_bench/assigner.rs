@@ -11,6 +11,7 @@
 
 use super::mirror::KvMirror;
 use super::{HoldProcessor, Measured, Settings, fault_phase, log_trial, start_worker};
+use crate::follow::Follows;
 use anyhow::Context;
 use elk_integration_tests::{ServiceHandle, Stack};
 use elk_protocol::messages::{AssignmentRecord, MemberRole, MembershipView, RoleLease};

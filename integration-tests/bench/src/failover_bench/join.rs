@@ -8,6 +8,7 @@
 
 use super::mirror::KvMirror;
 use super::{HoldProcessor, Measured, Settings, log_trial, start_worker};
+use crate::follow::Follows;
 use elk_integration_tests::Stack;
 use elk_protocol::messages::{AssignmentRecord, MembershipView};
 use elk_protocol::names::VIEW_KEY;

@@ -11,6 +11,8 @@ use futures::stream::SelectAll;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::follow::Follows;
+
 pub(crate) struct KvMirror {
     buckets: HashMap<String, BTreeMap<String, Bytes>>,
     events: SelectAll<Watch>,
@@ -37,7 +39,7 @@ impl KvMirror {
     }
 
     /// Applies the next change of any followed bucket.
-    async fn apply_next(&mut self) -> anyhow::Result<()> {
+    async fn apply_next_change(&mut self) -> anyhow::Result<()> {
         let Some(entry) = self.events.next().await else {
             bail!("every KV watch ended");
         };
@@ -54,29 +56,9 @@ impl KvMirror {
         Ok(())
     }
 
-    /// Applies changes until `condition` holds and returns when it was first seen to hold (at
-    /// once if it already does). Fails after `deadline`.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        deadline: Duration,
-        mut condition: impl FnMut(&Self) -> bool,
-    ) -> anyhow::Result<Instant> {
-        let give_up = tokio::time::Instant::now() + deadline;
-        loop {
-            if condition(self) {
-                return Ok(Instant::now());
-            }
-            match tokio::time::timeout_at(give_up, self.apply_next()).await {
-                Ok(applied) => applied?,
-                Err(_) => bail!("timed out after {deadline:?} waiting for {what}"),
-            }
-        }
-    }
-
     /// Applies changes until none arrived for `quiet` (so the copy is current).
     pub async fn settle(&mut self, quiet: Duration) -> anyhow::Result<()> {
-        while let Ok(applied) = tokio::time::timeout(quiet, self.apply_next()).await {
+        while let Ok(applied) = tokio::time::timeout(quiet, self.apply_next_change()).await {
             applied?;
         }
         Ok(())
@@ -98,5 +80,11 @@ impl KvMirror {
             .into_iter()
             .flat_map(|bucket| bucket.iter())
             .filter_map(|(key, value)| decode(value).ok().map(|decoded| (key, decoded)))
+    }
+}
+
+impl Follows for KvMirror {
+    async fn apply_next(&mut self) -> anyhow::Result<()> {
+        self.apply_next_change().await
     }
 }

@@ -15,6 +15,7 @@
 
 use super::mirror::KvMirror;
 use super::{HoldProcessor, Measured, Settings, fault_phase, log_trial, start_worker};
+use crate::follow::Follows;
 use async_nats::jetstream::kv::Store;
 use elk_integration_tests::Stack;
 use elk_protocol::messages::{MemberRef, PartitionRecord, PartitionStatus};

@@ -12,6 +12,8 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::follow::Follows;
+
 pub(crate) struct GrantTally {
     watch: Watch,
     /// Worker id → index into the vectors below.
@@ -62,7 +64,7 @@ impl GrantTally {
         index
     }
 
-    async fn apply_next(&mut self) -> anyhow::Result<()> {
+    async fn apply_next_change(&mut self) -> anyhow::Result<()> {
         let Some(entry) = self.watch.next().await else {
             bail!("the assignments watch ended");
         };
@@ -102,29 +104,6 @@ impl GrantTally {
         }
         self.held[worker] = grants;
         Ok(())
-    }
-
-    /// Applies changes until `condition` holds; returns when it was first seen to hold.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        deadline: Duration,
-        mut condition: impl FnMut(&Self) -> bool,
-    ) -> anyhow::Result<Instant> {
-        let give_up = tokio::time::Instant::now() + deadline;
-        loop {
-            if condition(self) {
-                return Ok(Instant::now());
-            }
-            match tokio::time::timeout_at(give_up, self.apply_next()).await {
-                Ok(applied) => applied?,
-                Err(_) => bail!(
-                    "timed out after {deadline:?} waiting for {what} ({} of {} partitions granted to live workers)",
-                    self.granted_live,
-                    self.owner.len() - 1
-                ),
-            }
-        }
     }
 
     /// Every partition is granted to a live worker and each of the `live_workers` holds
@@ -208,5 +187,19 @@ impl GrantTally {
     /// When each followed partition was granted to a live worker again.
     pub fn reclaim_times(&self) -> Vec<Instant> {
         self.reclaimed.values().filter_map(|seen| *seen).collect()
+    }
+}
+
+impl Follows for GrantTally {
+    async fn apply_next(&mut self) -> anyhow::Result<()> {
+        self.apply_next_change().await
+    }
+
+    fn state(&self) -> String {
+        format!(
+            "{} of {} partitions granted to live workers",
+            self.granted_live,
+            self.owner.len() - 1
+        )
     }
 }
