@@ -9,7 +9,7 @@ use elk_protocol::decode;
 use futures::StreamExt;
 use futures::stream::SelectAll;
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::follow::Follows;
 

@@ -10,7 +10,7 @@ use elk_protocol::decode;
 use elk_protocol::messages::AssignmentRecord;
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::follow::Follows;
 
