@@ -116,6 +116,10 @@ fn refusal(code: AdminErrorCode) -> (u8, Option<&'static str>) {
             EXIT_NOT_FOUND,
             Some("`elkctl partitions --job JOB` shows the live partitions"),
         ),
+        AdminErrorCode::UnknownMember => (
+            EXIT_NOT_FOUND,
+            Some("`elkctl members` shows the live members"),
+        ),
         AdminErrorCode::AlreadyExists => (
             EXIT_CONFLICT,
             Some("pick another name; `elkctl job get NAME` shows the existing job"),
@@ -150,6 +154,7 @@ mod tests {
 
     fn refused(code: AdminErrorCode, message: &str) -> anyhow::Error {
         AdminClientError::Refused {
+            service: "assigner",
             verb: "get_job",
             error: AdminError::new(code, message),
         }
@@ -179,6 +184,7 @@ mod tests {
     #[test]
     fn client_failures_say_to_try_again_and_local_ones_are_argument_errors() {
         let no_leader: anyhow::Error = AdminClientError::NoLeader {
+            service: "assigner",
             verb: "stats",
             namespace: elk_types::Namespace::new("prod").unwrap(),
             patience: Duration::from_secs(5),

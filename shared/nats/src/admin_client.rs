@@ -1,6 +1,7 @@
-//! The one client of the assigner's admin surface: an [`AdminCommand`] out on
-//! `elk.<ns>.admin.assigner.<verb>` (core NATS request/reply), an [`AdminResult`] or a coded
-//! [`AdminError`] back. `elkctl`, the HTTP bridge and the tests all use it.
+//! The one client of the admin surface: an [`AdminCommand`] out on
+//! `elk.<ns>.admin.<service>.<verb>` (core NATS request/reply; the service is the assigner, or the
+//! election for `transfer`: [`AdminCommand::service`]), an [`AdminResult`] or a coded
+//! [`AdminError`] back. `elkctl`, the HTTP bridge, the scaler and the tests all use it.
 //!
 //! While nobody serves the subject (*no responders*: no assigner leads right now, e.g. during a
 //! failover or before the election designated one) the request is sent again with a backoff of
@@ -16,13 +17,15 @@
 
 use crate::error::{BoxError, NatsErrorKind, Retryable, classify};
 use elk_protocol::admin::{
-    ASSIGNER_SERVICE, AdminCommand, AdminError, AdminReply, AdminRequest, AdminResult, AdminStats,
-    IdState,
+    AdminCommand, AdminError, AdminReply, AdminRequest, AdminResult, AdminStats, IdState,
+    MemberStatus, Transferred,
 };
-use elk_protocol::messages::{JobRecord, JobSpec, PartitionRecord, PartitionStatus};
-use elk_protocol::names::Names;
+use elk_protocol::messages::{
+    DrainSource, JobRecord, JobSpec, PartitionRecord, PartitionStatus, PlacementControl,
+};
+use elk_protocol::names::{ControlRole, Names};
 use elk_protocol::{decode, encode};
-use elk_types::{JobName, Namespace, PartitionId};
+use elk_types::{Epoch, JobName, MemberId, Namespace, PartitionId};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -36,25 +39,29 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Why an admin request did not produce a result.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
-    /// Nobody served the subject for the whole patience: no assigner leads the namespace.
+    /// Nobody served the subject for the whole patience: no assigner leads the namespace (no
+    /// active election replica, for `transfer`).
     #[error(
-        "no assigner answered {verb} within {patience:?}: no assigner leads namespace \
+        "no {service} answered {verb} within {patience:?}: no {service} leads namespace \
          '{namespace}' right now"
     )]
     NoLeader {
+        service: &'static str,
         verb: &'static str,
         namespace: Namespace,
         patience: Duration,
     },
     /// A leader received the request but did not answer in time; it may have been applied.
-    #[error("the assigner leader did not answer {verb} within {timeout:?}")]
+    #[error("the {service} leader did not answer {verb} within {timeout:?}")]
     TimedOut {
+        service: &'static str,
         verb: &'static str,
         timeout: Duration,
     },
     /// The leader refused the command; the code says why.
-    #[error("the assigner refused {verb}: {error}")]
+    #[error("the {service} refused {verb}: {error}")]
     Refused {
+        service: &'static str,
         verb: &'static str,
         #[source]
         error: AdminError,
@@ -199,7 +206,8 @@ impl AdminClient {
     ) -> Result<AdminResult, AdminClientError> {
         use async_nats::RequestErrorKind;
         let verb = command.verb();
-        let subject = self.names.admin_subject(ASSIGNER_SERVICE, verb);
+        let service = command.service();
+        let subject = self.names.admin_subject(service, verb);
         let payload = bytes::Bytes::from(encode(&AdminRequest::new(command)));
         let deadline = Instant::now() + self.patience;
         let mut backoff = FIRST_BACKOFF;
@@ -211,7 +219,7 @@ impl AdminClient {
                 request = request.headers(headers.clone());
             }
             let error = match self.client.send_request(subject.clone(), request).await {
-                Ok(message) => return reply_result(verb, &message.payload),
+                Ok(message) => return service_reply_result(service, verb, &message.payload),
                 Err(error) => error,
             };
             match error.kind() {
@@ -219,6 +227,7 @@ impl AdminClient {
                     let now = Instant::now();
                     if now >= deadline {
                         return Err(AdminClientError::NoLeader {
+                            service,
                             verb,
                             namespace: self.names.namespace().clone(),
                             patience: self.patience,
@@ -229,6 +238,7 @@ impl AdminClient {
                 }
                 RequestErrorKind::TimedOut => {
                     return Err(AdminClientError::TimedOut {
+                        service,
                         verb,
                         timeout: self.request_timeout,
                     });
@@ -321,6 +331,88 @@ impl AdminClient {
         }
     }
 
+    /// Every live member and whether placement is frozen.
+    pub async fn members(&self) -> Result<Members, AdminClientError> {
+        match self.request(AdminCommand::Members).await? {
+            AdminResult::Members {
+                epoch,
+                now_unix_ms,
+                frozen,
+                members,
+            } => Ok(Members {
+                epoch,
+                now_unix_ms,
+                frozen,
+                members,
+            }),
+            other => Err(unexpected("members", &other)),
+        }
+    }
+
+    /// Asks the assigner to drain `worker` on behalf of `source`; returns the worker as it
+    /// stands after the request is stored.
+    pub async fn drain(
+        &self,
+        worker: MemberId,
+        source: DrainSource,
+    ) -> Result<MemberStatus, AdminClientError> {
+        self.member_command(AdminCommand::Drain { worker, source })
+            .await
+    }
+
+    /// Lets a drained worker take grants again.
+    pub async fn undrain(&self, worker: MemberId) -> Result<MemberStatus, AdminClientError> {
+        self.member_command(AdminCommand::Undrain { worker }).await
+    }
+
+    /// Freezes placement (no rebalancing moves) until [`AdminClient::unfreeze`].
+    pub async fn freeze(
+        &self,
+        reason: Option<String>,
+    ) -> Result<PlacementControl, AdminClientError> {
+        self.placement_command(AdminCommand::Freeze { reason })
+            .await
+    }
+
+    pub async fn unfreeze(&self) -> Result<PlacementControl, AdminClientError> {
+        self.placement_command(AdminCommand::Unfreeze).await
+    }
+
+    /// Asks the active election replica to hand `role` to `to` (or to the next live member of
+    /// that role).
+    pub async fn transfer(
+        &self,
+        role: ControlRole,
+        to: Option<MemberId>,
+    ) -> Result<Transferred, AdminClientError> {
+        match self.request(AdminCommand::Transfer { role, to }).await? {
+            AdminResult::Transferred { transfer } => Ok(transfer),
+            other => Err(unexpected("transfer", &other)),
+        }
+    }
+
+    async fn member_command(
+        &self,
+        command: AdminCommand,
+    ) -> Result<MemberStatus, AdminClientError> {
+        let verb = command.verb();
+        match self.request(command).await? {
+            AdminResult::Member { member } => Ok(member),
+            other => Err(unexpected(verb, &other)),
+        }
+    }
+
+    async fn placement_command(
+        &self,
+        command: AdminCommand,
+    ) -> Result<PlacementControl, AdminClientError> {
+        let verb = command.verb();
+        match self.request(command).await? {
+            AdminResult::Placement { placement } => Ok(placement),
+            other => Err(unexpected(verb, &other)),
+        }
+    }
+
     async fn job_command(&self, command: AdminCommand) -> Result<JobRecord, AdminClientError> {
         let verb = command.verb();
         match self.request(command).await? {
@@ -336,34 +428,53 @@ fn transport(verb: &'static str, source: BoxError) -> AdminClientError {
 }
 
 fn unexpected(verb: &'static str, result: &AdminResult) -> AdminClientError {
-    let kind = match result {
-        AdminResult::Job { .. } => "job",
-        AdminResult::Jobs { .. } => "jobs",
-        AdminResult::Partitions { .. } => "partitions",
-        AdminResult::Retried { .. } => "retried",
-        AdminResult::IdStatus { .. } => "id_status",
-        AdminResult::Stats { .. } => "stats",
-    };
-    AdminClientError::UnexpectedResult { verb, kind }
+    AdminClientError::UnexpectedResult {
+        verb,
+        kind: result.kind(),
+    }
 }
 
-/// The result of an encoded [`AdminReply`], or its refusal as the error.
+/// The `members` result: every live member as the assigner leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    /// The leader's epoch: `ids_progressed` restarts from 0 with every leader term.
+    pub epoch: Epoch,
+    /// The leader's clock when it answered (Unix ms).
+    pub now_unix_ms: u64,
+    pub frozen: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+/// The result of an encoded [`AdminReply`] of the assigner, or its refusal as the error.
 pub fn reply_result(verb: &'static str, payload: &[u8]) -> Result<AdminResult, AdminClientError> {
+    service_reply_result(elk_protocol::admin::ASSIGNER_SERVICE, verb, payload)
+}
+
+/// The result of an encoded [`AdminReply`] of `service`, or its refusal as the error.
+pub fn service_reply_result(
+    service: &'static str,
+    verb: &'static str,
+    payload: &[u8],
+) -> Result<AdminResult, AdminClientError> {
     let reply: AdminReply = decode(payload).map_err(|error| {
         AdminClientError::Transport {
             verb,
             // A reply this client cannot read will not become readable by asking again.
             kind: NatsErrorKind::Refused,
-            source: format!("undecodable assigner reply: {error}").into(),
+            source: format!("undecodable {service} reply: {error}").into(),
         }
     })?;
     match (reply.result, reply.error) {
         (Some(result), _) => Ok(result),
-        (None, Some(error)) => Err(AdminClientError::Refused { verb, error }),
+        (None, Some(error)) => Err(AdminClientError::Refused {
+            service,
+            verb,
+            error,
+        }),
         (None, None) => Err(AdminClientError::Transport {
             verb,
             kind: NatsErrorKind::Refused,
-            source: "the assigner replied with neither a result nor an error".into(),
+            source: format!("the {service} replied with neither a result nor an error").into(),
         }),
     }
 }

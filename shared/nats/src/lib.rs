@@ -16,7 +16,7 @@ pub mod role;
 mod status;
 pub mod trace;
 
-pub use admin_client::{AdminClient, AdminClientError, PartitionPage, PartitionQuery};
+pub use admin_client::{AdminClient, AdminClientError, Members, PartitionPage, PartitionQuery};
 pub use connect::{
     DEFAULT_NATS_URL, MIN_SERVER_VERSION, NatsConfig, check_server_version, connect, parse_version,
 };

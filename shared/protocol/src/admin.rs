@@ -9,8 +9,12 @@
 
 use crate::SCHEMA_VERSION;
 use crate::codec::Message;
-use crate::messages::{JobRecord, JobSpec, PartitionRecord, PartitionStatus};
-use elk_types::{Epoch, JobName, PartitionId};
+use crate::messages::{
+    DrainSource, JobRecord, JobSpec, MemberRef, MemberRole, PartitionRecord, PartitionStatus,
+    PlacementControl,
+};
+use crate::names::ControlRole;
+use elk_types::{Capacity, Epoch, Incarnation, JobName, MemberId, PartitionId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -20,6 +24,8 @@ fn current_schema() -> u16 {
 
 /// Service name of the assigner in admin subjects.
 pub const ASSIGNER_SERVICE: &str = "assigner";
+/// Service name of the election in admin subjects (served by the active election replica).
+pub const ELECTION_SERVICE: &str = "election";
 /// Largest page `list_partitions` returns.
 pub const MAX_PAGE: u32 = 1_000;
 
@@ -72,6 +78,39 @@ pub enum AdminCommand {
         id: u64,
     },
     Stats,
+    /// Every live member (workers with their grants, load, drain state and progress; the
+    /// control-plane replicas) and whether placement is frozen.
+    Members,
+    /// Stop granting to `worker` (its live incarnation) and revoke its partitions, which it
+    /// releases with their checkpoints; it stays a member until removed.
+    Drain {
+        worker: MemberId,
+        /// Who asks (default `operator`); the scaler undrains only its own drains.
+        #[serde(default = "operator")]
+        source: DrainSource,
+    },
+    /// Let a drained worker take grants again.
+    Undrain {
+        worker: MemberId,
+    },
+    /// No rebalancing moves until `unfreeze` (pending partitions are still granted, and dead
+    /// workers' partitions still reclaimed).
+    Freeze {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Unfreeze,
+    /// Served by the active election replica: hand `role` to `to` (or to the next live member
+    /// of that role) under a new epoch.
+    Transfer {
+        role: ControlRole,
+        #[serde(default)]
+        to: Option<MemberId>,
+    },
+}
+
+fn operator() -> DrainSource {
+    DrainSource::Operator
 }
 
 /// The verbs that change nothing: what a read-only identity (NATS observer role, HTTP read-only
@@ -90,6 +129,14 @@ impl AdminCommand {
         READ_ONLY_VERBS.contains(&self.verb())
     }
 
+    /// The service that serves this command ([`ASSIGNER_SERVICE`] or [`ELECTION_SERVICE`]).
+    pub fn service(&self) -> &'static str {
+        match self {
+            AdminCommand::Transfer { .. } => ELECTION_SERVICE,
+            _ => ASSIGNER_SERVICE,
+        }
+    }
+
     /// The subject verb of this command.
     pub fn verb(&self) -> &'static str {
         match self {
@@ -103,6 +150,12 @@ impl AdminCommand {
             AdminCommand::Retry { .. } => "retry",
             AdminCommand::IdStatus { .. } => "id_status",
             AdminCommand::Stats => "stats",
+            AdminCommand::Members => "members",
+            AdminCommand::Drain { .. } => "drain",
+            AdminCommand::Undrain { .. } => "undrain",
+            AdminCommand::Freeze { .. } => "freeze",
+            AdminCommand::Unfreeze => "unfreeze",
+            AdminCommand::Transfer { .. } => "transfer",
         }
     }
 }
@@ -165,6 +218,55 @@ pub struct AdminStats {
     pub partitions_compacted: u64,
 }
 
+/// Where a member stands, as the assigner leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// A worker that takes grants.
+    Active,
+    /// A worker asked to drain that still holds (or is handing back) partitions.
+    Draining,
+    /// A worker asked to drain that holds nothing: safe to remove.
+    Drained,
+    /// A worker shutting down on its own (it released work unasked): gets nothing new.
+    Leaving,
+    /// A control-plane replica (election, assigner, scaler).
+    Service,
+}
+
+/// One live member in the `members` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: MemberId,
+    pub role: MemberRole,
+    pub incarnation: Incarnation,
+    pub capacity: Capacity,
+    /// Jobs a worker processes (empty: every job).
+    #[serde(default)]
+    pub jobs: Vec<JobName>,
+    /// Partitions granted to it (running or queued on the worker).
+    pub granted: u32,
+    /// Partitions revoked from it and not yet released.
+    pub revoking: u32,
+    pub state: MemberState,
+    /// Who asked it to drain, while a drain is requested.
+    #[serde(default)]
+    pub drain: Option<DrainSource>,
+    /// IDs this worker moved forward (applied checkpoints and completions) during the current
+    /// leader term: the scaler measures throughput from its growth.
+    pub ids_progressed: u64,
+}
+
+/// The result of a leadership transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transferred {
+    pub role: ControlRole,
+    /// Who held it before (`None`: nobody).
+    pub previous: Option<MemberRef>,
+    pub holder: MemberRef,
+    pub epoch: Epoch,
+}
+
 /// The successful result of a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -190,6 +292,41 @@ pub enum AdminResult {
     Stats {
         stats: AdminStats,
     },
+    Members {
+        /// The leader's epoch (the scale of `ids_progressed`: it restarts with every term).
+        epoch: Epoch,
+        /// When the leader answered (Unix ms, its clock).
+        now_unix_ms: u64,
+        frozen: bool,
+        members: Vec<MemberStatus>,
+    },
+    Member {
+        member: MemberStatus,
+    },
+    Placement {
+        placement: PlacementControl,
+    },
+    Transferred {
+        transfer: Transferred,
+    },
+}
+
+impl AdminResult {
+    /// The `kind` tag of this result.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdminResult::Job { .. } => "job",
+            AdminResult::Jobs { .. } => "jobs",
+            AdminResult::Partitions { .. } => "partitions",
+            AdminResult::Retried { .. } => "retried",
+            AdminResult::IdStatus { .. } => "id_status",
+            AdminResult::Stats { .. } => "stats",
+            AdminResult::Members { .. } => "members",
+            AdminResult::Member { .. } => "member",
+            AdminResult::Placement { .. } => "placement",
+            AdminResult::Transferred { .. } => "transferred",
+        }
+    }
 }
 
 /// Schema version of [`AdminReply`]: 2 since errors carry an [`AdminErrorCode`].
@@ -208,6 +345,8 @@ pub enum AdminErrorCode {
     UnknownJob,
     /// No live partition of that id exists.
     UnknownPartition,
+    /// No live member of that id (and kind) exists.
+    UnknownMember,
     /// Something of that name exists already.
     AlreadyExists,
     /// The command conflicts with the current state (e.g. resuming a cancelled job).
@@ -229,7 +368,9 @@ impl AdminErrorCode {
         match self {
             AdminErrorCode::BadRequest => 400,
             AdminErrorCode::Forbidden => 403,
-            AdminErrorCode::UnknownJob | AdminErrorCode::UnknownPartition => 404,
+            AdminErrorCode::UnknownJob
+            | AdminErrorCode::UnknownPartition
+            | AdminErrorCode::UnknownMember => 404,
             AdminErrorCode::AlreadyExists | AdminErrorCode::InvalidState => 409,
             AdminErrorCode::InvalidSpec => 422,
             AdminErrorCode::LimitExceeded => 429,
@@ -249,6 +390,7 @@ impl AdminErrorCode {
             AdminErrorCode::InvalidSpec => "invalid_spec",
             AdminErrorCode::UnknownJob => "unknown_job",
             AdminErrorCode::UnknownPartition => "unknown_partition",
+            AdminErrorCode::UnknownMember => "unknown_member",
             AdminErrorCode::AlreadyExists => "already_exists",
             AdminErrorCode::InvalidState => "invalid_state",
             AdminErrorCode::LimitExceeded => "limit_exceeded",

@@ -454,8 +454,66 @@ pub struct DesiredWorkers {
     pub backlog_ids: u64,
     pub backlog_partitions: u64,
     pub computed_unix_ms: u64,
+    /// Workers an actuator should run now: `desired` plus those still draining before their
+    /// removal (0 in records of older scalers: read `desired`).
+    #[serde(default)]
+    pub replicas: u32,
+    /// Workers the scaler asked to drain for a scale-in that still hold partitions.
+    #[serde(default)]
+    pub draining: Vec<MemberId>,
+    /// Drained workers (nothing held, nothing granted): remove exactly these first.
+    #[serde(default)]
+    pub retire: Vec<MemberId>,
+    /// The measured throughput of one busy worker (IDs per second, smoothed) the count was
+    /// computed from; `None` before the first measurement.
+    #[serde(default)]
+    pub worker_ids_per_second: Option<u64>,
 }
 message!(DesiredWorkers, "desired workers");
+
+/// Who asked a worker to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainSource {
+    /// An operator (`elkctl drain`, the HTTP API).
+    Operator,
+    /// The scaler, before removing the worker in a scale-in.
+    Scaler,
+}
+
+/// One requested drain: the worker incarnation gets nothing new and its partitions are revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    pub worker: MemberRef,
+    pub source: DrainSource,
+    pub since_unix_ms: u64,
+}
+
+/// Placement frozen by an operator: no rebalancing moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub since_unix_ms: u64,
+}
+
+/// Value of `elk_<ns>_fleet/placement`: the placement levers, written by the assigner leader
+/// (CAS, stamped with its epoch) so they survive a leader change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementControl {
+    #[serde(default = "current_schema")]
+    pub schema: u16,
+    /// Epoch of the assigner that wrote it.
+    #[serde(default)]
+    pub epoch: Epoch,
+    /// `Some` while placement is frozen.
+    #[serde(default)]
+    pub frozen: Option<Freeze>,
+    /// Live worker incarnations asked to drain, sorted by worker id.
+    #[serde(default)]
+    pub drains: Vec<DrainRequest>,
+}
+message!(PlacementControl, "placement control");
 
 /// Milliseconds since the Unix epoch, for human-facing timestamps (never used for ordering).
 pub fn unix_ms_now() -> u64 {

@@ -7,7 +7,7 @@
 //! | jobs bucket | `elk_<ns>_jobs`, key `<job>` |
 //! | partitions bucket | `elk_<ns>_partitions`, key `<job>.<partition_id>` |
 //! | assignments bucket | `elk_<ns>_assignments`, key `<worker_id>` |
-//! | fleet bucket | `elk_<ns>_fleet`, key `desired` |
+//! | fleet bucket | `elk_<ns>_fleet`, keys `desired` (scaler), `placement` (assigner) |
 //! | progress stream | `ELK_<ns>_PROGRESS`, subjects `elk.<ns>.progress.<worker_id>` |
 //! | admin request/reply | `elk.<ns>.admin.<service>.<verb>` |
 //!
@@ -21,11 +21,17 @@ pub const ELECTION_KEY: &str = "election";
 pub const VIEW_KEY: &str = "view";
 /// Key of the scaler's desired worker count in the fleet bucket.
 pub const DESIRED_WORKERS_KEY: &str = "desired";
+/// Key of the assigner's placement levers (freeze, requested drains) in the fleet bucket.
+pub const PLACEMENT_KEY: &str = "placement";
 /// Name of the assigner's durable consumer on the progress stream.
 pub const PROGRESS_CONSUMER: &str = "assigner";
 
-/// A control-plane role led by exactly one member at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A control-plane role led by exactly one member at a time (`"assigner"`, `"scaler"` on the
+/// wire).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ControlRole {
     Assigner,
     Scaler,
@@ -47,6 +53,11 @@ impl ControlRole {
             ControlRole::Assigner => "assigner",
             ControlRole::Scaler => "scaler",
         }
+    }
+
+    /// The role named `name` (`assigner`, `scaler`).
+    pub fn parse(name: &str) -> Option<ControlRole> {
+        Self::ALL.into_iter().find(|role| role.as_str() == name)
     }
 }
 

@@ -148,6 +148,26 @@ fn all_messages_round_trip() {
         backlog_ids: 10,
         backlog_partitions: 1,
         computed_unix_ms: 7,
+        replicas: 6,
+        draining: vec![member("w-2")],
+        retire: vec![member("w-3")],
+        worker_ids_per_second: Some(250),
+    });
+    round_trip(PlacementControl {
+        schema: SCHEMA_VERSION,
+        epoch: Epoch(4),
+        frozen: Some(Freeze {
+            reason: Some("incident 42".to_owned()),
+            since_unix_ms: 9,
+        }),
+        drains: vec![DrainRequest {
+            worker: MemberRef {
+                id: member("w-2"),
+                incarnation: Incarnation(5),
+            },
+            source: DrainSource::Scaler,
+            since_unix_ms: 8,
+        }],
     });
     for command in [
         AdminCommand::CreateJob {
@@ -167,6 +187,22 @@ fn all_messages_round_trip() {
             partition: None,
         },
         AdminCommand::Stats,
+        AdminCommand::Members,
+        AdminCommand::Drain {
+            worker: member("w-2"),
+            source: DrainSource::Operator,
+        },
+        AdminCommand::Undrain {
+            worker: member("w-2"),
+        },
+        AdminCommand::Freeze {
+            reason: Some("incident".to_owned()),
+        },
+        AdminCommand::Unfreeze,
+        AdminCommand::Transfer {
+            role: elk_protocol::names::ControlRole::Scaler,
+            to: Some(member("s-2")),
+        },
     ] {
         round_trip(AdminRequest::new(command));
     }
