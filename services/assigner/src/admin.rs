@@ -9,6 +9,7 @@ use elk_protocol::admin::{
     AdminCommand, AdminErrorCode, AdminReply, AdminRequest, AdminResult, AdminStats,
 };
 use elk_protocol::decode;
+use elk_protocol::messages::unix_ms_now;
 
 /// Handles one encoded request; `traceparent` is the (sampled) span handling it, which a created
 /// job records so that its partitions' traces link to it.
@@ -72,6 +73,29 @@ fn execute(
         AdminCommand::Stats => AdminResult::Stats {
             stats: stats(state, metrics),
         },
+        AdminCommand::Members => {
+            let (frozen, members) = state.members();
+            AdminResult::Members {
+                epoch: state.epoch(),
+                now_unix_ms: unix_ms_now(),
+                frozen,
+                members,
+            }
+        }
+        AdminCommand::Drain { worker, source } => AdminResult::Member {
+            member: state.drain(&worker, source)?,
+        },
+        AdminCommand::Undrain { worker } => AdminResult::Member {
+            member: state.undrain(&worker)?,
+        },
+        AdminCommand::Freeze { reason } => AdminResult::Placement {
+            placement: state.freeze(reason),
+        },
+        AdminCommand::Unfreeze => AdminResult::Placement {
+            placement: state.unfreeze(),
+        },
+        // Served by the election; a request on the assigner's subject is a client's mistake.
+        AdminCommand::Transfer { .. } => return Err(AdminRefusal::WrongService("election")),
     })
 }
 

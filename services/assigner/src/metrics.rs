@@ -182,7 +182,7 @@ impl AssignerMetrics {
         }
         registry.register(
             "elk_assigner_revocations",
-            "Partitions revoked, by cause: rebalance (owner over quota) or job_stopped (paused or cancelled)",
+            "Partitions revoked, by cause: rebalance (owner over quota), job_stopped (paused or cancelled) or drain (owner asked to drain)",
             self.revocations.clone(),
         );
         let histograms = [
@@ -265,7 +265,7 @@ impl AssignerMetrics {
 
     /// Revocations of every cause.
     pub fn revocations(&self) -> u64 {
-        ["rebalance", "job_stopped"]
+        ["rebalance", "job_stopped", "drain"]
             .into_iter()
             .filter_map(|cause| self.revocations.get(&[("cause", cause)]).map(|c| c.get()))
             .sum()
@@ -330,11 +330,21 @@ impl AssignerMetrics {
             before.partitions_compacted,
         );
         let stopped = |c: &Counters| c.revocations_job_stopped;
-        let rebalanced = |c: &Counters| c.revocations.saturating_sub(c.revocations_job_stopped);
+        let drained = |c: &Counters| c.revocations_drain;
+        let rebalanced = |c: &Counters| {
+            c.revocations
+                .saturating_sub(c.revocations_job_stopped)
+                .saturating_sub(c.revocations_drain)
+        };
         grow(
             &self.revocations.get_or_create(&[("cause", "job_stopped")]),
             stopped(now),
             stopped(&before),
+        );
+        grow(
+            &self.revocations.get_or_create(&[("cause", "drain")]),
+            drained(now),
+            drained(&before),
         );
         grow(
             &self.revocations.get_or_create(&[("cause", "rebalance")]),

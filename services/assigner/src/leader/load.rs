@@ -3,9 +3,12 @@
 
 use crate::error::AssignerError;
 use crate::model::{AssignerState, Policy, Snapshot};
-use elk_nats::{Resources, watch_snapshot};
+use elk_nats::{Resources, read_entry, watch_snapshot};
 use elk_protocol::decode;
-use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, unix_ms_now};
+use elk_protocol::messages::{
+    AssignmentRecord, JobRecord, PartitionRecord, PlacementControl, unix_ms_now,
+};
+use elk_protocol::names::PLACEMENT_KEY;
 use elk_types::{Epoch, MemberId};
 
 /// The model of a new term under `epoch`. A stored assignment record of a higher epoch means a
@@ -38,6 +41,15 @@ pub(super) async fn load_state(
             Ok(record) if record.epoch > epoch => return Err(AssignerError::Deposed { epoch }),
             Ok(record) => snapshot.assignments.push((worker, record, entry.revision)),
             Err(error) => tracing::warn!(%key, %error, "skipping undecodable assignment record"),
+        }
+    }
+    if let Some(entry) = read_entry(&resources.fleet, PLACEMENT_KEY).await?
+        && !entry.deleted
+    {
+        match decode::<PlacementControl>(&entry.value) {
+            Ok(control) if control.epoch > epoch => return Err(AssignerError::Deposed { epoch }),
+            Ok(control) => snapshot.placement = Some((control, entry.revision)),
+            Err(error) => tracing::warn!(%error, "ignoring undecodable placement record"),
         }
     }
     Ok(AssignerState::load(epoch, policy, unix_ms_now(), snapshot))

@@ -6,7 +6,7 @@
 //! the new revisions back through [`AssignerState::record_written`].
 
 use super::{AssignerState, PartitionKey, Stored};
-use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
+use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, PlacementControl};
 use elk_types::{JobName, MemberId, Revision};
 
 /// A compare-and-set write of `value` at `key`, expecting `expected` (`None`: create).
@@ -36,6 +36,8 @@ pub(crate) struct ChangeSet {
     pub purges: Vec<PartitionKey>,
     pub assignments: Vec<Put<MemberId, AssignmentRecord>>,
     pub prunes: Vec<Prune>,
+    /// `fleet/placement`, when a lever changed (at most one).
+    pub placement: Vec<Put<(), PlacementControl>>,
 }
 
 impl ChangeSet {
@@ -47,6 +49,7 @@ impl ChangeSet {
             && self.purges.is_empty()
             && self.assignments.is_empty()
             && self.prunes.is_empty()
+            && self.placement.is_empty()
     }
 }
 
@@ -58,6 +61,8 @@ pub(crate) struct Written {
     pub assignments: Vec<(MemberId, AssignmentRecord, Revision)>,
     /// Departed workers whose record was deleted.
     pub pruned: Vec<MemberId>,
+    /// The new revision of `fleet/placement`, if it was written.
+    pub placement: Option<Revision>,
 }
 
 impl AssignerState {
@@ -110,6 +115,7 @@ impl AssignerState {
                 })
                 .collect();
         let prunes = self.departed_records(&assignments);
+        let placement = self.take_placement_change().into_iter().collect();
         ChangeSet {
             partitions,
             completed,
@@ -117,6 +123,7 @@ impl AssignerState {
             purges,
             assignments,
             prunes,
+            placement,
         }
     }
 
@@ -168,6 +175,9 @@ impl AssignerState {
         }
         for worker in written.pruned {
             self.assignments.remove(&worker);
+        }
+        if let Some(revision) = written.placement {
+            self.placement_written(revision);
         }
     }
 }

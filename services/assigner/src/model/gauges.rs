@@ -94,7 +94,7 @@ impl AssignerState {
         ModelGauges {
             jobs,
             live_workers: self.workers.len() as u64,
-            draining_workers: self.workers.values().filter(|w| w.draining).count() as u64,
+            draining_workers: self.workers.values().filter(|w| !w.takes_grants()).count() as u64,
         }
     }
 }

@@ -25,7 +25,7 @@ impl AssignerState {
         let workers: Vec<Worker<MemberId>> = self
             .workers
             .iter()
-            .filter(|(_, info)| !info.draining && info.capacity.get() > 0)
+            .filter(|(_, info)| info.takes_grants() && info.capacity.get() > 0)
             .map(|(id, info)| {
                 Worker::new(
                     id.clone(),
@@ -94,6 +94,7 @@ impl AssignerState {
             }
         };
 
+        let frozen = self.placement_frozen();
         // Partitions held per worker after this round, for the fallback below.
         let mut held: BTreeMap<MemberId, u64> = BTreeMap::new();
         let mut unplaced: Vec<PartitionKey> = Vec::new();
@@ -104,15 +105,20 @@ impl AssignerState {
                 (Some(previous), Some(target)) if &previous == target => {
                     *held.entry(previous).or_default() += 1;
                 }
-                // Move only to a worker that processes the job; otherwise it stays put.
-                (Some(_), Some(_)) if compatible => self.revoke(&key, RevokeCause::Rebalance),
+                // Move only to a worker that processes the job; otherwise it stays put (and while
+                // placement is frozen, always).
+                (Some(_), Some(_)) if compatible && !frozen => {
+                    self.revoke(&key, RevokeCause::Rebalance)
+                }
                 (Some(previous), _) => *held.entry(previous).or_default() += 1,
                 // A hand-over in flight: its place is reserved, the grant waits for the release.
                 (None, Some(target)) if moving.contains(&key) => {
                     *held.entry(target.clone()).or_default() += 1;
                 }
                 (None, _) if moving.contains(&key) => {}
-                (None, Some(target)) if compatible => {
+                // Frozen: pending partitions go to the least loaded workers with room (below),
+                // since the balance counted on moves that are not made.
+                (None, Some(target)) if compatible && !frozen => {
                     *held.entry(target.clone()).or_default() += 1;
                     let target = target.clone();
                     self.grant(&key, target);
@@ -175,8 +181,12 @@ impl AssignerState {
     /// in the partition's trace.
     pub(super) fn revoke(&mut self, key: &PartitionKey, cause: RevokeCause) {
         self.counters.revocations += 1;
-        if cause != RevokeCause::Rebalance {
-            self.counters.revocations_job_stopped += 1;
+        match cause {
+            RevokeCause::Rebalance => {}
+            RevokeCause::Drain => self.counters.revocations_drain += 1,
+            RevokeCause::JobPaused | RevokeCause::JobCancelled | RevokeCause::JobStopped => {
+                self.counters.revocations_job_stopped += 1
+            }
         }
         self.transition(key, PartitionStatus::Revoking, |record| {
             spans::grant_event("elk.partition.revoke", record, cause.reason());
@@ -184,7 +194,8 @@ impl AssignerState {
     }
 }
 
-/// Why a partition is revoked (counted per cause: `rebalance` or `job_stopped`, the other three).
+/// Why a partition is revoked (counted per cause: `rebalance`, `drain`, or `job_stopped` for the
+/// three job causes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RevokeCause {
     /// Its owner is over quota: the balance moves it.
@@ -195,6 +206,8 @@ pub(super) enum RevokeCause {
     JobCancelled,
     /// Its job was found paused or cancelled while the partition was granted (e.g. at load).
     JobStopped,
+    /// Its owner was asked to drain (`levers.rs`).
+    Drain,
 }
 
 impl RevokeCause {
@@ -205,6 +218,7 @@ impl RevokeCause {
             Self::JobPaused => "job_paused",
             Self::JobCancelled => "job_cancelled",
             Self::JobStopped => "job_stopped",
+            Self::Drain => "drain",
         }
     }
 }

@@ -28,14 +28,15 @@
 //! Files: `partitions.rs` (the lifecycle, its indexes, progress, reclaims), `workers.rs` (views and
 //! assignment records), `grants.rs` (placement), `plan.rs` (cutting jobs, retries, planners),
 //! `gaps.rs` (coverage, audit, compaction), `jobs.rs` (admin commands), `refusal.rs` (their typed
-//! refusals), `changes.rs` (the change set), `spans.rs` (the spans of a partition's trace, built
-//! at these events only when the process traces).
+//! refusals), `changes.rs` (the change set), `levers.rs` (drains, freeze, `members`), `spans.rs`
+//! (the spans of a partition's trace, built at these events only when the process traces).
 
 mod changes;
 mod gaps;
 mod gauges;
 mod grants;
 mod jobs;
+mod levers;
 mod partitions;
 mod plan;
 mod refusal;
@@ -50,7 +51,9 @@ pub(crate) use gauges::{JobGauges, ModelGauges};
 pub(crate) use plan::PlanQuestion;
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
 
-use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
+use elk_protocol::messages::{
+    AssignmentRecord, DrainSource, JobRecord, PartitionRecord, PlacementControl,
+};
 use elk_types::{Capacity, Epoch, IdRange, Incarnation, JobName, MemberId, PartitionId, Revision};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -114,9 +117,16 @@ struct WorkerInfo {
     jobs: Vec<JobName>,
     /// Released work it was not asked to release: it is shutting down, grant it nothing more.
     draining: bool,
+    /// A drain requested for this incarnation (`levers.rs`): grant it nothing, revoke its grants.
+    drain: Option<DrainSource>,
 }
 
 impl WorkerInfo {
+    /// Whether placement may give it partitions (neither leaving nor asked to drain).
+    fn takes_grants(&self) -> bool {
+        !self.draining && self.drain.is_none()
+    }
+
     fn processes(&self, job: &JobName) -> bool {
         self.jobs.is_empty() || self.jobs.contains(job)
     }
@@ -156,8 +166,10 @@ pub(crate) struct Counters {
     pub grants: u64,
     /// Partitions taken from over-quota workers (or of stopped jobs).
     pub revocations: u64,
-    /// Of `revocations`: those of paused or cancelled jobs (the rest rebalance).
+    /// Of `revocations`: those of paused or cancelled jobs.
     pub revocations_job_stopped: u64,
+    /// Of `revocations`: those of drained workers (the rest rebalance).
+    pub revocations_drain: u64,
     /// Revokes not answered within the revoke timeout.
     pub revokes_overdue: u64,
     /// Failed attempts scheduled for a retry.
@@ -174,6 +186,8 @@ pub(crate) struct Snapshot {
     pub jobs: Vec<(JobRecord, Revision)>,
     pub partitions: Vec<(PartitionRecord, Revision)>,
     pub assignments: Vec<(MemberId, AssignmentRecord, Revision)>,
+    /// `fleet/placement` (the levers), if stored.
+    pub placement: Option<(PlacementControl, Revision)>,
 }
 
 /// What a round asks of the outside world besides its change set.
@@ -231,6 +245,8 @@ pub(crate) struct AssignerState {
     counters: Counters,
     /// Durations (ms) of hand-overs completed since last taken: revoke → the owner's release.
     handovers_ms: Vec<u64>,
+    /// Drains, freeze, per-worker progress and the view's members (`levers.rs`).
+    levers: levers::Levers,
 }
 
 impl AssignerState {
@@ -262,6 +278,7 @@ impl AssignerState {
             compaction_deletes: Vec::new(),
             counters: Counters::default(),
             handovers_ms: Vec::new(),
+            levers: levers::Levers::new(),
         }
     }
 
@@ -272,6 +289,7 @@ impl AssignerState {
         let mut state = Self::new(epoch, policy);
         // The clock first, so that revokes found at load are timed from now, not from 1970.
         state.now_ms = now_ms;
+        state.levers = levers::Levers::loaded(snapshot.placement);
         for (job, revision) in snapshot.jobs {
             state
                 .jobs
@@ -328,6 +346,7 @@ impl AssignerState {
         self.report_overdue_revokes();
         self.plan_partitions();
         let plan_questions = self.plan_questions();
+        self.revoke_drained();
         self.plan_grants();
         self.compact();
         self.clear_cancelled();

@@ -246,6 +246,7 @@ impl AssignerState {
             return Err(Rejection::StaleToken);
         }
         let range = record.range;
+        let before = record.checkpoint;
         match &report.event {
             ProgressEvent::Checkpoint { last_done } => {
                 let last_done = (*last_done).min(range.last());
@@ -296,6 +297,11 @@ impl AssignerState {
                 }
             }
         }
+        let after = match report.event {
+            ProgressEvent::Completed => Some(range.last()),
+            _ => self.partitions.get(&key).and_then(|p| p.value.checkpoint),
+        };
+        self.note_progress(&report.worker, range, before, after);
         Ok(())
     }
 }

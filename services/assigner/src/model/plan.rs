@@ -95,7 +95,7 @@ impl AssignerState {
     fn live_capacity(&self) -> u64 {
         self.workers
             .values()
-            .filter(|worker| !worker.draining)
+            .filter(|worker| worker.takes_grants())
             .map(|worker| u64::from(worker.capacity.get()))
             .sum()
     }

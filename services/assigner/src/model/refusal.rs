@@ -4,7 +4,7 @@
 use super::PartitionKey;
 use elk_protocol::admin::AdminErrorCode;
 use elk_protocol::messages::{JobState, PartitionStatus};
-use elk_types::JobName;
+use elk_types::{JobName, MemberId};
 use std::fmt;
 
 /// A refused admin command.
@@ -31,6 +31,12 @@ pub(crate) enum AdminRefusal {
     InvalidSpec(#[from] SpecProblem),
     #[error("a partition id needs its job")]
     PartitionWithoutJob,
+    #[error("no live worker '{0}'")]
+    UnknownWorker(MemberId),
+    #[error("worker '{0}' is shutting down and already hands everything back")]
+    WorkerLeaving(MemberId),
+    #[error("this command is served by the {0}, not the assigner")]
+    WrongService(&'static str),
 }
 
 impl AdminRefusal {
@@ -39,11 +45,14 @@ impl AdminRefusal {
             AdminRefusal::UnknownJob(_) => AdminErrorCode::UnknownJob,
             AdminRefusal::UnknownPartition(_) => AdminErrorCode::UnknownPartition,
             AdminRefusal::AlreadyExists(_) => AdminErrorCode::AlreadyExists,
-            AdminRefusal::InvalidJobState { .. } | AdminRefusal::PartitionNotFailed { .. } => {
-                AdminErrorCode::InvalidState
-            }
+            AdminRefusal::InvalidJobState { .. }
+            | AdminRefusal::PartitionNotFailed { .. }
+            | AdminRefusal::WorkerLeaving(_) => AdminErrorCode::InvalidState,
+            AdminRefusal::UnknownWorker(_) => AdminErrorCode::UnknownMember,
             AdminRefusal::InvalidSpec(_) => AdminErrorCode::InvalidSpec,
-            AdminRefusal::PartitionWithoutJob => AdminErrorCode::BadRequest,
+            AdminRefusal::PartitionWithoutJob | AdminRefusal::WrongService(_) => {
+                AdminErrorCode::BadRequest
+            }
         }
     }
 }

@@ -16,13 +16,20 @@ impl AssignerState {
     pub(crate) fn apply_view(&mut self, view: &MembershipView) -> Vec<MemberRef> {
         let mut next = BTreeMap::new();
         for member in view.workers() {
-            // Draining survives a leader change through the `drain` flag of the worker's record.
+            // Draining survives a leader change through the `drain` flag of the worker's record
+            // (unless the flag is there for a requested drain, which `fleet/placement` holds).
+            let me = MemberRef {
+                id: member.id.clone(),
+                incarnation: member.incarnation,
+            };
             let draining = self
                 .workers
                 .get(&member.id)
                 .is_some_and(|w| w.incarnation == member.incarnation && w.draining)
                 || self.assignments.get(&member.id).is_some_and(|record| {
-                    record.value.incarnation == member.incarnation && record.value.drain
+                    record.value.incarnation == member.incarnation
+                        && record.value.drain
+                        && !self.drain_requested(&me)
                 });
             next.insert(
                 member.id.clone(),
@@ -31,10 +38,12 @@ impl AssignerState {
                     capacity: member.capacity,
                     jobs: member.jobs.clone(),
                     draining,
+                    drain: None,
                 },
             );
         }
         self.workers = next;
+        self.levers_follow_view(view);
         let mut gone = BTreeSet::new();
         for stored in self.partitions.values() {
             if let Some(owner) = &stored.value.owner
@@ -105,7 +114,7 @@ impl AssignerState {
             (None, Some(existing)) => existing.value.incarnation,
             (None, None) => return None,
         };
-        let drain = live.is_some_and(|info| info.draining);
+        let drain = live.is_some_and(|info| !info.takes_grants());
         let previous = self.assignments.get(worker);
         if let Some(previous) = previous {
             let same = previous.value.grants == grants

@@ -1,5 +1,6 @@
-//! Writing a round's change set, in its order: partitions (completed ones included), then job
-//! records, then purges of compacted keys, then the assignment records that point at the
+//! Writing a round's change set, in its order: the placement levers (`fleet/placement`, so a
+//! drain or freeze is stored before the records it causes), partitions (completed ones included),
+//! then job records, then purges of compacted keys, then the assignment records that point at the
 //! partitions, then deletes of departed workers' empty records. Up to [`WRITE_WINDOW`] writes are
 //! in flight per step. Every write is a compare-and-set on the revision this leader last saw; a
 //! conflict with a record written under a newer epoch deposes it, one written under its own or an
@@ -12,8 +13,8 @@ use crate::model::{ChangeSet, PartitionKey, Put, Written};
 use bytes::Bytes;
 use elk_nats::{CasOutcome, Resources, cas_write};
 use elk_protocol::codec::Message;
-use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
-use elk_protocol::names::Names;
+use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, PlacementControl};
+use elk_protocol::names::{Names, PLACEMENT_KEY};
 use elk_protocol::{decode, encode};
 use elk_types::{Epoch, MemberId, Revision};
 use futures::StreamExt;
@@ -48,6 +49,12 @@ impl Fenced for AssignmentRecord {
     }
 }
 
+impl Fenced for PlacementControl {
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
 /// Writes `changes` under `epoch` and returns what was written.
 pub(crate) async fn write_changes(
     changes: ChangeSet,
@@ -62,12 +69,21 @@ pub(crate) async fn write_changes(
         purges,
         assignments,
         prunes,
+        placement,
     } = changes;
     let writer = Writer {
         resources,
         metrics,
         epoch,
     };
+    let placement = writer
+        .put_all("fleet", &resources.fleet, placement, |()| {
+            PLACEMENT_KEY.to_owned()
+        })
+        .await?
+        .into_iter()
+        .map(|((), _, revision)| revision)
+        .next();
     let partition_key = |key: &PartitionKey| Names::partition_key(&key.job, key.partition);
     let partitions = writer
         .put_all(
@@ -125,6 +141,7 @@ pub(crate) async fn write_changes(
             .collect(),
         assignments,
         pruned,
+        placement,
     })
 }
 

@@ -58,6 +58,7 @@ fn a_round_s_change_set_holds_every_write_and_revisions_come_back() {
             .map(|Put { key, value, .. }| (key, value, Revision(13)))
             .collect(),
         pruned: Vec::new(),
+        placement: None,
     });
     let (_, token) = owner_and_token(&state, 1);
     state

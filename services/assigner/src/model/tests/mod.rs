@@ -1,11 +1,13 @@
 //! Unit tests of the model (no NATS, no clock: the tests pass `now`). `decisions.rs`: what rounds
 //! decide (cutting, grants, revokes, progress, reclaims, retries, planners, audits); `changes.rs`:
-//! the change set and the lifecycle checks; `admin.rs`: commands and their typed refusals.
+//! the change set and the lifecycle checks; `admin.rs`: commands and their typed refusals;
+//! `levers.rs`: drain, undrain, freeze and the progress counters.
 
 mod admin;
 mod changes;
 mod decisions;
 mod gauges;
+mod levers;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
