@@ -1,6 +1,7 @@
 //! The work of the active replica: follow the members bucket (snapshot, then every change
 //! including TTL-expiry delete markers), write the membership view on each debounced burst of
-//! changes, and keep the role leases in line with it.
+//! changes, keep the role leases in line with it, and serve leadership transfers
+//! (`crate::transfer`).
 //!
 //! Runs until `stop` is cancelled; the caller cancels it and awaits this task before doing
 //! anything else when the `election` lease is lost.
@@ -9,8 +10,12 @@ use crate::ElectionConfig;
 use crate::ElectionError;
 use crate::metrics::ElectionMetrics;
 use crate::roles::reconcile_roles;
+use crate::transfer;
 use crate::view::{MemberTable, ViewWriter};
+use bytes::Bytes;
 use elk_nats::{NatsError, Resources, WatchSnapshot, watch_snapshot};
+use elk_protocol::admin::ELECTION_SERVICE;
+use elk_protocol::encode;
 use elk_runtime::ReplicaError;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -40,6 +45,16 @@ async fn coordinate(
     config: &ElectionConfig,
     metrics: &ElectionMetrics,
 ) -> Result<(), ElectionError> {
+    // Transfer requests: only the active replica subscribes (a queue group, so exactly one
+    // answers while the election fails over).
+    let mut requests = resources
+        .client
+        .queue_subscribe(
+            resources.names.admin_subject(ELECTION_SERVICE, ">"),
+            "election".to_owned(),
+        )
+        .await
+        .map_err(|error| NatsError::watch(ELECTION_SERVICE, error))?;
     let WatchSnapshot { entries, mut watch } = watch_snapshot(&resources.members).await?;
     let mut table = MemberTable::from_entries(entries.values());
     let mut writer = ViewWriter::load(resources).await?;
@@ -96,6 +111,12 @@ async fn coordinate(
                         flush_at = Some(Instant::now() + VIEW_RETRY_DELAY);
                     }
                     Err(error) => return Err(error),
+                }
+            }
+            Some(request) = requests.next() => {
+                let reply = transfer::serve(resources, writer.current(), metrics, &request.payload).await;
+                if let Some(reply_to) = request.reply {
+                    let _ = resources.client.publish(reply_to, Bytes::from(encode(&reply))).await;
                 }
             }
             _ = resync.tick() => {

@@ -24,6 +24,7 @@ mod active;
 mod config;
 mod metrics;
 pub mod roles;
+pub mod transfer;
 mod view;
 
 pub use config::{ElectionConfig, ElectionSettings};
