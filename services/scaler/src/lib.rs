@@ -1,17 +1,23 @@
 //! elk-scaler — the fleet sizer. Every replica joins the members bucket as a scaler and follows
 //! `leases/role.scaler` through the shared [`elk_nats::RoleSupervisor`]; the one the lease names
-//! (id + incarnation) publishes the desired worker count to `fleet/desired` (see [`policy`] for
-//! the rule of this slice). Promotion, demotion (cancel + await the leader task), re-joining after
-//! a lost member key and the restart policy are the supervisor's (`elk_nats::role`).
+//! (id + incarnation) sizes the fleet every `interval` (`leader.rs`): the [`policy`] decides the
+//! desired count from the backlog and the measured [`throughput`], a scale-in drains the workers
+//! it removes first ([`fleet`]), the result goes to `fleet/desired` and the
+//! `elk_scaler_desired_workers` gauge, and optionally to a Kubernetes Deployment ([`kube`]).
+//! Promotion, demotion (cancel + await the leader task), re-joining after a lost member key and
+//! the restart policy are the supervisor's (`elk_nats::role`).
 //!
 //! [`run`] is cancel-safe: dropping it aborts the leader task and stops the member key's renewal.
 
 mod config;
+pub mod fleet;
+pub mod kube;
 mod leader;
 mod metrics;
 pub mod policy;
+pub mod throughput;
 
-pub use config::{ScalerConfig, ScalerSettings};
+pub use config::{KubernetesSettings, ScalerConfig, ScalerSettings};
 pub use metrics::ScalerMetrics;
 
 use elk_nats::{RoleSupervisor, follow_key};

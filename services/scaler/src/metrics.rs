@@ -1,12 +1,14 @@
 //! The scaler's metrics (Prometheus, `docs/observability.md`): what the leader last computed —
-//! desired and live workers, the backlog — exported only while this replica leads (a follower's
-//! stale numbers would otherwise add up with the leader's), and the writes of `fleet/desired`.
+//! desired and live workers, replicas, drains in flight, the backlog, the measured throughput —
+//! exported only while this replica leads (a follower's stale numbers would otherwise add up with
+//! the leader's), and its writes: `fleet/desired`, drain requests, Kubernetes failures.
 
 use elk_protocol::messages::DesiredWorkers;
 use elk_runtime::BoundAddress;
 use elk_runtime::prometheus_client::collector::Collector;
 use elk_runtime::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use elk_runtime::prometheus_client::metrics::counter::Counter;
+use elk_runtime::prometheus_client::metrics::family::Family;
 use elk_runtime::prometheus_client::metrics::gauge::ConstGauge;
 use elk_runtime::prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,10 @@ pub struct ScalerMetrics {
     pub endpoint: BoundAddress,
     /// Writes of `fleet/desired` (the desired count or its inputs changed).
     pub desired_writes: Counter,
+    /// Drain requests sent to the assigner for scale-ins, by `op` (`drain`, `undrain`).
+    pub drain_requests: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Kubernetes actuations that failed (connect, annotate, scale).
+    pub kubernetes_errors: Counter,
     computed: Arc<Mutex<Option<DesiredWorkers>>>,
 }
 
@@ -27,6 +33,16 @@ impl ScalerMetrics {
             "elk_scaler_desired_writes",
             "Writes of fleet/desired by this replica",
             self.desired_writes.clone(),
+        );
+        registry.register(
+            "elk_scaler_drain_requests",
+            "Drain requests the scaler leader sent to the assigner for scale-ins, by op (drain, undrain)",
+            self.drain_requests.clone(),
+        );
+        registry.register(
+            "elk_scaler_kubernetes_errors",
+            "Failed Kubernetes actuations (client, pod annotation, scale)",
+            self.kubernetes_errors.clone(),
         );
         registry.register_collector(Box::new(Computed(self.computed.clone())));
     }
@@ -39,6 +55,11 @@ impl ScalerMetrics {
     /// The term ended: this replica's numbers are no longer current.
     pub(crate) fn not_leading(&self) {
         *self.lock() = None;
+    }
+
+    /// A drain request of `op` (`drain`, `undrain`) was sent.
+    pub(crate) fn drain_request(&self, op: &'static str) {
+        self.drain_requests.get_or_create(&[("op", op)]).inc();
     }
 
     /// What the leader computed last, while it leads (tests).
@@ -66,10 +87,10 @@ impl Collector for Computed {
         else {
             return Ok(());
         };
-        let gauges: [(&str, &str, u64); 4] = [
+        let gauges: [(&str, &str, u64); 6] = [
             (
                 "elk_scaler_desired_workers",
-                "Desired worker count the scaler leader computed (clamped to min/max workers).",
+                "Desired worker count the scaler leader's policy decided (within min/max workers).",
                 u64::from(desired.desired),
             ),
             (
@@ -87,10 +108,30 @@ impl Collector for Computed {
                 "Partitions of active jobs not yet completed, including those still to be cut.",
                 desired.backlog_partitions,
             ),
+            (
+                "elk_scaler_replicas",
+                "Workers an actuator should run now: desired plus the workers still draining before their removal.",
+                u64::from(desired.replicas),
+            ),
+            (
+                "elk_scaler_draining_workers",
+                "Workers the scaler asked to drain for a scale-in that still hold partitions.",
+                desired.draining.len() as u64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        if let Some(rate) = desired.worker_ids_per_second {
+            let gauge = ConstGauge::new(rate as f64);
+            let metric = encoder.encode_descriptor(
+                "elk_scaler_worker_ids_per_second",
+                "Measured IDs per second of one busy worker (smoothed), the policy's input.",
+                None,
+                gauge.metric_type(),
+            )?;
             gauge.encode(metric)?;
         }
         Ok(())

@@ -1,7 +1,44 @@
-//! The sizing rule of this slice (the real policy — throughput, stabilization windows — is a
-//! later issue): one worker per `partitions_per_worker` pending partitions, within bounds.
+//! The sizing policy: how many workers the namespace should have. Pure and deterministic — no
+//! I/O, no clock (the caller passes `now`) — so it is tested on simulated traces.
+//!
+//! **Recommendation** (one decision's raw target, [`recommend`]):
+//!
+//! ```text
+//!   backlog = 0                       → 0
+//!   measured rate r (IDs/s per busy worker, smoothed; throughput.rs):
+//!                                       ceil(backlog_ids / (r × target_drain))
+//!   no measurement yet                → ceil(backlog_partitions / partitions_per_worker)
+//!   then at most ceil(backlog_partitions / slots_per_worker) (a worker with nothing to run is
+//!   waste), at least 1 while there is a backlog, clamped to [min_workers, max_workers]
+//! ```
+//!
+//! i.e. enough workers to drain the backlog within `target_drain` at the measured pace.
+//!
+//! **Decision** ([`Policy::decide`], from the current desired count `n`):
+//!
+//! * **Activation** (scale from zero): at `n = 0` the fleet stays at zero until the backlog
+//!   reaches `activation_backlog_ids` (KEDA's activation threshold).
+//! * **Tolerance**: a change is made only when it is bigger than `tolerance_percent` of `n`
+//!   (the HPA's 10 %): a recommendation within `n × (1 ± tolerance)` keeps `n`.
+//! * **Scale-up is fast but bounded**: at once (when the recommendation is above `n × (1 +
+//!   tolerance)`), to `min(recommendation, n + max(scale_up_step, n))` — at most doubling (or
+//!   `scale_up_step` more) per decision, every `interval`.
+//! * **Scale-down is slow**: only when no change was made for a whole `scale_down_window`
+//!   (stabilization), and then to the **highest** recommendation seen during that window (the
+//!   Kubernetes HPA's rule), never below it, and only if that is below `n × (1 − tolerance)`.
+//!   Scale to zero is the same rule with a recommendation of 0 throughout the window.
+//!
+//! **Properties** (tests below, with proptest): the result is within `[min_workers,
+//! max_workers]`; it is monotone in the backlog (more backlog never yields fewer workers from the
+//! same state); a scale-down never follows a change by less than one window, so an up-and-down
+//! reversal within a window cannot happen and over a trace of length `T` there are at most
+//! `T / scale_down_window + 1` scale-downs; on a noisy load oscillating faster than the window the
+//! count settles near the peak and stops changing (the stated bound, tested on a two-hour trace
+//! with ±40 % swings every 2 minutes and ±15 % noise: at most 2 changes after the ramp).
 
 use elk_protocol::messages::{JobRecord, JobState};
+use std::collections::VecDeque;
+use std::time::Duration;
 
 /// Work not yet done, summed over active jobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,64 +82,150 @@ fn unplanned_partitions(job: &JobRecord) -> u64 {
     unplanned_ids.div_ceil(job.spec.partition_size.max(1))
 }
 
-/// `clamp(ceil(backlog_partitions / partitions_per_worker), min_workers, max_workers)`.
-pub fn desired_workers(
-    backlog_partitions: u64,
-    partitions_per_worker: u64,
-    min_workers: u32,
-    max_workers: u32,
-) -> u32 {
-    let needed = backlog_partitions.div_ceil(partitions_per_worker.max(1));
-    let needed = u32::try_from(needed).unwrap_or(u32::MAX);
-    needed.clamp(min_workers, max_workers.max(min_workers))
+/// The policy's settings (`[scaler]`, see `ScalerSettings`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySettings {
+    pub min_workers: u32,
+    pub max_workers: u32,
+    /// Drain the backlog within this time at the measured pace.
+    pub target_drain: Duration,
+    /// At zero workers, stay at zero until the backlog has this many IDs.
+    pub activation_backlog_ids: u64,
+    /// A scale-up adds at most `max(scale_up_step, current)` workers per decision.
+    pub scale_up_step: u32,
+    /// A scale-down waits for this long without a change, and goes to the highest
+    /// recommendation of that window.
+    pub scale_down_window: Duration,
+    /// Before any throughput was measured: one worker per this many open partitions.
+    pub partitions_per_worker: u64,
+    /// Changes smaller than this share of the current count (in %) are not made (the HPA's
+    /// tolerance): noise in the backlog and in the measured rate does not move the count.
+    pub tolerance_percent: u32,
+}
+
+/// What one decision looks at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inputs {
+    /// The decision's time (ms, any monotonic origin).
+    pub now_ms: u64,
+    pub backlog: Backlog,
+    /// Measured IDs per second of one busy worker (smoothed); `None` before a measurement.
+    pub worker_rate: Option<f64>,
+    /// Partitions one worker runs at once (its capacity; the fleet's average), at least 1.
+    pub slots_per_worker: u32,
+}
+
+/// The raw target of one decision: enough workers to drain the backlog within the target time
+/// (see the module header), clamped to the bounds.
+pub fn recommend(settings: &PolicySettings, inputs: &Inputs) -> u32 {
+    let backlog = inputs.backlog;
+    let max = settings.max_workers.max(settings.min_workers);
+    if backlog.ids == 0 && backlog.partitions == 0 {
+        return settings.min_workers;
+    }
+    let needed = match inputs.worker_rate {
+        Some(rate) if rate > 0.0 => {
+            let per_worker = rate * settings.target_drain.as_secs_f64().max(0.001);
+            let needed = (backlog.ids as f64 / per_worker).ceil();
+            if needed >= f64::from(u32::MAX) {
+                u64::from(u32::MAX)
+            } else {
+                needed as u64
+            }
+        }
+        _ => backlog
+            .partitions
+            .div_ceil(settings.partitions_per_worker.max(1)),
+    };
+    let useful = backlog
+        .partitions
+        .div_ceil(u64::from(inputs.slots_per_worker.max(1)));
+    let needed = needed.min(useful).max(1);
+    u32::try_from(needed)
+        .unwrap_or(u32::MAX)
+        .clamp(settings.min_workers, max)
+}
+
+/// The policy with its memory: the current count, the recommendations of the last window and
+/// the time of the last change.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    settings: PolicySettings,
+    current: u32,
+    /// `(time, recommendation)` of the decisions within the last `scale_down_window`.
+    window: VecDeque<(u64, u32)>,
+    /// When the count last changed (or the policy started: a new leader waits a whole window
+    /// before its first scale-down).
+    last_change_ms: u64,
+}
+
+impl Policy {
+    /// A policy continuing from `current` (the stored desired count) at `now_ms`.
+    pub fn new(settings: PolicySettings, current: u32, now_ms: u64) -> Self {
+        let max = settings.max_workers.max(settings.min_workers);
+        Self {
+            current: current.clamp(settings.min_workers, max),
+            settings,
+            window: VecDeque::new(),
+            last_change_ms: now_ms,
+        }
+    }
+
+    /// The current desired count.
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    pub fn settings(&self) -> &PolicySettings {
+        &self.settings
+    }
+
+    /// One decision (see the module header); returns the new desired count.
+    pub fn decide(&mut self, inputs: &Inputs) -> u32 {
+        let settings = &self.settings;
+        let now = inputs.now_ms;
+        let mut recommendation = recommend(settings, inputs);
+        if self.current == 0 && inputs.backlog.ids < settings.activation_backlog_ids {
+            recommendation = settings.min_workers;
+        }
+        let window_ms = settings.scale_down_window.as_millis() as u64;
+        while self
+            .window
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > window_ms)
+        {
+            self.window.pop_front();
+        }
+        self.window.push_back((now, recommendation));
+        let tolerance = f64::from(settings.tolerance_percent.min(99)) / 100.0;
+        let current = f64::from(self.current);
+        let next = if f64::from(recommendation) > current * (1.0 + tolerance) {
+            let step = settings.scale_up_step.max(1).max(self.current);
+            recommendation.min(self.current.saturating_add(step))
+        } else if recommendation < self.current
+            && now.saturating_sub(self.last_change_ms) >= window_ms
+        {
+            let highest = self
+                .window
+                .iter()
+                .map(|(_, r)| *r)
+                .max()
+                .unwrap_or(recommendation);
+            if f64::from(highest) < current * (1.0 - tolerance) {
+                highest
+            } else {
+                self.current
+            }
+        } else {
+            self.current
+        };
+        if next != self.current {
+            self.current = next;
+            self.last_change_ms = now;
+        }
+        self.current
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use elk_protocol::messages::JobSpec;
-    use elk_types::{IdRange, JobName, PartitionId};
-
-    fn job(state: JobState, cursor: u64, partitions: (u64, u64), ids_completed: u64) -> JobRecord {
-        let mut record = JobRecord::new(
-            JobName::new("job").unwrap(),
-            JobSpec::fixed(IdRange::new(1, 1_000).unwrap(), 10),
-            elk_types::Epoch(0),
-            0,
-        );
-        record.state = state;
-        record.cursor = cursor;
-        record.next_partition = PartitionId(partitions.0 + 1);
-        record.partitions_total = partitions.0;
-        record.partitions_completed = partitions.1;
-        record.ids_completed = ids_completed;
-        record
-    }
-
-    #[test]
-    fn backlog_counts_open_and_unplanned_partitions_of_active_jobs() {
-        let fully_planned = job(JobState::Active, 1_001, (100, 40), 400);
-        assert_eq!(
-            backlog_of([&fully_planned]),
-            Backlog {
-                ids: 600,
-                partitions: 60
-            }
-        );
-        let half_planned = job(JobState::Active, 501, (50, 10), 100);
-        assert_eq!(backlog_of([&half_planned]).partitions, 40 + 50);
-        let fresh = job(JobState::Active, 0, (0, 0), 0);
-        assert_eq!(backlog_of([&fresh]).partitions, 100);
-        let done = job(JobState::Completed, 1_001, (100, 100), 1_000);
-        assert_eq!(backlog_of([&done, &fully_planned]).ids, 600);
-    }
-
-    #[test]
-    fn desired_is_rounded_up_and_bounded() {
-        assert_eq!(desired_workers(0, 10, 1, 100), 1);
-        assert_eq!(desired_workers(61, 10, 1, 100), 7);
-        assert_eq!(desired_workers(60, 10, 1, 100), 6);
-        assert_eq!(desired_workers(u64::MAX, 1, 1, 100), 100);
-        assert_eq!(desired_workers(5, 10, 3, 100), 3);
-    }
-}
+mod tests;
