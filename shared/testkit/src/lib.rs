@@ -20,11 +20,14 @@
 //! * [`OwnershipAuditor`] follows a namespace and reports ownership overlaps (invariant 2), lost
 //!   checkpoints (invariant 3) and unexplained repetition (invariant 5); the [`coverage`]
 //!   helpers check a per-ID processing counter (invariant 1).
+//! * [`KubeApiServer`] runs a real etcd + kube-apiserver (built by
+//!   `scripts/ensure-kube-apiserver.sh`) for the scaler's Kubernetes actuation tests.
 
 pub mod auditor;
 #[cfg(feature = "testcontainers")]
 pub mod container;
 pub mod coverage;
+mod kube_apiserver;
 mod proxy;
 mod server;
 mod tls;
@@ -35,6 +38,7 @@ pub use coverage::{CoverageReport, IdSummary, assert_exact_coverage, assert_full
 pub use elk_nats_server::{
     NatsCluster, NatsClusterBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
 };
+pub use kube_apiserver::{KUBE_APISERVER_VERSION, KubeApiServer, KubeServerError};
 pub use proxy::TcpProxy;
 pub use server::{BACKEND_ENV, Backend, NatsServer, NatsServerBuilder, TestServerError};
 pub use tls::TestCertificates;
