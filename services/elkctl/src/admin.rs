@@ -222,7 +222,10 @@ pub struct StatsArgs {
 }
 
 /// Sends `command` and returns its result, or prints it as JSON (`--json`) and returns `None`.
-async fn ask(connect: &ConnectArgs, command: AdminCommand) -> anyhow::Result<Option<AdminResult>> {
+pub(crate) async fn ask(
+    connect: &ConnectArgs,
+    command: AdminCommand,
+) -> anyhow::Result<Option<AdminResult>> {
     let result = connect.admin().await?.request(command).await?;
     if connect.json {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -1,7 +1,8 @@
 //! `elkctl` — the operator CLI of ELK Coordinator, and the local all-in-one runner (`demo`).
 //!
 //! Every admin command goes to the assigner leader over NATS request/reply
-//! (`elk.<ns>.admin.assigner.<verb>`, see `docs/admin-api.md`); arguments are checked before any
+//! (`elk.<ns>.admin.assigner.<verb>`; `transfer` to the active election replica,
+//! `elk.<ns>.admin.election.transfer`; see `docs/admin-api.md`); arguments are checked before any
 //! network call, output is an aligned table (or `--json`). A failure prints its message, code
 //! and a hint, and exits with a status per kind of failure (see `failure`).
 //!
@@ -15,6 +16,7 @@ mod auth;
 mod connect;
 mod demo;
 mod failure;
+mod levers;
 mod render;
 mod stack;
 mod status;
@@ -61,6 +63,18 @@ enum Command {
     Auth(auth::AuthCommand),
     /// Create or update every bucket, the progress stream and its consumer (admin identity).
     Provision(auth::ProvisionArgs),
+    /// Every live member: role, capacity, load, drain state (and whether placement is frozen).
+    Members(levers::MembersArgs),
+    /// Stop granting to a worker and take its partitions back (released with checkpoints).
+    Drain(levers::WorkerArgs),
+    /// Let a drained worker take partitions again.
+    Undrain(levers::WorkerArgs),
+    /// Freeze placement: no rebalancing moves (new and reclaimed partitions are still granted).
+    Freeze(levers::FreezeArgs),
+    /// Resume rebalancing.
+    Unfreeze(levers::UnfreezeArgs),
+    /// Hand a role's leadership (assigner, scaler) to another live member now.
+    Transfer(levers::TransferArgs),
 }
 
 impl Command {
@@ -73,6 +87,11 @@ impl Command {
             Command::IdStatus(args) => args.connect.json,
             Command::Stats(args) => args.connect.json,
             Command::Watch(args) => args.connect.json,
+            Command::Members(args) => args.connect.json,
+            Command::Drain(args) | Command::Undrain(args) => args.connect.json,
+            Command::Freeze(args) => args.connect.json,
+            Command::Unfreeze(args) => args.connect.json,
+            Command::Transfer(args) => args.connect.json,
             Command::Demo(_) | Command::Status(_) | Command::Auth(_) | Command::Provision(_) => {
                 false
             }
@@ -92,6 +111,12 @@ impl Command {
             Command::Watch(_) => "elkctl watch",
             Command::Auth(_) => "elkctl auth",
             Command::Provision(_) => "elkctl provision",
+            Command::Members(_) => "elkctl members",
+            Command::Drain(_) => "elkctl drain",
+            Command::Undrain(_) => "elkctl undrain",
+            Command::Freeze(_) => "elkctl freeze",
+            Command::Unfreeze(_) => "elkctl unfreeze",
+            Command::Transfer(_) => "elkctl transfer",
         }
     }
 }
@@ -125,6 +150,20 @@ async fn main() -> std::process::ExitCode {
             Command::Watch(args) => watch::run(args).await,
             Command::Auth(command) => auth::run(command),
             Command::Provision(args) => auth::provision(args).await,
+            Command::Members(args) => levers::run_members(args).await,
+            Command::Drain(args) => levers::run_drain(args, true).await,
+            Command::Undrain(args) => levers::run_drain(args, false).await,
+            Command::Freeze(args) => {
+                let command = elk_protocol::admin::AdminCommand::Freeze {
+                    reason: args.reason.clone(),
+                };
+                levers::run_freeze(&args.connect, command).await
+            }
+            Command::Unfreeze(args) => {
+                let command = elk_protocol::admin::AdminCommand::Unfreeze;
+                levers::run_freeze(&args.connect, command).await
+            }
+            Command::Transfer(args) => levers::run_transfer(args).await,
         }
     };
     let outcome = command.instrument(span.clone()).await;

@@ -4,8 +4,8 @@
 //! `--json` output and the errors for bad arguments and unknown jobs.
 
 use elk_nats::NatsConfig;
-use elk_protocol::admin::AdminResult;
-use elk_protocol::messages::{JobState, PartitionStatus};
+use elk_protocol::admin::{AdminResult, MemberState};
+use elk_protocol::messages::{DrainSource, JobState, PartitionStatus};
 use elk_runtime::ServiceCommon;
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{MemberId, Namespace, PartitionId};
@@ -281,6 +281,48 @@ async fn elkctl_covers_the_admin_surface() {
     assert!(stats.retries_scheduled >= 1, "{stats:?}");
     let nothing = ok(&url, &["retry"]).await;
     assert!(nothing.contains("no failed partitions"), "{nothing}");
+
+    // The levers: members, drain / undrain, freeze / unfreeze, transfer.
+    let members = ok(&url, &["members"]).await;
+    assert!(members.starts_with("ID"), "{members}");
+    assert!(members.contains("worker-1"), "{members}");
+    assert!(members.contains("assigner-1"), "{members}");
+    let drained = ok(&url, &["drain", "worker-1"]).await;
+    assert!(
+        drained.contains("worker worker-1 drained (0 granted"),
+        "the job is over: nothing to hand back: {drained}"
+    );
+    let AdminResult::Members { members, .. } = json(&url, &["members"]).await else {
+        panic!("not members")
+    };
+    let worker_1 = members
+        .iter()
+        .find(|m| m.id.as_str() == "worker-1")
+        .unwrap();
+    assert_eq!(worker_1.state, MemberState::Drained);
+    assert_eq!(worker_1.drain, Some(DrainSource::Operator));
+    assert!(ok(&url, &["undrain", "worker-1"]).await.contains("active"));
+    let frozen = ok(&url, &["freeze", "--reason", "incident 7"]).await;
+    assert!(frozen.contains("placement frozen: incident 7"), "{frozen}");
+    assert!(ok(&url, &["members"]).await.contains("placement is frozen"));
+    assert!(ok(&url, &["unfreeze"]).await.contains("unfrozen"));
+    let unknown = elkctl(&url, &["drain", "nope"]).await;
+    assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("[unknown_member]"),
+        "{}",
+        unknown.stderr
+    );
+    // One assigner replica: nobody to hand the role to (the election answers, not the assigner).
+    let alone = elkctl(&url, &["transfer", "assigner"]).await;
+    assert_eq!(alone.code, 4, "{}", alone.stderr);
+    assert!(
+        alone.stderr.contains("no other live assigner"),
+        "{}",
+        alone.stderr
+    );
+    let bad_role = elkctl(&url, &["transfer", "worker"]).await;
+    assert_eq!(bad_role.code, 2, "{}", bad_role.stderr);
 
     worker.shutdown().await.unwrap();
     stop.cancel();
