@@ -34,6 +34,10 @@ impl ScalerMetrics {
             "Writes of fleet/desired by this replica",
             self.desired_writes.clone(),
         );
+        // Both ops exist from the start (at 0), so the family is served before the first drain.
+        for op in ["drain", "undrain"] {
+            let _ = self.drain_requests.get_or_create(&[("op", op)]);
+        }
         registry.register(
             "elk_scaler_drain_requests",
             "Drain requests the scaler leader sent to the assigner for scale-ins, by op (drain, undrain)",
@@ -124,11 +128,13 @@ impl Collector for Computed {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        if let Some(rate) = desired.worker_ids_per_second {
+        // Always served (0 before the first measurement), so scrapes see a stable set of series.
+        {
+            let rate = desired.worker_ids_per_second.unwrap_or(0);
             let gauge = ConstGauge::new(rate as f64);
             let metric = encoder.encode_descriptor(
                 "elk_scaler_worker_ids_per_second",
-                "Measured IDs per second of one busy worker (smoothed), the policy's input.",
+                "Measured IDs per second of one busy worker (smoothed), the policy's input; 0 before a measurement.",
                 None,
                 gauge.metric_type(),
             )?;
