@@ -1,7 +1,8 @@
 //! Fixtures for scenario tests over real NATS: an in-process control plane (election, assigner,
 //! scaler) on a private nats-server (on the test backend `ELK_TEST_BACKEND` picks) or a private
-//! JetStream cluster, workers with a recording processor, and helpers to create jobs and wait
-//! for them; components as processes of their own ([`nodes`]). The scenarios live in `tests/`.
+//! JetStream cluster, workers with a recording processor, helpers to create jobs and wait for
+//! them, a worker fleet that follows the scaler (`fleet`); components as processes of their own
+//! ([`nodes`]). The scenarios live in `tests/`.
 
 pub mod nodes;
 
@@ -32,6 +33,7 @@ pub const ADMIN_PATIENCE: Duration = Duration::from_secs(60);
 const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
 
 pub mod browser;
+pub mod fleet;
 pub mod hostile;
 pub mod scrape;
 
@@ -337,8 +339,18 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_scaler::ScalerMetrics>,
     ) -> ServiceHandle {
-        let config =
-            elk_scaler::ScalerConfig::new(self.service_common(&self.url(), Role::Scaler, id));
+        self.scaler_with(id, elk_scaler::ScalerSettings::default(), metrics)
+    }
+
+    /// A scaler replica with its own `[scaler]` settings (policy pace, bounds) and metrics.
+    pub fn scaler_with(
+        &self,
+        id: &str,
+        settings: elk_scaler::ScalerSettings,
+        metrics: Arc<elk_scaler::ScalerMetrics>,
+    ) -> ServiceHandle {
+        let mut config = elk_scaler::ScalerConfig::new(self.service_common(&self.url(), Role::Scaler, id));
+        config.scaler = settings;
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {
             let stopped = stop.cancelled_owned();

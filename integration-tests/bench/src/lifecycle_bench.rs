@@ -194,6 +194,15 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,async_nats=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Prints one JSON line on stdout.
 pub(crate) fn print_line(line: &impl Serialize) -> anyhow::Result<()> {
     let mut output = std::io::stdout().lock();

@@ -3,6 +3,7 @@
 //!
 //! One module per benchmark family; `main` only parses the command line and dispatches.
 
+mod autoscale_bench;
 mod chaos_bench;
 mod failover_bench;
 mod follow;
@@ -13,6 +14,7 @@ mod memory_bench;
 mod overhead_bench;
 mod placement_bench;
 mod procs;
+mod rollout_bench;
 mod scale_bench;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,12 @@ enum Command {
     Memory(memory_bench::MemoryArgs),
     /// Makespan of a job of 1 s partitions against the ideal `total work ÷ capacity`.
     Overhead(overhead_bench::OverheadArgs),
+    /// A bursty backlog trace run by a fleet following the scaler and by a fixed fleet at the
+    /// maximum: completion and worker-seconds ratios, replica changes.
+    Autoscale(autoscale_bench::AutoscaleArgs),
+    /// Restart every worker of a running fleet one by one (as `kubectl rollout restart`): IDs
+    /// repeated and missing, throughput dip.
+    Rollout(rollout_bench::RolloutArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         Command::Scale(arguments) => scale_bench::run(&arguments),
         Command::Memory(arguments) => memory_bench::run(&arguments),
         Command::Overhead(arguments) => overhead_bench::run(&arguments),
+        Command::Autoscale(arguments) => autoscale_bench::run(&arguments),
+        Command::Rollout(arguments) => rollout_bench::run(&arguments),
     }
 }
 
