@@ -9,9 +9,10 @@
 //! `{"bench":"rollout","workers":N,"ids_repeated":n,"ids_missing":n,"throughput_dip_pct":f,...}`
 //!
 //! `throughput_dip_pct`: how far the lowest 1-second throughput during the rollout fell below the
-//! steady throughput before it (0 when it never fell). `reclaimed_after_ttl` counts partitions the
-//! assigner had to reclaim from an expired member (0: every hand-over was a release). Targets: 0
-//! repeated, 0 missing.
+//! steady throughput before it (0 when it never fell). `partitions_reclaimed` counts partitions the
+//! assigner took back from a departed member when it left the view (at once: a graceful shutdown
+//! deletes the member key; these are grants it had not reported released). Targets: 0 repeated,
+//! 0 missing.
 
 use elk_assigner::AssignerMetrics;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack};
@@ -50,7 +51,7 @@ struct Line {
     restarts: usize,
     shutdown_ms_max: u64,
     rollout_s: f64,
-    reclaimed_after_ttl: u64,
+    partitions_reclaimed: u64,
     partitions_released: u64,
 }
 
@@ -152,7 +153,7 @@ async fn rollout(workers: usize, capacity: u32, ids: u64) -> anyhow::Result<Line
         restarts: workers,
         shutdown_ms_max: shutdown_max.as_millis() as u64,
         rollout_s: round(rollout_s, 3),
-        reclaimed_after_ttl: metrics.partitions_reclaimed.get(),
+        partitions_reclaimed: metrics.partitions_reclaimed.get(),
         partitions_released: released,
     })
 }
