@@ -72,8 +72,8 @@ def secret_value(docs, name, key):
     raise StackFailed(f"no Secret {name} with key {key} among the rendered manifests")
 
 
-def pod_environment(container, pod_name, elk_env, docs):
-    """The variables a container of pod `pod_name` gets, as Kubernetes would set them."""
+def pod_environment(container, pod_name, namespace, elk_env, docs):
+    """The variables a container of pod `pod_name` in `namespace` gets, as Kubernetes would set them."""
     env = {}
     for source in container.get("envFrom", []):
         if source.get("configMapRef", {}).get("name", "").startswith("elk-env"):
@@ -89,6 +89,8 @@ def pod_environment(container, pod_name, elk_env, docs):
             env[variable["name"]] = pod_name
         elif secret:
             env[variable["name"]] = secret_value(docs, secret["name"], secret["key"])
+        elif field == "metadata.namespace":
+            env[variable["name"]] = namespace
         else:
             raise StackFailed(f"{container['name']}: {variable['name']} has no stand-in here")
     return env
@@ -183,7 +185,8 @@ class Stack:
         for pod, workload in pods:
             spec = deploy.pod_spec(workload)
             container = spec["containers"][0]
-            env = pod_environment(container, pod, self.elk_env, self.docs)
+            namespace = workload["metadata"].get("namespace", "default")
+            env = pod_environment(container, pod, namespace, self.elk_env, self.docs)
             args = [expand(a, env) for a in container.get("args", [])]
             ports = [p["containerPort"] for p in container.get("ports", [])]
             self.run(pod, container["image"], args, env, str(spec["securityContext"]["runAsUser"]), ports)
