@@ -349,7 +349,8 @@ impl Stack {
         settings: elk_scaler::ScalerSettings,
         metrics: Arc<elk_scaler::ScalerMetrics>,
     ) -> ServiceHandle {
-        let mut config = elk_scaler::ScalerConfig::new(self.service_common(&self.url(), Role::Scaler, id));
+        let mut config =
+            elk_scaler::ScalerConfig::new(self.service_common(&self.url(), Role::Scaler, id));
         config.scaler = settings;
         let name = id.to_owned();
         ServiceHandle::spawn(id, move |stop| async move {

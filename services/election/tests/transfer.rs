@@ -38,9 +38,14 @@ async fn join(resources: &Resources, member_id: &str, role: MemberRole) -> Membe
         labels: Default::default(),
         version: "test".to_owned(),
     };
-    MemberLease::join(resources, id(member_id), record, Duration::from_secs(5))
-        .await
-        .unwrap()
+    MemberLease::join(
+        &resources.member_keys,
+        id(member_id),
+        record,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
 }
 
 fn refusal(error: AdminClientError) -> AdminErrorCode {
