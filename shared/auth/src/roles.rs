@@ -12,7 +12,10 @@
 //! own keys, and use the provisioned progress consumer.
 
 use elk_protocol::admin::READ_ONLY_VERBS;
-use elk_protocol::names::{Names, PROGRESS_CONSUMER};
+use elk_protocol::names::{Names, PLACEMENT_KEY, PROGRESS_CONSUMER};
+
+/// The assigner verbs the scaler sends for a drain-first scale-in.
+const SCALER_VERBS: [&str; 3] = ["members", "drain", "undrain"];
 use serde::Serialize;
 
 /// The member id of a worker or service replica (or the job of a planner): the user's JWT name.
@@ -122,13 +125,23 @@ impl Role {
                 p.service(&subjects);
                 p.read(&subjects, &["members", "leases"]);
                 p.publish.push(subjects.bucket("leases").write_any());
+                // Leadership transfer requests (`elkctl transfer`), answered by the active replica.
+                p.subscribe
+                    .push(format!("elk.{}.admin.election.>", subjects.ns));
+                p.respond = true;
             }
             Role::Assigner => {
                 p.service(&subjects);
-                p.read(&subjects, &["leases", "jobs", "partitions", "assignments"]);
+                p.read(
+                    &subjects,
+                    &["leases", "jobs", "partitions", "assignments", "fleet"],
+                );
                 for bucket in ["jobs", "partitions", "assignments"] {
                     p.publish.push(subjects.bucket(bucket).write_any());
                 }
+                // The placement levers (drain, freeze), so a new leader continues them.
+                p.publish
+                    .push(subjects.bucket("fleet").write_key(PLACEMENT_KEY));
                 // The provisioned durable consumer of the progress stream: pull, ack, inspect
                 // (its ack floor is the reclaim barrier). Creating or deleting it is admin's.
                 let stream = names.progress_stream();
@@ -151,11 +164,18 @@ impl Role {
                 p.read(&subjects, &["leases", "jobs", "fleet"]);
                 p.publish
                     .push(subjects.bucket("fleet").write_key("desired"));
+                // Drain-first scale-in: the live members, then drain / undrain requests.
+                for verb in SCALER_VERBS {
+                    p.publish
+                        .push(format!("elk.{}.admin.assigner.{verb}", subjects.ns));
+                }
             }
             Role::Operator => {
                 p.observe(&subjects);
                 p.publish
                     .push(format!("elk.{}.admin.assigner.*", subjects.ns));
+                p.publish
+                    .push(format!("elk.{}.admin.election.*", subjects.ns));
             }
             Role::Observer => {
                 p.observe(&subjects);
