@@ -4,7 +4,7 @@
 //! were processed how often, whatever the coordinator believes.
 //!
 //! ```text
-//! elk-recording-worker --nats-url nats://127.0.0.1:4222 --namespace chaos --member-id worker-1 \
+//! elk-recording-worker --nats-url nats://127.0.0.1:<port> --namespace chaos --member-id worker-1 \
 //!     --capacity 2 --record-file /tmp/run/worker-1.log --id-cost-us 200
 //! ```
 //!
@@ -39,8 +39,9 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "elk-recording-worker", version, about)]
 struct Args {
-    /// NATS server URL.
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL (required: the benchmark that starts this process owns the server and its
+    /// random port).
+    #[arg(long)]
     nats_url: String,
     /// Namespace (deployment) to join.
     #[arg(long)]
