@@ -68,7 +68,9 @@ pub async fn run_with_metrics(
     metrics: Arc<AssignerMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
-    run_replica(config, metrics, faults::none(), shutdown).await
+    // Boxed: the replica's future is large, and unoptimised builds copy it through every frame
+    // that polls it (the debug tests overflowed a 2 MiB worker thread).
+    Box::pin(run_replica(config, metrics, faults::none(), shutdown)).await
 }
 
 /// Like [`run_with_metrics`], with fault injection for tests (see [`test_hooks`]).
@@ -79,7 +81,7 @@ pub async fn run_with_faults(
     faults: Arc<test_hooks::LeaderFaults>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AssignerError> {
-    run_replica(config, metrics, faults, shutdown).await
+    Box::pin(run_replica(config, metrics, faults, shutdown)).await
 }
 
 async fn run_replica(

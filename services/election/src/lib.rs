@@ -102,7 +102,8 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ElectionError> {
     config.validate()?;
-    elk_runtime::serve_until(shutdown, |stop| serve(config, metrics, stop)).await
+    // Boxed: see `elk_assigner::run_with_metrics`.
+    elk_runtime::serve_until(shutdown, |stop| Box::pin(serve(config, metrics, stop))).await
 }
 
 /// Outcome of the standby phase.

@@ -49,7 +49,8 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ScalerError> {
     config.validate()?;
-    elk_runtime::serve_until(shutdown, |stop| serve(config, metrics, stop)).await
+    // Boxed: see `elk_assigner::run_with_metrics`.
+    elk_runtime::serve_until(shutdown, |stop| Box::pin(serve(config, metrics, stop))).await
 }
 
 async fn serve(

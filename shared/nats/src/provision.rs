@@ -188,7 +188,7 @@ pub async fn open(
     let deadline = tokio::time::Instant::now() + config.patience;
     let mut pause = FIRST_RETRY_PAUSE;
     loop {
-        match open_once(client.clone(), names.clone(), config).await {
+        match Box::pin(open_once(client.clone(), names.clone(), config)).await {
             Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, "opening the namespace failed; trying again");
                 tokio::time::sleep(pause).await;
@@ -204,11 +204,13 @@ async fn open_once(
     names: Names,
     config: &ProvisionConfig,
 ) -> Result<Resources, NatsError> {
-    match bind(client.clone(), names.clone()).await {
+    // Boxed, as the calls of `provision` below: these futures are large, and unoptimised
+    // builds keep a copy of each in this function's frame while polling it.
+    match Box::pin(bind(client.clone(), names.clone())).await {
         Ok(resources) => match config.replicas {
             Some(wanted) if !resources.replicated(wanted) => {
                 tracing::info!(wanted, "changing the namespace's replica count");
-                provision(client, names, config).await.inspect_err(|error| {
+                Box::pin(provision(client, names, config)).await.inspect_err(|error| {
                     tracing::warn!(
                         %error,
                         "cannot change the replica count (with ELK's permission model only an \
@@ -220,7 +222,7 @@ async fn open_once(
         },
         Err(NatsError::NotProvisioned { resource }) => {
             tracing::info!(%resource, "namespace not provisioned yet: provisioning it");
-            provision(client, names, config).await.map_err(|error| {
+            Box::pin(provision(client, names, config)).await.map_err(|error| {
                 tracing::warn!(%resource, %error, "cannot provision the namespace");
                 match error.kind() {
                     crate::NatsErrorKind::Unavailable => NatsError::NotProvisioned { resource },

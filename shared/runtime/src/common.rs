@@ -117,7 +117,9 @@ impl ServiceCommon {
             replicas: self.replicas,
             ..elk_nats::ProvisionConfig::default()
         };
-        elk_nats::open(client, names, &provisioning).await
+        // Boxed: opening (and maybe provisioning) awaits many requests, a large future that
+        // unoptimised builds would otherwise keep on the polling task's stack.
+        Box::pin(elk_nats::open(client, names, &provisioning)).await
     }
 
     /// This replica's membership in `resources`' namespace under `role`: re-joins retry every
