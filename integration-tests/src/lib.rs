@@ -174,6 +174,7 @@ impl Stack {
     }
 
     async fn on(server: StackServer, replicas: Option<usize>) -> anyhow::Result<Self> {
+        elk_testkit::capture_service_logs();
         let namespace = Namespace::new("it")?;
         let client = elk_nats::connect(&NatsConfig::new(server.url(), "integration-test")).await?;
         let provisioning = ProvisionConfig {
@@ -200,6 +201,7 @@ impl Stack {
     /// `resources` (what the test itself reads) use the admin identity; admin requests go
     /// through an operator identity.
     pub async fn secured() -> anyhow::Result<Self> {
+        elk_testkit::capture_service_logs();
         let namespace = Namespace::new("it")?;
         let secure = secure::SecureNats::new(&namespace)?;
         let server = StackServer::Single(secure.start_server()?);

@@ -44,16 +44,21 @@ pub enum Scenario {
     /// A worker joins while 500 (`--workers`) are live → its first grant.
     #[value(name = "join_first_grant_500")]
     JoinFirstGrant500,
+    /// The election is asked to hand the assigner role to the standby (`elkctl transfer`) → the
+    /// standby leads and grants (issue 13: hand-off ≤ 200 ms).
+    #[value(name = "leader_transfer")]
+    LeaderTransfer,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::WorkerKill,
         Scenario::WorkerCut,
         Scenario::AssignerKill10k,
         Scenario::AssignerKill100k,
         Scenario::GracefulHandoff,
         Scenario::JoinFirstGrant500,
+        Scenario::LeaderTransfer,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +69,7 @@ impl Scenario {
             Scenario::AssignerKill100k => "assigner_kill_100k",
             Scenario::GracefulHandoff => "graceful_handoff",
             Scenario::JoinFirstGrant500 => "join_first_grant_500",
+            Scenario::LeaderTransfer => "leader_transfer",
         }
     }
 }
@@ -191,6 +197,9 @@ async fn run_scenario(scenario: Scenario, settings: Settings) -> anyhow::Result<
             assigner::run(&stack, settings, small, assigner::Fault::GracefulStop).await
         }
         Scenario::JoinFirstGrant500 => join::run(&stack, settings).await,
+        Scenario::LeaderTransfer => {
+            assigner::run(&stack, settings, small, assigner::Fault::Transfer).await
+        }
     }
 }
 

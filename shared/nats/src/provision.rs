@@ -207,28 +207,32 @@ async fn open_once(
     // Boxed, as the calls of `provision` below: these futures are large, and unoptimised
     // builds keep a copy of each in this function's frame while polling it.
     match Box::pin(bind(client.clone(), names.clone())).await {
-        Ok(resources) => match config.replicas {
-            Some(wanted) if !resources.replicated(wanted) => {
-                tracing::info!(wanted, "changing the namespace's replica count");
-                Box::pin(provision(client, names, config)).await.inspect_err(|error| {
+        Ok(resources) => {
+            match config.replicas {
+                Some(wanted) if !resources.replicated(wanted) => {
+                    tracing::info!(wanted, "changing the namespace's replica count");
+                    Box::pin(provision(client, names, config)).await.inspect_err(|error| {
                     tracing::warn!(
                         %error,
                         "cannot change the replica count (with ELK's permission model only an \
                          admin identity may: `elkctl provision --replicas`)"
                     );
                 })
+                }
+                _ => Ok(resources),
             }
-            _ => Ok(resources),
-        },
+        }
         Err(NatsError::NotProvisioned { resource }) => {
             tracing::info!(%resource, "namespace not provisioned yet: provisioning it");
-            Box::pin(provision(client, names, config)).await.map_err(|error| {
-                tracing::warn!(%resource, %error, "cannot provision the namespace");
-                match error.kind() {
-                    crate::NatsErrorKind::Unavailable => NatsError::NotProvisioned { resource },
-                    _ => error,
-                }
-            })
+            Box::pin(provision(client, names, config))
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%resource, %error, "cannot provision the namespace");
+                    match error.kind() {
+                        crate::NatsErrorKind::Unavailable => NatsError::NotProvisioned { resource },
+                        _ => error,
+                    }
+                })
         }
         other => other,
     }

@@ -20,6 +20,7 @@
 //! * [`OwnershipAuditor`] follows a namespace and reports ownership overlaps (invariant 2), lost
 //!   checkpoints (invariant 3) and unexplained repetition (invariant 5); the [`coverage`]
 //!   helpers check a per-ID processing counter (invariant 1).
+//! * [`capture_service_logs`] shows the in-process services' warnings with a failed test.
 //! * [`KubeApiServer`] runs a real etcd + kube-apiserver (built by
 //!   `scripts/ensure-kube-apiserver.sh`) for the scaler's Kubernetes actuation tests.
 
@@ -28,6 +29,7 @@ pub mod auditor;
 pub mod container;
 pub mod coverage;
 mod kube_apiserver;
+mod logs;
 mod proxy;
 mod server;
 mod tls;
@@ -39,6 +41,7 @@ pub use elk_nats_server::{
     NatsCluster, NatsClusterBuilder, ServerError, check_binary_version, resolve_nats_server_binary,
 };
 pub use kube_apiserver::{KUBE_APISERVER_VERSION, KubeApiServer, KubeServerError};
+pub use logs::capture_service_logs;
 pub use proxy::TcpProxy;
 pub use server::{BACKEND_ENV, Backend, NatsServer, NatsServerBuilder, TestServerError};
 pub use tls::TestCertificates;

@@ -1,13 +1,15 @@
-//! `assigner_kill_10k`, `assigner_kill_100k` and `graceful_handoff`: two assigner replicas, one
-//! election replica, 4 workers (capacity 2, holding their grants) and one job of `partitions`
-//! partitions of one ID each, created once for all trials.
+//! `assigner_kill_10k`, `assigner_kill_100k`, `graceful_handoff` and `leader_transfer`: two
+//! assigner replicas, one election replica, 4 workers (capacity 2, holding their grants) and one
+//! job of `partitions` partitions of one ID each, created once for all trials.
 //!
 //! Each trial takes the leading replica down (`ServiceHandle::abort`: its task is dropped
-//! mid-flight and its member key expires by TTL; or `ServiceHandle::stop`: graceful) and measures
-//! until `leases/role.assigner` names the standby **and** an assignment record written under the
-//! standby's epoch appears (the new leader has loaded the state from KV and is granting). The
-//! downed replica is then restarted under the same id and becomes the standby, so the next trial
-//! takes down the other one.
+//! mid-flight and its member key expires by TTL; or `ServiceHandle::stop`: graceful) or asks the
+//! election to hand the role to the standby (`elkctl transfer assigner --to <standby>`, through
+//! the admin client), and measures until `leases/role.assigner` names the standby **and** an
+//! assignment record written under the standby's epoch appears (the new leader has loaded the
+//! state from KV and is granting). A downed replica is then restarted under the same id and
+//! becomes the standby (after a transfer the old leader stays up as the standby), so the next
+//! trial takes down the other one.
 
 use super::mirror::KvMirror;
 use super::{HoldProcessor, Measured, Settings, fault_phase, log_trial, start_worker};
@@ -32,6 +34,8 @@ pub(crate) enum Fault {
     Abort,
     /// `ServiceHandle::stop`: the leader task is awaited and the member key deleted.
     GracefulStop,
+    /// A leadership transfer to the standby, requested from the election (no replica stops).
+    Transfer,
 }
 
 pub(crate) async fn run(
@@ -43,6 +47,7 @@ pub(crate) async fn run(
     let scenario = match fault {
         Fault::Abort => "assigner_kill",
         Fault::GracefulStop => "graceful_handoff",
+        Fault::Transfer => "leader_transfer",
     };
     let election = stack.election("election-1");
     let mut replicas: HashMap<&str, ServiceHandle> = REPLICAS
@@ -76,6 +81,7 @@ pub(crate) async fn run(
     let assignments = &stack.resources.assignments;
     let mut mirror = KvMirror::follow(&[leases, assignments]).await?;
     let role_key = ControlRole::Assigner.lease_key();
+    let admin = stack.admin_client();
     let worker_ids: Vec<(MemberId, elk_types::Incarnation)> = workers
         .iter()
         .map(|worker| (worker.id().clone(), worker.incarnation()))
@@ -118,14 +124,33 @@ pub(crate) async fn run(
         };
 
         tokio::time::sleep(fault_phase(&settings, trial)).await;
-        let handle = replicas
-            .remove(leader.as_str())
-            .context("the leader is one of our replicas")?;
         let started = Instant::now();
-        match fault {
-            Fault::Abort => handle.abort().await,
-            Fault::GracefulStop => handle.stop().await,
-        }
+        let downed = match fault {
+            Fault::Abort | Fault::GracefulStop => {
+                let handle = replicas
+                    .remove(leader.as_str())
+                    .context("the leader is one of our replicas")?;
+                if fault == Fault::Abort {
+                    handle.abort().await;
+                } else {
+                    handle.stop().await;
+                }
+                true
+            }
+            Fault::Transfer => {
+                let to = MemberId::new(standby.as_str())?;
+                let transfer = admin
+                    .transfer(ControlRole::Assigner, Some(to))
+                    .await
+                    .context("the election transfers the assigner role")?;
+                anyhow::ensure!(
+                    transfer.holder.id.as_str() == standby,
+                    "the role went to {} instead of {standby}",
+                    transfer.holder.id
+                );
+                false
+            }
+        };
         let mut new_epoch = None;
         let recovered = mirror
             .wait_for(
@@ -150,17 +175,20 @@ pub(crate) async fn run(
             trial,
             duration,
             &format!(
-                "({leader} down, {standby} leads at epoch {})",
+                "({leader} {}, {standby} leads at epoch {})",
+                if downed { "down" } else { "hands over" },
                 new_epoch.map_or(0, |epoch| epoch.0)
             ),
         );
         durations.push(duration);
 
-        let id = REPLICAS
-            .iter()
-            .find(|&&id| id == leader)
-            .expect("a replica id");
-        replicas.insert(id, stack.assigner(id));
+        if downed {
+            let id = REPLICAS
+                .iter()
+                .find(|&&id| id == leader)
+                .expect("a replica id");
+            replicas.insert(id, stack.assigner(id));
+        }
     }
 
     drop(workers);

@@ -13,7 +13,7 @@
 use super::{AssignerState, PartitionKey};
 use elk_coverage::{Coverage, CoverageError, CoverageRecord};
 use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
-use elk_types::{IdRange, JobName};
+use elk_types::{IdRange, JobName, PartitionId};
 use std::collections::BTreeMap;
 
 /// How many IDs `coverage` holds as completed: those up to the low watermark and the completed
@@ -53,6 +53,7 @@ impl AssignerState {
     /// cursor, queueing repairs for gaps.
     pub(super) fn build_coverage(&mut self, mut loaded: Vec<PartitionRecord>) {
         loaded.sort_by_key(|record| (record.job.clone(), record.range.first()));
+        self.catch_up_cursors(&loaded);
         // Partitions refused for overlapping others still exist in KV: never re-create their IDs.
         let mut refused: Vec<(JobName, IdRange)> = Vec::new();
         // What KV really holds per job beyond compaction: (partitions, completed partitions).
@@ -150,6 +151,38 @@ impl AssignerState {
                 self.repairs.push((name.clone(), gap));
             }
             self.sync_coverage_summary(&name);
+        }
+    }
+
+    /// Moves each job's planning cursor and next partition id past every partition KV holds.
+    ///
+    /// The previous leader writes a new partition's key before the job record that advances the
+    /// cursor; a failover between the two leaves the record behind. Planning from it would
+    /// re-cut those ranges (refused as overlaps) and then give the next range the id of a
+    /// partition that exists: its record, and the range it covered, would be overwritten (found
+    /// by `auth_stack` under load — IDs never processed, indexes out of step).
+    fn catch_up_cursors(&mut self, loaded: &[PartitionRecord]) {
+        let mut reached: BTreeMap<&JobName, (u64, PartitionId)> = BTreeMap::new();
+        for record in loaded {
+            let entry = reached
+                .entry(&record.job)
+                .or_insert((record.range.last(), record.id));
+            entry.0 = entry.0.max(record.range.last());
+            entry.1 = entry.1.max(record.id);
+        }
+        for (name, (last, id)) in reached {
+            let Some(stored) = self.jobs.get_mut(name) else {
+                continue;
+            };
+            let job = &mut stored.value;
+            // Ranges end below u64::MAX and ids are counted from 1: no overflow.
+            let (cursor, next) = (last + 1, PartitionId(id.get() + 1));
+            if job.cursor < cursor || job.next_partition < next {
+                tracing::warn!(job = %name, recorded_cursor = job.cursor, cursor = job.cursor.max(cursor), recorded_next = %job.next_partition, next = %job.next_partition.max(next), "job record behind the partitions bucket: cursor and partition ids caught up");
+                job.cursor = job.cursor.max(cursor);
+                job.next_partition = job.next_partition.max(next);
+                self.dirty_jobs.insert(name.clone());
+            }
         }
     }
 

@@ -350,12 +350,19 @@ impl AssignerState {
         self.plan_grants();
         self.compact();
         self.clear_cancelled();
-        debug_assert!(self.indexes_consistent(), "indexes out of step");
+        debug_assert_eq!(self.index_mismatch(), None, "indexes out of step");
         RoundOutput { plan_questions }
     }
 
     /// Every index agrees with the partitions they index (the invariant `transition` keeps).
+    #[cfg(test)]
     pub(super) fn indexes_consistent(&self) -> bool {
+        self.index_mismatch().is_none()
+    }
+
+    /// What disagrees between the partitions and their indexes, if anything (named, so that a
+    /// failed debug assertion in an integration run says where to look).
+    pub(super) fn index_mismatch(&self) -> Option<String> {
         use elk_protocol::messages::PartitionStatus;
         let mut pending = BTreeSet::new();
         let mut delayed = BTreeMap::new();
@@ -364,7 +371,10 @@ impl AssignerState {
         for (key, stored) in &self.partitions {
             let record = &stored.value;
             if *key != PartitionKey::of(record) {
-                return false;
+                return Some(format!(
+                    "{key:?} holds the record of {:?}",
+                    PartitionKey::of(record)
+                ));
             }
             match (record.status, record.not_before_unix_ms, &record.owner) {
                 (PartitionStatus::Pending, None, _) => {
@@ -376,11 +386,15 @@ impl AssignerState {
                 (PartitionStatus::Granted, _, Some(owner)) => {
                     granted.entry(&owner.id).or_default().insert(key);
                 }
-                (PartitionStatus::Granted, _, None) => return false,
+                (PartitionStatus::Granted, _, None) => {
+                    return Some(format!("{key:?} is granted without an owner"));
+                }
                 (PartitionStatus::Revoking, _, _) => {
                     revoking.insert(key.clone());
                 }
-                (PartitionStatus::Completed, _, _) => return false,
+                (PartitionStatus::Completed, _, _) => {
+                    return Some(format!("{key:?} is completed but not compacted"));
+                }
                 (PartitionStatus::Failed, _, _) => {}
             }
         }
@@ -391,14 +405,32 @@ impl AssignerState {
             .map(|(worker, keys)| (worker, keys.iter().collect::<BTreeSet<_>>()))
             .collect::<BTreeMap<_, _>>();
         let waiting: BTreeSet<&PartitionKey> = pending.iter().chain(delayed.keys()).collect();
-        waiting.iter().copied().eq(self.pending_since.keys())
-            && pending == self.pending
-            && delayed == self.delayed
-            && revoking.iter().eq(self.revoking_since.keys())
-            && granted == indexed_grants
-            && self
-                .dirty_partitions
-                .iter()
-                .all(|key| self.partitions.contains_key(key))
+        if !waiting.iter().copied().eq(self.pending_since.keys()) {
+            return Some(format!(
+                "pending_since {:?} != waiting {waiting:?}",
+                self.pending_since.keys().collect::<Vec<_>>()
+            ));
+        }
+        if pending != self.pending {
+            return Some(format!("pending {:?} != records {pending:?}", self.pending));
+        }
+        if delayed != self.delayed {
+            return Some(format!("delayed {:?} != records {delayed:?}", self.delayed));
+        }
+        if !revoking.iter().eq(self.revoking_since.keys()) {
+            return Some(format!(
+                "revoking_since {:?} != records {revoking:?}",
+                self.revoking_since.keys().collect::<Vec<_>>()
+            ));
+        }
+        if granted != indexed_grants {
+            return Some(format!(
+                "grants_by_worker {indexed_grants:?} != records {granted:?}"
+            ));
+        }
+        self.dirty_partitions
+            .iter()
+            .find(|key| !self.partitions.contains_key(*key))
+            .map(|key| format!("dirty {key:?} is not a partition"))
     }
 }

@@ -132,6 +132,13 @@ impl AssignerState {
         let stored = self.jobs.get_mut(job).expect("job exists");
         let id = stored.value.next_partition;
         stored.value.next_partition = PartitionId(id.get() + 1);
+        // Never replace a partition that exists (`catch_up_cursors` keeps ids ahead at load).
+        debug_assert!(
+            !self
+                .partitions
+                .contains_key(&PartitionKey::new(job.clone(), id)),
+            "partition id {id} of {job} reused"
+        );
         stored.value.partitions_total += 1;
         self.dirty_jobs.insert(job.clone());
         let mut record = PartitionRecord::pending(job.clone(), id, range, self.epoch);

@@ -306,6 +306,42 @@ fn a_completion_stored_without_its_job_record_is_counted_at_load() {
 }
 
 #[test]
+fn partitions_created_without_their_job_record_are_never_cut_again_nor_their_ids_reused() {
+    // The old leader wrote partitions 3 and 4, then failed before the job record advancing the
+    // cursor past them: the record still says cursor 2,001 and next partition 3.
+    let mut job = fixed_job(IdRange::new(1, 6_000).unwrap(), 1_000);
+    job.cursor = 2_001;
+    job.next_partition = PartitionId(3);
+    job.partitions_total = 2;
+    let partitions: Vec<_> = (1..=4)
+        .map(|id| {
+            let range = IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap();
+            (
+                partition_record(id, range, PartitionStatus::Pending),
+                Revision(id),
+            )
+        })
+        .collect();
+    let mut state = loaded(Snapshot {
+        jobs: vec![(job, Revision(1))],
+        partitions,
+        ..Snapshot::default()
+    });
+    let job = &state.jobs[&job_name()].value;
+    assert_eq!((job.cursor, job.next_partition), (4_001, PartitionId(5)));
+    state.reconcile(1);
+    assert_eq!(state.counters().overlaps_detected, 0, "nothing re-cut");
+    for id in 1..=4 {
+        let range = IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap();
+        assert_eq!(record(&state, id).range, range, "partition {id} kept");
+    }
+    assert_eq!(record(&state, 5).range, IdRange::new(4_001, 5_000).unwrap());
+    assert_eq!(record(&state, 6).range, IdRange::new(5_001, 6_000).unwrap());
+    assert_eq!(state.jobs[&job_name()].value.partitions_total, 6);
+    assert!(state.indexes_consistent());
+}
+
+#[test]
 fn overlapping_partitions_are_reported_never_created_twice() {
     let mut job = fixed_job(IdRange::new(1, 2_000).unwrap(), 1_000);
     job.cursor = 2_001;
