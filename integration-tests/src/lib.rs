@@ -179,6 +179,7 @@ impl Stack {
         let client = elk_nats::connect(&NatsConfig::new(server.url(), "integration-test")).await?;
         let provisioning = ProvisionConfig {
             replicas,
+            assignments_history: elk_testkit::auditor::ASSIGNMENTS_HISTORY,
             ..ProvisionConfig::default()
         };
         let resources =
@@ -208,7 +209,11 @@ impl Stack {
         let names = Names::new(namespace.clone());
         let admin = secure.config(server.url(), Role::Admin, "provisioner")?;
         let admin = elk_nats::connect(&admin).await?;
-        let resources = elk_nats::provision(admin, names, &ProvisionConfig::default()).await?;
+        let provisioning = ProvisionConfig {
+            assignments_history: elk_testkit::auditor::ASSIGNMENTS_HISTORY,
+            ..ProvisionConfig::default()
+        };
+        let resources = elk_nats::provision(admin, names, &provisioning).await?;
         let operator = secure.config(server.url(), Role::Operator, "test-operator")?;
         let operator = elk_nats::connect(&operator).await?;
         Ok(Self {

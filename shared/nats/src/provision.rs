@@ -37,6 +37,10 @@ pub struct ProvisionConfig {
     /// that error. Refusals (not provisioned for this identity, replicas the servers cannot hold)
     /// return at once.
     pub patience: Duration,
+    /// Revisions kept per key of the assignments bucket (1–64; default 1). More keeps superseded
+    /// records readable for a while: the test suite's ownership auditor provisions 64, so that a
+    /// record its watch had not delivered yet when the next one replaced it is still there.
+    pub assignments_history: i64,
 }
 
 impl Default for ProvisionConfig {
@@ -46,6 +50,7 @@ impl Default for ProvisionConfig {
             progress_max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: None,
             patience: Duration::from_secs(60),
+            assignments_history: 1,
         }
     }
 }
@@ -111,14 +116,16 @@ pub async fn provision(
     let jetstream = context(&client);
     let plan = ReplicaPlan::new(&client, config.replicas);
     let with_ttl = Some(config.delete_marker_ttl.max(Duration::from_secs(1)));
-    let bucket = |name, limit_markers| bucket(&jetstream, &plan, name, limit_markers);
-    let members = bucket(names.members_bucket(), with_ttl).await?;
-    let leases = bucket(names.leases_bucket(), with_ttl).await?;
-    let jobs = bucket(names.jobs_bucket(), None).await?;
+    let bucket =
+        |name, limit_markers, history| bucket(&jetstream, &plan, name, limit_markers, history);
+    let members = bucket(names.members_bucket(), with_ttl, 1).await?;
+    let leases = bucket(names.leases_bucket(), with_ttl, 1).await?;
+    let jobs = bucket(names.jobs_bucket(), None, 1).await?;
     // Per-message TTL on: compaction purges partition keys with a marker that expires too.
-    let partitions = bucket(names.partitions_bucket(), with_ttl).await?;
-    let assignments = bucket(names.assignments_bucket(), None).await?;
-    let fleet = bucket(names.fleet_bucket(), None).await?;
+    let partitions = bucket(names.partitions_bucket(), with_ttl, 1).await?;
+    let history = config.assignments_history.clamp(1, 64);
+    let assignments = bucket(names.assignments_bucket(), None, history).await?;
+    let fleet = bucket(names.fleet_bucket(), None, 1).await?;
     let progress = progress_stream(&jetstream, &plan, &names, config).await?;
     let buckets = [members, leases, jobs, partitions, assignments, fleet];
     assemble(client, jetstream, names, buckets, progress).await
@@ -337,6 +344,7 @@ async fn bucket(
     plan: &ReplicaPlan,
     name: String,
     limit_markers: Option<Duration>,
+    history: i64,
 ) -> Result<kv::Store, NatsError> {
     let resource = format!("bucket {name}");
     let replicas = plan
@@ -347,7 +355,7 @@ async fn bucket(
     // provisioning (`elkctl provision`, a service raising the replica count) would reset the limit
     // to the server's default.
     jetstream
-        .create_or_update_stream(kv_stream_config(&name, limit_markers, replicas))
+        .create_or_update_stream(kv_stream_config(&name, limit_markers, history, replicas))
         .await
         .map_err(|error| NatsError::provision_replicated(&resource, replicas, error))?;
     jetstream
@@ -357,19 +365,20 @@ async fn bucket(
 }
 
 /// The stream behind KV bucket `name`: what async-nats' `create_or_update_key_value` writes for
-/// `history: 1`, file storage and the given `limit_markers` (rollups, direct gets, discard new,
+/// `history`, file storage and the given `limit_markers` (rollups, direct gets, discard new,
 /// no deletes of the stream's messages, per-message TTLs when markers are on) with `replicas`
 /// copies, plus the consumer limit [`STREAM_MAX_CONSUMERS`].
 fn kv_stream_config(
     name: &str,
     limit_markers: Option<Duration>,
+    history: i64,
     replicas: usize,
 ) -> stream::Config {
     stream::Config {
         name: format!("KV_{name}"),
         description: Some(String::new()),
         subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
+        max_messages_per_subject: history,
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,

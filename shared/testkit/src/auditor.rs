@@ -10,7 +10,9 @@
 //! # What it records
 //!
 //! * every put of `assignments/<worker>` (watch with history), timestamped with the entry's
-//!   server time (`Entry.created`);
+//!   server time (`Entry.created`). The bucket must keep superseded records until the watch has
+//!   delivered them: [`OwnershipAuditor::start_on`] raises its history to
+//!   [`ASSIGNMENTS_HISTORY`] (production keeps 1 revision per key);
 //! * every change of `members/<id>`: puts (the incarnation), deletes and TTL-expiry markers
 //!   (purges), same timestamps;
 //! * every report on the progress stream, through the auditor's own durable pull consumer
@@ -122,14 +124,19 @@ impl OwnershipAuditor {
         let resources = elk_nats::provision(
             client,
             Names::new(namespace.clone()),
-            &ProvisionConfig::default(),
+            &ProvisionConfig {
+                assignments_history: ASSIGNMENTS_HISTORY,
+                ..ProvisionConfig::default()
+            },
         )
         .await?;
         Self::start_on(resources).await
     }
 
-    /// Follows the namespace of already provisioned `resources`.
+    /// Follows the namespace of already provisioned `resources`, raising the assignments
+    /// bucket's history to [`ASSIGNMENTS_HISTORY`] if it keeps fewer revisions.
     pub async fn start_on(resources: Resources) -> Result<Self, AuditorError> {
+        keep_assignment_history(&resources).await?;
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let members = resources
             .members
@@ -157,6 +164,14 @@ impl OwnershipAuditor {
             })
             .await
             .map_err(|e| setup("progress consumer")(e.to_string()))?;
+        // Everything stored before the consumer existed is not the auditor's to wait for.
+        recorded.lock().expect("auditor lock").progress_seq = resources
+            .progress
+            .get_info()
+            .await
+            .map_err(|e| setup("progress stream info")(e.to_string()))?
+            .state
+            .last_sequence;
         let tasks = vec![
             tokio::spawn(follow_kv(
                 resources.members.clone(),
@@ -192,12 +207,29 @@ impl OwnershipAuditor {
     pub async fn settle(&self, deadline: Duration) -> Result<(), TimedOut> {
         let members_last = last_sequence(&self.resources.members).await;
         let assignments_last = last_sequence(&self.resources.assignments).await;
+        // The consumer's pending counts alone are not enough: the server updates them after a
+        // publish is acked, so right after one they may still say 0 (a report went unrecorded
+        // in `auditor.rs` tests under load). Wait for the stream's last message itself.
+        let progress_last = self
+            .resources
+            .progress
+            .get_info()
+            .await
+            .map(|info| info.state.last_sequence)
+            .unwrap_or(0);
         wait_until("the ownership auditor caught up", deadline, || async {
-            let (members_seq, assignments_seq) = {
+            let (members_seq, assignments_seq, progress_seq) = {
                 let recorded = self.recorded.lock().expect("auditor lock");
-                (recorded.members_seq, recorded.assignments_seq)
+                (
+                    recorded.members_seq,
+                    recorded.assignments_seq,
+                    recorded.progress_seq,
+                )
             };
-            if members_seq < members_last || assignments_seq < assignments_last {
+            if members_seq < members_last
+                || assignments_seq < assignments_last
+                || progress_seq < progress_last
+            {
                 return false;
             }
             matches!(
@@ -261,6 +293,32 @@ fn unique_consumer_name() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Revisions of each assignment record the audited bucket keeps. With the production default
+/// of 1, a record replaced before the auditor's watch delivered it is gone from the stream, and
+/// the grant it carried was never seen (a missed hold: `auditor.rs` tests failed under load).
+pub const ASSIGNMENTS_HISTORY: i64 = 64;
+
+async fn keep_assignment_history(resources: &Resources) -> Result<(), AuditorError> {
+    let mut stream = resources.assignments.stream.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| setup("assignments bucket info")(e.to_string()))?;
+    if info.config.max_messages_per_subject >= ASSIGNMENTS_HISTORY {
+        return Ok(());
+    }
+    let config = async_nats::jetstream::stream::Config {
+        max_messages_per_subject: ASSIGNMENTS_HISTORY,
+        ..info.config.clone()
+    };
+    resources
+        .jetstream
+        .update_stream(config)
+        .await
+        .map_err(|e| setup("assignments bucket history")(e.to_string()))?;
+    Ok(())
 }
 
 async fn last_sequence(store: &kv::Store) -> u64 {

@@ -50,6 +50,15 @@ fn grant(partition: u64, token: u64, resume_from: u64) -> Grant {
     }
 }
 
+/// What the auditor provisions (keeping superseded assignment records); the writer's provisioning
+/// must not undo it.
+fn audited() -> ProvisionConfig {
+    ProvisionConfig {
+        assignments_history: elk_testkit::auditor::ASSIGNMENTS_HISTORY,
+        ..ProvisionConfig::default()
+    }
+}
+
 impl Fixture {
     async fn new() -> Self {
         let server = NatsServer::start();
@@ -60,10 +69,9 @@ impl Fixture {
         let client = elk_nats::connect(&NatsConfig::new(server.url(), "writer"))
             .await
             .unwrap();
-        let resources =
-            elk_nats::provision(client, Names::new(namespace), &ProvisionConfig::default())
-                .await
-                .unwrap();
+        let resources = elk_nats::provision(client, Names::new(namespace), &audited())
+            .await
+            .unwrap();
         Self {
             server,
             resources,
@@ -382,7 +390,12 @@ async fn dropping_from_the_record_without_a_release_still_holds() {
         .await;
 
     let report = f.check().await;
-    assert_eq!(report.overlaps.len(), 1, "{report}");
+    assert_eq!(
+        report.overlaps.len(),
+        1,
+        "{report}\n{:#?}",
+        f.auditor.events()
+    );
     let overlap = &report.overlaps[0];
     assert_eq!(overlap.earlier.holder.worker.as_str(), "w-a");
     assert!(overlap.until.is_some(), "ends with A's late release");

@@ -69,6 +69,9 @@ pub(super) struct Recorded {
     progress_seqs: HashSet<u64>,
     pub(super) members_seq: u64,
     pub(super) assignments_seq: u64,
+    /// Highest progress stream sequence recorded (at start: the stream's last sequence when the
+    /// consumer was created, which it never delivers).
+    pub(super) progress_seq: u64,
     /// Values that did not decode, and watch errors.
     pub(super) problems: Vec<String>,
 }
@@ -214,6 +217,7 @@ pub(super) async fn follow_progress(consumer: PullConsumer, recorded: Arc<Mutex<
             let at = to_system_time(info.published.unix_timestamp_nanos());
             {
                 let mut recorded = recorded.lock().expect("auditor lock");
+                recorded.progress_seq = recorded.progress_seq.max(seq);
                 if recorded.progress_seqs.insert(seq) {
                     match decode::<ProgressReport>(&message.payload) {
                         Ok(report) => recorded.events.push(AuditEvent {
