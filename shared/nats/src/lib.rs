@@ -21,7 +21,7 @@ pub use connect::{
     DEFAULT_NATS_URL, MIN_SERVER_VERSION, NatsConfig, check_server_version, connect, parse_version,
 };
 pub use error::{BoxError, NatsError, NatsErrorKind, Retryable, classify, report};
-pub use follow::{Versioned, follow_key};
+pub use follow::{RESYNC_INTERVAL, Versioned, follow_key};
 pub use keys::{KeyBucket, KeyWatch};
 pub use kv::{Bucket, CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};
 pub use membership::{
