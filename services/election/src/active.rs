@@ -57,6 +57,7 @@ async fn coordinate(
         .map_err(|error| NatsError::watch(ELECTION_SERVICE, error))?;
     let WatchSnapshot { entries, mut watch } = watch_snapshot(&resources.members).await?;
     let mut table = MemberTable::from_entries(entries.values());
+    let mut lag = WatchLag::after_snapshot(resources).await;
     let mut writer = ViewWriter::load(resources).await?;
     // A new active replica cannot know what it missed: it always starts a new generation.
     let view = writer.publish(resources, table.members()).await?;
@@ -85,6 +86,7 @@ async fn coordinate(
                         return Err(NatsError::watch(&resources.members.name, "watch ended").into());
                     }
                 };
+                lag.seen(entry.revision);
                 let changed = table.apply(&entry.key, entry.operation, &entry.value);
                 if changed && flush_at.is_none() {
                     flush_at = Some(Instant::now() + config.election.view_debounce);
@@ -120,11 +122,62 @@ async fn coordinate(
                 }
             }
             _ = resync.tick() => {
+                if lag.stalled(resources).await {
+                    // Its consumer may have died with a server: nothing would ever arrive again
+                    // (nats_durability: a leader that left was never replaced). Start over from
+                    // a fresh snapshot, and publish the view it gives.
+                    tracing::warn!("members watch behind the bucket for two resyncs: re-reading every member");
+                    let WatchSnapshot { entries, watch: fresh } = watch_snapshot(&resources.members).await?;
+                    watch = fresh;
+                    table = MemberTable::from_entries(entries.values());
+                    lag = WatchLag::after_snapshot(resources).await;
+                    flush_at = Some(Instant::now());
+                }
                 if let Some(view) = writer.current() {
                     reconcile_roles(resources, view, metrics).await;
                 }
             }
         }
+    }
+}
+
+/// Whether the members watch keeps up with the bucket: the stream's last sequence against the
+/// newest revision the watch delivered, checked at every role resync (one stream info request).
+struct WatchLag {
+    seen: u64,
+    /// Consecutive resyncs that found the stream ahead of the watch.
+    behind: u32,
+}
+
+impl WatchLag {
+    /// After a snapshot, which holds everything up to the stream's last sequence (deletes and
+    /// expired markers included, which no live entry's revision shows).
+    async fn after_snapshot(resources: &Resources) -> Self {
+        let seen = resources
+            .members
+            .stream
+            .get_info()
+            .await
+            .map_or(0, |info| info.state.last_sequence);
+        Self { seen, behind: 0 }
+    }
+
+    fn seen(&mut self, revision: u64) {
+        self.seen = self.seen.max(revision);
+    }
+
+    /// `true` once the stream was ahead at two resyncs in a row (one could be a change still in
+    /// flight). A failed info request says nothing either way.
+    async fn stalled(&mut self, resources: &Resources) -> bool {
+        let Ok(info) = resources.members.stream.get_info().await else {
+            return false;
+        };
+        if info.state.last_sequence > self.seen {
+            self.behind += 1;
+        } else {
+            self.behind = 0;
+        }
+        self.behind >= 2
     }
 }
 

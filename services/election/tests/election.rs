@@ -404,3 +404,42 @@ async fn standby_takes_over_when_the_active_replica_stops() {
         replica.stop_gracefully().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_watch_that_went_silent_is_noticed_and_the_view_rebuilt() {
+    let server = NatsServer::start();
+    let resources = resources(&server).await;
+    let view: Followed<MembershipView> = follow_key(&resources.leases, VIEW_KEY).await.unwrap();
+    let replica = Replica::start(&server, "election-a");
+    wait_until("the replica lists itself", DEADLINE, || async {
+        lists(&view, "election-a")
+    })
+    .await
+    .unwrap();
+
+    // The watch's consumer disappears, as when the server holding it dies: async-nats would
+    // notice only after two missed 5 s heartbeats.
+    let stream = &resources.members.stream;
+    let consumers: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumer_names())
+        .await
+        .into_iter()
+        .map(|name| name.unwrap())
+        .collect();
+    assert!(
+        !consumers.is_empty(),
+        "the election watches the members bucket"
+    );
+    for name in consumers {
+        stream.delete_consumer(&name).await.unwrap();
+    }
+    let _worker = join_member(&resources, "worker-1", MemberRole::Worker, 5).await;
+    // Two role resyncs (500 ms each here) notice the lag; well inside the 10 s async-nats needs.
+    wait_until(
+        "the new member is in the view",
+        Duration::from_secs(5),
+        || async { lists(&view, "worker-1") },
+    )
+    .await
+    .unwrap();
+    replica.stop_gracefully().await;
+}

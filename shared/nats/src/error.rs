@@ -283,9 +283,13 @@ fn classify_one(error: &(dyn StdError + 'static)) -> Option<NatsErrorKind> {
     }
     if let Some(error) = error.downcast_ref::<context::PublishError>() {
         use context::PublishErrorKind as K;
+        // `StreamNotFound` is what a publish gets while the stream has no leader (nobody
+        // answers on a cluster that is electing one): our streams exist once bound, so it
+        // passes. Treated as terminal, an assigner gave its role up "for good" on the first
+        // write after a node was killed, and nothing was granted again (nats_durability).
         return decided(matches!(
             error.kind(),
-            K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::Other
+            K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::StreamNotFound | K::Other
         ));
     }
     if let Some(error) = error.downcast_ref::<kv::EntryError>() {
@@ -366,6 +370,13 @@ mod tests {
         let unknown = NatsError::connect("nats://x", "bad credentials file");
         assert_eq!(unknown.kind(), NatsErrorKind::Refused);
         assert!(NatsError::watch("b", "watch ended").is_retryable());
+
+        // A write while the bucket's stream is electing a leader passes by itself.
+        use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+        let leaderless = PublishError::new(PublishErrorKind::StreamNotFound);
+        assert!(NatsError::kv("write", "b", "k", leaderless).is_retryable());
+        let bad_subject = PublishError::new(PublishErrorKind::WrongLastSequence);
+        assert!(!NatsError::kv("write", "b", "k", bad_subject).is_retryable());
     }
 
     #[test]
