@@ -591,6 +591,11 @@ pub async fn assert_invariants(
     ledger: &Ledger,
 ) {
     let report = auditor.check().await;
+    // A report of an auditor that had not caught up would blame missed holds on the system.
+    assert!(
+        report.settled,
+        "the ownership auditor did not catch up: {report}"
+    );
     let counts = ledger.counts();
     elk_testkit::assert_full_coverage(ledger.first(), &counts);
     report.assert_no_overlap();

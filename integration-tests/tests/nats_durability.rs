@@ -112,9 +112,14 @@ async fn a_cluster_loses_nothing_when_the_partitions_leader_and_another_server_a
         workers.push(stack.worker(id, 2, paced(&ledger)).await.unwrap());
     }
     stack.create_job("replicated", range, 3_000).await.unwrap();
-    // Every resource is really replicated 3 ways, the services' setting included.
-    assert!(replicas_current(&stack.resources.partitions.stream, 3).await);
-    assert!(replicas_current(&stack.resources.progress, 3).await);
+    // Every resource is really replicated 3 ways, the services' setting included (polled: a
+    // replica may still be catching up right after creation).
+    wait_until("every replica current", DEADLINE, || async {
+        replicas_current(&stack.resources.partitions.stream, 3).await
+            && replicas_current(&stack.resources.progress, 3).await
+    })
+    .await
+    .unwrap();
     wait_until("processing started", DEADLINE, || async {
         ledger.processed() > 3_000
     })

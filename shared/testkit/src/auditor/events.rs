@@ -84,6 +84,9 @@ fn to_system_time(nanos: i128) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
 }
 
+/// How often a KV watch is checked against its bucket's last sequence.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Copy)]
 pub(super) enum Source {
     Members,
@@ -96,7 +99,11 @@ pub(super) enum Source {
 /// heartbeats (10 s), then resumes from the last revision it delivered — every record
 /// overwritten meanwhile is gone (found by `elk-bench chaos`: holds missed, their repeats
 /// unexplained). So the watch is opened again from the next revision as soon as the client is
-/// connected again; revisions already recorded are skipped.
+/// connected again; revisions already recorded are skipped. On a cluster the client need not
+/// reconnect at all (the consumer died with another node): so the bucket's last sequence is also
+/// compared with the last revision recorded every [`STALL_CHECK`], and a watch behind it at two
+/// checks in a row is opened again too (found by `nats_durability`: every grant after a node kill
+/// missed, their repeats "unexplained").
 pub(super) async fn follow_kv(
     store: kv::Store,
     mut watch: kv::Watch,
@@ -113,9 +120,31 @@ pub(super) async fn follow_kv(
     };
     let mut watched_since = connects();
     let mut connection_check = tokio::time::interval(Duration::from_millis(20));
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
+    // Consecutive checks that found the stream ahead, and the last sequence a re-open was made
+    // for (a gap left by an expired delete marker never fills: one re-open for it is enough).
+    let mut behind = 0;
+    let mut reopened_for = 0;
     loop {
         let entry = tokio::select! {
             entry = watch.next() => entry,
+            _ = stall_check.tick() => {
+                let Ok(info) = store.stream.get_info().await else { continue };
+                let last = info.state.last_sequence;
+                behind = if last > last_revision && last != reopened_for { behind + 1 } else { 0 };
+                if behind >= 2 {
+                    behind = 0;
+                    reopened_for = last;
+                    match store.watch_all_from_revision(last_revision + 1).await {
+                        Ok(reopened) => watch = reopened,
+                        Err(error) => {
+                            let mut recorded = recorded.lock().expect("auditor lock");
+                            recorded.problems.push(format!("watch reopen error: {error}"));
+                        }
+                    }
+                }
+                continue;
+            }
             _ = connection_check.tick() => {
                 let now = connects();
                 if now != watched_since
