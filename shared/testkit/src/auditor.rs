@@ -31,7 +31,10 @@
 //!      `(worker, incarnation)` (older or equal ones are ignored, as the worker ignores them), and
 //!    * that incarnation is alive: the member key `members/<worker>` currently holds exactly that
 //!      incarnation. A member id the auditor has never seen any key event for counts as alive
-//!      (conservative: records written without membership are still audited). A record for an
+//!      (conservative: records written without membership are still audited). So does an
+//!      incarnation whose put was never seen and that is newer than the current one (the members
+//!      bucket keeps one revision, so a put replaced before the watch delivered it is lost): the
+//!      record counts as its put, ending the older incarnation's holds. A record for an
 //!      incarnation that is dead or replaced is ignored: such a worker has self-fenced and holds
 //!      nothing.
 //!

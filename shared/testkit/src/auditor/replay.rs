@@ -23,6 +23,11 @@ struct Replay {
     report: AuditReport,
     /// Alive incarnation per member id that has been seen (`None`: deleted or expired).
     members: HashMap<MemberId, Option<Incarnation>>,
+    /// Every incarnation whose member put was seen. A member key keeps one revision: a put
+    /// replaced before the watch delivered it is never seen, and its incarnation's records must
+    /// still be audited (nats_durability: a re-grant to such an incarnation was ignored, its
+    /// repeats "unexplained").
+    seen_incarnations: HashSet<(MemberId, Incarnation)>,
     last_applied: HashMap<Holder, (Epoch, ViewSeq)>,
     /// Open holds by key → index into `report.holds`.
     open: HashMap<HoldKey, usize>,
@@ -91,11 +96,19 @@ impl Replay {
         true
     }
 
-    fn end_holder(&mut self, holder: &Holder, at: SystemTime, end: HoldEnd) {
+    /// Ends the open holds of `member` by every incarnation but `keep` (an incarnation whose put
+    /// was never seen can hold too, so the holder recorded as alive is not the only candidate).
+    fn end_member_holds(
+        &mut self,
+        member: &MemberId,
+        keep: Option<Incarnation>,
+        at: SystemTime,
+        end: HoldEnd,
+    ) {
         let keys: Vec<HoldKey> = self
             .open
             .keys()
-            .filter(|key| &key.0 == holder)
+            .filter(|key| &key.0.worker == member && Some(key.0.incarnation) != keep)
             .cloned()
             .collect();
         for key in keys {
@@ -115,16 +128,10 @@ impl Replay {
                 member,
                 incarnation,
             } => {
-                let previous = self.members.insert(member.clone(), Some(incarnation));
-                if let Some(Some(old)) = previous
-                    && old != incarnation
-                {
-                    let holder = Holder {
-                        worker: member,
-                        incarnation: old,
-                    };
-                    self.end_holder(&holder, at, HoldEnd::Replaced { by: incarnation });
-                }
+                self.members.insert(member.clone(), Some(incarnation));
+                self.seen_incarnations.insert((member.clone(), incarnation));
+                let end = HoldEnd::Replaced { by: incarnation };
+                self.end_member_holds(&member, Some(incarnation), at, end);
             }
             AuditEventKind::MemberDeleted { member } | AuditEventKind::MemberExpired { member } => {
                 let end = if expired {
@@ -134,23 +141,37 @@ impl Replay {
                     self.report.member_deletes_seen += 1;
                     HoldEnd::MemberDeleted
                 };
-                if let Some(Some(old)) = self.members.insert(member.clone(), None) {
-                    let holder = Holder {
-                        worker: member,
-                        incarnation: old,
-                    };
-                    self.end_holder(&holder, at, end);
-                }
+                self.members.insert(member.clone(), None);
+                self.end_member_holds(&member, None, at, end);
             }
             AuditEventKind::Assignment { worker, record } => {
                 let holder = Holder {
                     worker: worker.clone(),
                     incarnation: record.incarnation,
                 };
-                let alive = match self.members.get(&worker) {
+                // Alive: the current incarnation, or one whose put was never seen and that is newer
+                // than the current one (incarnations grow; a never-seen older one was replaced).
+                let unseen = !self
+                    .seen_incarnations
+                    .contains(&(worker.clone(), record.incarnation));
+                let current = self.members.get(&worker).copied();
+                let newer_unseen =
+                    unseen && current.is_some_and(|c| c.is_none_or(|c| record.incarnation > c));
+                let alive = match current {
                     None => true,
-                    Some(current) => *current == Some(record.incarnation),
+                    Some(current) => current == Some(record.incarnation) || newer_unseen,
                 };
+                if newer_unseen {
+                    // Its put must have happened: the same as seeing it now.
+                    self.members
+                        .insert(worker.clone(), Some(record.incarnation));
+                    self.seen_incarnations
+                        .insert((worker.clone(), record.incarnation));
+                    let end = HoldEnd::Replaced {
+                        by: record.incarnation,
+                    };
+                    self.end_member_holds(&worker, Some(record.incarnation), at, end);
+                }
                 let version = (record.epoch, record.seq);
                 let fresh = self
                     .last_applied
@@ -384,6 +405,32 @@ mod tests {
         let windows = report.repeat_windows(&job());
         assert_eq!(windows.len(), 1);
         assert_eq!((windows[0].first_id, windows[0].last_id), (1, 100));
+    }
+
+    #[test]
+    fn records_of_an_incarnation_whose_put_was_never_seen_are_audited() {
+        // a#2's put was replaced by a#3's before the watch delivered it.
+        let report = AuditReport::from_events(vec![
+            put(0, "a", 1),
+            put(1, "b", 1),
+            record(10, "a", 1, (1, 1), &[(1, 100, 1)]),
+            record(20, "a", 2, (1, 1), &[(2, 200, 1)]),
+            record(25, "a", 1, (1, 2), &[(3, 300, 1)]),
+            put(30, "a", 3),
+            record(40, "b", 1, (1, 1), &[(2, 201, 1)]),
+        ]);
+        report.assert_no_overlap();
+        assert_eq!(
+            report.grants_seen, 3,
+            "a#2's grant is audited, a#1's late one not"
+        );
+        let a2 = &report.holds[1];
+        assert_eq!(a2.holder.incarnation, Incarnation(2));
+        assert_eq!(
+            a2.until,
+            Some((at(30), HoldEnd::Replaced { by: Incarnation(3) })),
+            "ended by the next put, though a#2 was never the recorded incarnation"
+        );
     }
 
     #[test]

@@ -429,8 +429,29 @@ impl AuditReport {
                 )
             })
             .collect();
+        // Every hold over the first unexplained ID: what the auditor saw of that partition.
+        let first = report.unexplained.first_ranges.first().map_or(0, |r| r.0);
+        let holds: Vec<String> = self
+            .holds
+            .iter()
+            .filter(|hold| &hold.job == job && hold.range.contains(first))
+            .map(|hold| {
+                let until = hold.until.as_ref().map_or_else(
+                    || "open".to_owned(),
+                    |(at, end)| format!("{end} at {}", self.rel(*at)),
+                );
+                format!(
+                    "{}#{} token {} resume {} from {} until {until}",
+                    hold.holder.worker,
+                    hold.holder.incarnation,
+                    hold.token,
+                    hold.resume_from,
+                    self.rel(hold.from)
+                )
+            })
+            .collect();
         panic!(
-            "bounded repetition violated (invariant 5) for job {job}: unexplained repeats: {}\n  {}\n  allowed windows ({}): {}",
+            "bounded repetition violated (invariant 5) for job {job}: unexplained repeats: {}\n  {}\n  allowed windows ({}): {}\n  {}\n  holds over ID {first}: {}",
             report.unexplained,
             report.coverage,
             report.windows.len(),
@@ -438,6 +459,12 @@ impl AuditReport {
                 "none".to_owned()
             } else {
                 windows.join("; ")
+            },
+            self.summary(),
+            if holds.is_empty() {
+                "none".to_owned()
+            } else {
+                holds.join("; ")
             }
         );
     }
