@@ -12,11 +12,13 @@ use crate::metrics::ElectionMetrics;
 use crate::roles::reconcile_roles;
 use crate::transfer;
 use crate::view::{MemberTable, ViewWriter};
+use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
-use elk_nats::{NatsError, Resources, WatchSnapshot, watch_snapshot};
+use elk_nats::{NatsError, Resources, WatchSnapshot, honoured_ttl, watch_snapshot};
 use elk_protocol::admin::ELECTION_SERVICE;
 use elk_protocol::encode;
 use elk_runtime::ReplicaError;
+use elk_types::MemberId;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -87,7 +89,10 @@ async fn coordinate(
                     }
                 };
                 lag.seen(entry.revision);
-                let changed = table.apply(&entry.key, entry.operation, &entry.value);
+                let mut changed = table.apply(&entry.key, entry.operation, &entry.value);
+                if changed && entry.operation == Operation::Put {
+                    changed = table_after_ttl_check(resources, &mut table, &entry.key).await || changed;
+                }
                 if changed && flush_at.is_none() {
                     flush_at = Some(Instant::now() + config.election.view_debounce);
                 }
@@ -131,6 +136,10 @@ async fn coordinate(
                     watch = fresh;
                     table = MemberTable::from_entries(entries.values());
                     lag = WatchLag::after_snapshot(resources).await;
+                    flush_at = Some(Instant::now());
+                }
+                let silence = config.election.member_silence_limit;
+                if table.sweep(Instant::now(), silence) && flush_at.is_none() {
                     flush_at = Some(Instant::now());
                 }
                 if let Some(view) = writer.current() {
@@ -178,6 +187,28 @@ impl WatchLag {
             self.behind = 0;
         }
         self.behind >= 2
+    }
+}
+
+/// Leaves `key`'s member out of the table when its key was written without a TTL (or with one
+/// above [`elk_nats::MAX_LEASE_TTL`]): such a key never expires, so it would be a permanent member
+/// (a fake one with a huge capacity would take every partition). Checked with a direct read when a
+/// member joins or changes, not on renewals. Returns whether the member was dropped.
+async fn table_after_ttl_check(resources: &Resources, table: &mut MemberTable, key: &str) -> bool {
+    let Ok(id) = MemberId::new(key) else {
+        return false;
+    };
+    match resources.member_keys.read_with_ttl(key).await {
+        Ok(Some((entry, ttl))) if !entry.deleted && !honoured_ttl(ttl) => {
+            tracing::warn!(member = %id, ?ttl, "member key written without a TTL (or with one above the maximum): left out of the view");
+            table.drop_member(&id)
+        }
+        Ok(_) => false,
+        Err(error) => {
+            // Kept for now: the silence limit still drops a key that never expires.
+            tracing::warn!(member = %id, %error, "cannot read the TTL of a member key");
+            false
+        }
     }
 }
 

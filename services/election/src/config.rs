@@ -31,6 +31,12 @@ pub struct ElectionSettings {
     /// nothing changed (level-triggered resync).
     #[serde(with = "humantime_serde")]
     pub role_resync: Duration,
+    /// A member whose key is not rewritten for this long is left out of the view even though its
+    /// key is still there (written without a TTL, it would never expire). Live members renew every
+    /// third of their TTL, and no TTL may exceed `elk_nats::MAX_LEASE_TTL` (60 s), the default.
+    /// Checked every `role_resync`.
+    #[serde(with = "humantime_serde")]
+    pub member_silence_limit: Duration,
 }
 
 impl Default for ElectionSettings {
@@ -40,6 +46,7 @@ impl Default for ElectionSettings {
             standby_retry: Duration::from_secs(1),
             view_debounce: Duration::from_millis(20),
             role_resync: Duration::from_secs(5),
+            member_silence_limit: elk_nats::MAX_LEASE_TTL,
         }
     }
 }
@@ -48,15 +55,22 @@ impl Validate for ElectionConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.service.validate()?;
         let election = &self.election;
-        if election.election_ttl < Duration::from_secs(1) {
+        if election.election_ttl < Duration::from_secs(1)
+            || election.election_ttl > elk_nats::MAX_LEASE_TTL
+        {
             return Err(ConfigError::invalid(format!(
-                "election.election_ttl must be at least 1s, got {:?}",
+                "election.election_ttl must be between 1s and {:?} (a longer TTL is not honoured), got {:?}",
+                elk_nats::MAX_LEASE_TTL,
                 election.election_ttl
             )));
         }
-        if election.standby_retry.is_zero() || election.role_resync.is_zero() {
+        if election.standby_retry.is_zero()
+            || election.role_resync.is_zero()
+            || election.member_silence_limit.is_zero()
+        {
             return Err(ConfigError::invalid(
-                "election.standby_retry and election.role_resync must be greater than zero",
+                "election.standby_retry, election.role_resync and election.member_silence_limit \
+                 must be greater than zero",
             ));
         }
         Ok(())

@@ -57,6 +57,13 @@ pub enum ElectionError {
     /// Retryable: other writers kept changing a role lease.
     #[error("role lease {role} kept changing under us ({attempts} attempts)")]
     RoleContended { role: &'static str, attempts: usize },
+    /// Not retryable: an epoch or generation is at `u64::MAX` (only a forged record gets there);
+    /// the write is refused instead of wrapping to a value below every earlier one.
+    #[error("{role}: {source}")]
+    Exhausted {
+        role: &'static str,
+        source: elk_types::Exhausted,
+    },
 }
 
 impl From<NatsError> for ElectionError {
@@ -82,6 +89,7 @@ impl Retryable for ElectionError {
         match self {
             ElectionError::Replica(error) => error.is_retryable(),
             ElectionError::ViewContended { .. } | ElectionError::RoleContended { .. } => true,
+            ElectionError::Exhausted { .. } => false,
         }
     }
 }

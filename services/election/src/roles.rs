@@ -7,16 +7,22 @@
 //!   epoch + 1 (epoch 1 for the first holder);
 //! * with no candidate, a set holder is cleared (`holder: None`), again under epoch + 1.
 //!
-//! Every write is a compare-and-set on the lease's revision, so epochs never decrease.
+//! Every write is a compare-and-set on the lease's revision, so epochs never decrease — also when
+//! the lease is gone or garbled (a misconfigured server let someone delete or overwrite it): the
+//! next epoch is then taken above the `leases` bucket's last revision, which is above every epoch
+//! the election ever wrote (an epoch grows by one per write of its key, each write raises the
+//! revision by at least one, and the first epoch is 1), and an undecodable lease is rewritten
+//! rather than left standing. An epoch never wraps: at `u64::MAX` the write is refused
+//! ([`ElectionError::Exhausted`]).
 
 use crate::ElectionError;
 use crate::metrics::ElectionMetrics;
 use bytes::Bytes;
-use elk_nats::{CasOutcome, Resources, cas_write, read_entry};
+use elk_nats::{CasOutcome, Resources, cas_write, last_revision, read_entry};
 use elk_protocol::messages::{MemberRef, MemberRole, MembershipView, RoleLease};
 use elk_protocol::names::ControlRole;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
-use elk_types::Epoch;
+use elk_types::{Epoch, Exhausted};
 
 /// The member role that may lead `role`.
 pub fn member_role_for(role: ControlRole) -> MemberRole {
@@ -26,12 +32,15 @@ pub fn member_role_for(role: ControlRole) -> MemberRole {
     }
 }
 
-/// The lease to write for `role`, or `None` when the stored one stands.
+/// The lease to write for `role`, or `None` when the stored one stands. `floor` is the highest
+/// epoch that may have been used when there is no stored lease (see the module header); a stored
+/// lease continues its own epoch.
 pub fn next_role_lease(
     role: ControlRole,
     stored: Option<&RoleLease>,
     view: &MembershipView,
-) -> Option<RoleLease> {
+    floor: Epoch,
+) -> Result<Option<RoleLease>, Exhausted> {
     let wanted_role = member_role_for(role);
     let stored_holder = stored.and_then(|lease| lease.holder.as_ref());
     if let Some(holder) = stored_holder {
@@ -39,10 +48,10 @@ pub fn next_role_lease(
             member.incarnation == holder.incarnation && member.role == wanted_role
         });
         if holder_is_live {
-            return None;
+            return Ok(None);
         }
     }
-    let previous_epoch = stored.map_or(Epoch(0), |lease| lease.epoch);
+    let previous_epoch = stored.map_or(floor, |lease| lease.epoch);
     let candidate = view
         .members
         .iter()
@@ -54,14 +63,14 @@ pub fn next_role_lease(
             incarnation: member.incarnation,
         }),
         None if stored_holder.is_some() => None,
-        None => return None,
+        None => return Ok(None),
     };
-    Some(RoleLease {
+    Ok(Some(RoleLease {
         schema: SCHEMA_VERSION,
         holder,
-        epoch: previous_epoch.next(),
+        epoch: previous_epoch.next()?,
         generation: view.generation,
-    })
+    }))
 }
 
 /// Attempts per role before giving up until the next trigger.
@@ -91,19 +100,42 @@ async fn reconcile_role(
         let entry = read_entry(&resources.leases, key)
             .await?
             .filter(|entry| !entry.deleted);
-        let (stored, expected_revision) = match entry {
-            None => (None, None),
+        let (stored, expected_revision, garbled) = match entry {
+            None => (None, None, false),
             Some(entry) => match decode::<RoleLease>(&entry.value) {
-                Ok(lease) => (Some(lease), Some(entry.revision)),
+                Ok(lease) => (Some(lease), Some(entry.revision), false),
                 Err(error) => {
-                    // Overwriting could lower the epoch: leave it to an operator.
-                    tracing::error!(role = role.as_str(), %error, "role lease undecodable; not touching it");
-                    return Ok(());
+                    tracing::error!(role = role.as_str(), %error, "role lease undecodable: rewriting it above every epoch used");
+                    (None, Some(entry.revision), true)
                 }
             },
         };
-        let Some(next) = next_role_lease(role, stored.as_ref(), view) else {
+        let exhausted = |source| ElectionError::Exhausted {
+            role: role.as_str(),
+            source,
+        };
+        // Nothing to write without a candidate (nor a garbled value to replace): skip the floor.
+        let unchanged = next_role_lease(role, stored.as_ref(), view, Epoch(0));
+        if !garbled && matches!(unchanged, Ok(None)) {
             return Ok(());
+        }
+        let next = if stored.is_some() {
+            unchanged.map_err(exhausted)?
+        } else {
+            let floor = Epoch(last_revision(&resources.leases).await?.get());
+            next_role_lease(role, None, view, floor).map_err(exhausted)?
+        };
+        let next = match next {
+            Some(next) => next,
+            // Garbled, and nobody to designate: a cleared lease replaces it.
+            None => RoleLease {
+                schema: SCHEMA_VERSION,
+                holder: None,
+                epoch: Epoch(last_revision(&resources.leases).await?.get())
+                    .next()
+                    .map_err(exhausted)?,
+                generation: view.generation,
+            },
         };
         let outcome = cas_write(
             &resources.jetstream,
@@ -179,11 +211,16 @@ mod tests {
                 member("c-assigner", MemberRole::Assigner, 1),
             ],
         );
-        let next = next_role_lease(ControlRole::Assigner, None, &view).unwrap();
+        let next = next_role_lease(ControlRole::Assigner, None, &view, Epoch(0))
+            .unwrap()
+            .unwrap();
         assert_eq!(next.holder.unwrap().id.as_str(), "b-assigner");
         assert_eq!(next.epoch, Epoch(1));
         assert_eq!(next.generation, Generation(3));
-        assert_eq!(next_role_lease(ControlRole::Scaler, None, &view), None);
+        assert_eq!(
+            next_role_lease(ControlRole::Scaler, None, &view, Epoch(0)),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -197,8 +234,8 @@ mod tests {
         );
         let stored = lease(Some(("z", 7)), 5);
         assert_eq!(
-            next_role_lease(ControlRole::Scaler, Some(&stored), &view),
-            None
+            next_role_lease(ControlRole::Scaler, Some(&stored), &view, Epoch(0)),
+            Ok(None)
         );
     }
 
@@ -212,7 +249,9 @@ mod tests {
             ],
         );
         let stored = lease(Some(("z", 7)), 5);
-        let next = next_role_lease(ControlRole::Scaler, Some(&stored), &view).unwrap();
+        let next = next_role_lease(ControlRole::Scaler, Some(&stored), &view, Epoch(0))
+            .unwrap()
+            .unwrap();
         assert_eq!(next.holder.unwrap().id.as_str(), "a");
         assert_eq!(next.epoch, Epoch(6));
     }
@@ -221,12 +260,26 @@ mod tests {
     fn no_candidate_clears_the_holder_once() {
         let empty = view(2, Vec::new());
         let stored = lease(Some(("z", 7)), 5);
-        let cleared = next_role_lease(ControlRole::Assigner, Some(&stored), &empty).unwrap();
+        let cleared = next_role_lease(ControlRole::Assigner, Some(&stored), &empty, Epoch(0))
+            .unwrap()
+            .unwrap();
         assert_eq!(cleared.holder, None);
         assert_eq!(cleared.epoch, Epoch(6));
         assert_eq!(
-            next_role_lease(ControlRole::Assigner, Some(&cleared), &empty),
-            None
+            next_role_lease(ControlRole::Assigner, Some(&cleared), &empty, Epoch(0)),
+            Ok(None)
         );
+    }
+
+    #[test]
+    fn a_missing_lease_continues_above_the_floor_and_no_epoch_wraps() {
+        let view = view(5, vec![member("a", MemberRole::Assigner, 1)]);
+        let next = next_role_lease(ControlRole::Assigner, None, &view, Epoch(41))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.epoch, Epoch(42));
+        let at_the_end = lease(Some(("gone", 1)), u64::MAX);
+        let refused = next_role_lease(ControlRole::Assigner, Some(&at_the_end), &view, Epoch(0));
+        assert_eq!(refused.unwrap_err().value, u64::MAX);
     }
 }

@@ -16,7 +16,7 @@ use crate::ElectionError;
 use crate::metrics::ElectionMetrics;
 use crate::roles::member_role_for;
 use bytes::Bytes;
-use elk_nats::{CasOutcome, Resources, cas_write, read_entry};
+use elk_nats::{CasOutcome, Resources, cas_write, last_revision, read_entry};
 use elk_protocol::admin::{
     AdminCommand, AdminErrorCode, AdminReply, AdminRequest, AdminResult, Transferred,
 };
@@ -45,6 +45,8 @@ pub enum TransferRefusal {
     Contended,
     #[error("no membership view yet; try again")]
     NoView,
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 impl TransferRefusal {
@@ -52,7 +54,9 @@ impl TransferRefusal {
         match self {
             TransferRefusal::UnknownMember { .. } => AdminErrorCode::UnknownMember,
             TransferRefusal::NoCandidate { .. } => AdminErrorCode::InvalidState,
-            TransferRefusal::Undecodable { .. } => AdminErrorCode::Internal,
+            TransferRefusal::Undecodable { .. } | TransferRefusal::Exhausted(_) => {
+                AdminErrorCode::Internal
+            }
             TransferRefusal::WrongVerb { .. } | TransferRefusal::BadRequest(_) => {
                 AdminErrorCode::BadRequest
             }
@@ -62,12 +66,14 @@ impl TransferRefusal {
 }
 
 /// The lease that hands `role` to `to` (or to the next live member of the role after the
-/// current holder). `Ok(None)`: the wanted member holds it already.
+/// current holder). `Ok(None)`: the wanted member holds it already. Without a stored lease the
+/// epoch continues above `floor` (see [`crate::roles`]).
 pub fn transfer_lease(
     role: ControlRole,
     stored: Option<&RoleLease>,
     view: &MembershipView,
     to: Option<&MemberId>,
+    floor: Epoch,
 ) -> Result<Option<RoleLease>, TransferRefusal> {
     let wanted_role = member_role_for(role);
     let holder = stored.and_then(|lease| lease.holder.as_ref());
@@ -108,7 +114,10 @@ pub fn transfer_lease(
     Ok(Some(RoleLease {
         schema: SCHEMA_VERSION,
         holder: Some(target),
-        epoch: stored.map_or(Epoch(0), |lease| lease.epoch).next(),
+        epoch: stored
+            .map_or(floor, |lease| lease.epoch)
+            .next()
+            .map_err(|exhausted| TransferRefusal::Exhausted(exhausted.to_string()))?,
         generation: view.generation,
     }))
 }
@@ -180,7 +189,11 @@ async fn handle(
             }
         };
         let previous = stored.as_ref().and_then(|lease| lease.holder.clone());
-        let Some(next) = transfer_lease(role, stored.as_ref(), view, to.as_ref())? else {
+        let floor = match stored {
+            Some(_) => Epoch(0),
+            None => Epoch(last_revision(&resources.leases).await?.get()),
+        };
+        let Some(next) = transfer_lease(role, stored.as_ref(), view, to.as_ref(), floor)? else {
             let lease = stored.expect("a holder was found in it");
             return Ok(Transferred {
                 role,
@@ -268,16 +281,28 @@ mod tests {
             ("c", MemberRole::Assigner),
             ("s", MemberRole::Scaler),
         ]);
-        let next = transfer_lease(ControlRole::Assigner, Some(&held_by("b", 4)), &view, None)
-            .unwrap()
-            .unwrap();
+        let next = transfer_lease(
+            ControlRole::Assigner,
+            Some(&held_by("b", 4)),
+            &view,
+            None,
+            Epoch(0),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(holder(&next), "c");
         assert_eq!(next.epoch, Epoch(5));
         assert_eq!(next.generation, Generation(12));
         // Wraps around.
-        let next = transfer_lease(ControlRole::Assigner, Some(&held_by("c", 5)), &view, None)
-            .unwrap()
-            .unwrap();
+        let next = transfer_lease(
+            ControlRole::Assigner,
+            Some(&held_by("c", 5)),
+            &view,
+            None,
+            Epoch(0),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(holder(&next), "a");
     }
 
@@ -286,7 +311,13 @@ mod tests {
         let view = view(&[("a", MemberRole::Assigner), ("s", MemberRole::Scaler)]);
         let stored = held_by("a", 2);
         let to = MemberId::new("s").unwrap();
-        let refused = transfer_lease(ControlRole::Assigner, Some(&stored), &view, Some(&to));
+        let refused = transfer_lease(
+            ControlRole::Assigner,
+            Some(&stored),
+            &view,
+            Some(&to),
+            Epoch(0),
+        );
         assert!(matches!(
             refused,
             Err(TransferRefusal::UnknownMember { .. })
@@ -294,7 +325,13 @@ mod tests {
         assert_eq!(refused.unwrap_err().code(), AdminErrorCode::UnknownMember);
         let to = MemberId::new("a").unwrap();
         assert_eq!(
-            transfer_lease(ControlRole::Assigner, Some(&stored), &view, Some(&to)),
+            transfer_lease(
+                ControlRole::Assigner,
+                Some(&stored),
+                &view,
+                Some(&to),
+                Epoch(0)
+            ),
             Ok(None),
             "the holder itself: nothing to write"
         );
@@ -303,7 +340,13 @@ mod tests {
     #[test]
     fn a_lone_holder_has_nobody_to_hand_over_to() {
         let view = view(&[("a", MemberRole::Scaler)]);
-        let refused = transfer_lease(ControlRole::Scaler, Some(&held_by("a", 1)), &view, None);
+        let refused = transfer_lease(
+            ControlRole::Scaler,
+            Some(&held_by("a", 1)),
+            &view,
+            None,
+            Epoch(0),
+        );
         assert_eq!(
             refused,
             Err(TransferRefusal::NoCandidate { role: "scaler" })

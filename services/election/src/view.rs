@@ -1,5 +1,6 @@
 //! The membership view: the table of live members built from the members bucket, and the writer
-//! of `leases/view` whose generation only grows (also across failovers of the active replica).
+//! of `leases/view` whose generation only grows (also across failovers of the active replica, and
+//! after the view key was deleted or garbled: see `ViewWriter::load`) and never wraps.
 //!
 //! A change is a join, a leave, an expiry (delete marker) or a change of what the view shows of a
 //! member (incarnation, role, capacity, jobs). A renewal rewrites the same record and is not a
@@ -8,17 +9,26 @@
 use crate::ElectionError;
 use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
-use elk_nats::{CasOutcome, KvEntry, Resources, cas_write, read_entry};
+use elk_nats::{CasOutcome, KvEntry, Resources, cas_write, last_revision, read_entry};
 use elk_protocol::messages::{MemberRecord, MembershipView, ViewMember};
 use elk_protocol::names::VIEW_KEY;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
 use elk_types::{Generation, MemberId, Revision};
 use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Live members by id, as the view lists them.
+///
+/// A member key that stops holding a member record (garbage written over it) drops the member, and
+/// so does a key not rewritten for longer than the silence limit ([`MemberTable::sweep`]): a live
+/// member renews every third of its TTL, and no TTL is above [`elk_nats::MAX_LEASE_TTL`], so only
+/// a key written without a TTL (which never expires) stays silent that long.
 #[derive(Debug, Default)]
 pub(crate) struct MemberTable {
     members: BTreeMap<MemberId, ViewMember>,
+    /// When each member's key was last written (seen by this replica).
+    written: BTreeMap<MemberId, Instant>,
 }
 
 impl MemberTable {
@@ -50,10 +60,13 @@ impl MemberTable {
         let record = match decode::<MemberRecord>(value) {
             Ok(record) => record,
             Err(error) => {
-                tracing::warn!(member = %id, %error, "ignoring undecodable member record");
-                return false;
+                // The key no longer holds this member's record: it is not live any more.
+                tracing::warn!(member = %id, %error, "undecodable member record: member left out of the view");
+                self.written.remove(&id);
+                return self.members.remove(&id).is_some();
             }
         };
+        self.written.insert(id.clone(), Instant::now());
         let member = ViewMember {
             id: id.clone(),
             role: record.role,
@@ -72,7 +85,30 @@ impl MemberTable {
         let Ok(id) = MemberId::new(key) else {
             return false;
         };
+        self.written.remove(&id);
         self.members.remove(&id).is_some()
+    }
+
+    /// Drops `id` (its key is not honoured); returns whether the view changed.
+    pub(crate) fn drop_member(&mut self, id: &MemberId) -> bool {
+        self.written.remove(id);
+        self.members.remove(id).is_some()
+    }
+
+    /// Drops every member whose key was not written for longer than `limit`; returns whether the
+    /// view changed.
+    pub(crate) fn sweep(&mut self, now: Instant, limit: Duration) -> bool {
+        let silent: Vec<MemberId> = self
+            .written
+            .iter()
+            .filter(|(_, written)| now.saturating_duration_since(**written) > limit)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &silent {
+            tracing::warn!(member = %id, ?limit, "member key not renewed within the silence limit (written without a TTL?): left out of the view");
+            self.drop_member(id);
+        }
+        !silent.is_empty()
     }
 
     /// The live members sorted by id.
@@ -104,6 +140,11 @@ impl ViewWriter {
         };
         let stored = read_entry(&resources.leases, VIEW_KEY).await?;
         writer.adopt(stored);
+        if writer.generation == Generation(0) {
+            // No readable view (never written, deleted or garbled): continue above every
+            // generation ever written, as role epochs do (`crate::roles`).
+            writer.generation = Generation(last_revision(&resources.leases).await?.get());
+        }
         Ok(writer)
     }
 
@@ -135,9 +176,16 @@ impl ViewWriter {
         members: Vec<ViewMember>,
     ) -> Result<&MembershipView, ElectionError> {
         for _ in 0..MAX_VIEW_CONFLICTS {
+            let generation = self
+                .generation
+                .next()
+                .map_err(|source| ElectionError::Exhausted {
+                    role: "membership view",
+                    source,
+                })?;
             let view = MembershipView {
                 schema: SCHEMA_VERSION,
-                generation: self.generation.next(),
+                generation,
                 members: members.clone(),
             };
             debug_assert!(view.members.windows(2).all(|pair| pair[0].id < pair[1].id));
@@ -210,5 +258,30 @@ mod tests {
         assert!(!table.apply("w-1", Operation::Put, b"not msgpack"));
         assert!(!table.apply("a.b", Operation::Put, &record(MemberRole::Worker, 1)));
         assert!(table.members().is_empty());
+    }
+
+    #[test]
+    fn garbage_over_a_member_key_drops_the_member() {
+        let mut table = MemberTable::default();
+        assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(table.apply("w-1", Operation::Put, b"garbage"));
+        assert!(table.members().is_empty());
+    }
+
+    #[test]
+    fn a_member_silent_beyond_the_limit_is_swept() {
+        let mut table = MemberTable::default();
+        let limit = Duration::from_secs(10);
+        let start = Instant::now();
+        assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(!table.sweep(start + Duration::from_secs(5), limit));
+        assert_eq!(table.members().len(), 1);
+        assert!(table.sweep(start + Duration::from_secs(11), limit));
+        assert!(table.members().is_empty());
+        // A renewal (even an unchanged record) restarts the clock.
+        assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
+        let renewed = Instant::now();
+        assert!(!table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert!(!table.sweep(renewed + Duration::from_secs(9), limit));
     }
 }

@@ -59,6 +59,7 @@ impl Replica {
                 standby_retry: Duration::from_millis(200),
                 view_debounce: Duration::from_millis(20),
                 role_resync: Duration::from_millis(500),
+                ..ElectionSettings::default()
             },
         };
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();

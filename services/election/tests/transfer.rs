@@ -84,6 +84,7 @@ async fn a_transfer_moves_the_role_at_once_under_the_next_epoch() {
             standby_retry: Duration::from_millis(200),
             view_debounce: Duration::from_millis(20),
             role_resync: Duration::from_millis(500),
+            ..ElectionSettings::default()
         },
     };
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
@@ -155,7 +156,7 @@ async fn a_transfer_moves_the_role_at_once_under_the_next_epoch() {
         "scaler-a",
         "wraps around after the last id"
     );
-    assert_eq!(moved.epoch, before.next());
+    assert_eq!(moved.epoch, before.next().unwrap());
     wait_until("the lease names scaler-a", DEADLINE, || async {
         holder().as_deref() == Some("scaler-a") && epoch() == moved.epoch
     })
@@ -172,7 +173,7 @@ async fn a_transfer_moves_the_role_at_once_under_the_next_epoch() {
         .await
         .unwrap();
     assert_eq!(named.holder.id.as_str(), "scaler-b");
-    assert_eq!(named.epoch, moved.epoch.next());
+    assert_eq!(named.epoch, moved.epoch.next().unwrap());
     let same = admin
         .transfer(ControlRole::Scaler, Some(id("scaler-b")))
         .await

@@ -19,9 +19,11 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use elk_types::Revision;
 use futures::StreamExt;
+use std::time::Duration;
 
 const KV_OPERATION: &str = "KV-Operation";
 const MARKER_REASON: &str = "Nats-Marker-Reason";
+const TTL_HEADER: &str = "Nats-TTL";
 
 /// A KV bucket addressed by name; see the module documentation.
 #[derive(Clone)]
@@ -70,17 +72,29 @@ impl KeyBucket {
 
     /// The key's latest entry (delete markers included), `None` if it has none.
     pub async fn read(&self, key: &str) -> Result<Option<KvEntry>, NatsError> {
+        Ok(self.read_with_ttl(key).await?.map(|(entry, _)| entry))
+    }
+
+    /// [`KeyBucket::read`], with the per-key TTL the entry was written with (`None`: written
+    /// without one, or with `never`: it stays until someone deletes it).
+    pub async fn read_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(KvEntry, Option<Duration>)>, NatsError> {
         match self
             .stream
             .direct_get_last_for_subject(self.subject(key))
             .await
         {
-            Ok(message) => Ok(Some(KvEntry {
-                key: key.to_owned(),
-                deleted: is_marker(&message.headers),
-                value: message.payload,
-                revision: Revision(message.sequence),
-            })),
+            Ok(message) => Ok(Some((
+                KvEntry {
+                    key: key.to_owned(),
+                    deleted: is_marker(&message.headers),
+                    value: message.payload,
+                    revision: Revision(message.sequence),
+                },
+                stored_ttl(&message.headers),
+            ))),
             Err(error) => match error.kind() {
                 DirectGetErrorKind::NotFound => Ok(None),
                 DirectGetErrorKind::ErrorResponse(status, _) if status.as_u16() == 503 => {
@@ -185,8 +199,84 @@ impl KeyWatch {
     }
 }
 
+/// The largest per-key TTL a lease key (a member key, the election lease) is honoured with. Every
+/// configured TTL is at most this; a key written without a TTL, with `never` or with a longer one
+/// was not written by an ELK component (a misconfigured server let another client write it) and
+/// would otherwise make a permanent member or election holder: it is taken over by whoever wants
+/// the key ([`crate::MemberLease::acquire`]) and left out of the membership view.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// Whether a lease key written with `ttl` ([`KeyBucket::read_with_ttl`]) is honoured.
+pub fn honoured_ttl(ttl: Option<Duration>) -> bool {
+    ttl.is_some_and(|ttl| ttl <= MAX_LEASE_TTL)
+}
+
+/// The `Nats-TTL` header of a stored message: whole seconds (what ELK and async-nats write) or a Go
+/// duration (`90s`, `1m30s`, what other clients may write); `never`, absent or unreadable: `None`.
+fn stored_ttl(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(TTL_HEADER)?.as_str().trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    parse_go_duration(value)
+}
+
+/// A Go duration of positive parts (`1h2m3s`, `500ms`); `None` if it is not one.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(number * seconds_per_unit).ok()?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
 /// A delete, purge or TTL-expiry marker rather than a value.
 fn is_marker(headers: &HeaderMap) -> bool {
     let operation = headers.get(KV_OPERATION).map(|value| value.as_str());
     matches!(operation, Some("DEL" | "PURGE")) || headers.get(MARKER_REASON).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ttl_of(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert(TTL_HEADER, value);
+        stored_ttl(&headers)
+    }
+
+    #[test]
+    fn ttl_headers_in_seconds_and_go_durations() {
+        assert_eq!(ttl_of("3"), Some(Duration::from_secs(3)));
+        assert_eq!(ttl_of("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(ttl_of("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(ttl_of("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(ttl_of("never"), None);
+        assert_eq!(ttl_of("5x"), None);
+        assert_eq!(stored_ttl(&HeaderMap::new()), None);
+        assert!(honoured_ttl(Some(Duration::from_secs(3))));
+        assert!(!honoured_ttl(Some(MAX_LEASE_TTL + Duration::from_secs(1))));
+        assert!(!honoured_ttl(None));
+    }
 }

@@ -80,6 +80,19 @@ pub async fn read_entry(bucket: &impl Bucket, key: &str) -> Result<Option<KvEntr
     bucket.read_key(key).await
 }
 
+/// The bucket's last revision: the stream sequence of the newest message ever stored in it. It only
+/// grows (deleting or purging keys does not lower it), so a counter written into the bucket that
+/// grows by one per write, starting at 1, never exceeds it: after such a counter's key was deleted
+/// or garbled, `last_revision + 1` is above every value the counter ever had.
+pub async fn last_revision(store: &Store) -> Result<Revision, NatsError> {
+    let info = store
+        .stream
+        .get_info()
+        .await
+        .map_err(|error| NatsError::kv("stream info", &store.name, "", error))?;
+    Ok(Revision(info.state.last_sequence))
+}
+
 /// Writes `value` to `key` only if the key is at `expected` (`None`: the key must be absent or
 /// deleted), optionally with a per-key TTL (whole seconds, at least one).
 pub async fn cas_write(

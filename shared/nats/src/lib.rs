@@ -22,8 +22,11 @@ pub use connect::{
 };
 pub use error::{BoxError, NatsError, NatsErrorKind, Retryable, classify, report};
 pub use follow::{RESYNC_INTERVAL, Versioned, follow_key};
-pub use keys::{KeyBucket, KeyWatch};
-pub use kv::{Bucket, CasOutcome, KvEntry, WatchSnapshot, cas_write, read_entry, watch_snapshot};
+pub use keys::{KeyBucket, KeyWatch, MAX_LEASE_TTL, honoured_ttl};
+pub use kv::{
+    Bucket, CasOutcome, KvEntry, WatchSnapshot, cas_write, last_revision, read_entry,
+    watch_snapshot,
+};
 pub use membership::{
     JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
 };

@@ -24,7 +24,7 @@
 //! gone or holds another value means the lease is lost.
 
 use crate::error::NatsError;
-use crate::keys::KeyBucket;
+use crate::keys::{KeyBucket, honoured_ttl};
 use crate::kv::{CasOutcome, cas_write};
 use crate::status::{RenewalObserver, ReplicaStatus};
 use bytes::Bytes;
@@ -189,8 +189,9 @@ impl MemberLease {
             })
     }
 
-    /// Creates `key` in `bucket` with `value` and `ttl` if it is absent or deleted, and keeps
-    /// renewing it; [`JoinError::KeyTaken`] if a live holder has it.
+    /// Creates `key` in `bucket` with `value` and `ttl` if it is absent or deleted (or holds a key
+    /// nobody honours, see [`MemberLease::take_over_unhonoured`]), and keeps renewing it;
+    /// [`JoinError::KeyTaken`] if a live holder has it.
     pub async fn acquire(
         bucket: &KeyBucket,
         key: &str,
@@ -210,10 +211,11 @@ impl MemberLease {
             Some(ttl),
         )
         .await?;
-        let CasOutcome::Written(revision) = outcome else {
-            return Err(JoinError::KeyTaken {
-                key: key.to_owned(),
-            });
+        let revision = match outcome {
+            CasOutcome::Written(revision) => revision,
+            CasOutcome::Conflict { .. } => {
+                Self::take_over_unhonoured(bucket, key, value.clone(), ttl).await?
+            }
         };
         let lease = MemberLease {
             key: key.to_owned(),
@@ -231,6 +233,46 @@ impl MemberLease {
         };
         lease.spawn_renewal(value, sent_at);
         Ok(lease)
+    }
+
+    /// Overwrites `key` when what it holds is not a lease anyone may honour: written without a
+    /// TTL or with one above [`crate::MAX_LEASE_TTL`] (no ELK component writes such a key, and it would
+    /// never expire: a permanent fake member, a frozen election). A key with a proper TTL is a live
+    /// holder's: [`JoinError::KeyTaken`].
+    async fn take_over_unhonoured(
+        bucket: &KeyBucket,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Revision, JoinError> {
+        let taken = || JoinError::KeyTaken {
+            key: key.to_owned(),
+        };
+        let Some((entry, stored_ttl)) = bucket.read_with_ttl(key).await? else {
+            return Err(taken());
+        };
+        if entry.deleted || honoured_ttl(stored_ttl) {
+            return Err(taken());
+        }
+        tracing::warn!(
+            bucket = bucket.name(),
+            %key,
+            ttl = ?stored_ttl,
+            "lease key written without a TTL (or with one above the maximum): taking it over"
+        );
+        let jetstream = bucket.jetstream();
+        let outcome = cas_write(
+            jetstream,
+            bucket,
+            key,
+            value,
+            Some(entry.revision),
+            Some(ttl),
+        );
+        match outcome.await? {
+            CasOutcome::Written(revision) => Ok(revision),
+            CasOutcome::Conflict { .. } => Err(taken()),
+        }
     }
 
     /// The leased key.

@@ -146,9 +146,10 @@ impl ServiceCommon {
 
     /// Refuses values no service can run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.member_ttl < Duration::from_secs(1) {
+        if self.member_ttl < Duration::from_secs(1) || self.member_ttl > elk_nats::MAX_LEASE_TTL {
             return Err(ConfigError::invalid(format!(
-                "service.member_ttl must be at least 1s, got {:?}",
+                "service.member_ttl must be between 1s and {:?} (a longer TTL is not honoured), got {:?}",
+                elk_nats::MAX_LEASE_TTL,
                 self.member_ttl
             )));
         }

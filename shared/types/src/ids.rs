@@ -176,21 +176,51 @@ number_type!(
     Capacity(u32)
 );
 
-impl Epoch {
-    pub const fn next(self) -> Self {
-        Self(self.0 + 1)
-    }
+/// A counter that only grows reached its largest value: the next one would wrap to a value below
+/// every earlier one (and fence nothing), so the write that needs it is refused instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {value} is the largest there can be: refusing to wrap around")]
+pub struct Exhausted {
+    pub kind: &'static str,
+    pub value: u64,
 }
 
-impl Generation {
-    pub const fn next(self) -> Self {
-        Self(self.0 + 1)
-    }
+macro_rules! checked_successor {
+    ($name:ident, $kind:literal) => {
+        impl $name {
+            /// The next value, or [`Exhausted`] at `u64::MAX` (never wraps).
+            pub const fn next(self) -> Result<Self, Exhausted> {
+                match self.0.checked_add(1) {
+                    Some(next) => Ok(Self(next)),
+                    None => Err(Exhausted {
+                        kind: $kind,
+                        value: self.0,
+                    }),
+                }
+            }
+        }
+    };
 }
+
+checked_successor!(Epoch, "epoch");
+checked_successor!(Generation, "generation");
+checked_successor!(ViewSeq, "assignment sequence");
+checked_successor!(PartitionId, "partition id");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_refuse_to_wrap() {
+        assert_eq!(Epoch(1).next(), Ok(Epoch(2)));
+        let exhausted = Epoch(u64::MAX).next().unwrap_err();
+        assert_eq!(exhausted.value, u64::MAX);
+        assert!(exhausted.to_string().contains("epoch"));
+        assert!(Generation(u64::MAX).next().is_err());
+        assert!(ViewSeq(u64::MAX).next().is_err());
+        assert!(PartitionId(u64::MAX).next().is_err());
+    }
 
     #[test]
     fn tokens_accept_letters_digits_dash_underscore() {

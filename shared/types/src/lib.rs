@@ -8,7 +8,7 @@ mod ids;
 mod range;
 
 pub use ids::{
-    Capacity, Epoch, Generation, Incarnation, InvalidToken, JobName, MemberId, Namespace,
-    PartitionId, PartitionLeaseToken, Revision, ViewSeq,
+    Capacity, Epoch, Exhausted, Generation, Incarnation, InvalidToken, JobName, MemberId,
+    Namespace, PartitionId, PartitionLeaseToken, Revision, ViewSeq,
 };
 pub use range::{IdRange, InvalidRange};

@@ -38,9 +38,11 @@ impl WorkerConfig {
         if self.capacity.get() == 0 {
             return Err("capacity must be at least 1".to_owned());
         }
-        if self.member_ttl < Duration::from_secs(1) {
+        if self.member_ttl < Duration::from_secs(1) || self.member_ttl > elk_nats::MAX_LEASE_TTL {
             return Err(format!(
-                "member_ttl must be at least 1s (per-key TTLs are whole seconds), got {:?}",
+                "member_ttl must be between 1s (per-key TTLs are whole seconds) and {:?} (a longer \
+                 TTL is not honoured), got {:?}",
+                elk_nats::MAX_LEASE_TTL,
                 self.member_ttl
             ));
         }

@@ -3,6 +3,7 @@
 
 use crate::error::AssignerError;
 use crate::model::{AssignerState, Policy, Snapshot};
+use crate::store::newer_term_exists;
 use elk_nats::{Resources, read_entry, watch_snapshot};
 use elk_protocol::decode;
 use elk_protocol::messages::{
@@ -12,7 +13,8 @@ use elk_protocol::names::PLACEMENT_KEY;
 use elk_types::{Epoch, MemberId};
 
 /// The model of a new term under `epoch`. A stored assignment record of a higher epoch means a
-/// newer leader exists: [`AssignerError::Deposed`].
+/// newer leader exists ([`AssignerError::Deposed`]) if the role lease has reached that epoch;
+/// otherwise it is forged and skipped (the next write of its key overwrites it).
 pub(super) async fn load_state(
     resources: &Resources,
     epoch: Epoch,
@@ -38,7 +40,12 @@ pub(super) async fn load_state(
             continue;
         };
         match decode::<AssignmentRecord>(&entry.value) {
-            Ok(record) if record.epoch > epoch => return Err(AssignerError::Deposed { epoch }),
+            Ok(record) if record.epoch > epoch => {
+                if newer_term_exists(resources, record.epoch).await? {
+                    return Err(AssignerError::Deposed { epoch });
+                }
+                // Forged: not loaded; the next write of this key overwrites it.
+            }
             Ok(record) => snapshot.assignments.push((worker, record, entry.revision)),
             Err(error) => tracing::warn!(%key, %error, "skipping undecodable assignment record"),
         }
@@ -47,7 +54,11 @@ pub(super) async fn load_state(
         && !entry.deleted
     {
         match decode::<PlacementControl>(&entry.value) {
-            Ok(control) if control.epoch > epoch => return Err(AssignerError::Deposed { epoch }),
+            Ok(control) if control.epoch > epoch => {
+                if newer_term_exists(resources, control.epoch).await? {
+                    return Err(AssignerError::Deposed { epoch });
+                }
+            }
             Ok(control) => snapshot.placement = Some((control, entry.revision)),
             Err(error) => tracing::warn!(%error, "ignoring undecodable placement record"),
         }

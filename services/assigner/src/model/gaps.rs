@@ -175,8 +175,9 @@ impl AssignerState {
                 continue;
             };
             let job = &mut stored.value;
-            // Ranges end below u64::MAX and ids are counted from 1: no overflow.
-            let (cursor, next) = (last + 1, PartitionId(id.get() + 1));
+            // Ranges end below u64::MAX. A forged id at u64::MAX saturates: the next cut is then
+            // refused (`create_partition`) instead of wrapping.
+            let (cursor, next) = (last + 1, PartitionId(id.get().saturating_add(1)));
             if job.cursor < cursor || job.next_partition < next {
                 tracing::warn!(job = %name, recorded_cursor = job.cursor, cursor = job.cursor.max(cursor), recorded_next = %job.next_partition, next = %job.next_partition.max(next), "job record behind the partitions bucket: cursor and partition ids caught up");
                 job.cursor = job.cursor.max(cursor);

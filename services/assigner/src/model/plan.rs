@@ -4,7 +4,7 @@
 
 use super::{AssignerState, PartitionKey};
 use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
-use elk_types::{IdRange, JobName, PartitionId};
+use elk_types::{IdRange, JobName};
 
 /// Longest delay between two retries of a partition.
 const MAX_RETRY_BACKOFF_MS: u64 = 5 * 60 * 1_000;
@@ -126,12 +126,20 @@ impl AssignerState {
 
     /// Creates one pending partition of `job` over `range` unless it overlaps existing coverage.
     pub(super) fn create_partition(&mut self, job: &JobName, range: IdRange) -> bool {
+        let id = self.jobs.get(job).expect("job exists").value.next_partition;
+        // Only a forged job record can get here (ids count partitions): refuse, never wrap.
+        let next_id = match id.next() {
+            Ok(next_id) => next_id,
+            Err(exhausted) => {
+                tracing::error!(%job, %exhausted, "cannot cut another partition");
+                return false;
+            }
+        };
         if !self.admit_new_partition(job, range) {
             return false;
         }
         let stored = self.jobs.get_mut(job).expect("job exists");
-        let id = stored.value.next_partition;
-        stored.value.next_partition = PartitionId(id.get() + 1);
+        stored.value.next_partition = next_id;
         // Never replace a partition that exists (`catch_up_cursors` keeps ids ahead at load).
         debug_assert!(
             !self

@@ -127,7 +127,17 @@ impl AssignerState {
         } else if grants.is_empty() && live.is_none() {
             return None;
         }
-        let seq = previous.map_or(ViewSeq(1), |p| ViewSeq(p.value.seq.get() + 1));
+        // Workers order records by (epoch, seq): a new epoch may restart at 1, the same epoch must
+        // grow, and a forged `u64::MAX` under our own epoch is refused rather than wrapped.
+        let seq = match previous.map(|p| (p.value.epoch, p.value.seq.next())) {
+            None => ViewSeq(1),
+            Some((_, Ok(seq))) => seq,
+            Some((epoch, Err(_))) if epoch < self.epoch => ViewSeq(1),
+            Some((_, Err(exhausted))) => {
+                tracing::error!(%worker, %exhausted, "cannot rewrite the assignment record");
+                return None;
+            }
+        };
         Some(AssignmentRecord {
             schema: SCHEMA_VERSION,
             incarnation,

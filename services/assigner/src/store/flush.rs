@@ -3,18 +3,21 @@
 //! then job records, then purges of compacted keys, then the assignment records that point at the
 //! partitions, then deletes of departed workers' empty records. Up to [`WRITE_WINDOW`] writes are
 //! in flight per step. Every write is a compare-and-set on the revision this leader last saw; a
-//! conflict with a record written under a newer epoch deposes it, one written under its own or an
-//! older epoch is overwritten (compare-and-set on the revision just read). The new revisions are
+//! conflict with a record written under a newer epoch deposes it (if the role lease has reached
+//! that epoch: otherwise the record is forged, see [`newer_term_exists`]), one written under its own
+//! or an older epoch is overwritten (compare-and-set on the revision just read). The new revisions are
 //! returned for [`crate::model::AssignerState::record_written`].
 
 use crate::error::AssignerError;
 use crate::metrics::AssignerMetrics;
 use crate::model::{ChangeSet, PartitionKey, Put, Written};
 use bytes::Bytes;
-use elk_nats::{CasOutcome, Resources, cas_write};
+use elk_nats::{CasOutcome, Resources, cas_write, read_entry};
 use elk_protocol::codec::Message;
-use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, PlacementControl};
-use elk_protocol::names::{Names, PLACEMENT_KEY};
+use elk_protocol::messages::{
+    AssignmentRecord, JobRecord, PartitionRecord, PlacementControl, RoleLease,
+};
+use elk_protocol::names::{ControlRole, Names, PLACEMENT_KEY};
 use elk_protocol::{decode, encode};
 use elk_types::{Epoch, MemberId, Revision};
 use futures::StreamExt;
@@ -145,6 +148,26 @@ pub(crate) async fn write_changes(
     })
 }
 
+/// Whether a record stamped with `epoch` (above this leader's) comes from a real newer term: the
+/// role lease, which the election alone writes, has reached that epoch. Otherwise the record is
+/// forged (a misconfigured server let someone write it) and must not depose the rightful leader:
+/// it is overwritten like a record of an older epoch.
+pub(crate) async fn newer_term_exists(
+    resources: &Resources,
+    epoch: Epoch,
+) -> Result<bool, AssignerError> {
+    let key = ControlRole::Assigner.lease_key();
+    let lease = read_entry(&resources.leases, key)
+        .await?
+        .filter(|entry| !entry.deleted)
+        .and_then(|entry| decode::<RoleLease>(&entry.value).ok());
+    let newer = lease.is_some_and(|lease| lease.epoch >= epoch);
+    if !newer {
+        tracing::warn!(%epoch, "a record carries an epoch the assigner role never had: forged, overwritten");
+    }
+    Ok(newer)
+}
+
 struct Writer<'a> {
     resources: &'a Resources,
     metrics: &'a AssignerMetrics,
@@ -197,7 +220,9 @@ impl Writer<'_> {
         // Only the leader writes these keys: a conflict means another (older or newer) assigner
         // wrote. A newer epoch deposes us; an older one is overwritten.
         if let Some(entry) = &current
-            && decode::<V>(&entry.value).is_ok_and(|stored| stored.epoch() > self.epoch)
+            && let Ok(stored) = decode::<V>(&entry.value)
+            && stored.epoch() > self.epoch
+            && newer_term_exists(self.resources, stored.epoch()).await?
         {
             return Err(AssignerError::Deposed { epoch: self.epoch });
         }

@@ -3,4 +3,4 @@
 
 mod flush;
 
-pub(crate) use flush::write_changes;
+pub(crate) use flush::{newer_term_exists, write_changes};
