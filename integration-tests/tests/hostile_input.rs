@@ -23,18 +23,17 @@
 //! rewritten by their owners; both jobs complete exactly (ledger and auditor: every ID once, no
 //! overlap, no lost checkpoint).
 //!
-//! **Known gaps, kept out of the asserted set** (issue 9 item 4, defence in depth, and items 1–3,
-//! the permissions that keep anonymous clients off these keys, are where they are handled):
-//! * *Decodable forged records* in buckets only the coordinator writes: a fake member (any
-//!   capacity, no TTL) is placed; a forged job, partition or assignment record is loaded by the
-//!   next leader; an assignment record with a higher epoch deposes every leader; a forged
-//!   `fleet/desired` is shown until the scaler's value changes. Only undecodable values go into
-//!   the buckets here.
+//! **Known gaps, kept out of the asserted set** (items 1–3, the permissions that keep anonymous
+//! clients off these keys, are where they are handled; what item 4, defence in depth, closed is
+//! tested in `services/election/tests/misconfigured.rs` and `defence_in_depth.rs`, listed in
+//! `docs/security.md` §11: epochs that would wrap, deleted or garbled role leases, TTL-less
+//! election leases and member keys, garbage over a member key, records with a forged epoch):
+//! * *Decodable forged records* in buckets only the coordinator writes: a fake member with a TTL
+//!   (any capacity) is placed; a forged job, partition or assignment record is loaded by the next
+//!   leader; a forged `fleet/desired` is shown until the scaler's value changes. Only undecodable
+//!   values go into the buckets here.
 //! * *Forged progress with an observed token* (`completed`, `released{last_done = max}`) is
 //!   applied: tokens are readable by anyone without permissions.
-//! * *Garbage over `leases/election`, `leases/role.assigner`, `leases/role.scaler`, or over a live
-//!   member key*: the election does not repair or outwait them (the election stops, a role cannot
-//!   change hands any more, the worker is locked out).
 //! * *Garbage over a coordinator key that is not rewritten before a failover* (`jobs/<job>`, a
 //!   pending partition): the next leader skips the undecodable record and the job is lost. The
 //!   scenario therefore waits for the leader to have rewritten them before it fails over.
