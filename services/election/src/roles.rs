@@ -8,8 +8,8 @@
 //! * with no candidate, a set holder is cleared (`holder: None`), again under epoch + 1.
 //!
 //! Every write is a compare-and-set on the lease's revision, so epochs never decrease — also when
-//! the lease is gone or garbled (a misconfigured server let someone delete or overwrite it): the
-//! next epoch is then taken above the `leases` bucket's last revision, which is above every epoch
+//! the lease was deleted (a delete marker stands) or garbled (a misconfigured server let someone
+//! delete or overwrite it): the next epoch is then taken above the `leases` bucket's last revision, which is above every epoch
 //! the election ever wrote (an epoch grows by one per write of its key, each write raises the
 //! revision by at least one, and the first epoch is 1), and an undecodable lease is rewritten
 //! rather than left standing. An epoch never wraps: at `u64::MAX` the write is refused
@@ -97,10 +97,10 @@ async fn reconcile_role(
 ) -> Result<(), ElectionError> {
     let key = role.lease_key();
     for _ in 0..MAX_ROLE_CONFLICTS {
-        let entry = read_entry(&resources.leases, key)
-            .await?
-            .filter(|entry| !entry.deleted);
-        let (stored, expected_revision, garbled) = match entry {
+        // `None`: the key never existed (epochs start at 1). A delete marker means it did.
+        let entry = read_entry(&resources.leases, key).await?;
+        let deleted = entry.as_ref().is_some_and(|entry| entry.deleted);
+        let (stored, expected_revision, garbled) = match entry.filter(|entry| !entry.deleted) {
             None => (None, None, false),
             Some(entry) => match decode::<RoleLease>(&entry.value) {
                 Ok(lease) => (Some(lease), Some(entry.revision), false),
@@ -119,7 +119,7 @@ async fn reconcile_role(
         if !garbled && matches!(unchanged, Ok(None)) {
             return Ok(());
         }
-        let next = if stored.is_some() {
+        let next = if stored.is_some() || !(deleted || garbled) {
             unchanged.map_err(exhausted)?
         } else {
             let floor = Epoch(last_revision(&resources.leases).await?.get());

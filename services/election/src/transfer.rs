@@ -174,10 +174,9 @@ async fn handle(
     let view = view.ok_or(TransferRefusal::NoView)?;
     let key = role.lease_key();
     for _ in 0..MAX_CONFLICTS {
-        let entry = read_entry(&resources.leases, key)
-            .await?
-            .filter(|entry| !entry.deleted);
-        let (stored, revision) = match entry {
+        let entry = read_entry(&resources.leases, key).await?;
+        let deleted = entry.as_ref().is_some_and(|entry| entry.deleted);
+        let (stored, revision) = match entry.filter(|entry| !entry.deleted) {
             None => (None, None),
             Some(entry) => {
                 let lease = decode::<RoleLease>(&entry.value).map_err(|_| {
@@ -190,8 +189,8 @@ async fn handle(
         };
         let previous = stored.as_ref().and_then(|lease| lease.holder.clone());
         let floor = match stored {
-            Some(_) => Epoch(0),
-            None => Epoch(last_revision(&resources.leases).await?.get()),
+            None if deleted => Epoch(last_revision(&resources.leases).await?.get()),
+            _ => Epoch(0),
         };
         let Some(next) = transfer_lease(role, stored.as_ref(), view, to.as_ref(), floor)? else {
             let lease = stored.expect("a holder was found in it");

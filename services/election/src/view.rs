@@ -139,10 +139,11 @@ impl ViewWriter {
             current: None,
         };
         let stored = read_entry(&resources.leases, VIEW_KEY).await?;
+        let existed = stored.is_some();
         writer.adopt(stored);
-        if writer.generation == Generation(0) {
-            // No readable view (never written, deleted or garbled): continue above every
-            // generation ever written, as role epochs do (`crate::roles`).
+        if existed && writer.generation == Generation(0) {
+            // No readable view although one was written (deleted or garbled): continue above
+            // every generation ever written, as role epochs do (`crate::roles`).
             writer.generation = Generation(last_revision(&resources.leases).await?.get());
         }
         Ok(writer)
