@@ -29,11 +29,12 @@
 //! `docs/security.md` §11: epochs that would wrap, deleted or garbled role leases, TTL-less
 //! election leases and member keys, garbage over a member key, records with a forged epoch):
 //! * *Decodable forged records* in buckets only the coordinator writes: a fake member with a TTL
-//!   (any capacity) is placed; a forged job, partition or assignment record is loaded by the next
-//!   leader; a forged `fleet/desired` is shown until the scaler's value changes. Only undecodable
-//!   values go into the buckets here.
-//! * *Forged progress with an observed token* (`completed`, `released{last_done = max}`) is
-//!   applied: tokens are readable by anyone without permissions.
+//!   is placed (with at most `election.max_member_capacity`); a forged job, partition or
+//!   assignment record is loaded by the next leader; a forged `fleet/desired` is shown until the
+//!   scaler's value changes. Only undecodable values go into the buckets here.
+//! * *Forged progress with an observed token* (`completed`, or an in-range `released`) is applied:
+//!   tokens are readable by anyone without permissions (they can no longer be guessed from
+//!   another, and a `last_done` outside the grant is refused).
 //! * *Garbage over a coordinator key that is not rewritten before a failover* (`jobs/<job>`, a
 //!   pending partition): the next leader skips the undecodable record and the job is lost. The
 //!   scenario therefore waits for the leader to have rewritten them before it fails over.

@@ -30,7 +30,7 @@ pub const PROGRESS_REASONS: [(&str, &[&str]); 3] = [
         "applied",
         &["checkpoint", "completed", "failed", "released"],
     ),
-    ("rejected", &["unknown_partition", "stale_token"]),
+    ("rejected", &["unknown_partition", "stale_token", "out_of_range"]),
     ("malformed", &["undecodable", "wrong_subject"]),
 ];
 
@@ -243,6 +243,13 @@ impl AssignerMetrics {
             })
             .filter_map(|labels| self.progress.get(&labels).map(|counter| counter.get()))
             .sum()
+    }
+
+    /// Progress reports of one outcome and reason (e.g. `rejected`, `out_of_range`).
+    pub fn progress_reason(&self, outcome: &'static str, reason: &'static str) -> u64 {
+        self.progress
+            .get(&[("outcome", outcome), ("reason", reason)])
+            .map_or(0, |counter| counter.get())
     }
 
     /// Counts `count` KV operations on `bucket`.

@@ -18,7 +18,7 @@ use elk_nats::{NatsError, Resources, WatchSnapshot, honoured_ttl, watch_snapshot
 use elk_protocol::admin::ELECTION_SERVICE;
 use elk_protocol::encode;
 use elk_runtime::ReplicaError;
-use elk_types::MemberId;
+use elk_types::{Capacity, MemberId};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -58,7 +58,8 @@ async fn coordinate(
         .await
         .map_err(|error| NatsError::watch(ELECTION_SERVICE, error))?;
     let WatchSnapshot { entries, mut watch } = watch_snapshot(&resources.members).await?;
-    let mut table = MemberTable::from_entries(entries.values());
+    let max_capacity = Capacity(config.election.max_member_capacity);
+    let mut table = MemberTable::from_entries(max_capacity, entries.values());
     let mut lag = WatchLag::after_snapshot(resources).await;
     let mut writer = ViewWriter::load(resources).await?;
     // A new active replica cannot know what it missed: it always starts a new generation.
@@ -134,7 +135,7 @@ async fn coordinate(
                     tracing::warn!("members watch behind the bucket for two resyncs: re-reading every member");
                     let WatchSnapshot { entries, watch: fresh } = watch_snapshot(&resources.members).await?;
                     watch = fresh;
-                    table = MemberTable::from_entries(entries.values());
+                    table = MemberTable::from_entries(max_capacity, entries.values());
                     lag = WatchLag::after_snapshot(resources).await;
                     flush_at = Some(Instant::now());
                 }

@@ -37,7 +37,15 @@ pub struct ElectionSettings {
     /// Checked every `role_resync`.
     #[serde(with = "humantime_serde")]
     pub member_silence_limit: Duration,
+    /// The largest capacity the view lists for a member; a member announcing more is listed with
+    /// this (placement quotas are proportional to capacity: one member, real or forged, can never
+    /// draw more than this share).
+    pub max_member_capacity: u32,
 }
+
+/// Default of `election.max_member_capacity`: far above any worker measured (`docs/benchmarks.md`
+/// runs capacities up to 64), far below what would let one member take a whole fleet's work.
+pub const DEFAULT_MAX_MEMBER_CAPACITY: u32 = 1_024;
 
 impl Default for ElectionSettings {
     fn default() -> Self {
@@ -47,6 +55,7 @@ impl Default for ElectionSettings {
             view_debounce: Duration::from_millis(20),
             role_resync: Duration::from_secs(5),
             member_silence_limit: elk_nats::MAX_LEASE_TTL,
+            max_member_capacity: DEFAULT_MAX_MEMBER_CAPACITY,
         }
     }
 }
@@ -63,6 +72,11 @@ impl Validate for ElectionConfig {
                 elk_nats::MAX_LEASE_TTL,
                 election.election_ttl
             )));
+        }
+        if election.max_member_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "election.max_member_capacity must be at least 1",
+            ));
         }
         if election.standby_retry.is_zero()
             || election.role_resync.is_zero()

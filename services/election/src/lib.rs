@@ -27,7 +27,7 @@ pub mod roles;
 pub mod transfer;
 mod view;
 
-pub use config::{ElectionConfig, ElectionSettings};
+pub use config::{DEFAULT_MAX_MEMBER_CAPACITY, ElectionConfig, ElectionSettings};
 pub use metrics::ElectionMetrics;
 
 use bytes::Bytes;

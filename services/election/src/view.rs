@@ -13,7 +13,7 @@ use elk_nats::{CasOutcome, KvEntry, Resources, cas_write, last_revision, read_en
 use elk_protocol::messages::{MemberRecord, MembershipView, ViewMember};
 use elk_protocol::names::VIEW_KEY;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
-use elk_types::{Generation, MemberId, Revision};
+use elk_types::{Capacity, Generation, MemberId, Revision};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -24,17 +24,33 @@ use tokio::time::Instant;
 /// so does a key not rewritten for longer than the silence limit ([`MemberTable::sweep`]): a live
 /// member renews every third of its TTL, and no TTL is above [`elk_nats::MAX_LEASE_TTL`], so only
 /// a key written without a TTL (which never expires) stays silent that long.
-#[derive(Debug, Default)]
+///
+/// A member announcing a capacity above the configured maximum is listed with the maximum: a
+/// member (real or forged) can never draw more than that share of the partitions.
+#[derive(Debug)]
 pub(crate) struct MemberTable {
     members: BTreeMap<MemberId, ViewMember>,
     /// When each member's key was last written (seen by this replica).
     written: BTreeMap<MemberId, Instant>,
+    max_capacity: Capacity,
 }
 
 impl MemberTable {
+    /// An empty table listing capacities up to `max_capacity`.
+    pub(crate) fn new(max_capacity: Capacity) -> Self {
+        Self {
+            members: BTreeMap::new(),
+            written: BTreeMap::new(),
+            max_capacity,
+        }
+    }
+
     /// Builds the table from a snapshot of the members bucket.
-    pub(crate) fn from_entries<'a>(entries: impl IntoIterator<Item = &'a KvEntry>) -> Self {
-        let mut table = MemberTable::default();
+    pub(crate) fn from_entries<'a>(
+        max_capacity: Capacity,
+        entries: impl IntoIterator<Item = &'a KvEntry>,
+    ) -> Self {
+        let mut table = MemberTable::new(max_capacity);
         for entry in entries {
             table.apply_put(&entry.key, &entry.value);
         }
@@ -71,11 +87,14 @@ impl MemberTable {
             id: id.clone(),
             role: record.role,
             incarnation: record.incarnation,
-            capacity: record.capacity,
+            capacity: record.capacity.min(self.max_capacity),
             jobs: record.jobs,
         };
         if self.members.get(&id) == Some(&member) {
             return false;
+        }
+        if record.capacity > self.max_capacity {
+            tracing::warn!(member = %id, announced = %record.capacity, listed = %self.max_capacity, "member capacity above election.max_member_capacity: listed with the maximum");
         }
         self.members.insert(id, member);
         true
@@ -225,7 +244,7 @@ impl ViewWriter {
 mod tests {
     use super::*;
     use elk_protocol::messages::MemberRole;
-    use elk_types::{Capacity, Incarnation};
+    use elk_types::Incarnation;
 
     fn record(role: MemberRole, incarnation: u64) -> Vec<u8> {
         encode(&MemberRecord {
@@ -241,7 +260,7 @@ mod tests {
 
     #[test]
     fn renewal_is_not_a_change_but_join_leave_and_new_incarnation_are() {
-        let mut table = MemberTable::default();
+        let mut table = MemberTable::new(Capacity(100));
         assert!(table.apply("w-2", Operation::Put, &record(MemberRole::Worker, 1)));
         assert!(!table.apply("w-2", Operation::Put, &record(MemberRole::Worker, 1)));
         assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
@@ -255,15 +274,22 @@ mod tests {
 
     #[test]
     fn bad_keys_and_records_are_skipped() {
-        let mut table = MemberTable::default();
+        let mut table = MemberTable::new(Capacity(100));
         assert!(!table.apply("w-1", Operation::Put, b"not msgpack"));
         assert!(!table.apply("a.b", Operation::Put, &record(MemberRole::Worker, 1)));
         assert!(table.members().is_empty());
     }
 
     #[test]
+    fn capacity_is_listed_up_to_the_maximum() {
+        let mut table = MemberTable::new(Capacity(1));
+        assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
+        assert_eq!(table.members()[0].capacity, Capacity(1), "announced 2");
+    }
+
+    #[test]
     fn garbage_over_a_member_key_drops_the_member() {
-        let mut table = MemberTable::default();
+        let mut table = MemberTable::new(Capacity(100));
         assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));
         assert!(table.apply("w-1", Operation::Put, b"garbage"));
         assert!(table.members().is_empty());
@@ -271,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_member_silent_beyond_the_limit_is_swept() {
-        let mut table = MemberTable::default();
+        let mut table = MemberTable::new(Capacity(100));
         let limit = Duration::from_secs(10);
         let start = Instant::now();
         assert!(table.apply("w-1", Operation::Put, &record(MemberRole::Worker, 1)));

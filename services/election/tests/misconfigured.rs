@@ -8,7 +8,8 @@
 //! * an election lease without a TTL (decodable or garbage): a replica takes it over;
 //! * a member key without a TTL: never in the view (a fake member), or dropped after the silence
 //!   limit (a live member's record copied without a TTL after it died);
-//! * garbage over a live member key: the member leaves the view, and re-joins over the garbage.
+//! * garbage over a live member key: the member leaves the view, and re-joins over the garbage;
+//! * a member announcing capacity `u32::MAX`: listed with `election.max_member_capacity`.
 
 use bytes::Bytes;
 use elk_election::{ElectionConfig, ElectionError, ElectionSettings};
@@ -365,6 +366,32 @@ async fn member_keys_without_a_ttl_are_not_members() {
         "the TTL-less key is still there; only the view ignores it"
     );
     assert!(lists(&view, "real"), "a renewing member stays");
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_announcing_a_huge_capacity_is_listed_with_the_maximum() {
+    let server = NatsServer::start();
+    let resources = resources(&server).await;
+    let view = follow_key::<MembershipView>(&resources.leases, VIEW_KEY)
+        .await
+        .unwrap();
+    let replica = Replica::start(&server, "election-1");
+    let _greedy = MemberLease::join(
+        &resources.member_keys,
+        id("greedy"),
+        record(MemberRole::Worker, u32::MAX),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    wait_for("greedy listed", || lists(&view, "greedy")).await;
+    let listed = current(&view).unwrap().member(&id("greedy")).unwrap().capacity;
+    assert_eq!(
+        listed,
+        Capacity(elk_election::DEFAULT_MAX_MEMBER_CAPACITY),
+        "capacity clamped to election.max_member_capacity"
+    );
     replica.stop().await;
 }
 

@@ -58,6 +58,7 @@ pub(super) fn apply_message(
                     Ok(()) => "applied",
                     Err(Rejection::UnknownPartition) => "rejected_unknown_partition",
                     Err(Rejection::StaleToken) => "rejected_stale",
+                    Err(Rejection::OutOfRange) => "rejected_out_of_range",
                 };
                 span.set_attribute(KeyValue::new("elk.outcome", outcome));
                 span.end();
@@ -65,11 +66,7 @@ pub(super) fn apply_message(
             match outcome {
                 Ok(()) => metrics.progress("applied", event_reason(&report.event)),
                 Err(rejection) => {
-                    let reason = match rejection {
-                        Rejection::UnknownPartition => "unknown_partition",
-                        Rejection::StaleToken => "stale_token",
-                    };
-                    metrics.progress("rejected", reason);
+                    metrics.progress("rejected", rejection.reason());
                     tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
                 }
             }

@@ -153,7 +153,8 @@ impl AssignerState {
 
     fn grant(&mut self, key: &PartitionKey, worker: MemberId) {
         let incarnation = self.workers[&worker].incarnation;
-        let token = self.next_token();
+        let previous = self.partitions.get(key).map(|stored| stored.value.token);
+        let token = self.next_token(previous.unwrap_or_default());
         let owner = MemberRef {
             id: worker,
             incarnation,

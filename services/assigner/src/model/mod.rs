@@ -137,6 +137,20 @@ impl WorkerInfo {
 pub(crate) enum Rejection {
     UnknownPartition,
     StaleToken,
+    /// A checkpoint (`last_done`) outside the grant's range: applying it would mark IDs done that
+    /// the grant never covered, or skip the grant's own.
+    OutOfRange,
+}
+
+impl Rejection {
+    /// The `reason` label of `elk_assigner_progress_reports_total{outcome="rejected"}`.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Rejection::UnknownPartition => "unknown_partition",
+            Rejection::StaleToken => "stale_token",
+            Rejection::OutOfRange => "out_of_range",
+        }
+    }
 }
 
 /// Tunables of the decisions.
@@ -201,7 +215,6 @@ pub(crate) struct RoundOutput {
 #[derive(Debug)]
 pub(crate) struct AssignerState {
     epoch: Epoch,
-    token_counter: u64,
     policy: Policy,
     /// Current time (Unix ms): set by [`AssignerState::advance_clock`] and `reconcile`.
     now_ms: u64,
@@ -253,9 +266,6 @@ impl AssignerState {
     pub fn new(epoch: Epoch, policy: Policy) -> Self {
         Self {
             epoch,
-            // A random start: a leader task restarted under the same epoch never re-issues a
-            // token of its previous run (tokens are `epoch << 32 | counter`).
-            token_counter: u64::from(rand::random::<u32>() >> 1),
             policy,
             now_ms: 0,
             jobs: BTreeMap::new(),

@@ -145,9 +145,16 @@ impl AssignerState {
         }
     }
 
-    pub(super) fn next_token(&mut self) -> PartitionLeaseToken {
-        self.token_counter = (self.token_counter + 1) & 0xFFFF_FFFF;
-        PartitionLeaseToken((self.epoch.get() << 32) | self.token_counter)
+    /// A fresh grant token: 64 random bits from the thread's CSPRNG (ChaCha, seeded by the OS),
+    /// so knowing any number of tokens tells nothing about another (a forged report must guess
+    /// one of 2^64). Never 0 (a pending partition's token) nor the partition's previous token.
+    pub(super) fn next_token(&mut self, previous: PartitionLeaseToken) -> PartitionLeaseToken {
+        loop {
+            let token = PartitionLeaseToken(rand::random::<u64>());
+            if token.get() != 0 && token != previous {
+                return token;
+            }
+        }
     }
 
     /// The durations (ms) of the hand-overs completed since the last call: from the revoke to the
@@ -247,6 +254,17 @@ impl AssignerState {
         }
         let range = record.range;
         let before = record.checkpoint;
+        let last_done = match &report.event {
+            ProgressEvent::Checkpoint { last_done } => Some(*last_done),
+            ProgressEvent::Failed { last_done, .. } | ProgressEvent::Released { last_done } => {
+                *last_done
+            }
+            ProgressEvent::Completed => None,
+        };
+        if last_done.is_some_and(|done| !range.contains(done)) {
+            self.counters.progress_rejected += 1;
+            return Err(Rejection::OutOfRange);
+        }
         match &report.event {
             ProgressEvent::Checkpoint { last_done } => {
                 let last_done = (*last_done).min(range.last());

@@ -58,7 +58,7 @@ fn progress_with_a_stale_token_or_owner_is_rejected() {
     state.apply_view(&view(&[("a", 1, 1)]));
     state.reconcile(1);
     let (_, token) = owner_and_token(&state, 1);
-    let stale = PartitionLeaseToken(token.get() + 1000);
+    let stale = PartitionLeaseToken(token.get() ^ 1);
     assert_eq!(
         state.apply_progress(&report("a", 1, 1, stale, ProgressEvent::Completed)),
         Err(Rejection::StaleToken)
@@ -94,6 +94,54 @@ fn progress_with_a_stale_token_or_owner_is_rejected() {
     );
     assert_eq!(state.jobs[&job_name()].value.partitions_completed, 1);
     assert_eq!(state.jobs[&job_name()].value.ids_completed, 1_000);
+}
+
+#[test]
+fn a_checkpoint_outside_the_grant_s_range_is_refused() {
+    let mut state = state_with_job(IdRange::new(1, 10_000).unwrap(), 1_000);
+    state.apply_view(&view(&[("a", 1, 1)]));
+    state.reconcile(1);
+    // Partition 2 covers 1,001..=2,000.
+    let (_, token) = owner_and_token(&state, 2);
+    let outside = [
+        ProgressEvent::Checkpoint { last_done: 2_001 },
+        ProgressEvent::Checkpoint { last_done: 1_000 },
+        ProgressEvent::Released {
+            last_done: Some(u64::MAX),
+        },
+        ProgressEvent::Failed {
+            error: "x".to_owned(),
+            last_done: Some(0),
+            permanent: false,
+        },
+    ];
+    for event in outside {
+        assert_eq!(
+            state.apply_progress(&report("a", 1, 2, token, event)),
+            Err(Rejection::OutOfRange)
+        );
+    }
+    assert_eq!(state.counters().progress_rejected, 4);
+    let stored = record(&state, 2);
+    assert_eq!(stored.checkpoint, None);
+    assert_eq!(stored.status, PartitionStatus::Granted);
+    for last_done in [1_001, 2_000] {
+        let checkpoint = ProgressEvent::Checkpoint { last_done };
+        assert!(state.apply_progress(&report("a", 1, 2, token, checkpoint)).is_ok());
+    }
+    assert_eq!(record(&state, 2).checkpoint, Some(2_000));
+}
+
+#[test]
+fn grant_tokens_are_random_and_never_repeat_a_partition_s_last() {
+    let mut state = state_with_job(IdRange::new(1, 100_000).unwrap(), 1_000);
+    state.apply_view(&view(&[("a", 1, 50)]));
+    state.reconcile(1);
+    let mut tokens: Vec<u64> = (1..=40).map(|p| owner_and_token(&state, p).1.get()).collect();
+    tokens.sort_unstable();
+    // Sequential tokens (the old `epoch << 32 | counter`) differ by one; random ones by ~2^58.
+    let closest = tokens.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    assert!(closest > 1 << 32, "tokens too close: {closest}");
 }
 
 #[test]
