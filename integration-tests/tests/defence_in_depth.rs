@@ -17,9 +17,7 @@
 
 use elk_assigner::AssignerMetrics;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack};
-use elk_protocol::messages::{
-    AssignmentRecord, Grant, ProgressEvent, ProgressReport, RoleLease,
-};
+use elk_protocol::messages::{AssignmentRecord, Grant, ProgressEvent, ProgressReport, RoleLease};
 use elk_protocol::names::ControlRole;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
 use elk_testkit::wait_until;
@@ -165,7 +163,9 @@ async fn tokens_are_unguessable_and_checkpoints_stay_inside_their_grant() -> any
         gate: gate.clone(),
     };
     let _worker = stack.worker_with("worker-1", 2, &[], processor).await?;
-    stack.create_job("held", IdRange::new(1, 2_000)?, 100).await?;
+    stack
+        .create_job("held", IdRange::new(1, 2_000)?, 100)
+        .await?;
     wait_until("two grants held", DEADLINE, || async {
         assignment(&stack, "worker-1")
             .await
@@ -188,20 +188,36 @@ async fn tokens_are_unguessable_and_checkpoints_stay_inside_their_grant() -> any
     let range = first.range;
     let mut forged = vec![
         // The real token, checkpoints outside the grant's range: refused.
-        forge(first, first.token, ProgressEvent::Checkpoint {
-            last_done: range.last() + 1,
-        }),
-        forge(first, first.token, ProgressEvent::Checkpoint {
-            last_done: range.first() - 1,
-        }),
-        forge(first, first.token, ProgressEvent::Released {
-            last_done: Some(u64::MAX),
-        }),
-        forge(first, first.token, ProgressEvent::Failed {
-            error: "forged".to_owned(),
-            last_done: Some(range.last() + 100),
-            permanent: true,
-        }),
+        forge(
+            first,
+            first.token,
+            ProgressEvent::Checkpoint {
+                last_done: range.last() + 1,
+            },
+        ),
+        forge(
+            first,
+            first.token,
+            ProgressEvent::Checkpoint {
+                last_done: range.first() - 1,
+            },
+        ),
+        forge(
+            first,
+            first.token,
+            ProgressEvent::Released {
+                last_done: Some(u64::MAX),
+            },
+        ),
+        forge(
+            first,
+            first.token,
+            ProgressEvent::Failed {
+                error: "forged".to_owned(),
+                last_done: Some(range.last() + 100),
+                permanent: true,
+            },
+        ),
     ];
     // Tokens next to an observed one, for the other held partition: with sequential tokens one
     // of them was that partition's.
@@ -209,7 +225,11 @@ async fn tokens_are_unguessable_and_checkpoints_stay_inside_their_grant() -> any
         first.token.get().wrapping_add(1),
         first.token.get().wrapping_sub(1),
     ] {
-        forged.push(forge(second, PartitionLeaseToken(guess), ProgressEvent::Completed));
+        forged.push(forge(
+            second,
+            PartitionLeaseToken(guess),
+            ProgressEvent::Completed,
+        ));
     }
     for report in &forged {
         stack
@@ -234,12 +254,20 @@ async fn tokens_are_unguessable_and_checkpoints_stay_inside_their_grant() -> any
 
     gate.store(true, Ordering::SeqCst);
     stack.wait_job_completed("held", DEADLINE).await?;
-    assert!(ledger.missing().is_empty(), "missing {:?}", ledger.missing());
+    assert!(
+        ledger.missing().is_empty(),
+        "missing {:?}",
+        ledger.missing()
+    );
     assert!(ledger.duplicates().is_empty());
     collector.abort();
     let tokens: Vec<u64> = tokens.lock().unwrap().iter().copied().collect();
     assert!(tokens.len() >= 20, "one token per grant: {}", tokens.len());
-    let closest = tokens.windows(2).map(|pair| pair[1] - pair[0]).min().unwrap();
+    let closest = tokens
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .min()
+        .unwrap();
     assert!(
         closest > 1 << 32,
         "grant tokens too close to each other ({closest}): guessable"

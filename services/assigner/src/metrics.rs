@@ -30,7 +30,10 @@ pub const PROGRESS_REASONS: [(&str, &[&str]); 3] = [
         "applied",
         &["checkpoint", "completed", "failed", "released"],
     ),
-    ("rejected", &["unknown_partition", "stale_token", "out_of_range"]),
+    (
+        "rejected",
+        &["unknown_partition", "stale_token", "out_of_range"],
+    ),
     ("malformed", &["undecodable", "wrong_subject"]),
 ];
 

@@ -386,7 +386,11 @@ async fn a_member_announcing_a_huge_capacity_is_listed_with_the_maximum() {
     .await
     .unwrap();
     wait_for("greedy listed", || lists(&view, "greedy")).await;
-    let listed = current(&view).unwrap().member(&id("greedy")).unwrap().capacity;
+    let listed = current(&view)
+        .unwrap()
+        .member(&id("greedy"))
+        .unwrap()
+        .capacity;
     assert_eq!(
         listed,
         Capacity(elk_election::DEFAULT_MAX_MEMBER_CAPACITY),

@@ -127,7 +127,11 @@ fn a_checkpoint_outside_the_grant_s_range_is_refused() {
     assert_eq!(stored.status, PartitionStatus::Granted);
     for last_done in [1_001, 2_000] {
         let checkpoint = ProgressEvent::Checkpoint { last_done };
-        assert!(state.apply_progress(&report("a", 1, 2, token, checkpoint)).is_ok());
+        assert!(
+            state
+                .apply_progress(&report("a", 1, 2, token, checkpoint))
+                .is_ok()
+        );
     }
     assert_eq!(record(&state, 2).checkpoint, Some(2_000));
 }
@@ -137,7 +141,9 @@ fn grant_tokens_are_random_and_never_repeat_a_partition_s_last() {
     let mut state = state_with_job(IdRange::new(1, 100_000).unwrap(), 1_000);
     state.apply_view(&view(&[("a", 1, 50)]));
     state.reconcile(1);
-    let mut tokens: Vec<u64> = (1..=40).map(|p| owner_and_token(&state, p).1.get()).collect();
+    let mut tokens: Vec<u64> = (1..=40)
+        .map(|p| owner_and_token(&state, p).1.get())
+        .collect();
     tokens.sort_unstable();
     // Sequential tokens (the old `epoch << 32 | counter`) differ by one; random ones by ~2^58.
     let closest = tokens.windows(2).map(|w| w[1] - w[0]).min().unwrap();
