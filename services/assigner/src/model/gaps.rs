@@ -12,7 +12,7 @@
 
 use super::{AssignerState, PartitionKey};
 use elk_coverage::{Coverage, CoverageError, CoverageRecord};
-use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
+use elk_protocol::messages::{JobRecord, JobState, PartitionRecord, PartitionStatus};
 use elk_types::{IdRange, JobName, PartitionId};
 use std::collections::BTreeMap;
 
@@ -27,6 +27,18 @@ fn completed_ids(coverage: &mut Coverage) -> u64 {
             .completed_ranges()
             .map(|range| range.len())
             .sum::<u64>()
+}
+
+/// Whether `job`'s record counts every ID of `range` as completed (below its low watermark, or
+/// inside one of its completed ranges above it, which are kept merged).
+pub(super) fn counted_completed(job: &JobRecord, range: IdRange) -> bool {
+    let below_watermark = job.low_watermark.is_some_and(|low| range.last() <= low)
+        && range.first() >= job.spec.range.first();
+    below_watermark
+        || job
+            .completed_above_watermark
+            .iter()
+            .any(|done| done.first() <= range.first() && range.last() <= done.last())
 }
 
 impl AssignerState {
@@ -81,6 +93,16 @@ impl AssignerState {
             let count = counts.entry(record.job.clone()).or_default();
             count.0 += 1;
             count.1 += u64::from(completed);
+            let already_counted = completed
+                && self
+                    .jobs
+                    .get(&record.job)
+                    .is_some_and(|job| counted_completed(&job.value, record.range));
+            if already_counted {
+                // The job record's summary (the coverage's start) holds it already: inserting
+                // it again would be refused as an overlap with itself.
+                continue;
+            }
             let Some(coverage) = self.coverage_of(&record.job) else {
                 continue;
             };

@@ -306,7 +306,8 @@ impl AssignerState {
                 .insert(job.name.clone(), Stored::at(job, revision));
         }
         let mut loaded = Vec::with_capacity(snapshot.partitions.len());
-        for (record, revision) in snapshot.partitions {
+        for (mut record, revision) in snapshot.partitions {
+            state.trust_the_job_record(&mut record);
             state.load_partition(record.clone(), revision);
             loaded.push(record);
         }
@@ -338,6 +339,26 @@ impl AssignerState {
 
     pub fn live_worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// A partition whose whole range its job record counts as completed is completed, whatever
+    /// its record says. Partition records are written before the job record that counts them, so
+    /// the job record can only be ahead when the partition read is stale — on a cluster, a
+    /// snapshot's consumer can read a replica that is still catching up (nats_durability: such
+    /// partitions were granted again and their IDs counted twice).
+    fn trust_the_job_record(&self, record: &mut PartitionRecord) {
+        use elk_protocol::messages::PartitionStatus;
+        let Some(job) = self.jobs.get(&record.job) else {
+            return;
+        };
+        if record.status != PartitionStatus::Completed
+            && gaps::counted_completed(&job.value, record.range)
+        {
+            let range = record.range;
+            tracing::warn!(job = %record.job, partition = %record.id, %range, status = ?record.status, "partition record behind its job record (a stale read): taken as completed");
+            record.status = PartitionStatus::Completed;
+            record.owner = None;
+        }
     }
 
     /// Sets the clock (Unix ms) events are stamped with until the next round; never goes back.

@@ -396,6 +396,60 @@ fn partitions_created_without_their_job_record_are_never_cut_again_nor_their_ids
 }
 
 #[test]
+fn a_partition_read_staler_than_its_job_record_is_taken_as_completed() {
+    // The job record counts [1, 3000] (watermark) and [6001, 9000] as completed, but the
+    // snapshot read of the partitions came from a replica still catching up: they look granted.
+    let mut job = fixed_job(IdRange::new(1, 10_000).unwrap(), 1_000);
+    job.cursor = 10_001;
+    job.next_partition = PartitionId(11);
+    job.partitions_total = 10;
+    job.partitions_completed = 6;
+    // Below the watermark they were counted as compacted; their deletes had not happened.
+    job.partitions_compacted = 3;
+    job.low_watermark = Some(3_000);
+    job.completed_above_watermark = vec![IdRange::new(6_001, 9_000).unwrap()];
+    let stale = [1, 2, 3, 7, 8, 9];
+    let partitions: Vec<_> = (1..=10)
+        .map(|id| {
+            let range = IdRange::new((id - 1) * 1_000 + 1, id * 1_000).unwrap();
+            let status = if stale.contains(&id) {
+                PartitionStatus::Granted
+            } else {
+                PartitionStatus::Pending
+            };
+            let mut record = partition_record(id, range, status);
+            if status == PartitionStatus::Granted {
+                record.owner = Some(MemberRef {
+                    id: MemberId::new("w").unwrap(),
+                    incarnation: Incarnation(1),
+                });
+            }
+            (record, Revision(id))
+        })
+        .collect();
+    let mut state = loaded(Snapshot {
+        jobs: vec![(job, Revision(1))],
+        partitions,
+        ..Snapshot::default()
+    });
+    state.reconcile(1);
+    let live: Vec<u64> = state
+        .partitions
+        .keys()
+        .map(|key| key.partition.get())
+        .collect();
+    assert_eq!(
+        live,
+        vec![4, 5, 6, 10],
+        "only the unfinished partitions are live"
+    );
+    assert_eq!(state.counters().overlaps_detected, 0);
+    let job = &state.jobs[&job_name()].value;
+    assert_eq!((job.partitions_total, job.partitions_completed), (10, 6));
+    assert!(state.indexes_consistent());
+}
+
+#[test]
 fn overlapping_partitions_are_reported_never_created_twice() {
     let mut job = fixed_job(IdRange::new(1, 2_000).unwrap(), 1_000);
     job.cursor = 2_001;
