@@ -2,6 +2,10 @@
 //! [`ServiceCommon`](elk_runtime::ServiceCommon)) and `[assigner]`, loaded by `elk_runtime` (defaults → TOML file → `ELK_*`
 //! environment, e.g. `ELK_ASSIGNER__HTTP_LISTEN=0.0.0.0:8080` → flags) and validated.
 
+mod tails;
+
+pub use tails::TailSettings;
+
 use elk_runtime::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -33,6 +37,8 @@ pub struct AssignerSettings {
     pub http_listen: Option<String>,
     /// Security of the HTTP admin API (`[assigner.http]`).
     pub http: HttpSettings,
+    /// Straggler splitting and adaptive partition size (`[assigner.tails]`).
+    pub tails: TailSettings,
 }
 
 /// `[assigner.http]`: who may use the HTTP admin API and how long a client may hold a connection.
@@ -98,6 +104,7 @@ impl Default for AssignerSettings {
             tick: Duration::from_millis(200),
             http_listen: None,
             http: HttpSettings::default(),
+            tails: TailSettings::default(),
         }
     }
 }
@@ -121,6 +128,7 @@ impl Validate for AssignerConfig {
                 "assigner.tick must be greater than zero",
             ));
         }
+        assigner.tails.validate()?;
         if let Some(address) = &assigner.http_listen {
             elk_runtime::metrics_http::validate_listen_address("assigner.http_listen", address)?;
         }

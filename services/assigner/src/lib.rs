@@ -39,7 +39,7 @@ mod store;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
-pub use config::{AssignerConfig, AssignerSettings, HttpSettings};
+pub use config::{AssignerConfig, AssignerSettings, HttpSettings, TailSettings};
 pub use error::{AssignerError, Feed, JetstreamOperation};
 pub use metrics::AssignerMetrics;
 
@@ -100,6 +100,7 @@ async fn run_replica(
         grants_per_capacity: config.assigner.grants_per_capacity,
         partitions_per_round: config.assigner.partitions_per_round,
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
+        tails: config.assigner.tails.policy(),
     };
     let http = match &config.assigner.http_listen {
         Some(address) => {

@@ -185,7 +185,7 @@ impl AssignerMetrics {
         }
         registry.register(
             "elk_assigner_revocations",
-            "Partitions revoked, by cause: rebalance (owner over quota), job_stopped (paused or cancelled) or drain (owner asked to drain)",
+            "Partitions revoked, by cause: rebalance (owner over quota), job_stopped (paused or cancelled), drain (owner asked to drain) or split (a straggler re-cut over idle workers)",
             self.revocations.clone(),
         );
         let histograms = [
@@ -275,10 +275,17 @@ impl AssignerMetrics {
 
     /// Revocations of every cause.
     pub fn revocations(&self) -> u64 {
-        ["rebalance", "job_stopped", "drain"]
+        ["rebalance", "job_stopped", "drain", "split"]
             .into_iter()
-            .filter_map(|cause| self.revocations.get(&[("cause", cause)]).map(|c| c.get()))
+            .map(|cause| self.revocations_by(cause))
             .sum()
+    }
+
+    /// Revocations of one cause (`rebalance`, `job_stopped`, `drain`, `split`).
+    pub fn revocations_by(&self, cause: &'static str) -> u64 {
+        self.revocations
+            .get(&[("cause", cause)])
+            .map_or(0, |counter| counter.get())
     }
 
     /// A departed worker's partitions were reclaimed `waited` after it left the view.
@@ -341,10 +348,12 @@ impl AssignerMetrics {
         );
         let stopped = |c: &Counters| c.revocations_job_stopped;
         let drained = |c: &Counters| c.revocations_drain;
+        let split = |c: &Counters| c.revocations_split;
         let rebalanced = |c: &Counters| {
             c.revocations
                 .saturating_sub(c.revocations_job_stopped)
                 .saturating_sub(c.revocations_drain)
+                .saturating_sub(c.revocations_split)
         };
         grow(
             &self.revocations.get_or_create(&[("cause", "job_stopped")]),
@@ -355,6 +364,11 @@ impl AssignerMetrics {
             &self.revocations.get_or_create(&[("cause", "drain")]),
             drained(now),
             drained(&before),
+        );
+        grow(
+            &self.revocations.get_or_create(&[("cause", "split")]),
+            split(now),
+            split(&before),
         );
         grow(
             &self.revocations.get_or_create(&[("cause", "rebalance")]),

@@ -42,7 +42,7 @@ pub(super) fn counted_completed(job: &JobRecord, range: IdRange) -> bool {
 }
 
 impl AssignerState {
-    fn coverage_of(&mut self, job: &JobName) -> Option<&mut Coverage> {
+    pub(super) fn coverage_of(&mut self, job: &JobName) -> Option<&mut Coverage> {
         let record = &self.jobs.get(job)?.value;
         if !self.coverage.contains_key(job) {
             let persisted = CoverageRecord {

@@ -185,6 +185,7 @@ impl AssignerState {
         match cause {
             RevokeCause::Rebalance => {}
             RevokeCause::Drain => self.counters.revocations_drain += 1,
+            RevokeCause::Split => self.counters.revocations_split += 1,
             RevokeCause::JobPaused | RevokeCause::JobCancelled | RevokeCause::JobStopped => {
                 self.counters.revocations_job_stopped += 1
             }
@@ -209,6 +210,8 @@ pub(super) enum RevokeCause {
     JobStopped,
     /// Its owner was asked to drain (`levers.rs`).
     Drain,
+    /// A straggler re-cut over idle workers once released (`split.rs`).
+    Split,
 }
 
 impl RevokeCause {
@@ -220,6 +223,7 @@ impl RevokeCause {
             Self::JobCancelled => "job_cancelled",
             Self::JobStopped => "job_stopped",
             Self::Drain => "drain",
+            Self::Split => "split",
         }
     }
 }

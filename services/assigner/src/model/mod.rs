@@ -41,6 +41,7 @@ mod partitions;
 mod plan;
 mod refusal;
 mod spans;
+mod split;
 mod workers;
 
 #[cfg(test)]
@@ -50,6 +51,7 @@ pub(crate) use changes::{ChangeSet, Put, Written};
 pub(crate) use gauges::{JobGauges, ModelGauges};
 pub(crate) use plan::PlanQuestion;
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
+pub(crate) use split::TailPolicy;
 
 use elk_protocol::messages::{
     AssignmentRecord, DrainSource, JobRecord, PartitionRecord, PlacementControl,
@@ -163,6 +165,8 @@ pub(crate) struct Policy {
     /// A revoke not answered by then is reported; the partition keeps waiting for the owner's
     /// release or member expiry (it is never granted while the old owner may still run it).
     pub revoke_timeout_ms: u64,
+    /// Straggler splitting and adaptive partition size (`split.rs`).
+    pub tails: TailPolicy,
 }
 
 /// What the model counts in one leader term; published to `crate::metrics` once per round.
@@ -184,6 +188,12 @@ pub(crate) struct Counters {
     pub revocations_job_stopped: u64,
     /// Of `revocations`: those of drained workers (the rest rebalance).
     pub revocations_drain: u64,
+    /// Of `revocations`: stragglers revoked to be split (`split.rs`).
+    pub revocations_split: u64,
+    /// Stragglers revoked to be split.
+    pub splits: u64,
+    /// Partitions created from split remainders.
+    pub split_pieces: u64,
     /// Revokes not answered within the revoke timeout.
     pub revokes_overdue: u64,
     /// Failed attempts scheduled for a retry.
@@ -260,6 +270,8 @@ pub(crate) struct AssignerState {
     handovers_ms: Vec<u64>,
     /// Drains, freeze, per-worker progress and the view's members (`levers.rs`).
     levers: levers::Levers,
+    /// Observations, rates and splits in progress (`split.rs`).
+    tails: split::Tails,
 }
 
 impl AssignerState {
@@ -289,6 +301,7 @@ impl AssignerState {
             counters: Counters::default(),
             handovers_ms: Vec::new(),
             levers: levers::Levers::new(),
+            tails: split::Tails::default(),
         }
     }
 
@@ -375,10 +388,15 @@ impl AssignerState {
         self.advance_clock(now_ms);
         self.release_due_retries();
         self.report_overdue_revokes();
+        // Remainders re-cut last round first (their shrunk partition is stored now), then
+        // this round's re-cuts (their remainders wait for the next round).
+        self.cut_split_remainders();
+        self.recut_released();
         self.plan_partitions();
         let plan_questions = self.plan_questions();
         self.revoke_drained();
         self.plan_grants();
+        self.split_stragglers();
         self.compact();
         self.clear_cancelled();
         debug_assert_eq!(self.index_mismatch(), None, "indexes out of step");

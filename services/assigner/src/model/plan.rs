@@ -57,7 +57,8 @@ impl AssignerState {
             if job.state != JobState::Active {
                 continue;
             }
-            let size = job.spec.partition_size;
+            // Adaptive when configured (`split.rs`), else the job's partition size.
+            let size = self.cut_size(&name);
             let limit = job.planning_limit();
             let mut cursor = job.cursor;
             let mut room = self.backlog_room(&name);

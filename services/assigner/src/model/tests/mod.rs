@@ -8,6 +8,7 @@ mod changes;
 mod decisions;
 mod gauges;
 mod levers;
+mod split;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
@@ -35,6 +36,7 @@ fn policy() -> Policy {
         grants_per_capacity: 2,
         partitions_per_round: 10_000,
         revoke_timeout_ms: 5_000,
+        tails: super::TailPolicy::default(),
     }
 }
 
