@@ -318,8 +318,20 @@ impl Stack {
         id: &str,
         metrics: Arc<elk_assigner::AssignerMetrics>,
     ) -> ServiceHandle {
+        self.assigner_configured(url, id, metrics, |_| {})
+    }
+
+    /// An assigner replica whose `[assigner]` settings `configure` changes (e.g. `tails`).
+    pub fn assigner_configured(
+        &self,
+        url: &str,
+        id: &str,
+        metrics: Arc<elk_assigner::AssignerMetrics>,
+        configure: impl FnOnce(&mut elk_assigner::AssignerSettings),
+    ) -> ServiceHandle {
         let mut config =
             elk_assigner::AssignerConfig::new(self.service_common(url, Role::Assigner, id));
+        configure(&mut config.assigner);
         if self.endpoints {
             config.assigner.http_listen = Some(LOOPBACK_ANY_PORT.to_owned());
             // The scenarios with endpoints read the API without tokens (its guard has its own
