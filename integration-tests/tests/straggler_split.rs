@@ -77,10 +77,7 @@ async fn a_slow_partition_is_split_over_idle_workers_and_every_id_runs_once() {
         .unwrap();
 
     // The straggler was split: revoked once at least, and its remainder cut into new partitions.
-    assert!(
-        metrics.revocations_by("split") >= 1,
-        "no split revocation"
-    );
+    assert!(metrics.revocations_by("split") >= 1, "no split revocation");
     assert!(
         job.partitions_total > 4,
         "no piece was cut: {} partitions",
@@ -95,7 +92,11 @@ async fn a_slow_partition_is_split_over_idle_workers_and_every_id_runs_once() {
         .count();
     assert!(busy >= 2, "pieces spread over the idle workers");
     // Exactly once: the remainder started right after the released checkpoint.
-    assert!(ledger.missing().is_empty(), "missing {:?}", &ledger.missing()[..]);
+    assert!(
+        ledger.missing().is_empty(),
+        "missing {:?}",
+        &ledger.missing()[..]
+    );
     assert!(
         ledger.duplicates().is_empty(),
         "repeated {} ids",

@@ -200,20 +200,25 @@ proptest! {
     }
 }
 
+/// A model holding one fixed job over `1..=last` cut in `size`, loaded under `policy`.
+fn job_under(policy: Policy, last: u64, size: u64) -> AssignerState {
+    let snapshot = Snapshot {
+        jobs: vec![(fixed_job(range(1, last), size), Revision(1))],
+        ..Snapshot::default()
+    };
+    AssignerState::load(EPOCH, policy, 0, snapshot)
+}
+
+fn splitting_policy() -> Policy {
+    Policy {
+        tails: splitting(),
+        ..policy()
+    }
+}
+
 /// One job of one 10,000-ID partition, four workers of capacity 1, splitting on.
 fn one_straggler() -> AssignerState {
-    let mut state = AssignerState::load(
-        EPOCH,
-        Policy {
-            tails: splitting(),
-            ..policy()
-        },
-        0,
-        Snapshot {
-            jobs: vec![(fixed_job(range(1, 10_000), 10_000), Revision(1))],
-            ..Snapshot::default()
-        },
-    );
+    let mut state = job_under(splitting_policy(), 10_000, 10_000);
     state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1), ("c", 1, 1), ("d", 1, 1)]));
     state.reconcile(0);
     assert_eq!(state.partitions.len(), 1);
@@ -338,18 +343,7 @@ fn a_straggler_is_revoked_re_cut_after_its_release_and_spread_over_idle_workers(
 
 #[test]
 fn no_split_without_a_free_slot() {
-    let mut state = AssignerState::load(
-        EPOCH,
-        Policy {
-            tails: splitting(),
-            ..policy()
-        },
-        0,
-        Snapshot {
-            jobs: vec![(fixed_job(range(1, 20_000), 10_000), Revision(1))],
-            ..Snapshot::default()
-        },
-    );
+    let mut state = job_under(splitting_policy(), 20_000, 10_000);
     state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
     state.reconcile(0);
     for at in [1_000, 2_000, 3_000] {
@@ -428,18 +422,14 @@ fn adaptive_size_cuts_new_partitions_from_the_measured_rate() {
         max_partition_ids: 100_000,
         ..TailPolicy::default()
     };
-    let mut state = AssignerState::load(
-        EPOCH,
+    let mut state = job_under(
         Policy {
             partitions_per_round: 2,
             tails,
             ..policy()
         },
-        0,
-        Snapshot {
-            jobs: vec![(fixed_job(range(1, 1_000_000), 1_000), Revision(1))],
-            ..Snapshot::default()
-        },
+        1_000_000,
+        1_000,
     );
     state.apply_view(&view(&[("a", 1, 1), ("b", 1, 1)]));
     state.reconcile(0);
