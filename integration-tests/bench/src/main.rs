@@ -16,6 +16,7 @@ mod placement_bench;
 mod procs;
 mod rollout_bench;
 mod scale_bench;
+mod tails_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,9 @@ enum Command {
     /// Restart every worker of a running fleet one by one (as `kubectl rollout restart`): IDs
     /// repeated and missing, throughput dip.
     Rollout(rollout_bench::RolloutArgs),
+    /// A job with skewed per-ID cost (a few dense ranges at 50×) on a fixed fleet, straggler
+    /// splitting and adaptive partition size on and off: makespan ÷ ideal for each.
+    Tails(tails_bench::TailsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Overhead(arguments) => overhead_bench::run(&arguments),
         Command::Autoscale(arguments) => autoscale_bench::run(&arguments),
         Command::Rollout(arguments) => rollout_bench::run(&arguments),
+        Command::Tails(arguments) => tails_bench::run(&arguments),
     }
 }
 

@@ -2,9 +2,10 @@
 //! size**, both driven by the throughput measured from checkpoints.
 //!
 //! * **Measuring.** Every round, each granted partition is observed under its current token: when
-//!   the observation began and where its resume point was then. Its rate is the IDs its
-//!   checkpoint moved since, over the time since (known once `observe_min_ms` passed and it moved
-//!   at all). A job's rate per partition is the sum of the IDs over the sum of the times of its
+//!   the observation began and where its resume point was then (restarted until the checkpoint
+//!   first moves: a grant queued behind another on its worker has not started). Its rate is the
+//!   IDs its checkpoint moved since, over the time since (known once `observe_min_ms` passed and
+//!   it moved). A job's rate per partition is the sum of the IDs over the sum of the times of its
 //!   observed partitions (the last value is kept while none runs).
 //! * **Splitting** ([`choose_splits`], pure). When workers have free slots and no grantable
 //!   partition is waiting for them, the running partitions whose remaining IDs (above the last
@@ -301,6 +302,11 @@ impl AssignerState {
     /// Observes the granted partitions (rates per partition and per job), then splits
     /// stragglers when slots are free (see the module header).
     pub(super) fn split_stragglers(&mut self) {
+        let tails = &self.policy.tails;
+        if !tails.split && tails.target_partition_ms.is_none() {
+            // Nothing measured is used: nothing to observe.
+            return;
+        }
         let running = self.observe_running();
         if !self.policy.tails.split || self.placement_frozen() {
             return;
@@ -321,15 +327,16 @@ impl AssignerState {
         let mut observed = BTreeMap::new();
         let mut running = Vec::new();
         let mut totals: BTreeMap<JobName, (u64, u64)> = BTreeMap::new();
-        for (key, stored) in &self.partitions {
-            let record = &stored.value;
+        // Granted partitions only, through the index (not every live partition).
+        let granted = self.grants_by_worker.values().flatten();
+        for (key, record) in granted.filter_map(|key| Some((key, &self.partitions.get(key)?.value)))
+        {
             let Some(owner) = &record.owner else { continue };
-            if record.status != PartitionStatus::Granted {
-                continue;
-            }
             let resume = super::workers::resume_point(record);
             let observation = match self.tails.observed.remove(key) {
-                Some(seen) if seen.token == record.token => seen,
+                // Measured from its first move: a grant queued on its worker (the second slot of
+                // `grants_per_capacity`) has not started, and its wait is no part of its rate.
+                Some(seen) if seen.token == record.token && resume > seen.from => seen,
                 _ => Observation {
                     token: record.token,
                     since_ms: now,
@@ -376,13 +383,17 @@ impl AssignerState {
     /// (counting `capacity`, not the queue of `grants_per_capacity`), minus the grantable
     /// partitions waiting for a slot.
     fn free_slots(&self) -> u64 {
-        let mut held: BTreeMap<&elk_types::MemberId, u64> = BTreeMap::new();
-        for stored in self.partitions.values() {
-            let active = matches!(
-                stored.value.status,
-                PartitionStatus::Granted | PartitionStatus::Revoking
-            );
-            if let (true, Some(owner)) = (active, &stored.value.owner) {
+        let mut held: BTreeMap<&elk_types::MemberId, u64> = self
+            .grants_by_worker
+            .iter()
+            .map(|(worker, keys)| (worker, keys.len() as u64))
+            .collect();
+        for key in self.revoking_since.keys() {
+            if let Some(owner) = self
+                .partitions
+                .get(key)
+                .and_then(|p| p.value.owner.as_ref())
+            {
                 *held.entry(&owner.id).or_default() += 1;
             }
         }
