@@ -28,6 +28,10 @@ pub struct AssignerSettings {
     /// still waits for the old owner's release or member expiry before it is granted again.
     #[serde(with = "humantime_serde")]
     pub revoke_timeout: Duration,
+    /// A partition whose holders die while holding it (member key expired, no report) this many
+    /// times with no progress in between is quarantined: parked as `failed` until `elkctl retry`
+    /// (0: never; at most 100).
+    pub quarantine_after_deaths: u32,
     /// Resync tick of the leader loop.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
@@ -101,6 +105,7 @@ impl Default for AssignerSettings {
             grants_per_capacity: 2,
             partitions_per_round: 1_000,
             revoke_timeout: Duration::from_secs(5),
+            quarantine_after_deaths: 3,
             tick: Duration::from_millis(200),
             http_listen: None,
             http: HttpSettings::default(),
@@ -108,6 +113,9 @@ impl Default for AssignerSettings {
         }
     }
 }
+
+/// The largest `quarantine_after_deaths`: the deaths are kept in the partition record.
+const MAX_QUARANTINE_AFTER_DEATHS: u32 = 100;
 
 impl Validate for AssignerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
@@ -122,6 +130,11 @@ impl Validate for AssignerConfig {
             return Err(ConfigError::invalid(
                 "assigner.partitions_per_round must be at least 1",
             ));
+        }
+        if assigner.quarantine_after_deaths > MAX_QUARANTINE_AFTER_DEATHS {
+            return Err(ConfigError::invalid(format!(
+                "assigner.quarantine_after_deaths must be at most {MAX_QUARANTINE_AFTER_DEATHS} (0 turns quarantine off)"
+            )));
         }
         if assigner.tick.is_zero() {
             return Err(ConfigError::invalid(

@@ -101,6 +101,7 @@ async fn run_replica(
         partitions_per_round: config.assigner.partitions_per_round,
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
         tails: config.assigner.tails.policy(),
+        quarantine_after_deaths: config.assigner.quarantine_after_deaths,
     };
     let http = match &config.assigner.http_listen {
         Some(address) => {

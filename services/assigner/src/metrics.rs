@@ -73,6 +73,8 @@ pub struct AssignerMetrics {
     pub partitions_parked: Counter,
     /// Completed partitions deleted below their job's low watermark.
     pub partitions_compacted: Counter,
+    /// Of `partitions_parked`: quarantined because their holders kept dying.
+    pub partitions_quarantined: Counter,
     /// Revoke → the owner's release.
     pub handover_duration: Histogram,
     /// A worker leaving the view → its partitions pending again (the progress barrier's wait).
@@ -102,6 +104,7 @@ impl Default for AssignerMetrics {
             retries_scheduled: Counter::default(),
             partitions_parked: Counter::default(),
             partitions_compacted: Counter::default(),
+            partitions_quarantined: Counter::default(),
             handover_duration: Histogram::new(duration_buckets()),
             reclaim_latency: Histogram::new(duration_buckets()),
             round_duration: Histogram::new(latency_buckets()),
@@ -113,7 +116,7 @@ impl Default for AssignerMetrics {
 
 impl AssignerMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "elk_assigner_partitions_reclaimed",
                 "Partitions of departed workers taken back after their progress barrier",
@@ -163,6 +166,11 @@ impl AssignerMetrics {
                 "elk_assigner_partitions_compacted",
                 "Completed partitions deleted below their job's low watermark",
                 &self.partitions_compacted,
+            ),
+            (
+                "elk_assigner_partitions_quarantined",
+                "Partitions parked as failed because their holders kept dying while holding them (quarantine_after_deaths)",
+                &self.partitions_quarantined,
             ),
         ];
         for (name, help, counter) in counters {
@@ -346,6 +354,11 @@ impl AssignerMetrics {
             now.partitions_compacted,
             before.partitions_compacted,
         );
+        grow(
+            &self.partitions_quarantined,
+            now.partitions_quarantined,
+            before.partitions_quarantined,
+        );
         let stopped = |c: &Counters| c.revocations_job_stopped;
         let drained = |c: &Counters| c.revocations_drain;
         let split = |c: &Counters| c.revocations_split;
@@ -486,7 +499,7 @@ impl Collector for LeaderGauges {
             ConstCounter::new(job.ids_completed)
                 .encode(family.encode_family(&[job_label(job)])?)?;
         }
-        let per_job: [(&str, &str, JobValue); 2] = [
+        let per_job: [(&str, &str, JobValue); 3] = [
             (
                 "elk_job_ids_remaining",
                 "IDs of the job known and not processed yet (open-ended: up to the planner's max).",
@@ -496,6 +509,11 @@ impl Collector for LeaderGauges {
                 "elk_job_backlog_age_seconds",
                 "How long the job's oldest pending partition has waited to be granted (0: none waits).",
                 |job| job.backlog_age_ms as f64 / 1_000.0,
+            ),
+            (
+                "elk_job_partitions_quarantined",
+                "Partitions of the job parked by quarantine (their holders kept dying); part of elk_job_partitions{status=\"failed\"}.",
+                |job| job.quarantined as f64,
             ),
         ];
         for (name, help, value) in per_job {

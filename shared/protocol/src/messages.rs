@@ -348,8 +348,27 @@ pub struct PartitionRecord {
     /// which the next grant links to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_traceparent: Option<String>,
+    /// Holders that died holding this partition (their member key expired with no report from
+    /// them), oldest first, since the partition last made progress: a death after which the
+    /// checkpoint moved on starts the list anew. Cleared by `retry`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holder_deaths: Vec<HolderDeath>,
+    /// Parked (`failed`) because `holder_deaths` reached the assigner's
+    /// `quarantine_after_deaths`: processing it seems to kill its worker. Cleared by `retry`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
 }
 message!(PartitionRecord, "partition");
+
+/// A holder of a partition that died holding it (protocol §6.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderDeath {
+    pub member: MemberRef,
+    /// When the assigner took the partition back from it (Unix ms).
+    pub at_unix_ms: u64,
+    /// The partition's checkpoint then (the last ID reported done before the death).
+    pub checkpoint: Option<u64>,
+}
 
 impl PartitionRecord {
     /// A newly created partition, waiting for its first grant.
@@ -369,6 +388,8 @@ impl PartitionRecord {
             epoch,
             traceparent: None,
             grant_traceparent: None,
+            holder_deaths: Vec::new(),
+            quarantined: false,
         }
     }
 }

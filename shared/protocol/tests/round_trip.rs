@@ -48,6 +48,15 @@ fn sample_partition() -> PartitionRecord {
         epoch: Epoch(4),
         traceparent: Some(ROOT.to_owned()),
         grant_traceparent: Some(GRANT.to_owned()),
+        holder_deaths: vec![HolderDeath {
+            member: MemberRef {
+                id: member("w-0"),
+                incarnation: Incarnation(2),
+            },
+            at_unix_ms: 1_700_000_000_000,
+            checkpoint: Some(64_000),
+        }],
+        quarantined: false,
     }
 }
 

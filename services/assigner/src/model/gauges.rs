@@ -25,6 +25,8 @@ pub(crate) struct JobGauges {
     pub ids_remaining: u64,
     /// How long the oldest pending partition of the job has waited (0 when none waits).
     pub backlog_age_ms: u64,
+    /// Of the `failed` partitions: those parked by quarantine (`quarantine.rs`).
+    pub quarantined: u64,
 }
 
 /// Everything the model exports as gauges.
@@ -53,9 +55,13 @@ impl AssignerState {
     /// The gauges at the model's current time.
     pub(crate) fn gauges(&self) -> ModelGauges {
         let mut by_job: BTreeMap<&JobName, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        let mut quarantined: BTreeMap<&JobName, u64> = BTreeMap::new();
         for stored in self.partitions.values() {
             let counts = by_job.entry(&stored.value.job).or_default();
             *counts.entry(status_name(stored.value.status)).or_default() += 1;
+            if stored.value.quarantined {
+                *quarantined.entry(&stored.value.job).or_default() += 1;
+            }
         }
         let mut oldest_pending: BTreeMap<&JobName, u64> = BTreeMap::new();
         for (key, since) in &self.pending_since {
@@ -88,6 +94,7 @@ impl AssignerState {
                     backlog_age_ms: oldest_pending
                         .get(&job.name)
                         .map_or(0, |since| self.now_ms.saturating_sub(*since)),
+                    quarantined: quarantined.get(&job.name).copied().unwrap_or(0),
                 }
             })
             .collect();

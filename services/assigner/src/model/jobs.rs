@@ -181,6 +181,8 @@ impl AssignerState {
             self.transition(key, PartitionStatus::Pending, |record| {
                 record.attempts = 0;
                 record.not_before_unix_ms = None;
+                record.holder_deaths.clear();
+                record.quarantined = false;
             });
             if let Some(stored) = self.jobs.get_mut(&key.job) {
                 stored.value.partitions_failed = stored.value.partitions_failed.saturating_sub(1);

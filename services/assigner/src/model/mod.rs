@@ -16,9 +16,11 @@
 //!               │  └─────────────────────────────┘  │   now + backoff); else, or permanent ─▶ Failed
 //!               │                                   │ over quota / job paused ─▶ Revoking
 //!               │   Released(token), or the owner's │ owner gone (key expired or deleted,
-//!               └── member gone ◀── Revoking ◀──────┘ after the progress barrier) ─▶ Pending
+//!               └── member gone ◀── Revoking ◀──────┘ after the progress barrier) ─▶ Pending,
+//!                                                          or Failed (quarantined) when holders
+//!                                                          keep dying (`quarantine.rs`)
 //!   Revoking ──Completed / Failed (reported before the release)──▶ like Granted
-//!   Failed ──retry command──▶ Pending (attempts reset)
+//!   Failed ──retry command──▶ Pending (attempts, holder deaths and quarantine reset)
 //!   Pending, Failed of a cancelled job ─▶ deleted
 //! ```
 //!
@@ -39,6 +41,7 @@ mod jobs;
 mod levers;
 mod partitions;
 mod plan;
+mod quarantine;
 mod refusal;
 mod spans;
 mod split;
@@ -167,6 +170,9 @@ pub(crate) struct Policy {
     pub revoke_timeout_ms: u64,
     /// Straggler splitting and adaptive partition size (`split.rs`).
     pub tails: TailPolicy,
+    /// Holder deaths (with no progress in between) that quarantine a partition; 0: never
+    /// (`quarantine.rs`).
+    pub quarantine_after_deaths: u32,
 }
 
 /// What the model counts in one leader term; published to `crate::metrics` once per round.
@@ -202,6 +208,8 @@ pub(crate) struct Counters {
     pub partitions_parked: u64,
     /// Completed partitions deleted below their job's low watermark.
     pub partitions_compacted: u64,
+    /// Of `partitions_parked`: those quarantined because their holders kept dying.
+    pub partitions_quarantined: u64,
 }
 
 /// What the leader read from KV when its term began (decodable records only).

@@ -202,15 +202,8 @@ impl AssignerState {
             .map(|(key, _)| key.clone())
             .collect();
         for key in &keys {
-            self.transition(key, PartitionStatus::Pending, |record| {
-                // The next grant links to this reclaim (sampled traces only).
-                if let Some(reclaim) =
-                    super::spans::grant_event("elk.partition.reclaim", record, "owner_departed")
-                {
-                    record.grant_traceparent = Some(reclaim);
-                }
-                record.owner = None;
-            });
+            // Pending again, or quarantined when its holders keep dying (`quarantine.rs`).
+            self.holder_died(key, member);
         }
         if let Some(stored) = self.assignments.get(&member.id)
             && stored.value.incarnation == member.incarnation

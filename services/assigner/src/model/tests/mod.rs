@@ -9,6 +9,7 @@ mod decisions;
 mod gauges;
 mod levers;
 mod split;
+mod quarantine;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
@@ -37,6 +38,7 @@ fn policy() -> Policy {
         partitions_per_round: 10_000,
         revoke_timeout_ms: 5_000,
         tails: super::TailPolicy::default(),
+        quarantine_after_deaths: 3,
     }
 }
 
