@@ -235,6 +235,11 @@ pub fn partitions_table(partitions: &[PartitionRecord]) -> String {
             (None, Some(error)) => error.clone(),
             (None, None) => String::new(),
         };
+        let note = match holder_deaths(partition) {
+            Some(deaths) if note.is_empty() => deaths,
+            Some(deaths) => format!("{note}; {deaths}"),
+            None => note,
+        };
         table.row(vec![
             partition.job.to_string(),
             partition.id.to_string(),
@@ -248,10 +253,23 @@ pub fn partitions_table(partitions: &[PartitionRecord]) -> String {
                 .checkpoint
                 .map_or_else(|| "-".to_owned(), |c| c.to_string()),
             partition.attempts.to_string(),
-            one_line(&note, 60),
+            one_line(&note, 100),
         ]);
     }
     table.render()
+}
+
+/// The holders that died holding `partition` and when (`died: w-1 3m ago, w-2 1m ago`), if any.
+fn holder_deaths(partition: &PartitionRecord) -> Option<String> {
+    if partition.holder_deaths.is_empty() {
+        return None;
+    }
+    let deaths: Vec<String> = partition
+        .holder_deaths
+        .iter()
+        .map(|death| format!("{} {}", death.member.id, age(death.at_unix_ms)))
+        .collect();
+    Some(format!("died: {}", deaths.join(", ")))
 }
 
 /// The first line of `text`, at most `max` characters.
@@ -286,6 +304,9 @@ pub fn id_status(job: &str, id: u64, state: &IdState) -> String {
             }
             if let Some(error) = &partition.error {
                 let _ = write!(out, ", last error: {}", one_line(error, 80));
+            }
+            if let Some(deaths) = holder_deaths(partition) {
+                let _ = write!(out, ", holders {deaths}");
             }
             out.push_str(")\n");
             out
@@ -363,6 +384,44 @@ mod tests {
         assert_eq!(job_range(&open), "5.. (max 104)");
         assert_eq!(open.ids_total(), 100);
         assert!(job_details(&open).contains("lookahead"));
+    }
+
+    #[test]
+    fn quarantined_partitions_name_the_holders_that_died() {
+        use elk_protocol::messages::{HolderDeath, MemberRef};
+        use elk_types::{Incarnation, MemberId, PartitionId};
+        let mut partition = PartitionRecord::pending(
+            JobName::new("backfill").unwrap(),
+            PartitionId(3),
+            IdRange::new(1, 100).unwrap(),
+            Epoch(1),
+        );
+        partition.status = PartitionStatus::Failed;
+        partition.quarantined = true;
+        partition.error = Some("quarantined: 2 holders died".to_owned());
+        partition.holder_deaths = ["w-1", "w-2"]
+            .map(|id| HolderDeath {
+                member: MemberRef {
+                    id: MemberId::new(id).unwrap(),
+                    incarnation: Incarnation(1),
+                },
+                at_unix_ms: 0,
+                checkpoint: None,
+            })
+            .to_vec();
+        let table = partitions_table(std::slice::from_ref(&partition));
+        assert!(
+            table.contains("quarantined: 2 holders died; died: w-1 ") && table.contains("w-2 "),
+            "{table}"
+        );
+        let line = id_status(
+            "backfill",
+            5,
+            &IdState::InPartition {
+                partition: Box::new(partition),
+            },
+        );
+        assert!(line.contains("holders died: w-1"), "{line}");
     }
 
     #[test]
