@@ -44,6 +44,11 @@ impl Node {
         Self { child }
     }
 
+    /// How the process ended, if it has (a crashed worker's test restarts it).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for the node")
+    }
+
     /// SIGTERM, then waits for a clean exit (graceful stop, queued spans exported).
     pub async fn stop(mut self) {
         let pid = self.child.id().expect("running");

@@ -10,13 +10,20 @@
 //!   per ID inside a span of its own (`user.process`); with `ELK_NODE_PLAN_JOB` and
 //!   `ELK_NODE_PLAN_MAX` it also serves that open-ended job's planner (answering the max ID inside
 //!   a span `user.plan`); telemetry as `elk-worker` (or `OTEL_SERVICE_NAME`); SIGTERM = graceful
-//!   shutdown (releases), then the spans are flushed.
+//!   shutdown (releases), then the spans are flushed. With `ELK_NODE_RECORD_FILE` it appends
+//!   `<job> <id> <id>` for every ID it processed to that file (one `write(2)` on an `O_APPEND`
+//!   file, before the ID is checkpointed: what a killed process processed is on record); with
+//!   `ELK_NODE_ABORT_ON_ID` it aborts the whole process (`std::process::abort`, no report, no
+//!   release) when it reaches that ID — a "key of death".
 
 use elk_worker::{
     JobName, MemberId, Namespace, NatsConfig, PartitionWork, PlanError, Planner, ProcessError,
     ProcessOutcome, Processor, Worker, serve_planner,
 };
+use std::fs::File;
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -47,9 +54,12 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Checkpoints every ID after a delay, inside the user's own span.
+/// Checkpoints every ID after a delay, inside the user's own span; records what it processed and
+/// aborts on the poison ID when told to.
 struct SlowProcessor {
     id_delay: Duration,
+    record: Option<Mutex<File>>,
+    abort_on: Option<u64>,
 }
 
 impl Processor for SlowProcessor {
@@ -57,9 +67,19 @@ impl Processor for SlowProcessor {
         let span = tracing::info_span!("user.process", first = work.resume_from());
         async {
             for id in work.resume_from()..=work.range().last() {
+                if self.abort_on == Some(id) {
+                    eprintln!("elk-node: id {id} of {} kills this process", work.job());
+                    std::process::abort();
+                }
                 tokio::select! {
                     () = work.cancelled() => return Ok(ProcessOutcome::Interrupted),
                     () = tokio::time::sleep(self.id_delay) => {}
+                }
+                if let Some(record) = &self.record {
+                    let line = format!("{} {id} {id}\n", work.job());
+                    let mut file = record.lock().unwrap_or_else(|p| p.into_inner());
+                    file.write_all(line.as_bytes())
+                        .map_err(|error| ProcessError::new(format!("record file: {error}")))?;
                 }
                 work.checkpoint(id);
             }
@@ -120,6 +140,20 @@ async fn run_worker() -> Result<(), Box<dyn std::error::Error>> {
     let capacity: u32 = env("ELK_NODE_CAPACITY")?.parse()?;
     let id_delay = Duration::from_millis(env("ELK_NODE_ID_DELAY_MS")?.parse()?);
     let ttl_secs: u64 = env("ELK_MEMBER_TTL")?.trim_end_matches('s').parse()?;
+    let record = match std::env::var("ELK_NODE_RECORD_FILE") {
+        Ok(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|error| format!("record file {path}: {error}"))?,
+        )),
+        Err(_) => None,
+    };
+    let abort_on = match std::env::var("ELK_NODE_ABORT_ON_ID") {
+        Ok(id) => Some(id.parse::<u64>()?),
+        Err(_) => None,
+    };
     let planner = match std::env::var("ELK_NODE_PLAN_JOB") {
         Ok(job) => {
             let max_id: u64 = env("ELK_NODE_PLAN_MAX")?.parse()?;
@@ -133,7 +167,11 @@ async fn run_worker() -> Result<(), Box<dyn std::error::Error>> {
         .nats_url(env("ELK_NATS_URL")?)
         .capacity(capacity)
         .member_ttl(Duration::from_secs(ttl_secs))
-        .start(SlowProcessor { id_delay })
+        .start(SlowProcessor {
+            id_delay,
+            record,
+            abort_on,
+        })
         .await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     terminate.recv().await;
