@@ -179,7 +179,10 @@ mod tests {
         config.assigner.partitions_per_round = 1;
         config.assigner.quarantine_after_deaths = 101;
         let error = config.validate().unwrap_err().to_string();
-        assert!(error.contains("assigner.quarantine_after_deaths"), "{error}");
+        assert!(
+            error.contains("assigner.quarantine_after_deaths"),
+            "{error}"
+        );
         config.assigner.quarantine_after_deaths = 0;
         assert!(config.validate().is_ok(), "0 turns quarantine off");
         config.assigner.http_listen = Some("localhost".to_owned());
