@@ -1,11 +1,15 @@
 //! Crash-loop containment end to end (issue 14 item 3), on a real nats-server: worker
 //! *processes* (`elk-node`) whose processor aborts the process (`std::process::abort`: no report,
 //! no release) when it reaches one "key of death" ID, restarted as they die under new member ids.
-//! The assigner (in this process, `quarantine_after_deaths = 3`, one grant per capacity so a dead
-//! worker held nothing but the poisoned partition) must park that partition after 3 deaths, with
-//! the holders that died on record, while the rest of the job completes; every other ID is
-//! processed exactly once, by the workers' own record files; `retry` releases the partition
+//! The assigner (in this process, `quarantine_after_deaths = 3`) must park that partition after 3
+//! deaths, with the holders that died on record, while the rest of the job completes; every other
+//! ID is processed exactly once, by the workers' own record files; `retry` releases the partition
 //! (and the next holder dies on it again).
+//!
+//! One grant per capacity: a worker with a queue starts its next grant as soon as the previous one
+//! returns, before that one's `completed` report is out, and dying right then repeats the
+//! completed partition (the at-least-once window of a crash); with no queue, a worker is granted
+//! the poison only after its previous completion was applied, so "exactly once" is exact.
 
 use elk_integration_tests::Stack;
 use elk_integration_tests::nodes::{Node, NodeTarget};
@@ -201,6 +205,23 @@ async fn a_partition_that_kills_its_holders_is_quarantined_and_the_rest_processe
             .all(|w| w[0].at_unix_ms <= w[1].at_unix_ms)
     );
     assert_eq!(metrics.partitions_quarantined.get(), 1);
+    // No other partition carries a death.
+    let page = stack
+        .admin_client()
+        .list_partitions(PartitionQuery {
+            job: Some(JobName::new(JOB)?),
+            statuses: vec![],
+            after: None,
+            limit: None,
+        })
+        .await?;
+    assert!(
+        page.partitions
+            .iter()
+            .all(|p| p.id == parked.id || p.holder_deaths.is_empty()),
+        "{:?}",
+        page.partitions
+    );
     match stack
         .admin_client()
         .id_status(JobName::new(JOB)?, POISON)

@@ -280,6 +280,9 @@ pub(crate) struct AssignerState {
     levers: levers::Levers,
     /// Observations, rates and splits in progress (`split.rs`).
     tails: split::Tails,
+    /// Capacities of worker incarnations that left the view, until their reclaim: how many of
+    /// their partitions they were running (`quarantine.rs`).
+    departed_capacity: BTreeMap<(MemberId, Incarnation), Capacity>,
 }
 
 impl AssignerState {
@@ -310,6 +313,7 @@ impl AssignerState {
             handovers_ms: Vec::new(),
             levers: levers::Levers::new(),
             tails: split::Tails::default(),
+            departed_capacity: BTreeMap::new(),
         }
     }
 

@@ -201,9 +201,12 @@ impl AssignerState {
             })
             .map(|(key, _)| key.clone())
             .collect();
+        // Pending again; those it was running carry its death, and are quarantined when their
+        // holders keep dying (`quarantine.rs`).
+        let running = self.running_when_departed(member, &keys);
         for key in &keys {
-            // Pending again, or quarantined when its holders keep dying (`quarantine.rs`).
-            self.holder_died(key, member);
+            let death = running.contains(key);
+            self.holder_died(key, member, death);
         }
         if let Some(stored) = self.assignments.get(&member.id)
             && stored.value.incarnation == member.incarnation

@@ -15,14 +15,19 @@
 //! holder at the same ID, so the checkpoint stops moving (within one checkpoint interval of the
 //! poison) and the deaths add up.
 //!
-//! **Every partition of the dead holder is charged.** The assigner does not know which of a
-//! worker's partitions was running when it died; each one it held gets the death. A partition
-//! that only sat in the same worker's queue makes progress on its next holder, which starts its
-//! list anew, so only one that is granted again and again beside the poison without ever running
-//! could be quarantined with it (`grants_per_capacity = 1` rules that out: every grant runs).
+//! **Only what it was running is charged.** A worker holds up to `capacity ×
+//! grants_per_capacity` grants but runs `capacity` of them; the rest wait in its queue, and the
+//! SDK starts queued grants oldest first (protocol §5.5). Grant tokens grow with every grant, so
+//! the partitions a dead worker was running are the `capacity` it held with the smallest tokens:
+//! those carry its death; the queued ones go back to pending with their record unchanged (they
+//! did nothing that could have killed it). The capacity is the one the departed incarnation had
+//! in its last view; a leader that never saw it (it took over after the worker left) charges
+//! every partition the worker held, which errs on the side of containment.
 
-use super::{AssignerState, PartitionKey};
+use super::{AssignerState, PartitionKey, WorkerInfo};
 use elk_protocol::messages::{HolderDeath, MemberRef, PartitionRecord, PartitionStatus};
+use elk_types::{Incarnation, MemberId};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What becomes of a partition whose holder died holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,18 +75,64 @@ pub(super) fn after_death(
 const MAX_DEATHS_KEPT: usize = 16;
 
 impl AssignerState {
-    /// Takes `key` back from `holder`, which died holding it: pending again with the death on
-    /// record, or quarantined (module header).
-    pub(super) fn holder_died(&mut self, key: &PartitionKey, holder: &MemberRef) {
+    /// Remembers the capacity of every worker incarnation that is not in the view `next` any
+    /// more, until its reclaim; forgets those that are live again.
+    pub(super) fn note_departed_capacities(&mut self, next: &BTreeMap<MemberId, WorkerInfo>) {
+        let is_in = |id: &MemberId, incarnation: Incarnation| {
+            next.get(id)
+                .is_some_and(|info| info.incarnation == incarnation)
+        };
+        self.departed_capacity
+            .retain(|(id, incarnation), _| !is_in(id, *incarnation));
+        for (id, info) in &self.workers {
+            if !is_in(id, info.incarnation) {
+                self.departed_capacity
+                    .insert((id.clone(), info.incarnation), info.capacity);
+            }
+        }
+    }
+
+    /// Of `held` (the partitions `member` held when it departed), those it was running: the
+    /// `capacity` with the oldest grants (smallest tokens), or all when its capacity is unknown.
+    pub(super) fn running_when_departed(
+        &mut self,
+        member: &MemberRef,
+        held: &[PartitionKey],
+    ) -> BTreeSet<PartitionKey> {
+        let Some(capacity) = self
+            .departed_capacity
+            .remove(&(member.id.clone(), member.incarnation))
+        else {
+            return held.iter().cloned().collect();
+        };
+        let mut by_age: Vec<(u64, &PartitionKey)> = held
+            .iter()
+            .filter_map(|key| Some((self.partitions.get(key)?.value.token.get(), key)))
+            .collect();
+        by_age.sort();
+        by_age
+            .into_iter()
+            .take(capacity.get() as usize)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    /// Takes `key` back from `holder`, which departed holding it: pending again, with the
+    /// holder's death on record when it was running it (`death`), or quarantined (module header).
+    pub(super) fn holder_died(&mut self, key: &PartitionKey, holder: &MemberRef, death: bool) {
         let Some(stored) = self.partitions.get(key) else {
             return;
         };
-        let decision = after_death(
-            &stored.value,
-            holder,
-            self.now_ms,
-            self.policy.quarantine_after_deaths,
-        );
+        let decision = if death {
+            after_death(
+                &stored.value,
+                holder,
+                self.now_ms,
+                self.policy.quarantine_after_deaths,
+            )
+        } else {
+            AfterDeath::Retry(stored.value.holder_deaths.clone())
+        };
         let reclaim_span = |record: &mut PartitionRecord| {
             // The next grant links to this reclaim (sampled traces only).
             if let Some(reclaim) =

@@ -42,6 +42,7 @@ impl AssignerState {
                 },
             );
         }
+        self.note_departed_capacities(&next);
         self.workers = next;
         self.levers_follow_view(view);
         let mut gone = BTreeSet::new();

@@ -243,6 +243,37 @@ fn a_worker_leaving_after_its_release_is_no_death() {
 }
 
 #[test]
+fn only_the_partitions_the_dead_worker_was_running_carry_its_death() {
+    // Capacity 1, two grants per capacity: it runs the older grant and queues the other.
+    let mut state = state_with_job(IdRange::new(1, 2_000).unwrap(), 1_000);
+    state.apply_view(&view(&[("w", 1, 1)]));
+    state.reconcile(1);
+    let (running, queued) = if record(&state, 1).token < record(&state, 2).token {
+        (1, 2)
+    } else {
+        (2, 1)
+    };
+    let dead = holder(&state, 1);
+    die_and_restart(&mut state, &dead, &[], 1_000);
+    assert_eq!(record(&state, running).holder_deaths.len(), 1);
+    assert!(
+        record(&state, queued).holder_deaths.is_empty(),
+        "it never ran there"
+    );
+
+    // A leader that never saw the worker's capacity charges everything it held.
+    let mut state = state_with_job(IdRange::new(1, 2_000).unwrap(), 1_000);
+    state.apply_view(&view(&[("w", 1, 1)]));
+    state.reconcile(1);
+    state.departed_capacity.clear();
+    state.workers.clear();
+    let dead = holder(&state, 1);
+    assert_eq!(state.reclaim(&dead), 2);
+    assert_eq!(record(&state, 1).holder_deaths.len(), 1);
+    assert_eq!(record(&state, 2).holder_deaths.len(), 1);
+}
+
+#[test]
 fn the_decision_counts_deaths_since_the_last_progress() {
     let holder = |n: u64| MemberRef {
         id: MemberId::new("w").unwrap(),
