@@ -28,9 +28,9 @@ pub struct AssignerSettings {
     /// still waits for the old owner's release or member expiry before it is granted again.
     #[serde(with = "humantime_serde")]
     pub revoke_timeout: Duration,
-    /// A partition whose holders die while holding it (member key expired, no report) this many
+    /// A partition whose holders die while running it (member key expired, no report) this many
     /// times with no progress in between is quarantined: parked as `failed` until `elkctl retry`
-    /// (0: never; at most 100).
+    /// (0, the default: never; at most 100; docs/decisions/quarantine.md).
     pub quarantine_after_deaths: u32,
     /// Resync tick of the leader loop.
     #[serde(with = "humantime_serde")]
@@ -105,7 +105,7 @@ impl Default for AssignerSettings {
             grants_per_capacity: 2,
             partitions_per_round: 1_000,
             revoke_timeout: Duration::from_secs(5),
-            quarantine_after_deaths: 3,
+            quarantine_after_deaths: 0,
             tick: Duration::from_millis(200),
             http_listen: None,
             http: HttpSettings::default(),

@@ -21,8 +21,12 @@
 //! the partitions a dead worker was running are the `capacity` it held with the smallest tokens:
 //! those carry its death; the queued ones go back to pending with their record unchanged (they
 //! did nothing that could have killed it). The capacity is the one the departed incarnation had
-//! in its last view; a leader that never saw it (it took over after the worker left) charges
-//! every partition the worker held, which errs on the side of containment.
+//! in its last view; a leader that never saw it (it took over after the worker left) takes
+//! `held / grants_per_capacity` rounded up, which is the capacity of a worker whose slots were all
+//! full and never more than it.
+//!
+//! Off by default (`quarantine_after_deaths = 0`): under frequent infrastructure faults innocent
+//! partitions die with their workers too (docs/decisions/quarantine.md).
 
 use super::{AssignerState, PartitionKey, WorkerInfo};
 use elk_protocol::messages::{HolderDeath, MemberRef, PartitionRecord, PartitionStatus};
@@ -93,18 +97,20 @@ impl AssignerState {
     }
 
     /// Of `held` (the partitions `member` held when it departed), those it was running: the
-    /// `capacity` with the oldest grants (smallest tokens), or all when its capacity is unknown.
+    /// `capacity` with the oldest grants (smallest tokens); when its capacity is unknown,
+    /// `held / grants_per_capacity` rounded up (its capacity if its slots were full).
     pub(super) fn running_when_departed(
         &mut self,
         member: &MemberRef,
         held: &[PartitionKey],
     ) -> BTreeSet<PartitionKey> {
-        let Some(capacity) = self
+        let per_capacity = self.policy.grants_per_capacity.max(1) as usize;
+        let capacity = self
             .departed_capacity
             .remove(&(member.id.clone(), member.incarnation))
-        else {
-            return held.iter().cloned().collect();
-        };
+            .map_or(held.len().div_ceil(per_capacity), |capacity| {
+                capacity.get() as usize
+            });
         let mut by_age: Vec<(u64, &PartitionKey)> = held
             .iter()
             .filter_map(|key| Some((self.partitions.get(key)?.value.token.get(), key)))
@@ -112,7 +118,7 @@ impl AssignerState {
         by_age.sort();
         by_age
             .into_iter()
-            .take(capacity.get() as usize)
+            .take(capacity)
             .map(|(_, key)| key.clone())
             .collect()
     }
