@@ -8,8 +8,8 @@ mod changes;
 mod decisions;
 mod gauges;
 mod levers;
-mod split;
 mod quarantine;
+mod split;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
