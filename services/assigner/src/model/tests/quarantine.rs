@@ -268,6 +268,11 @@ fn only_the_partitions_the_dead_worker_was_running_carry_its_death() {
     state.reconcile(1);
     state.departed_capacity.clear();
     state.workers.clear();
+    let (running, queued) = if record(&state, 1).token < record(&state, 2).token {
+        (1, 2)
+    } else {
+        (2, 1)
+    };
     let dead = holder(&state, 1);
     assert_eq!(state.reclaim(&dead), 2);
     assert_eq!(record(&state, running).holder_deaths.len(), 1);
