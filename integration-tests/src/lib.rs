@@ -321,7 +321,8 @@ impl Stack {
         self.assigner_configured(url, id, metrics, |_| {})
     }
 
-    /// An assigner replica whose `[assigner]` settings `configure` changes (e.g. `tails`).
+    /// An assigner replica whose `[assigner]` settings `configure` changes (e.g. `tails`, bounds,
+    /// retention).
     pub fn assigner_configured(
         &self,
         url: &str,

@@ -24,6 +24,10 @@ pub struct AssignerSettings {
     pub grants_per_capacity: u32,
     /// Partitions created per reconcile round at most.
     pub partitions_per_round: usize,
+    /// Partition keys a fixed job may have at once (live, parked `failed`, and completed ones not
+    /// yet compacted); the rest of its range is cut as these are compacted. Bounds the keys and
+    /// memory one `create_job` can cause, whatever its range and partition size.
+    pub max_job_backlog: u64,
     /// A revoke not answered within this time is reported (`revokes_overdue`); the partition
     /// still waits for the old owner's release or member expiry before it is granted again.
     #[serde(with = "humantime_serde")]
@@ -104,6 +108,7 @@ impl Default for AssignerSettings {
         Self {
             grants_per_capacity: 2,
             partitions_per_round: 1_000,
+            max_job_backlog: 10_000,
             revoke_timeout: Duration::from_secs(5),
             quarantine_after_deaths: 0,
             tick: Duration::from_millis(200),
@@ -135,6 +140,11 @@ impl Validate for AssignerConfig {
             return Err(ConfigError::invalid(format!(
                 "assigner.quarantine_after_deaths must be at most {MAX_QUARANTINE_AFTER_DEATHS} (0 turns quarantine off)"
             )));
+        }
+        if assigner.max_job_backlog == 0 {
+            return Err(ConfigError::invalid(
+                "assigner.max_job_backlog must be at least 1",
+            ));
         }
         if assigner.tick.is_zero() {
             return Err(ConfigError::invalid(

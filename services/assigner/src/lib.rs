@@ -99,6 +99,7 @@ async fn run_replica(
     let policy = model::Policy {
         grants_per_capacity: config.assigner.grants_per_capacity,
         partitions_per_round: config.assigner.partitions_per_round,
+        max_job_backlog: config.assigner.max_job_backlog,
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
         tails: config.assigner.tails.policy(),
         quarantine_after_deaths: config.assigner.quarantine_after_deaths,

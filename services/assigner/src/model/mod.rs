@@ -165,6 +165,9 @@ pub(crate) struct Policy {
     pub grants_per_capacity: u32,
     /// Partitions created per reconcile round (bounds the size of one flush).
     pub partitions_per_round: usize,
+    /// Partition keys a fixed job may have at once (live, parked and completed ones awaiting
+    /// compaction): more are cut as these are compacted, so no job's size creates unbounded keys.
+    pub max_job_backlog: u64,
     /// A revoke not answered by then is reported; the partition keeps waiting for the owner's
     /// release or member expiry (it is never granted while the old owner may still run it).
     pub revoke_timeout_ms: u64,

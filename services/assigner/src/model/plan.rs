@@ -1,6 +1,7 @@
-//! Planning: cutting jobs into partitions (gap repairs first), asking planners how far
-//! open-ended jobs go, keeping an open-ended job's backlog near `live capacity × lookahead`,
-//! retry backoff (a permanent failure skips the remaining attempts), and completing jobs.
+//! Planning: cutting jobs into partitions (gap repairs first; a fixed job's keys bounded by
+//! `max_job_backlog`), asking planners how far open-ended jobs go, keeping an open-ended job's
+//! backlog near `live capacity × lookahead`, retry backoff (a permanent failure skips the
+//! remaining attempts), and completing jobs.
 
 use super::{AssignerState, PartitionKey};
 use elk_protocol::messages::{JobState, PartitionRecord, PartitionStatus};
@@ -79,12 +80,17 @@ impl AssignerState {
         }
     }
 
-    /// How many more partitions a job may create now: unbounded for fixed jobs (the per-round
-    /// budget paces them), `live capacity × lookahead` minus its live partitions for open-ended.
+    /// How many more partitions a job may create now: for a fixed job, `max_job_backlog` minus
+    /// the partition keys it has (so a job of 10^12 IDs holds at most that many keys, and more
+    /// are cut as its completed ones are compacted); for an open-ended one, `live capacity ×
+    /// lookahead` minus its live partitions.
     fn backlog_room(&self, name: &JobName) -> u64 {
         let job = &self.jobs[name].value;
         if !job.spec.open_ended {
-            return u64::MAX;
+            return self
+                .policy
+                .max_job_backlog
+                .saturating_sub(self.partition_keys_of(name));
         }
         let target = self
             .live_capacity()
@@ -107,6 +113,13 @@ impl AssignerState {
         self.partitions_of(name)
             .filter(|stored| stored.value.status != PartitionStatus::Failed)
             .count() as u64
+    }
+
+    /// Partition keys the job has in KV or about to: live partitions (parked failures
+    /// included) and completed ones not yet compacted.
+    fn partition_keys_of(&self, name: &JobName) -> u64 {
+        let awaiting = self.awaiting_compaction.get(name).map_or(0, |waiting| waiting.len());
+        self.partitions_of(name).count() as u64 + awaiting as u64
     }
 
     fn complete_job_if_done(&mut self, name: &JobName) {

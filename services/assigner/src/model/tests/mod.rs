@@ -4,6 +4,7 @@
 //! `levers.rs`: drain, undrain, freeze and the progress counters.
 
 mod admin;
+mod bounded;
 mod changes;
 mod decisions;
 mod gauges;
@@ -36,6 +37,7 @@ fn policy() -> Policy {
     Policy {
         grants_per_capacity: 2,
         partitions_per_round: 10_000,
+        max_job_backlog: 100_000,
         revoke_timeout_ms: 5_000,
         tails: super::TailPolicy::default(),
         quarantine_after_deaths: 3,
