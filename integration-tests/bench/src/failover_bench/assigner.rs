@@ -52,7 +52,7 @@ pub(crate) async fn run(
     let election = stack.election("election-1");
     let mut replicas: HashMap<&str, ServiceHandle> = REPLICAS
         .iter()
-        .map(|&id| (id, stack.assigner(id)))
+        .map(|&id| (id, assigner(stack, id, partitions)))
         .collect();
     let mut workers: Vec<WorkerHandle> = Vec::new();
     for index in 1..=WORKERS {
@@ -187,7 +187,7 @@ pub(crate) async fn run(
                 .iter()
                 .find(|&&id| id == leader)
                 .expect("a replica id");
-            replicas.insert(id, stack.assigner(id));
+            replicas.insert(id, assigner(stack, id, partitions));
         }
     }
 
@@ -200,6 +200,14 @@ pub(crate) async fn run(
         durations,
         workers: WORKERS,
         partitions,
+    })
+}
+
+/// An assigner replica that cuts the whole job at once: the scenario measures a takeover with
+/// `partitions` keys in KV, more than the default `max_job_backlog` in the full run.
+fn assigner(stack: &Stack, id: &str, partitions: u64) -> ServiceHandle {
+    stack.assigner_configured(&stack.url(), id, Default::default(), |settings| {
+        settings.max_job_backlog = settings.max_job_backlog.max(partitions);
     })
 }
 
