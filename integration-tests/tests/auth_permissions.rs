@@ -253,7 +253,10 @@ async fn every_forbidden_action_of_a_worker_is_refused_and_changes_nothing() {
         attacker.request_refused(what, &subject, "{}").await;
     }
     // Admin commands and planner answers are not a worker's.
-    let create = encode(&AdminRequest::new(AdminCommand::ListJobs));
+    let create = encode(&AdminRequest::new(AdminCommand::ListJobs {
+        after: None,
+        limit: None,
+    }));
     attacker
         .request_refused(
             "send an admin command",

@@ -675,10 +675,20 @@ async fn hostile_input_on_every_subject_and_bucket_changes_nothing_and_jobs_comp
     );
     assert_eq!(standby_metrics.leader_terms.get(), 0);
     let job_names = |result: AdminResult| match result {
-        AdminResult::Jobs { jobs } => jobs.into_iter().map(|job| job.name.to_string()).collect(),
+        AdminResult::Jobs { jobs, .. } => {
+            jobs.into_iter().map(|job| job.name.to_string()).collect()
+        }
         other => panic!("unexpected {other:?}"),
     };
-    let jobs: Vec<String> = job_names(stack.admin(AdminCommand::ListJobs).await.unwrap());
+    let jobs: Vec<String> = job_names(
+        stack
+            .admin(AdminCommand::ListJobs {
+                after: None,
+                limit: None,
+            })
+            .await
+            .unwrap(),
+    );
     assert_eq!(jobs, [STEADY, STREAM], "no job created or lost");
     for handle in [&election, &leader, &standby, &scaler] {
         assert!(handle.is_running(), "{} stopped", handle.name);
@@ -747,7 +757,15 @@ async fn hostile_input_on_every_subject_and_bucket_changes_nothing_and_jobs_comp
     )
     .await
     .unwrap();
-    let jobs: Vec<String> = job_names(stack.admin(AdminCommand::ListJobs).await.unwrap());
+    let jobs: Vec<String> = job_names(
+        stack
+            .admin(AdminCommand::ListJobs {
+                after: None,
+                limit: None,
+            })
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         jobs,
         [STEADY, STREAM],

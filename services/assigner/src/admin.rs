@@ -11,13 +11,19 @@ use elk_protocol::admin::{
 use elk_protocol::decode;
 use elk_protocol::messages::unix_ms_now;
 
+/// Room left in a reply for the envelope around a listing's records (reply, result and page
+/// fields; a few dozen bytes in practice).
+const REPLY_ENVELOPE_BYTES: usize = 4 * 1024;
+
 /// Handles one encoded request; `traceparent` is the (sampled) span handling it, which a created
-/// job records so that its partitions' traces link to it.
+/// job records so that its partitions' traces link to it. Listings are cut so that the encoded
+/// reply stays within `max_reply_bytes` (the server's maximum payload).
 pub(crate) fn handle(
     state: &mut AssignerState,
     metrics: &AssignerMetrics,
     payload: &[u8],
     traceparent: Option<String>,
+    max_reply_bytes: usize,
 ) -> AdminReply {
     let request: AdminRequest = match decode(payload) {
         Ok(request) => request,
@@ -25,7 +31,8 @@ pub(crate) fn handle(
             return AdminReply::error(AdminErrorCode::BadRequest, format!("bad request: {error}"));
         }
     };
-    match execute(state, metrics, request.command, traceparent) {
+    let listing_bytes = max_reply_bytes.saturating_sub(REPLY_ENVELOPE_BYTES);
+    match execute(state, metrics, request.command, traceparent, listing_bytes) {
         Ok(result) => AdminReply::ok(result),
         Err(refusal) => AdminReply::error(refusal.code(), refusal.to_string()),
     }
@@ -36,15 +43,17 @@ fn execute(
     metrics: &AssignerMetrics,
     command: AdminCommand,
     traceparent: Option<String>,
+    listing_bytes: usize,
 ) -> Result<AdminResult, AdminRefusal> {
     let job = |job| AdminResult::Job { job };
     Ok(match command {
         AdminCommand::CreateJob { name, spec } => {
             job(state.create_traced_job(&name, &spec, traceparent)?)
         }
-        AdminCommand::ListJobs => AdminResult::Jobs {
-            jobs: state.list_jobs(),
-        },
+        AdminCommand::ListJobs { after, limit } => {
+            let (jobs, next_after) = state.list_jobs(after.as_ref(), limit, listing_bytes);
+            AdminResult::Jobs { jobs, next_after }
+        }
         AdminCommand::GetJob { name } => job(state.get_job(&name)?),
         AdminCommand::PauseJob { name } => job(state.pause_job(&name)?),
         AdminCommand::ResumeJob { name } => job(state.resume_job(&name)?),
@@ -56,8 +65,13 @@ fn execute(
             limit,
         } => {
             let after = after.map(|(job, partition)| PartitionKey::new(job, partition));
-            let (partitions, next_after) =
-                state.list_partitions(job.as_ref(), &statuses, after.as_ref(), limit)?;
+            let (partitions, next_after) = state.list_partitions(
+                job.as_ref(),
+                &statuses,
+                after.as_ref(),
+                limit,
+                listing_bytes,
+            )?;
             AdminResult::Partitions {
                 partitions,
                 next_after: next_after.map(|key| (key.job, key.partition)),

@@ -28,6 +28,10 @@ pub struct AssignerSettings {
     /// yet compacted); the rest of its range is cut as these are compacted. Bounds the keys and
     /// memory one `create_job` can cause, whatever its range and partition size.
     pub max_job_backlog: u64,
+    /// How long a completed or cancelled job is kept (listed, queryable) after it ended; then its
+    /// record and any partition key left are removed and its name may be used again.
+    #[serde(with = "humantime_serde")]
+    pub finished_job_retention: Duration,
     /// A revoke not answered within this time is reported (`revokes_overdue`); the partition
     /// still waits for the old owner's release or member expiry before it is granted again.
     #[serde(with = "humantime_serde")]
@@ -109,6 +113,7 @@ impl Default for AssignerSettings {
             grants_per_capacity: 2,
             partitions_per_round: 1_000,
             max_job_backlog: 10_000,
+            finished_job_retention: Duration::from_secs(7 * 24 * 3600),
             revoke_timeout: Duration::from_secs(5),
             quarantine_after_deaths: 0,
             tick: Duration::from_millis(200),

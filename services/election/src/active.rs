@@ -13,10 +13,8 @@ use crate::roles::reconcile_roles;
 use crate::transfer;
 use crate::view::{MemberTable, ViewWriter};
 use async_nats::jetstream::kv::Operation;
-use bytes::Bytes;
 use elk_nats::{NatsError, Resources, WatchSnapshot, honoured_ttl, watch_snapshot};
 use elk_protocol::admin::ELECTION_SERVICE;
-use elk_protocol::encode;
 use elk_runtime::ReplicaError;
 use elk_types::{Capacity, MemberId};
 use futures::StreamExt;
@@ -124,7 +122,7 @@ async fn coordinate(
             Some(request) = requests.next() => {
                 let reply = transfer::serve(resources, writer.current(), metrics, &request.payload).await;
                 if let Some(reply_to) = request.reply {
-                    let _ = resources.client.publish(reply_to, Bytes::from(encode(&reply))).await;
+                    elk_nats::send_admin_reply(&resources.client, reply_to, &reply).await;
                 }
             }
             _ = resync.tick() => {

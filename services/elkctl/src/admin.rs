@@ -235,26 +235,40 @@ pub(crate) async fn ask(
 }
 
 pub async fn run_job(command: JobCommand) -> anyhow::Result<ExitCode> {
+    if let JobCommand::List(args) = &command {
+        return list_jobs(&args.connect).await;
+    }
     let (admin_command, verb) = command.admin_command()?;
     let connect = command.connect();
     let Some(result) = ask(connect, admin_command).await? else {
         return Ok(ExitCode::SUCCESS);
     };
-    match result {
-        AdminResult::Jobs { jobs } => print!("{}", render::jobs_table(&jobs)),
-        other => {
-            let job = into_job(other)?;
-            if verb.is_empty() {
-                print!("{}", render::job_details(&job));
-            } else {
-                println!(
-                    "job {} {verb} (state {}, {})",
-                    job.name,
-                    render::state_name(job.state),
-                    render::job_range(&job)
-                );
-            }
-        }
+    let job = into_job(result)?;
+    if verb.is_empty() {
+        print!("{}", render::job_details(&job));
+    } else {
+        println!(
+            "job {} {verb} (state {}, {})",
+            job.name,
+            render::state_name(job.state),
+            render::job_range(&job)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `elkctl job list`: every job, following the assigner's pages (one page is at most
+/// `MAX_PAGE` jobs and one NATS message).
+async fn list_jobs(connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
+    let jobs = connect.admin().await?.list_jobs().await?;
+    if connect.json {
+        let result = AdminResult::Jobs {
+            jobs,
+            next_after: None,
+        };
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", render::jobs_table(&jobs));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -333,7 +347,13 @@ impl JobCommand {
         let name = |args: &JobArgs| args.name.clone();
         Ok(match self {
             JobCommand::Create(args) => (args.command()?, "created"),
-            JobCommand::List(_) => (AdminCommand::ListJobs, ""),
+            JobCommand::List(_) => (
+                AdminCommand::ListJobs {
+                    after: None,
+                    limit: None,
+                },
+                "",
+            ),
             JobCommand::Get(args) => (AdminCommand::GetJob { name: name(args) }, ""),
             JobCommand::Pause(args) => (AdminCommand::PauseJob { name: name(args) }, "paused"),
             JobCommand::Resume(args) => (AdminCommand::ResumeJob { name: name(args) }, "resumed"),

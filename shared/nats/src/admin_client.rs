@@ -257,9 +257,32 @@ impl AdminClient {
         self.job_command(command).await
     }
 
+    /// Every job, in name order: follows the pages of `list_jobs` to the last one.
     pub async fn list_jobs(&self) -> Result<Vec<JobRecord>, AdminClientError> {
-        match self.request(AdminCommand::ListJobs).await? {
-            AdminResult::Jobs { jobs } => Ok(jobs),
+        let mut jobs = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next_after) = self.list_jobs_page(after, None).await?;
+            jobs.extend(page);
+            match next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(jobs),
+            }
+        }
+    }
+
+    /// One page of jobs after `after` (name order) and the name to continue after (`None`: the
+    /// last page).
+    pub async fn list_jobs_page(
+        &self,
+        after: Option<JobName>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<JobRecord>, Option<JobName>), AdminClientError> {
+        match self
+            .request(AdminCommand::ListJobs { after, limit })
+            .await?
+        {
+            AdminResult::Jobs { jobs, next_after } => Ok((jobs, next_after)),
             other => Err(unexpected("list_jobs", &other)),
         }
     }

@@ -12,6 +12,7 @@ mod kv;
 pub mod membership;
 mod provision;
 mod replicas;
+mod reply;
 pub mod role;
 mod status;
 pub mod trace;
@@ -35,5 +36,6 @@ pub use provision::{
     provision,
 };
 pub use replicas::MAX_REPLICAS;
+pub use reply::send_admin_reply;
 pub use role::{LeaderTerm, LeaderWork, RestartPolicy, RoleError, RoleSupervisor, TermEnd};
 pub use status::{RenewalObserver, ReplicaStatus};

@@ -26,8 +26,11 @@ fn current_schema() -> u16 {
 pub const ASSIGNER_SERVICE: &str = "assigner";
 /// Service name of the election in admin subjects (served by the active election replica).
 pub const ELECTION_SERVICE: &str = "election";
-/// Largest page `list_partitions` returns.
+/// Largest page `list_jobs` and `list_partitions` return (a page is also cut short before its
+/// reply would exceed the server's maximum payload).
 pub const MAX_PAGE: u32 = 1_000;
+/// Page size of `list_jobs` and `list_partitions` when the request names none.
+pub const DEFAULT_PAGE: u32 = 100;
 
 /// What an operator asks the assigner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +41,15 @@ pub enum AdminCommand {
         name: JobName,
         spec: JobSpec,
     },
-    ListJobs,
+    /// One page of jobs in name order (at most `limit`, default 100, at most [`MAX_PAGE`], and
+    /// never more than fits in one NATS message); `after` continues after the previous page's
+    /// `next_after`.
+    ListJobs {
+        #[serde(default)]
+        after: Option<JobName>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
     GetJob {
         name: JobName,
     },
@@ -141,7 +152,7 @@ impl AdminCommand {
     pub fn verb(&self) -> &'static str {
         match self {
             AdminCommand::CreateJob { .. } => "create_job",
-            AdminCommand::ListJobs => "list_jobs",
+            AdminCommand::ListJobs { .. } => "list_jobs",
             AdminCommand::GetJob { .. } => "get_job",
             AdminCommand::PauseJob { .. } => "pause_job",
             AdminCommand::ResumeJob { .. } => "resume_job",
@@ -276,6 +287,9 @@ pub enum AdminResult {
     },
     Jobs {
         jobs: Vec<JobRecord>,
+        /// Pass as `after` for the next page; `None` on the last page.
+        #[serde(default)]
+        next_after: Option<JobName>,
     },
     Partitions {
         partitions: Vec<PartitionRecord>,

@@ -225,6 +225,10 @@ pub struct JobRecord {
     pub created_unix_ms: u64,
     #[serde(default)]
     pub completed_unix_ms: Option<u64>,
+    /// When the job was cancelled. A finished (completed or cancelled) job is removed, with its
+    /// partition keys, once the assigner's `finished_job_retention` has passed since then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_unix_ms: Option<u64>,
     /// Epoch of the assigner that last wrote this record (fencing of job writes).
     #[serde(default)]
     pub epoch: Epoch,
@@ -261,6 +265,7 @@ impl JobRecord {
             ids_completed: 0,
             created_unix_ms,
             completed_unix_ms: None,
+            cancelled_unix_ms: None,
             epoch,
             known_max: None,
             low_watermark: None,
@@ -290,6 +295,16 @@ impl JobRecord {
     /// Whether the job is over (completed or cancelled).
     pub fn is_terminal(&self) -> bool {
         matches!(self.state, JobState::Completed | JobState::Cancelled)
+    }
+
+    /// When the job ended: its completion or cancellation time (`None` while it runs, or for a
+    /// cancelled record written before `cancelled_unix_ms` existed).
+    pub fn ended_unix_ms(&self) -> Option<u64> {
+        match self.state {
+            JobState::Completed => self.completed_unix_ms,
+            JobState::Cancelled => self.cancelled_unix_ms,
+            JobState::Active | JobState::Paused => None,
+        }
     }
 
     /// Whether `id` is known processed from the coverage summary (compacted partitions included).

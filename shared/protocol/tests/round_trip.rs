@@ -183,7 +183,14 @@ fn all_messages_round_trip() {
             name: job(),
             spec: JobSpec::open_ended(1, 500),
         },
-        AdminCommand::ListJobs,
+        AdminCommand::ListJobs {
+            after: None,
+            limit: None,
+        },
+        AdminCommand::ListJobs {
+            after: Some(job()),
+            limit: Some(10),
+        },
         AdminCommand::PauseJob { name: job() },
         AdminCommand::ListPartitions {
             job: Some(job()),

@@ -5,7 +5,7 @@
 //!
 //! | route | admin command |
 //! |---|---|
-//! | `GET /v1/jobs` | `list_jobs` |
+//! | `GET /v1/jobs?after=&limit=` | `list_jobs` (one page) |
 //! | `POST /v1/jobs` (JSON body) | `create_job` → `201 Created` |
 //! | `GET /v1/jobs/{name}` | `get_job` |
 //! | `POST /v1/jobs/{name}/pause`, `/resume`, `/cancel` | `pause_job`, `resume_job`, `cancel_job` |
@@ -222,8 +222,11 @@ async fn healthz(State(bridge): State<Bridge>) -> ApiResult {
     }
 }
 
-async fn list_jobs(State(bridge): State<Bridge>) -> ApiResult {
-    forward(&bridge, AdminCommand::ListJobs, StatusCode::OK).await
+async fn list_jobs(
+    State(bridge): State<Bridge>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    forward(&bridge, jobs_command(&params)?, StatusCode::OK).await
 }
 
 async fn create_job(State(bridge): State<Bridge>, body: Bytes) -> ApiResult {
@@ -414,6 +417,36 @@ fn create_job_command(body: &[u8]) -> Result<AdminCommand, ApiError> {
     Ok(AdminCommand::CreateJob { name, spec })
 }
 
+/// Query of `GET /v1/jobs`: `after` (the previous page's `next_after`), `limit` (1..=1000,
+/// default 100).
+fn jobs_command(params: &[(String, String)]) -> Result<AdminCommand, ApiError> {
+    let mut after = None;
+    let mut limit = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "after" => after = Some(job_name(value)?),
+            "limit" => limit = Some(page_limit(value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}' (expected after, limit)"
+                )));
+            }
+        }
+    }
+    Ok(AdminCommand::ListJobs { after, limit })
+}
+
+/// A page size: 1..=[`MAX_PAGE`].
+fn page_limit(value: &str) -> Result<u32, ApiError> {
+    let parsed = parse_u64("limit", value)?;
+    if parsed == 0 || parsed > u64::from(MAX_PAGE) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(parsed as u32)
+}
+
 /// Query of `GET /v1/partitions`: `job`, `status` (comma-separated, may repeat), `after_job` with
 /// `after_id` (the previous page's `next_after`), `limit` (1..=1000, default 100).
 fn partitions_command(params: &[(String, String)]) -> Result<AdminCommand, ApiError> {
@@ -435,15 +468,7 @@ fn partitions_command(params: &[(String, String)]) -> Result<AdminCommand, ApiEr
             }
             "after_job" => after_job = Some(job_name(value)?),
             "after_id" => after_id = Some(PartitionId(parse_u64("after_id", value)?)),
-            "limit" => {
-                let parsed = parse_u64("limit", value)?;
-                if parsed == 0 || parsed > u64::from(MAX_PAGE) {
-                    return Err(ApiError::bad_request(format!(
-                        "limit must be between 1 and {MAX_PAGE}"
-                    )));
-                }
-                limit = Some(parsed as u32);
-            }
+            "limit" => limit = Some(page_limit(value)?),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter '{other}' (expected job, status, after_job, \

@@ -124,6 +124,20 @@ fn partitions_query_builds_the_listing() {
 }
 
 #[test]
+fn jobs_query_builds_one_page() {
+    assert_eq!(
+        jobs_command(&query(&[("after", "backfill"), ("limit", "25")])).unwrap(),
+        AdminCommand::ListJobs {
+            after: Some(job("backfill")),
+            limit: Some(25),
+        }
+    );
+    let error = |pairs: &[(&str, &str)]| jobs_command(&query(pairs)).unwrap_err().message;
+    assert!(error(&[("limit", "0")]).contains("between 1 and 1000"));
+    assert!(error(&[("job", "x")]).contains("unknown query parameter 'job'"));
+}
+
+#[test]
 fn partitions_query_errors() {
     let error = |pairs: &[(&str, &str)]| partitions_command(&query(pairs)).unwrap_err().message;
     assert!(error(&[("status", "done")]).contains("unknown status 'done'"));
@@ -195,7 +209,10 @@ async fn fake_assigner(client: async_nats::Client, names: &Names) -> Arc<Mutex<V
             record.lock().unwrap().push(request.command.clone());
             use elk_protocol::admin::AdminErrorCode as Code;
             let reply = match request.command {
-                AdminCommand::ListJobs => AdminReply::ok(AdminResult::Jobs { jobs: vec![] }),
+                AdminCommand::ListJobs { .. } => AdminReply::ok(AdminResult::Jobs {
+                    jobs: vec![],
+                    next_after: None,
+                }),
                 AdminCommand::CreateJob { name, spec } => AdminReply::ok(AdminResult::Job {
                     job: JobRecord::new(name, spec, Epoch(1), 0),
                 }),
@@ -278,7 +295,10 @@ async fn routes_are_forwarded_to_the_assigner_and_answers_mapped() {
 
     let (status, body) = call(address, "GET", "/v1/jobs", "").await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"kind": "jobs", "jobs": []}));
+    assert_eq!(
+        body,
+        json!({"kind": "jobs", "jobs": [], "next_after": null})
+    );
 
     let create = r#"{"name": "backfill", "start": 1, "end": 100, "partition_size": 10}"#;
     let (status, body) = call(address, "POST", "/v1/jobs", create).await;

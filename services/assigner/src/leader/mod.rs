@@ -16,10 +16,8 @@ use crate::metrics::AssignerMetrics;
 use crate::model::Policy;
 use crate::{admin, store};
 use async_nats::jetstream::consumer::PullConsumer;
-use bytes::Bytes;
 use elk_nats::{LeaderTerm, LeaderWork, Resources, TermEnd, Versioned};
 use elk_protocol::admin::{ASSIGNER_SERVICE, AdminErrorCode, AdminReply};
-use elk_protocol::encode;
 use elk_protocol::messages::{MembershipView, unix_ms_now};
 use elk_protocol::names::PROGRESS_CONSUMER;
 use futures::{FutureExt, StreamExt};
@@ -167,8 +165,15 @@ impl AssignerLeader {
             let admin_reply = admin_request.map(|request| {
                 let span = admin_span(&request);
                 let traceparent = sampled_traceparent(&span);
+                let max_reply = resources.client.server_info().max_payload;
                 let reply = span.in_scope(|| {
-                    admin::handle(&mut state, &self.metrics, &request.payload, traceparent)
+                    admin::handle(
+                        &mut state,
+                        &self.metrics,
+                        &request.payload,
+                        traceparent,
+                        max_reply,
+                    )
                 });
                 (request.reply, reply, span)
             });
@@ -223,11 +228,7 @@ impl AssignerLeader {
         if let Some(error) = &reply.error {
             tracing::Span::current().record("elk.refusal", error.code.as_str());
         }
-        let _ = self
-            .resources
-            .client
-            .publish(reply_to, Bytes::from(encode(reply)))
-            .await;
+        elk_nats::send_admin_reply(&self.resources.client, reply_to, reply).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The change set: everything a round decided that KV must hold, taken from the model in one piece
 //! and written by the store (`crate::store`) in this order — partitions (completed ones included),
-//! job records, purges of compacted or cancelled partition keys, assignment records, then deletes
+//! job records, purges of compacted or cancelled partition keys, purges of expired jobs' records,
+//! assignment records, then deletes
 //! of departed workers' empty records — so a worker never sees a grant whose partition record is
 //! not stored and a key is purged only after the job record accounting for it. The store reports
 //! the new revisions back through [`AssignerState::record_written`].
@@ -34,6 +35,8 @@ pub(crate) struct ChangeSet {
     pub jobs: Vec<Put<JobName, JobRecord>>,
     /// Partition keys to purge (compacted below the watermark, or of a cancelled job).
     pub purges: Vec<PartitionKey>,
+    /// Records of finished jobs past their retention, to purge after the partition keys.
+    pub job_deletes: Vec<JobName>,
     pub assignments: Vec<Put<MemberId, AssignmentRecord>>,
     pub prunes: Vec<Prune>,
     /// `fleet/placement`, when a lever changed (at most one).
@@ -47,6 +50,7 @@ impl ChangeSet {
             && self.completed.is_empty()
             && self.jobs.is_empty()
             && self.purges.is_empty()
+            && self.job_deletes.is_empty()
             && self.assignments.is_empty()
             && self.prunes.is_empty()
             && self.placement.is_empty()
@@ -101,6 +105,7 @@ impl AssignerState {
             })
             .collect();
         let purges = std::mem::take(&mut self.compaction_deletes);
+        let job_deletes = std::mem::take(&mut self.job_deletes);
         let assignments: Vec<Put<MemberId, AssignmentRecord>> =
             std::mem::take(&mut self.dirty_assignments)
                 .into_iter()
@@ -121,6 +126,7 @@ impl AssignerState {
             completed,
             jobs,
             purges,
+            job_deletes,
             assignments,
             prunes,
             placement,

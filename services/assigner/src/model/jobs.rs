@@ -5,10 +5,11 @@
 
 use super::grants::RevokeCause;
 use super::{AdminRefusal, AssignerState, JobCommand, PartitionKey, SpecProblem, Stored};
-use elk_protocol::admin::{IdState, MAX_PAGE};
+use elk_protocol::admin::{DEFAULT_PAGE, IdState, MAX_PAGE};
 use elk_protocol::messages::{JobRecord, JobSpec, JobState, PartitionRecord, PartitionStatus};
 use elk_types::{JobName, PartitionId};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// Largest partition size accepted (a partition is one unit of work and one KV record).
 const MAX_PARTITION_SIZE: u64 = 1 << 40;
@@ -62,12 +63,26 @@ impl AssignerState {
         Ok(record)
     }
 
-    /// Every job, in name order.
-    pub(crate) fn list_jobs(&self) -> Vec<JobRecord> {
-        self.jobs
-            .values()
-            .map(|stored| stored.value.clone())
-            .collect()
+    /// A page of jobs in name order after `after`, within `limit` and `max_bytes` of encoded
+    /// records, and the name to continue after (`None`: the last page).
+    pub(crate) fn list_jobs(
+        &self,
+        after: Option<&JobName>,
+        limit: Option<u32>,
+        max_bytes: usize,
+    ) -> (Vec<JobRecord>, Option<JobName>) {
+        let lower = match after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut page = Page::new(limit, max_bytes);
+        for stored in self.jobs.range((lower, Bound::Unbounded)).map(|(_, s)| s) {
+            if !page.offer(&stored.value) {
+                let next = page.items.last().map(|job| job.name.clone());
+                return (page.items, next);
+            }
+        }
+        (page.items, None)
     }
 
     pub(crate) fn get_job(&self, name: &JobName) -> Result<JobRecord, AdminRefusal> {
@@ -110,11 +125,13 @@ impl AssignerState {
     }
 
     pub(crate) fn cancel_job(&mut self, name: &JobName) -> Result<JobRecord, AdminRefusal> {
+        let now_ms = self.now_ms;
         let job = self.job_mut(name)?;
         if job.state == JobState::Completed {
             return Err(invalid_state(name, job.state, JobCommand::Cancel));
         }
         job.state = JobState::Cancelled;
+        job.cancelled_unix_ms = Some(now_ms);
         self.revoke_job(name, RevokeCause::JobCancelled);
         Ok(self.touch(name))
     }
@@ -192,25 +209,25 @@ impl AssignerState {
         Ok(failed.len() as u64)
     }
 
-    /// A page of live partitions in (job, id) order, and the key to continue after.
+    /// A page of live partitions in (job, id) order (within `limit` and `max_bytes` of encoded
+    /// records), and the key to continue after.
     pub(crate) fn list_partitions(
         &self,
         job: Option<&JobName>,
         statuses: &[PartitionStatus],
         after: Option<&PartitionKey>,
         limit: Option<u32>,
+        max_bytes: usize,
     ) -> Result<(Vec<PartitionRecord>, Option<PartitionKey>), AdminRefusal> {
         if let Some(job) = job {
             self.job(job)?;
         }
-        let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE) as usize;
-        let mut page: Vec<PartitionRecord> = Vec::new();
-        let mut next_after = None;
+        let mut page = Page::new(limit, max_bytes);
         let lower = match after {
-            Some(after) => std::ops::Bound::Excluded(after.clone()),
-            None => std::ops::Bound::Unbounded,
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
         };
-        let range = (lower, std::ops::Bound::Unbounded);
+        let range = (lower, Bound::Unbounded);
         for (key, stored) in self.partitions.range::<PartitionKey, _>(range) {
             if job.is_some_and(|job| key.job != *job) {
                 continue;
@@ -218,13 +235,12 @@ impl AssignerState {
             if !statuses.is_empty() && !statuses.contains(&stored.value.status) {
                 continue;
             }
-            if page.len() == limit {
-                next_after = page.last().map(PartitionKey::of);
-                break;
+            if !page.offer(&stored.value) {
+                let next = page.items.last().map(PartitionKey::of);
+                return Ok((page.items, next));
             }
-            page.push(stored.value.clone());
         }
-        Ok((page, next_after))
+        Ok((page.items, None))
     }
 
     /// Where `id` of `job` stands.
@@ -249,6 +265,40 @@ impl AssignerState {
             *counts.entry(status).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+/// A listing page being filled: at most `limit` records (default [`DEFAULT_PAGE`], at most
+/// [`MAX_PAGE`]) and at most `max_bytes` of encoded records, so that the reply fits in one NATS
+/// message. A page always takes its first record (one job or partition record is far below any
+/// server's payload limit).
+struct Page<T> {
+    items: Vec<T>,
+    limit: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl<T: Clone + elk_protocol::codec::Message> Page<T> {
+    fn new(limit: Option<u32>, max_bytes: usize) -> Self {
+        Self {
+            items: Vec::new(),
+            limit: limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Adds `item` if the page has room for it; `false`: the page is full (the item is not in it).
+    fn offer(&mut self, item: &T) -> bool {
+        let size = elk_protocol::encode(item).len();
+        let fits = self.items.is_empty() || self.bytes.saturating_add(size) <= self.max_bytes;
+        if self.items.len() == self.limit || !fits {
+            return false;
+        }
+        self.bytes += size;
+        self.items.push(item.clone());
+        true
     }
 }
 

@@ -29,9 +29,10 @@
 //!
 //! Files: `partitions.rs` (the lifecycle, its indexes, progress, reclaims), `workers.rs` (views and
 //! assignment records), `grants.rs` (placement), `plan.rs` (cutting jobs, retries, planners),
-//! `gaps.rs` (coverage, audit, compaction), `jobs.rs` (admin commands), `refusal.rs` (their typed
-//! refusals), `changes.rs` (the change set), `levers.rs` (drains, freeze, `members`), `spans.rs`
-//! (the spans of a partition's trace, built at these events only when the process traces).
+//! `gaps.rs` (coverage, audit, compaction), `retention.rs` (removing finished jobs), `jobs.rs`
+//! (admin commands), `refusal.rs` (their typed refusals), `changes.rs` (the change set),
+//! `levers.rs` (drains, freeze, `members`), `spans.rs` (the spans of a partition's trace, built
+//! at these events only when the process traces).
 
 mod changes;
 mod gaps;
@@ -43,6 +44,7 @@ mod partitions;
 mod plan;
 mod quarantine;
 mod refusal;
+mod retention;
 mod spans;
 mod split;
 mod workers;
@@ -168,6 +170,9 @@ pub(crate) struct Policy {
     /// Partition keys a fixed job may have at once (live, parked and completed ones awaiting
     /// compaction): more are cut as these are compacted, so no job's size creates unbounded keys.
     pub max_job_backlog: u64,
+    /// How long a finished (completed or cancelled) job is kept before its record and partition
+    /// keys are removed (ms).
+    pub finished_job_retention_ms: u64,
     /// A revoke not answered by then is reported; the partition keeps waiting for the owner's
     /// release or member expiry (it is never granted while the old owner may still run it).
     pub revoke_timeout_ms: u64,
@@ -275,6 +280,8 @@ pub(crate) struct AssignerState {
     completed_to_write: Vec<Stored<PartitionRecord>>,
     /// Partition keys to delete (after the job records accounting for them are written).
     compaction_deletes: Vec<PartitionKey>,
+    /// Finished jobs past their retention whose records to delete (`retention.rs`).
+    job_deletes: Vec<JobName>,
 
     counters: Counters,
     /// Durations (ms) of hand-overs completed since last taken: revoke → the owner's release.
@@ -312,6 +319,7 @@ impl AssignerState {
             dirty_assignments: BTreeSet::new(),
             completed_to_write: Vec::new(),
             compaction_deletes: Vec::new(),
+            job_deletes: Vec::new(),
             counters: Counters::default(),
             handovers_ms: Vec::new(),
             levers: levers::Levers::new(),
@@ -397,7 +405,7 @@ impl AssignerState {
     /// One round of decisions at `now_ms`, after the round's events were applied: due retries
     /// become grantable, overdue revokes are reported, partitions are planned (repairs first),
     /// planners are asked, pending partitions granted and over-quota ones revoked, completed ones
-    /// compacted and cancelled jobs cleared. Idempotent: a second call with nothing new decides
+    /// compacted, cancelled jobs cleared and finished jobs past their retention removed. Idempotent: a second call with nothing new decides
     /// nothing new.
     pub fn reconcile(&mut self, now_ms: u64) -> RoundOutput {
         self.advance_clock(now_ms);
@@ -414,6 +422,7 @@ impl AssignerState {
         self.split_stragglers();
         self.compact();
         self.clear_cancelled();
+        self.remove_expired_jobs();
         debug_assert_eq!(self.index_mismatch(), None, "indexes out of step");
         RoundOutput { plan_questions }
     }

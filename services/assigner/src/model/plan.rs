@@ -118,7 +118,10 @@ impl AssignerState {
     /// Partition keys the job has in KV or about to: live partitions (parked failures
     /// included) and completed ones not yet compacted.
     fn partition_keys_of(&self, name: &JobName) -> u64 {
-        let awaiting = self.awaiting_compaction.get(name).map_or(0, |waiting| waiting.len());
+        let awaiting = self
+            .awaiting_compaction
+            .get(name)
+            .map_or(0, |waiting| waiting.len());
         self.partitions_of(name).count() as u64 + awaiting as u64
     }
 

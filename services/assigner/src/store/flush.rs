@@ -1,11 +1,12 @@
 //! Writing a round's change set, in its order: the placement levers (`fleet/placement`, so a
 //! drain or freeze is stored before the records it causes), partitions (completed ones included),
-//! then job records, then purges of compacted keys, then the assignment records that point at the
-//! partitions, then deletes of departed workers' empty records. Up to [`WRITE_WINDOW`] writes are
-//! in flight per step. Every write is a compare-and-set on the revision this leader last saw; a
-//! conflict with a record written under a newer epoch deposes it (if the role lease has reached
-//! that epoch: otherwise the record is forged, see [`newer_term_exists`]), one written under its own
-//! or an older epoch is overwritten (compare-and-set on the revision just read). The new revisions are
+//! then job records, then purges of compacted keys and of expired jobs' records, then the
+//! assignment records that point at the partitions, then deletes of departed workers' empty
+//! records. Up to [`WRITE_WINDOW`] writes are in flight per step. Every write is a
+//! compare-and-set on the revision this leader last saw; a conflict with a record written under a
+//! newer epoch deposes it (if the role lease has reached that epoch: otherwise the record is
+//! forged, see [`newer_term_exists`]), one written under its own or an older epoch is overwritten
+//! (compare-and-set on the revision just read). The new revisions are
 //! returned for [`crate::model::AssignerState::record_written`].
 
 use crate::error::AssignerError;
@@ -19,7 +20,7 @@ use elk_protocol::messages::{
 };
 use elk_protocol::names::{ControlRole, Names, PLACEMENT_KEY};
 use elk_protocol::{decode, encode};
-use elk_types::{Epoch, MemberId, Revision};
+use elk_types::{Epoch, JobName, MemberId, Revision};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -70,6 +71,7 @@ pub(crate) async fn write_changes(
         completed,
         jobs,
         purges,
+        job_deletes,
         assignments,
         prunes,
         placement,
@@ -99,7 +101,22 @@ pub(crate) async fn write_changes(
     let jobs = writer
         .put_all("jobs", &resources.jobs, jobs, |name| name.to_string())
         .await?;
-    writer.purge_all(purges).await;
+    let partition_purges = purges.iter().map(partition_key).collect();
+    let compaction_marker = Some(COMPACTION_MARKER_TTL);
+    writer
+        .purge_all(
+            "partitions",
+            &resources.partitions,
+            partition_purges,
+            compaction_marker,
+        )
+        .await;
+    // The jobs bucket has no per-message TTL: a removed job leaves its purge marker (a header,
+    // replaced when the name is used again).
+    let job_purges = job_deletes.iter().map(JobName::to_string).collect();
+    writer
+        .purge_all("jobs", &resources.jobs, job_purges, None)
+        .await;
     let assignments = writer
         .put_all(
             "assignments",
@@ -233,31 +250,36 @@ impl Writer<'_> {
         }
     }
 
-    /// Purges compacted partition keys (the job records saying so were written just before).
-    /// A failed purge leaves a completed key behind; the next leader's load compacts it.
-    async fn purge_all(&self, purges: Vec<PartitionKey>) {
-        if purges.is_empty() {
+    /// Purges keys of `bucket`: compacted partition keys (the job records saying so were written
+    /// just before), or the records of jobs past their retention (after their partition keys).
+    /// A failed purge leaves the key behind; the next leader's load compacts or expires it again.
+    async fn purge_all(
+        &self,
+        bucket: &'static str,
+        store: &async_nats::jetstream::kv::Store,
+        keys: Vec<String>,
+        marker_ttl: Option<Duration>,
+    ) {
+        if keys.is_empty() {
             return;
         }
-        let store = &self.resources.partitions;
-        let count = purges.len() as u64;
-        let failures: Vec<String> = futures::stream::iter(purges)
-            .map(|key| async move {
-                let name = Names::partition_key(&key.job, key.partition);
-                // The purge marker itself expires, so compacted keys leave nothing behind.
-                store
-                    .purge_with_ttl(&name, COMPACTION_MARKER_TTL)
-                    .await
-                    .err()
-                    .map(|error| format!("{name}: {error}"))
+        let count = keys.len() as u64;
+        let failures: Vec<String> = futures::stream::iter(keys)
+            .map(|name| async move {
+                // With a TTL the purge marker itself expires: the key leaves nothing behind.
+                let purged = match marker_ttl {
+                    Some(ttl) => store.purge_with_ttl(&name, ttl).await,
+                    None => store.purge(&name).await,
+                };
+                purged.err().map(|error| format!("{name}: {error}"))
             })
             .buffer_unordered(WRITE_WINDOW)
             .filter_map(std::future::ready)
             .collect()
             .await;
-        self.metrics.kv_writes("partitions", "purge", count);
+        self.metrics.kv_writes(bucket, "purge", count);
         for error in failures {
-            tracing::warn!(%error, "compaction delete failed");
+            tracing::warn!(%error, bucket, "purge failed");
         }
     }
 }

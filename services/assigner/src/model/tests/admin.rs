@@ -26,7 +26,7 @@ fn job_commands_are_refused_with_a_code() {
         state.retry(Some(&nope), None).map(drop),
         state.id_status(&nope, 1).map(drop),
         state
-            .list_partitions(Some(&nope), &[], None, None)
+            .list_partitions(Some(&nope), &[], None, None, usize::MAX)
             .map(drop),
     ] {
         assert_eq!(refused, Err(AdminRefusal::UnknownJob(nope.clone())));
@@ -119,12 +119,18 @@ fn listings_page_in_key_order_and_ids_are_located() {
     let mut state = state_with_job(IdRange::new(1, 5_000).unwrap(), 1_000);
     state.reconcile(1);
     let (page, next) = state
-        .list_partitions(Some(&job_name()), &[], None, Some(2))
+        .list_partitions(Some(&job_name()), &[], None, Some(2), usize::MAX)
         .unwrap();
     assert_eq!(page.iter().map(|p| p.id.get()).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(next, Some(key(2)));
     let (page, next) = state
-        .list_partitions(None, &[PartitionStatus::Pending], next.as_ref(), Some(10))
+        .list_partitions(
+            None,
+            &[PartitionStatus::Pending],
+            next.as_ref(),
+            Some(10),
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!(
         page.iter().map(|p| p.id.get()).collect::<Vec<_>>(),

@@ -51,7 +51,13 @@ fn complete_all_of_a(state: &mut AssignerState) -> usize {
     for grant in grants.iter().rev() {
         let report = ProgressReport {
             job: grant.job.clone(),
-            ..report("a", 1, grant.partition.get(), grant.token, ProgressEvent::Completed)
+            ..report(
+                "a",
+                1,
+                grant.partition.get(),
+                grant.token,
+                ProgressEvent::Completed,
+            )
         };
         state.apply_progress(&report).unwrap();
     }
@@ -137,4 +143,128 @@ fn a_job_larger_than_the_bound_completes_exactly() {
         state.id_status(&job_name(), 777).unwrap(),
         IdState::Completed
     ));
+}
+
+fn named(name: &str) -> JobName {
+    JobName::new(name).unwrap()
+}
+
+#[test]
+fn jobs_are_listed_in_pages_within_the_limit_and_the_byte_budget() {
+    let mut state = loaded(Snapshot::default());
+    let spec = JobSpec::fixed(IdRange::new(1, 10).unwrap(), 10);
+    for index in 0..30 {
+        state
+            .create_job(&named(&format!("job-{index:02}")), &spec)
+            .unwrap();
+    }
+    let follow = |limit: Option<u32>, max_bytes: usize| {
+        let mut names = Vec::new();
+        let mut pages = 0;
+        let mut after = None;
+        loop {
+            let (page, next) = state.list_jobs(after.as_ref(), limit, max_bytes);
+            pages += 1;
+            assert!(!page.is_empty());
+            names.extend(page.into_iter().map(|job| job.name.to_string()));
+            match next {
+                Some(next) => after = Some(next),
+                None => return (names, pages),
+            }
+        }
+    };
+    let every: Vec<String> = (0..30).map(|index| format!("job-{index:02}")).collect();
+    assert_eq!(follow(Some(10), usize::MAX), (every.clone(), 3));
+    assert_eq!(
+        follow(None, usize::MAX),
+        (every.clone(), 1),
+        "default page 100"
+    );
+    // Three records' worth of bytes: pages of three, whatever the limit.
+    let record = elk_protocol::encode(&state.get_job(&named("job-00")).unwrap()).len();
+    assert_eq!(follow(Some(1_000), 3 * record + 2), (every.clone(), 10));
+    // A budget smaller than one record still makes progress, one record per page.
+    assert_eq!(follow(None, 1), (every, 30));
+}
+
+#[test]
+fn finished_jobs_are_removed_after_their_retention() {
+    let retention = 3_600_000;
+    let mut state = loaded(Snapshot::default());
+    let spec = JobSpec::fixed(IdRange::new(1, 20).unwrap(), 10);
+    state.create_job(&named("done"), &spec).unwrap();
+    state.create_job(&named("stopped"), &spec).unwrap();
+    state.apply_view(&view(&[("a", 1, 2)]));
+    state.reconcile(1_000);
+    let mut kv = KvKeys::default();
+    kv.flush(&mut state);
+    // `done` completes at 2,000; `stopped` is cancelled at 2,000 with one partition granted.
+    let a = MemberId::new("a").unwrap();
+    let grants = state.desired_assignment(&a).unwrap().grants;
+    let stopped_grants: Vec<_> = grants
+        .iter()
+        .filter(|g| g.job == named("stopped"))
+        .cloned()
+        .collect();
+    assert_eq!(stopped_grants.len(), 2);
+    state.advance_clock(2_000);
+    for grant in grants.iter().filter(|g| g.job == named("done")) {
+        let report = ProgressReport {
+            job: grant.job.clone(),
+            ..report(
+                "a",
+                1,
+                grant.partition.get(),
+                grant.token,
+                ProgressEvent::Completed,
+            )
+        };
+        state.apply_progress(&report).unwrap();
+    }
+    state.cancel_job(&named("stopped")).unwrap();
+    state.reconcile(2_000);
+    kv.flush(&mut state);
+    assert_eq!(state.jobs[&named("done")].value.state, JobState::Completed);
+    assert_eq!(
+        state.jobs[&named("stopped")].value.cancelled_unix_ms,
+        Some(2_000)
+    );
+
+    // Kept, listed and queryable until the retention has passed.
+    state.reconcile(2_000 + retention - 1);
+    assert!(state.take_changes().job_deletes.is_empty());
+    assert!(state.get_job(&named("done")).is_ok());
+
+    // Then `done` goes; `stopped` waits for its granted partition's release and deletion.
+    state.reconcile(2_000 + retention);
+    let changes = state.take_changes();
+    assert_eq!(changes.job_deletes, vec![named("done")]);
+    assert!(state.get_job(&named("done")).is_err());
+    assert!(
+        state.get_job(&named("stopped")).is_ok(),
+        "its partitions are still granted"
+    );
+    for grant in stopped_grants {
+        let released = ProgressReport {
+            job: grant.job.clone(),
+            ..report(
+                "a",
+                1,
+                grant.partition.get(),
+                grant.token,
+                ProgressEvent::Released { last_done: None },
+            )
+        };
+        state.apply_progress(&released).unwrap();
+    }
+    state.reconcile(2_000 + retention + 1);
+    let changes = state.take_changes();
+    assert_eq!(changes.job_deletes, vec![named("stopped")]);
+    assert!(
+        changes.purges.iter().all(|key| key.job == named("stopped")) && !changes.purges.is_empty(),
+        "its partition keys are purged in the same change set, before the record"
+    );
+    assert_eq!(state.job_count(), 0);
+    // The name is free again.
+    state.create_job(&named("done"), &spec).unwrap();
 }

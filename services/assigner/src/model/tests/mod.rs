@@ -38,6 +38,7 @@ fn policy() -> Policy {
         grants_per_capacity: 2,
         partitions_per_round: 10_000,
         max_job_backlog: 100_000,
+        finished_job_retention_ms: 3_600_000,
         revoke_timeout_ms: 5_000,
         tails: super::TailPolicy::default(),
         quarantine_after_deaths: 3,
