@@ -18,6 +18,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Member keys ignored (not a member id, undecodable), by key: one warning per minute each, as a
+/// garbage key is seen again at every snapshot.
+static IGNORED_KEYS: elk_runtime::RepeatLimiter =
+    elk_runtime::RepeatLimiter::new(Duration::from_secs(60));
+
 /// Live members by id, as the view lists them.
 ///
 /// A member key that stops holding a member record (garbage written over it) drops the member, and
@@ -69,7 +74,9 @@ impl MemberTable {
         let id = match MemberId::new(key) {
             Ok(id) => id,
             Err(error) => {
-                tracing::warn!(%key, %error, "ignoring member key that is not a valid member id");
+                if let Some(suppressed) = IGNORED_KEYS.check(key) {
+                    tracing::warn!(%key, %error, suppressed, "ignoring member key that is not a valid member id");
+                }
                 return false;
             }
         };
@@ -77,7 +84,9 @@ impl MemberTable {
             Ok(record) => record,
             Err(error) => {
                 // The key no longer holds this member's record: it is not live any more.
-                tracing::warn!(member = %id, %error, "undecodable member record: member left out of the view");
+                if let Some(suppressed) = IGNORED_KEYS.check(key) {
+                    tracing::warn!(member = %id, %error, suppressed, "undecodable member record: member left out of the view");
+                }
                 self.written.remove(&id);
                 return self.members.remove(&id).is_some();
             }

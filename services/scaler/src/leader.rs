@@ -1,6 +1,7 @@
 //! Leader-only work: every `interval`, one round —
 //!
-//! 1. the backlog from the jobs bucket, the members (with their progress counters, drain states
+//! 1. the backlog from the jobs bucket (a watch kept in memory for the term, `jobs.rs`: a round
+//!    reads no job key), the members (with their progress counters, drain states
 //!    and whether placement is frozen) from the assigner's `members` command;
 //! 2. the throughput estimate (`throughput.rs`) and the policy's decision (`policy.rs`);
 //! 3. the scale-in plan (`fleet.rs`): drain / undrain requests to the assigner;
@@ -18,6 +19,7 @@
 use crate::ScalerConfig;
 use crate::ScalerError;
 use crate::fleet::{FleetPlan, plan_fleet};
+use crate::jobs::JobsCache;
 use crate::kube::KubeActuator;
 use crate::metrics::ScalerMetrics;
 use crate::policy::{Inputs, Policy, backlog_of};
@@ -27,16 +29,19 @@ use elk_nats::{
     AdminClient, CasOutcome, KvEntry, LeaderTerm, LeaderWork, Resources, TermEnd, Versioned,
     cas_write, read_entry,
 };
-use elk_protocol::messages::{DesiredWorkers, DrainSource, JobRecord, MembershipView, unix_ms_now};
+use elk_protocol::messages::{DesiredWorkers, DrainSource, MembershipView, unix_ms_now};
 use elk_protocol::names::DESIRED_WORKERS_KEY;
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_runtime::RepeatLimiter;
 use elk_types::Revision;
-use futures::TryStreamExt;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+
+/// Failed rounds, by error: one warning per minute each.
+static ROUND_FAILED: RepeatLimiter = RepeatLimiter::new(std::time::Duration::from_secs(60));
 
 /// What the scaler's leader work needs besides its term.
 pub(crate) struct ScalerLeader {
@@ -60,6 +65,7 @@ struct Term {
     throughput: Throughput,
     admin: AdminClient,
     kube: Option<KubeActuator>,
+    jobs: JobsCache,
 }
 
 impl LeaderWork for ScalerLeader {
@@ -89,7 +95,10 @@ impl LeaderWork for ScalerLeader {
                 round = self.round(&term, &mut state) => round,
             };
             if let Err(error) = round {
-                tracing::warn!(%error, "scaler round failed; retrying next round");
+                // The same failure repeats every round while it lasts: logged once a minute.
+                if let Some(suppressed) = ROUND_FAILED.check(&error.to_string()) {
+                    tracing::warn!(%error, suppressed, "scaler round failed; retrying next round");
+                }
             }
         }
     }
@@ -108,7 +117,9 @@ impl ScalerLeader {
             // One round's worth: without an assigner the round goes on without members.
             .with_patience(settings.interval)
             .with_request_timeout(settings.interval.max(std::time::Duration::from_secs(2)));
+        let jobs = JobsCache::start(&self.resources).await?;
         Ok(Term {
+            jobs,
             started: Instant::now(),
             published,
             policy: Policy::new(settings.policy(), current, 0),
@@ -124,8 +135,7 @@ impl ScalerLeader {
         }
         let state = state.as_mut().expect("set above");
         let settings = &self.config.scaler;
-        let jobs = read_jobs(&self.resources).await?;
-        let backlog = backlog_of(&jobs);
+        let backlog = backlog_of(&state.jobs.records());
         let members = match state.admin.members().await {
             Ok(members) => Some(members),
             Err(error) => {
@@ -323,38 +333,4 @@ fn same_apart_from_time(stored: &DesiredWorkers, computed: &DesiredWorkers) -> b
         ..computed.clone()
     };
     *stored == comparable
-}
-
-/// Every decodable job record; undecodable ones are logged and skipped.
-async fn read_jobs(resources: &Resources) -> Result<Vec<JobRecord>, ScalerError> {
-    let store = &resources.jobs;
-    let list_error = |source: elk_nats::BoxError| {
-        ScalerError::Nats(elk_nats::NatsError::kv(
-            "list keys",
-            &store.name,
-            ">",
-            source,
-        ))
-    };
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|error| list_error(error.into()))?
-        .try_collect()
-        .await
-        .map_err(|error| list_error(error.into()))?;
-    let mut jobs = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Some(entry) = read_entry(store, &key).await? else {
-            continue;
-        };
-        if entry.deleted {
-            continue;
-        }
-        match decode::<JobRecord>(&entry.value) {
-            Ok(job) => jobs.push(job),
-            Err(error) => tracing::warn!(%key, %error, "ignoring undecodable job record"),
-        }
-    }
-    Ok(jobs)
 }

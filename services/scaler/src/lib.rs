@@ -11,6 +11,7 @@
 
 mod config;
 pub mod fleet;
+mod jobs;
 pub mod kube;
 mod leader;
 mod metrics;

@@ -235,3 +235,126 @@ async fn leader_publishes_desired_workers_and_stops_when_demoted() {
         "left membership on shutdown"
     );
 }
+
+/// Issue 9 item 5: the leader follows the jobs bucket with one watch instead of listing and
+/// reading every job key every round. Counted at the server: a wiretap on `$JS.API.>` sees every
+/// JetStream request (direct gets, consumer creations, stream infos) naming the jobs stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_follows_jobs_with_a_watch_not_a_read_of_every_key_every_round() {
+    const JOBS: u64 = 10;
+    let server = NatsServer::start();
+    let resources = resources(&server).await;
+    let member_id = MemberId::new("scaler-1").unwrap();
+    let service = ServiceCommon::new(
+        NatsConfig::new(server.url(), member_id.as_str()),
+        namespace(),
+        member_id.clone(),
+    )
+    .with_member_ttl(Duration::from_secs(2));
+    let config = ScalerConfig {
+        service,
+        scaler: ScalerSettings {
+            interval: Duration::from_millis(50),
+            min_workers: 1,
+            max_workers: 1_000,
+            partitions_per_worker: 10,
+            ..ScalerSettings::default()
+        },
+    };
+    let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+    let scaler = tokio::spawn(elk_scaler::run(config, async move {
+        let _ = shutdown_signal.await;
+    }));
+    for index in 0..JOBS {
+        put(
+            &resources,
+            &resources.jobs,
+            &format!("job-{index}"),
+            &job(100, 0),
+        )
+        .await;
+    }
+    // An undecodable record among them: skipped (and reported once, not every round).
+    resources
+        .jobs
+        .put("garbage", Bytes::from_static(b"\xc1 not a job"))
+        .await
+        .unwrap();
+    wait_until("scaler joined", DEADLINE, || async {
+        incarnation_of(&resources, &member_id).await.is_some()
+    })
+    .await
+    .unwrap();
+    let me = MemberRef {
+        id: member_id.clone(),
+        incarnation: incarnation_of(&resources, &member_id).await.unwrap(),
+    };
+    let role_key = ControlRole::Scaler.lease_key();
+    put(&resources, &resources.leases, role_key, &lease(me, 3)).await;
+    wait_until(
+        "the backlog of every job is published",
+        DEADLINE,
+        || async {
+            desired(&resources)
+                .await
+                .is_some_and(|d| d.backlog_partitions == JOBS * 100)
+        },
+    )
+    .await
+    .unwrap();
+
+    let jobs_stream = format!("KV_{}", Names::new(namespace()).jobs_bucket());
+    let tap = connect(&NatsConfig::new(server.url(), "wiretap"))
+        .await
+        .unwrap();
+    let mut requests = tap.subscribe("$JS.API.>").await.unwrap();
+    tap.flush().await.unwrap();
+    let jobs_requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = jobs_requests.clone();
+    let counting = tokio::spawn(async move {
+        while let Some(request) = futures::StreamExt::next(&mut requests).await {
+            if request.subject.contains(jobs_stream.as_str()) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // A logical window: two renewals of the scaler's member key (≈ 1.3 s, about 25 rounds of
+    // 50 ms). Listing and reading every key would be 25 × (1 + 11) requests.
+    let renewals = std::sync::Mutex::new((None, 0u32));
+    wait_until("two renewals of the scaler", DEADLINE, || async {
+        let revision = read_entry(&resources.members, member_id.as_str())
+            .await
+            .unwrap()
+            .map(|entry| entry.revision);
+        let mut seen = renewals.lock().unwrap();
+        if seen.0.is_some() && seen.0 != revision {
+            seen.1 += 1;
+        }
+        seen.0 = revision;
+        seen.1 >= 2
+    })
+    .await
+    .unwrap();
+    // The watch still sees changes: one more job moves the published backlog.
+    put(&resources, &resources.jobs, "job-late", &job(100, 50)).await;
+    wait_until("the new job is in the backlog", DEADLINE, || async {
+        desired(&resources)
+            .await
+            .is_some_and(|d| d.backlog_partitions == JOBS * 100 + 50)
+    })
+    .await
+    .unwrap();
+    let counted = jobs_requests.load(std::sync::atomic::Ordering::SeqCst);
+    // The scaler's own requests are none. The test's own `put` reads the key once before its
+    // write (a direct get), which shows the tap sees such reads; one more is allowed for a watch
+    // the client re-creates after a missed heartbeat on a loaded machine.
+    assert!(
+        (1..=2).contains(&counted),
+        "{counted} JetStream requests on the jobs stream"
+    );
+
+    counting.abort();
+    shutdown.send(()).unwrap();
+    let result: Result<(), ScalerError> = scaler.await.unwrap();
+    result.unwrap();
+}

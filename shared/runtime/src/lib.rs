@@ -11,7 +11,8 @@
 //!
 //! Observability: [`telemetry`] (logs and traces), [`metrics`] (one `prometheus-client` registry
 //! per instance, the membership and role gauges every process exports) and [`metrics_http`]
-//! (`/metrics`, `/healthz`, `/readyz` on `metrics_listen`).
+//! (`/metrics`, `/healthz`, `/readyz` on `metrics_listen`); [`RepeatLimiter`] keeps warnings that
+//! can repeat per message or per round to one per interval.
 
 mod common;
 pub mod config;
@@ -20,6 +21,7 @@ mod flags;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_http;
+mod repeat;
 mod signal;
 pub mod telemetry;
 
@@ -32,5 +34,6 @@ pub use flags::{NatsArgs, ServiceFlags, service_main};
 pub use logging::LogFormat;
 pub use metrics_http::{BoundAddress, Health, MetricsEndpoint, MetricsListenError, Readiness};
 pub use prometheus_client;
+pub use repeat::RepeatLimiter;
 pub use signal::{serve_until, shutdown_signal};
 pub use telemetry::{Telemetry, TelemetryOptions, TracingConfig};

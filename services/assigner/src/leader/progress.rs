@@ -11,9 +11,13 @@ use elk_nats::Resources;
 use elk_nats::trace::{self, OtelSpan};
 use elk_protocol::decode;
 use elk_protocol::messages::{MemberRef, MembershipView, ProgressEvent, ProgressReport};
+use elk_runtime::RepeatLimiter;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanKind};
 use std::time::Instant;
+
+/// Malformed progress reports, by reason: one warning per minute each.
+static MALFORMED: RepeatLimiter = RepeatLimiter::new(std::time::Duration::from_secs(60));
 
 /// Validates one message and applies its report to the model; malformed and stale reports are
 /// counted and dropped (they are acked like the others).
@@ -72,9 +76,10 @@ pub(super) fn apply_message(
             }
         }
         Err((reason, error)) => {
-            // Logged once per replica: a misbehaving publisher could otherwise flood the log.
-            if metrics.progress_reports("malformed") == 0 {
-                tracing::warn!(subject = %message.subject, %error, "malformed progress report dropped");
+            // A misbehaving publisher could otherwise flood the log: one warning per reason and
+            // minute, with the count held back (all of them are counted in the metric).
+            if let Some(suppressed) = MALFORMED.check(reason) {
+                tracing::warn!(subject = %message.subject, %error, suppressed, "malformed progress report dropped");
             }
             metrics.progress("malformed", reason);
         }
