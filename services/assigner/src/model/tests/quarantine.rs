@@ -120,7 +120,13 @@ fn holders_dying_three_times_quarantine_the_partition_and_the_rest_of_the_job_go
     assert_eq!(record_status(&state, 1), PartitionStatus::Failed);
     // Visible through the listing and the ID lookup.
     let (failed, _) = state
-        .list_partitions(Some(&job_name()), &[PartitionStatus::Failed], None, None)
+        .list_partitions(
+            Some(&job_name()),
+            &[PartitionStatus::Failed],
+            None,
+            None,
+            usize::MAX,
+        )
         .unwrap();
     assert!(failed[0].quarantined);
     match state.id_status(&job_name(), 500).unwrap() {
