@@ -25,3 +25,24 @@ async fn read<M: Message>(store: &async_nats::jetstream::kv::Store, key: &str) -
         .then(|| decode(&entry.value).ok())
         .flatten()
 }
+
+/// Waits (up to 60 s) until the membership view lists exactly `workers` workers: a fleet that is
+/// already running before a benchmark's clock starts.
+pub(crate) async fn wait_for_view_workers(
+    resources: &Resources,
+    workers: usize,
+) -> Result<(), elk_testkit::TimedOut> {
+    elk_testkit::wait_until(
+        "every worker in the view",
+        Duration::from_secs(60),
+        || async {
+            read_lease::<elk_protocol::messages::MembershipView>(
+                resources,
+                elk_protocol::names::VIEW_KEY,
+            )
+            .await
+            .is_some_and(|view| view.workers().count() == workers)
+        },
+    )
+    .await
+}

@@ -143,19 +143,7 @@ async fn measure(
     let slots = workers as u64 * u64::from(capacity);
     let partitions = waves * slots;
     // Every worker is in the view before the clock starts (a fleet that is already running).
-    elk_testkit::wait_until(
-        "every worker in the view",
-        Duration::from_secs(60),
-        || async {
-            crate::kv_reads::read_lease::<elk_protocol::messages::MembershipView>(
-                &stack.resources,
-                elk_protocol::names::VIEW_KEY,
-            )
-            .await
-            .is_some_and(|view| view.workers().count() == workers)
-        },
-    )
-    .await?;
+    crate::kv_reads::wait_for_view_workers(&stack.resources, workers).await?;
     let ideal = Duration::from_millis(partition_ms) * u32::try_from(partitions / slots)?;
     eprintln!(
         "overhead: {workers} workers × {capacity}, {partitions} partitions of {partition_ms} ms: ideal {:.1} s",

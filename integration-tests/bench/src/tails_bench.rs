@@ -319,19 +319,7 @@ async fn measure(setup: &Setup, tails: Option<TailSettings>) -> anyhow::Result<S
     }
     // Every worker is in the view before the clock starts (a fleet that is already running).
     let workers = setup.workers as usize;
-    elk_testkit::wait_until(
-        "every worker in the view",
-        Duration::from_secs(60),
-        || async {
-            crate::kv_reads::read_lease::<elk_protocol::messages::MembershipView>(
-                &stack.resources,
-                elk_protocol::names::VIEW_KEY,
-            )
-            .await
-            .is_some_and(|view| view.workers().count() == workers)
-        },
-    )
-    .await?;
+    crate::kv_reads::wait_for_view_workers(&stack.resources, workers).await?;
     let started = Instant::now();
     stack
         .create_job(JOB, setup.range, setup.partition_ids)
