@@ -2,8 +2,10 @@
 //! [`ServiceCommon`](elk_runtime::ServiceCommon)) and `[assigner]`, loaded by `elk_runtime` (defaults → TOML file → `ELK_*`
 //! environment, e.g. `ELK_ASSIGNER__HTTP_LISTEN=0.0.0.0:8080` → flags) and validated.
 
+mod rebalance;
 mod tails;
 
+pub use rebalance::RebalanceSettings;
 pub use tails::TailSettings;
 
 use elk_runtime::{ConfigError, Validate};
@@ -51,6 +53,9 @@ pub struct AssignerSettings {
     pub http: HttpSettings,
     /// Straggler splitting and adaptive partition size (`[assigner.tails]`).
     pub tails: TailSettings,
+    /// The churn budget: partitions moved to even out load per round (`[assigner.rebalance]`;
+    /// uncapped by default).
+    pub rebalance: RebalanceSettings,
 }
 
 /// `[assigner.http]`: who may use the HTTP admin API and how long a client may hold a connection.
@@ -120,6 +125,7 @@ impl Default for AssignerSettings {
             http_listen: None,
             http: HttpSettings::default(),
             tails: TailSettings::default(),
+            rebalance: RebalanceSettings::default(),
         }
     }
 }
@@ -157,6 +163,7 @@ impl Validate for AssignerConfig {
             ));
         }
         assigner.tails.validate()?;
+        assigner.rebalance.validate()?;
         if let Some(address) = &assigner.http_listen {
             elk_runtime::metrics_http::validate_listen_address("assigner.http_listen", address)?;
         }

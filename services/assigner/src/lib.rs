@@ -39,7 +39,7 @@ mod store;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
-pub use config::{AssignerConfig, AssignerSettings, HttpSettings, TailSettings};
+pub use config::{AssignerConfig, AssignerSettings, HttpSettings, RebalanceSettings, TailSettings};
 pub use error::{AssignerError, Feed, JetstreamOperation};
 pub use metrics::AssignerMetrics;
 
@@ -103,6 +103,7 @@ async fn run_replica(
         finished_job_retention_ms: config.assigner.finished_job_retention.as_millis() as u64,
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,
         tails: config.assigner.tails.policy(),
+        rebalance: config.assigner.rebalance.policy(),
         quarantine_after_deaths: config.assigner.quarantine_after_deaths,
     };
     let http = match &config.assigner.http_listen {

@@ -5,7 +5,7 @@
 //!   latency, KV writes by bucket, terms, round durations.
 //! * The model's [`Counters`] restart from 0 with every term; [`AssignerMetrics::round_done`]
 //!   adds what they grew by since the last round to monotonic Prometheus counters, and records the
-//!   hand-overs the model timed.
+//!   hand-overs the model timed and the rebalancing moves of its rounds (the churn budget).
 //! * Per-job gauges (partitions by status, IDs done and left, backlog age) come from
 //!   [`AssignerState::gauges`] once per second and are exported only while this replica leads:
 //!   they vanish when the term ends, so a standby never exports stale numbers.
@@ -35,6 +35,11 @@ pub const PROGRESS_REASONS: [(&str, &[&str]); 3] = [
         &["unknown_partition", "stale_token", "out_of_range"],
     ),
     ("malformed", &["undecodable", "wrong_subject"]),
+];
+
+/// Buckets of `elk_assigner_rebalance_moves` (moves started in one round).
+const REBALANCE_MOVE_BUCKETS: [f64; 14] = [
+    1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0,
 ];
 
 /// How often the per-job gauges are recomputed at most (one pass over the live partitions).
@@ -81,6 +86,11 @@ pub struct AssignerMetrics {
     pub reclaim_latency: Histogram,
     /// One iteration of the leader loop: apply events, reconcile, write, ack, reply.
     pub round_duration: Histogram,
+    /// Rebalancing moves (revokes to even out load) started per round that started any: at most
+    /// the churn budget's cap when one is set.
+    pub rebalance_moves: Histogram,
+    /// Moves the balance wanted in those rounds that the churn budget held back.
+    pub rebalance_moves_deferred: Counter,
     /// The model's counters as last added in (reset with every term).
     published: Mutex<Counters>,
     leader: LeaderGauges,
@@ -108,6 +118,8 @@ impl Default for AssignerMetrics {
             handover_duration: Histogram::new(duration_buckets()),
             reclaim_latency: Histogram::new(duration_buckets()),
             round_duration: Histogram::new(latency_buckets()),
+            rebalance_moves: Histogram::new(REBALANCE_MOVE_BUCKETS),
+            rebalance_moves_deferred: Counter::default(),
             published: Mutex::new(Counters::default()),
             leader: LeaderGauges::default(),
         }
@@ -116,7 +128,7 @@ impl Default for AssignerMetrics {
 
 impl AssignerMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "elk_assigner_partitions_reclaimed",
                 "Partitions of departed workers taken back after their progress barrier",
@@ -172,6 +184,11 @@ impl AssignerMetrics {
                 "Partitions parked as failed because their holders kept dying while holding them (quarantine_after_deaths)",
                 &self.partitions_quarantined,
             ),
+            (
+                "elk_assigner_rebalance_moves_deferred",
+                "Rebalancing moves the balance wanted in a round that the churn budget ([assigner.rebalance]) held back to a later round",
+                &self.rebalance_moves_deferred,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -206,6 +223,11 @@ impl AssignerMetrics {
                 "elk_assigner_reclaim_latency_seconds",
                 "From the view without a departed worker to its partitions pending again (progress barrier)",
                 &self.reclaim_latency,
+            ),
+            (
+                "elk_assigner_rebalance_moves",
+                "Partitions revoked to even out load in one round, over the rounds that moved any (at most the churn budget's cap)",
+                &self.rebalance_moves,
             ),
             (
                 "elk_assigner_round_duration_seconds",
@@ -314,6 +336,10 @@ impl AssignerMetrics {
         for handover_ms in state.take_handover_durations() {
             self.handover_duration
                 .observe(Duration::from_millis(handover_ms).as_secs_f64());
+        }
+        for round in state.take_rebalance_rounds() {
+            self.rebalance_moves.observe(round.moved as f64);
+            self.rebalance_moves_deferred.inc_by(round.deferred);
         }
         self.leader.refresh(|| state.gauges(), pending_reclaims);
         self.round_duration

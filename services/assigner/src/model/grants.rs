@@ -11,7 +11,11 @@
 //!
 //! Workers that declared jobs only ever receive partitions of those jobs; the balance is computed
 //! as if every worker processed every job.
+//!
+//! The churn budget (`churn.rs`, off by default) caps the revokes of one round; the moves it
+//! defers stay with their owners and are wanted again by the next round's solution.
 
+use super::churn::{RebalanceRound, Source, choose_moves};
 use super::{AssignerState, PartitionKey, spans};
 use elk_placement::{Partition, Worker, solve};
 use elk_protocol::messages::{JobState, MemberRef, PartitionStatus};
@@ -95,9 +99,13 @@ impl AssignerState {
         };
 
         let frozen = self.placement_frozen();
+        let granted = active.iter().filter(|(_, owner)| owner.is_some()).count() as u64;
         // Partitions held per worker after this round, for the fallback below.
         let mut held: BTreeMap<MemberId, u64> = BTreeMap::new();
         let mut unplaced: Vec<PartitionKey> = Vec::new();
+        // The balance's moves, per owner in the solver's order; the churn budget picks which
+        // start this round (`churn.rs`).
+        let mut wanted: BTreeMap<MemberId, Vec<PartitionKey>> = BTreeMap::new();
         for (position, (key, previous)) in active.into_iter().enumerate() {
             let target = assignment.owner(position).map(|index| &workers[index].id);
             let compatible = target.is_some_and(|target| self.workers[target].processes(&key.job));
@@ -107,8 +115,8 @@ impl AssignerState {
                 }
                 // Move only to a worker that processes the job; otherwise it stays put (and while
                 // placement is frozen, always).
-                (Some(_), Some(_)) if compatible && !frozen => {
-                    self.revoke(&key, RevokeCause::Rebalance)
+                (Some(previous), Some(_)) if compatible && !frozen => {
+                    wanted.entry(previous).or_default().push(key);
                 }
                 (Some(previous), _) => *held.entry(previous).or_default() += 1,
                 // A hand-over in flight: its place is reserved, the grant waits for the release.
@@ -126,6 +134,7 @@ impl AssignerState {
                 (None, _) => unplaced.push(key),
             }
         }
+        self.start_rebalance_moves(wanted, &workers, granted, &mut held);
         // Workers that declared jobs: a partition the balance put on a worker that does not
         // process its job goes to the least loaded worker that does and has a free slot.
         for key in unplaced {
@@ -142,6 +151,54 @@ impl AssignerState {
                 *held.entry(target.clone()).or_default() += 1;
                 self.grant(&key, target);
             }
+        }
+    }
+
+    /// Revokes the moves the churn budget allows this round (all of them when uncapped), the
+    /// most useful first, and counts the others as still held by their owners.
+    fn start_rebalance_moves(
+        &mut self,
+        wanted: BTreeMap<MemberId, Vec<PartitionKey>>,
+        workers: &[Worker<MemberId>],
+        granted: u64,
+        held: &mut BTreeMap<MemberId, u64>,
+    ) {
+        self.churn
+            .settle(|key| self.revoking_since.get(key).map(|(_, overdue)| *overdue));
+        if wanted.is_empty() {
+            return;
+        }
+        let budget = self.churn.budget(self.policy.rebalance.cap(granted));
+        let slots: BTreeMap<&MemberId, u64> = workers
+            .iter()
+            .map(|worker| (&worker.id, u64::from(worker.capacity)))
+            .collect();
+        let sources = wanted
+            .into_iter()
+            .map(|(worker, sheds)| Source {
+                load: held.get(&worker).copied().unwrap_or(0) + sheds.len() as u64,
+                slots: slots.get(&worker).copied().unwrap_or(1),
+                worker,
+                sheds,
+            })
+            .collect();
+        let (chosen, deferred) = choose_moves(sources, budget);
+        for (key, _) in &chosen {
+            self.revoke(key, RevokeCause::Rebalance);
+            self.churn.started(key.clone());
+        }
+        let mut deferred_moves = 0;
+        for (worker, count) in deferred {
+            deferred_moves += count;
+            *held.entry(worker).or_default() += count;
+        }
+        // A round spent waiting for the last wave's hand-overs records nothing: the metric
+        // counts waves.
+        if !chosen.is_empty() {
+            self.churn.record(RebalanceRound {
+                moved: chosen.len() as u64,
+                deferred: deferred_moves,
+            });
         }
     }
 

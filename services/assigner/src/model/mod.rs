@@ -28,13 +28,15 @@
 //! other report is stale, counted and dropped.
 //!
 //! Files: `partitions.rs` (the lifecycle, its indexes, progress, reclaims), `workers.rs` (views and
-//! assignment records), `grants.rs` (placement), `plan.rs` (cutting jobs, retries, planners),
+//! assignment records), `grants.rs` (placement), `churn.rs` (the churn budget: rebalancing moves
+//! per round), `plan.rs` (cutting jobs, retries, planners),
 //! `gaps.rs` (coverage, audit, compaction), `retention.rs` (removing finished jobs), `jobs.rs`
 //! (admin commands), `refusal.rs` (their typed refusals), `changes.rs` (the change set),
 //! `levers.rs` (drains, freeze, `members`), `spans.rs` (the spans of a partition's trace, built
 //! at these events only when the process traces).
 
 mod changes;
+mod churn;
 mod gaps;
 mod gauges;
 mod grants;
@@ -53,6 +55,7 @@ mod workers;
 mod tests;
 
 pub(crate) use changes::{ChangeSet, Put, Written};
+pub(crate) use churn::{RebalancePolicy, RebalanceRound};
 pub(crate) use gauges::{JobGauges, ModelGauges};
 pub(crate) use plan::PlanQuestion;
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
@@ -178,6 +181,8 @@ pub(crate) struct Policy {
     pub revoke_timeout_ms: u64,
     /// Straggler splitting and adaptive partition size (`split.rs`).
     pub tails: TailPolicy,
+    /// The churn budget: rebalancing moves per round at most (`churn.rs`).
+    pub rebalance: RebalancePolicy,
     /// Holder deaths (with no progress in between) that quarantine a partition; 0: never
     /// (`quarantine.rs`).
     pub quarantine_after_deaths: u32,
@@ -293,6 +298,8 @@ pub(crate) struct AssignerState {
     /// Capacities of worker incarnations that left the view, until their reclaim: how many of
     /// their partitions they were running (`quarantine.rs`).
     departed_capacity: BTreeMap<(MemberId, Incarnation), Capacity>,
+    /// Rebalancing hand-overs in flight and rounds' moves (`churn.rs`).
+    churn: churn::Churn,
 }
 
 impl AssignerState {
@@ -325,6 +332,7 @@ impl AssignerState {
             levers: levers::Levers::new(),
             tails: split::Tails::default(),
             departed_capacity: BTreeMap::new(),
+            churn: churn::Churn::default(),
         }
     }
 
@@ -362,6 +370,11 @@ impl AssignerState {
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// The rounds that wanted rebalancing moves since the last call: moves started, deferred.
+    pub fn take_rebalance_rounds(&mut self) -> Vec<RebalanceRound> {
+        self.churn.take_rounds()
     }
 
     /// Jobs in the model (every state).

@@ -1,11 +1,13 @@
 //! Unit tests of the model (no NATS, no clock: the tests pass `now`). `decisions.rs`: what rounds
 //! decide (cutting, grants, revokes, progress, reclaims, retries, planners, audits); `changes.rs`:
 //! the change set and the lifecycle checks; `admin.rs`: commands and their typed refusals;
-//! `levers.rs`: drain, undrain, freeze and the progress counters.
+//! `levers.rs`: drain, undrain, freeze and the progress counters; `churn.rs`: the churn budget
+//! (rebalancing moves per round, convergence, the fewest moves).
 
 mod admin;
 mod bounded;
 mod changes;
+mod churn;
 mod decisions;
 mod gauges;
 mod levers;
@@ -41,6 +43,7 @@ fn policy() -> Policy {
         finished_job_retention_ms: 3_600_000,
         revoke_timeout_ms: 5_000,
         tails: super::TailPolicy::default(),
+        rebalance: super::RebalancePolicy::default(),
         quarantine_after_deaths: 3,
     }
 }
