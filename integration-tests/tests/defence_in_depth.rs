@@ -39,6 +39,7 @@ fn forged_record(epoch: u64) -> AssignmentRecord {
         seq: ViewSeq(1),
         grants: Vec::new(),
         drain: false,
+        revoking: Vec::new(),
     }
 }
 

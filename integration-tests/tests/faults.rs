@@ -218,6 +218,7 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
         seq: ViewSeq(1_000_000),
         grants: vec![grant],
         drain: false,
+        revoking: Vec::new(),
     };
     stack
         .resources

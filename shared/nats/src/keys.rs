@@ -213,7 +213,7 @@ pub fn honoured_ttl(ttl: Option<Duration>) -> bool {
 
 /// The `Nats-TTL` header of a stored message: whole seconds (what ELK and async-nats write) or a Go
 /// duration (`90s`, `1m30s`, what other clients may write); `never`, absent or unreadable: `None`.
-fn stored_ttl(headers: &HeaderMap) -> Option<Duration> {
+pub fn stored_ttl(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(TTL_HEADER)?.as_str().trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

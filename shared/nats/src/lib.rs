@@ -23,7 +23,7 @@ pub use connect::{
 };
 pub use error::{BoxError, NatsError, NatsErrorKind, Retryable, classify, report};
 pub use follow::{RESYNC_INTERVAL, Versioned, follow_key};
-pub use keys::{KeyBucket, KeyWatch, MAX_LEASE_TTL, honoured_ttl};
+pub use keys::{KeyBucket, KeyWatch, MAX_LEASE_TTL, honoured_ttl, stored_ttl};
 pub use kv::{
     Bucket, CasOutcome, KvEntry, WatchSnapshot, cas_write, last_revision, read_entry,
     watch_snapshot,

@@ -441,6 +441,12 @@ pub struct AssignmentRecord {
     /// The worker should finish nothing new and release everything (scale-in).
     #[serde(default)]
     pub drain: bool,
+    /// Partitions revoked from this worker whose `released` the assigner still waits for, with
+    /// their current token. A worker that does not hold one (it never saw that grant: a record
+    /// it missed, or a token a new leader changed before writing it) releases it at once, so no
+    /// revoke waits for an answer that can never come.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoking: Vec<Grant>,
 }
 message!(AssignmentRecord, "assignment");
 

@@ -123,6 +123,14 @@ fn all_messages_round_trip() {
             traceparent: Some(GRANT.to_owned()),
         }],
         drain: false,
+        revoking: vec![Grant {
+            job: job(),
+            partition: PartitionId(8),
+            range: IdRange::new(70_001, 80_000).unwrap(),
+            resume_from: 70_001,
+            token: PartitionLeaseToken(100),
+            traceparent: None,
+        }],
     });
     for event in [
         ProgressEvent::Checkpoint { last_done: 5 },

@@ -47,7 +47,14 @@
 //!      token (a terminal report also prevents the same token from ever starting again for it);
 //!    * the member key of the worker is deleted or expires (TTL marker / purge) while it holds
 //!      that incarnation;
-//!    * the member key is put with another incarnation (the worker re-joined).
+//!    * the member key is put with another incarnation (the worker re-joined);
+//!    * at the latest, when one of those is seen after the member's lease ran out (its last
+//!      put + that put's `Nats-TTL`), the hold ended when the lease ran out: the worker fenced
+//!      itself before then and the election may drop it, whenever the server removes the key (a
+//!      new stream leader can expire keys seconds late, and a watch blind meanwhile never sees
+//!      the delete marker that the next incarnation's put replaced). Renewals a blind watch
+//!      missed (the bucket keeps one revision per key) can place that end early: the auditor is
+//!      exact only while its watches deliver every revision.
 //! 4. **Overlap.** When a hold starts while another `(worker, incarnation)` holds the same
 //!    `(job, partition)` (any token), that is a violation. Two holds of the same holder (a re-grant
 //!    with a new token while the old run winds down) are not an overlap.

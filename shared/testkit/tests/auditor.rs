@@ -110,6 +110,7 @@ impl Fixture {
             seq: ViewSeq(seq),
             grants,
             drain: false,
+            revoking: Vec::new(),
         };
         self.resources
             .assignments

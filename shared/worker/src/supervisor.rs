@@ -164,6 +164,9 @@ pub(crate) struct Supervisor {
     last_applied: Option<(Epoch, ViewSeq)>,
     /// A `drain` record was already announced in this incarnation.
     drain_announced: bool,
+    /// Revokes of the latest record for grants this worker does not hold, waiting for a run of
+    /// the same partition (under another token) to end before they are answered.
+    revoke_notices: Vec<Grant>,
 }
 
 impl Supervisor {
@@ -185,6 +188,7 @@ impl Supervisor {
             highest_epoch: Epoch(0),
             last_applied: None,
             drain_announced: false,
+            revoke_notices: Vec::new(),
         }
     }
 
@@ -246,6 +250,7 @@ impl Supervisor {
             Some(TaskOwner::Grant(key)) => self.on_processor_returned(key, result),
             Some(TaskOwner::Orphan { job, partition }) => {
                 tracing::debug!(%job, %partition, "a run abandoned at a self-fence returned");
+                self.answer_revoke_notices();
                 self.start_queued();
             }
             None => tracing::error!("a processor returned for an unknown partition"),
@@ -345,7 +350,9 @@ impl Supervisor {
         for key in dropped {
             self.revoke(key);
         }
-        self.finished.retain(|key| wanted.contains(key));
+        let revoking: HashSet<GrantKey> = record.revoking.iter().map(GrantKey::of).collect();
+        self.finished
+            .retain(|key| wanted.contains(key) || revoking.contains(key));
         for grant in grants {
             let key = GrantKey::of(&grant);
             if self.slots.contains_key(&key) || self.finished.contains(&key) {
@@ -353,7 +360,49 @@ impl Supervisor {
             }
             self.enqueue(key, grant);
         }
+        self.revoke_notices = record.revoking;
+        self.answer_revoke_notices();
         self.start_queued();
+    }
+
+    /// Releases the revoked grants of the record that this worker never held: it missed the
+    /// record that granted them, or a new assigner changed the token before writing one. Without
+    /// an answer the assigner would wait for as long as this worker lives (a revoke ends only
+    /// with a release or the owner's expiry). A grant it holds is released by its run (see
+    /// [`Supervisor::revoke`]); one it already ended was answered; one whose partition still runs
+    /// here under another token waits for that run, so the partition is never run twice at once.
+    fn answer_revoke_notices(&mut self) {
+        let notices = std::mem::take(&mut self.revoke_notices);
+        for grant in notices {
+            let key = GrantKey::of(&grant);
+            if self.slots.contains_key(&key) || self.finished.contains(&key) {
+                continue;
+            }
+            let still_running = self
+                .task_owners
+                .values()
+                .any(|owner| owner.runs(&key.job, key.partition));
+            if still_running {
+                self.revoke_notices.push(grant);
+                continue;
+            }
+            tracing::info!(job = %key.job, partition = %key.partition, "releasing a revoked grant this worker never held");
+            let slot = Slot {
+                checkpoint: Arc::new(CheckpointCell::new(grant.range, grant.range.first())),
+                last_flushed: None,
+                granted_at: None,
+                grant,
+                state: SlotState::Queued,
+                trace: Continuation::Untraced,
+            };
+            self.shared.lifecycle.emit(WorkerEvent::Revoked {
+                job: key.job.clone(),
+                partition: key.partition,
+                token: key.token,
+            });
+            // Nothing processed here: the assigner keeps the partition's checkpoint.
+            self.finish(key, &slot, ProgressEvent::Released { last_done: None });
+        }
     }
 
     fn enqueue(&mut self, key: GrantKey, mut grant: Grant) {
@@ -472,6 +521,7 @@ impl Supervisor {
         let revoked = matches!(slot.state, SlotState::Running { revoked: true, .. });
         let event = terminal_event(result, revoked, slot.checkpoint.get());
         self.finish(key, &slot, event);
+        self.answer_revoke_notices();
         self.start_queued();
     }
 

@@ -6,7 +6,7 @@ mod support;
 use elk_protocol::decode;
 use elk_protocol::messages::{MemberRecord, MemberRole, ProgressEvent};
 use elk_testkit::wait_until;
-use elk_types::{Capacity, Incarnation};
+use elk_types::{Capacity, Incarnation, PartitionId, PartitionLeaseToken, ViewSeq};
 use elk_worker::WorkerError;
 use std::time::Duration;
 use support::{DEADLINE, Harness, RecordingProcessor, grant, record};
@@ -482,5 +482,97 @@ async fn a_lost_membership_fences_without_releasing_and_rejoins_with_a_new_incar
         "nothing but checkpoints for fenced work"
     );
     assert_eq!(harness.terminal(2), Some(ProgressEvent::Completed));
+    worker.shutdown().await.unwrap();
+}
+
+/// A revoke of a grant the worker never held (it missed the record granting it, or a new
+/// assigner changed its token before writing one) is answered with `released` at once — or, when
+/// the partition still runs here under another token, right after that run ends — and only once.
+/// Without it the assigner waited for that release for as long as the worker lived (found by
+/// `faults::the_standby_assigner_resumes_a_rebalance_under_a_higher_epoch`: a job never done).
+#[tokio::test]
+async fn revokes_of_grants_never_held_are_released_once_and_after_the_partitions_run() {
+    let harness = Harness::start().await;
+    let processor = RecordingProcessor::new(Duration::from_millis(1));
+    let recorder = processor.recorder.clone();
+    let worker = harness
+        .builder("w1")
+        .capacity(1)
+        .start(processor)
+        .await
+        .unwrap();
+    let incarnation = worker.incarnation();
+    harness
+        .assign(
+            "w1",
+            &record(incarnation, 1, 1, vec![grant(1, 1, 1_000_000, 1)]),
+        )
+        .await;
+    wait_until("partition 1 processed 30 ids", DEADLINE, || async {
+        recorder.processed_count(1) >= 30
+    })
+    .await
+    .unwrap();
+
+    // Partition 5 was never granted here; partition 1 runs under token 1001, and the record
+    // revokes it under the token a new assigner gave it.
+    let never_seen = grant(5, 1, 100, 1);
+    let mut retokened = grant(1, 1, 1_000_000, 1);
+    retokened.token = PartitionLeaseToken(2001);
+    let mut revoking = record(incarnation, 2, 1, Vec::new());
+    revoking.revoking = vec![retokened, never_seen];
+    harness.assign("w1", &revoking).await;
+    let released = |partition: u64, token: u64| {
+        harness
+            .reports()
+            .into_iter()
+            .filter(|received| {
+                received.report.partition == PartitionId(partition)
+                    && received.report.token == PartitionLeaseToken(token)
+                    && matches!(received.report.event, ProgressEvent::Released { .. })
+            })
+            .map(|received| received.report.event)
+            .collect::<Vec<_>>()
+    };
+    wait_until("every revoke answered", DEADLINE, || async {
+        !released(5, 1005).is_empty() && !released(1, 2001).is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        released(5, 1005),
+        vec![ProgressEvent::Released { last_done: None }],
+        "never held: released with no checkpoint of its own"
+    );
+    assert!(recorder.processed(5).is_empty());
+    // The run under the old token ended first (released with its checkpoint), then the revoke
+    // of the new token was answered: never two runs of partition 1 at once.
+    let order: Vec<u64> = harness
+        .reports()
+        .into_iter()
+        .filter(|received| {
+            received.report.partition == PartitionId(1)
+                && matches!(received.report.event, ProgressEvent::Released { .. })
+        })
+        .map(|received| received.report.token.get())
+        .collect();
+    assert_eq!(order, vec![1001, 2001]);
+    assert_eq!(
+        released(1, 2001),
+        vec![ProgressEvent::Released { last_done: None }]
+    );
+
+    // The same record again (the assigner has not applied the releases yet): no second answer.
+    let mut again = revoking.clone();
+    again.seq = ViewSeq(2);
+    harness.assign("w1", &again).await;
+    // Then a record with partition 2 granted: once it completes, the record before it was
+    // applied too (records apply in order).
+    let mut next = record(incarnation, 2, 3, vec![grant(2, 1, 10, 1)]);
+    next.revoking = again.revoking.clone();
+    harness.assign("w1", &next).await;
+    harness.wait_for_terminal(&[2]).await;
+    assert_eq!(released(5, 1005).len(), 1);
+    assert_eq!(released(1, 2001).len(), 1);
     worker.shutdown().await.unwrap();
 }

@@ -109,6 +109,12 @@ impl AssignerState {
             "partition {key}: {from:?} → {to:?} is not in the lifecycle"
         );
         self.unindex(key, &stored.value, to);
+        if from == PartitionStatus::Revoking
+            && let Some(owner) = &stored.value.owner
+        {
+            // Its record lists the revoke until the partition leaves `revoking`.
+            self.dirty_assignments.insert(owner.id.clone());
+        }
         change(&mut stored.value);
         debug_assert_eq!(stored.value.status, from, "only `to` changes the status");
         stored.value.status = to;

@@ -6,7 +6,7 @@ use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{
     AssignmentRecord, Grant, MemberRef, MembershipView, PartitionRecord, PartitionStatus,
 };
-use elk_types::{MemberId, ViewSeq};
+use elk_types::{Incarnation, JobName, MemberId, PartitionId, ViewSeq};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl AssignerState {
@@ -116,12 +116,16 @@ impl AssignerState {
             (None, None) => return None,
         };
         let drain = live.is_some_and(|info| !info.takes_grants());
+        let revoking = self.revoking_grants_of(worker, incarnation);
         let previous = self.assignments.get(worker);
         if let Some(previous) = previous {
             let same = previous.value.grants == grants
                 && previous.value.incarnation == incarnation
                 && previous.value.epoch == self.epoch
-                && previous.value.drain == drain;
+                && previous.value.drain == drain
+                // By token only: a revoking partition's checkpoints move its `resume_from`,
+                // which is no reason to rewrite the record.
+                && grant_keys(&previous.value.revoking).eq(grant_keys(&revoking));
             if same {
                 return None;
             }
@@ -146,7 +150,25 @@ impl AssignerState {
             seq,
             grants,
             drain,
+            revoking,
         })
+    }
+
+    /// The partitions revoked from `worker`'s `incarnation` that wait for its release, as grants
+    /// with their current token (sorted by job and partition, as the revoking index is).
+    fn revoking_grants_of(&self, worker: &MemberId, incarnation: Incarnation) -> Vec<Grant> {
+        self.revoking_since
+            .keys()
+            .filter_map(|key| self.partitions.get(key))
+            .filter(|stored| {
+                stored
+                    .value
+                    .owner
+                    .as_ref()
+                    .is_some_and(|o| &o.id == worker && o.incarnation == incarnation)
+            })
+            .map(|stored| grant_of(&stored.value))
+            .collect()
     }
 }
 
@@ -156,6 +178,12 @@ pub(super) fn resume_point(record: &PartitionRecord) -> u64 {
         Some(done) if done >= record.range.first() => done + 1,
         _ => record.range.first(),
     }
+}
+
+fn grant_keys(grants: &[Grant]) -> impl Iterator<Item = (&JobName, PartitionId, u64)> {
+    grants
+        .iter()
+        .map(|grant| (&grant.job, grant.partition, grant.token.get()))
 }
 
 fn grant_of(record: &PartitionRecord) -> Grant {

@@ -15,7 +15,7 @@ use elk_protocol::decode;
 use elk_protocol::messages::{AssignmentRecord, MemberRecord, ProgressReport};
 use elk_types::{Incarnation, MemberId};
 use futures::StreamExt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +34,9 @@ pub enum AuditEventKind {
     MemberPut {
         member: MemberId,
         incarnation: Incarnation,
+        /// The put's `Nats-TTL`, when it could be read: the member's lease ends at `at + ttl`
+        /// unless renewed, whenever the server removes the key.
+        ttl: Option<Duration>,
     },
     /// `members/<id>` deleted (graceful leave).
     MemberDeleted {
@@ -125,6 +128,7 @@ pub(super) async fn follow_kv(
     // for (a gap left by an expired delete marker never fills: one re-open for it is enough).
     let mut behind = 0;
     let mut reopened_for = 0;
+    let mut lease_ttls = LeaseTtls::default();
     loop {
         let entry = tokio::select! {
             entry = watch.next() => entry,
@@ -180,7 +184,15 @@ pub(super) async fn follow_kv(
         last_revision = entry.revision;
         let at = entry_time(&entry);
         let seq = entry.revision;
-        let kind = kv_event(source, &entry);
+        let mut kind = kv_event(source, &entry);
+        if let Ok(Some(AuditEventKind::MemberPut {
+            member,
+            incarnation,
+            ttl,
+        })) = &mut kind
+        {
+            *ttl = lease_ttls.read(&store, member, *incarnation, seq).await;
+        }
         let mut recorded = recorded.lock().expect("auditor lock");
         match source {
             Source::Members => recorded.members_seq = recorded.members_seq.max(seq),
@@ -199,6 +211,41 @@ pub(super) async fn follow_kv(
         .push("a KV watch ended".to_owned());
 }
 
+/// The TTL each member incarnation's key was written with, read from the stored put's `Nats-TTL`
+/// header once per incarnation (a renewal keeps it).
+///
+/// Why the auditor needs it: a member's lease ends at its last renewal + TTL, which is when the
+/// election may drop it and its partitions be granted again (the worker fenced itself before),
+/// but the server can remove the key much later, and that removal need not be seen at all. On a
+/// cluster whose stream leader was killed, expiry timers restart on the new leader (a key seen
+/// removed ~6 s after its TTL), and a watch blind meanwhile sees the member's next incarnation
+/// replace a delete marker it never delivered (nats_durability: holds of a fenced worker counted
+/// as overlapping the re-grants made after its lease ran out).
+#[derive(Default)]
+struct LeaseTtls {
+    known: HashMap<(MemberId, Incarnation), Duration>,
+}
+
+impl LeaseTtls {
+    async fn read(
+        &mut self,
+        store: &kv::Store,
+        member: &MemberId,
+        incarnation: Incarnation,
+        revision: u64,
+    ) -> Option<Duration> {
+        let key = (member.clone(), incarnation);
+        if let Some(ttl) = self.known.get(&key) {
+            return Some(*ttl);
+        }
+        // Already replaced (the watch was behind): the next renewal's put is read instead.
+        let message = store.stream.get_raw_message(revision).await.ok()?;
+        let ttl = elk_nats::stored_ttl(&message.headers)?;
+        self.known.insert(key, ttl);
+        Some(ttl)
+    }
+}
+
 fn kv_event(source: Source, entry: &kv::Entry) -> Result<Option<AuditEventKind>, String> {
     let id = MemberId::new(entry.key.as_str())
         .map_err(|e| format!("{} key '{}': {e}", entry.bucket, entry.key))?;
@@ -211,6 +258,7 @@ fn kv_event(source: Source, entry: &kv::Entry) -> Result<Option<AuditEventKind>,
             Some(AuditEventKind::MemberPut {
                 member: id,
                 incarnation: record.incarnation,
+                ttl: None,
             })
         }
         (Source::Members, Operation::Delete) => Some(AuditEventKind::MemberDeleted { member: id }),

@@ -38,6 +38,8 @@ struct Replay {
     overlaps: Vec<(usize, usize, SystemTime)>,
     /// Tokens that already had a hold, per partition (first hold of a token checks durability).
     tokens_seen: HashSet<(JobName, PartitionId, PartitionLeaseToken)>,
+    /// When each incarnation's lease runs out unless renewed: its last put + the put's TTL.
+    lease_ends: HashMap<(MemberId, Incarnation), SystemTime>,
 }
 
 impl Replay {
@@ -112,7 +114,21 @@ impl Replay {
             .cloned()
             .collect();
         for key in keys {
-            self.end_hold(&key, at, end.clone());
+            // A lease that ran out before the key was seen gone ended the hold then: the worker
+            // had fenced itself, and the election could drop it (see `LeaseTtls`).
+            let lease_end = self
+                .lease_ends
+                .get(&(key.0.worker.clone(), key.0.incarnation))
+                .copied()
+                .filter(|lease_end| *lease_end < at);
+            match lease_end {
+                // An expiry comes a little after the lease's end anyway: still an expiry.
+                Some(lease_end) if end == HoldEnd::MemberExpired => {
+                    self.end_hold(&key, lease_end, end.clone())
+                }
+                Some(lease_end) => self.end_hold(&key, lease_end, HoldEnd::LeaseRanOut),
+                None => self.end_hold(&key, at, end.clone()),
+            };
         }
     }
 
@@ -127,7 +143,14 @@ impl Replay {
             AuditEventKind::MemberPut {
                 member,
                 incarnation,
+                ttl,
             } => {
+                match ttl {
+                    Some(ttl) => self
+                        .lease_ends
+                        .insert((member.clone(), incarnation), at + ttl),
+                    None => self.lease_ends.remove(&(member.clone(), incarnation)),
+                };
                 self.members.insert(member.clone(), Some(incarnation));
                 self.seen_incarnations.insert((member.clone(), incarnation));
                 let end = HoldEnd::Replaced { by: incarnation };
@@ -277,6 +300,14 @@ impl AuditReport {
         } = replay;
         report.overlaps = overlaps
             .into_iter()
+            // An earlier hold whose end was placed at its lease's end can stop before the later
+            // one started: no overlap.
+            .filter(|(earlier, later, _)| {
+                report.holds[*earlier]
+                    .until
+                    .as_ref()
+                    .is_none_or(|(until, _)| *until > report.holds[*later].from)
+            })
             .map(|(earlier, later, at)| {
                 let earlier = report.holds[earlier].clone();
                 let later = report.holds[later].clone();
@@ -327,6 +358,7 @@ mod tests {
             kind: AuditEventKind::MemberPut {
                 member: id(member),
                 incarnation: Incarnation(incarnation),
+                ttl: None,
             },
         }
     }
@@ -360,6 +392,7 @@ mod tests {
                         })
                         .collect(),
                     drain: false,
+                    revoking: Vec::new(),
                 },
             },
         }
@@ -405,6 +438,58 @@ mod tests {
         let windows = report.repeat_windows(&job());
         assert_eq!(windows.len(), 1);
         assert_eq!((windows[0].first_id, windows[0].last_id), (1, 100));
+    }
+
+    fn put_with_ttl(ms: u64, member: &str, incarnation: u64, ttl_ms: u64) -> AuditEvent {
+        let mut event = put(ms, member, incarnation);
+        if let AuditEventKind::MemberPut { ttl, .. } = &mut event.kind {
+            *ttl = Some(Duration::from_millis(ttl_ms));
+        }
+        event
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_before_its_key_was_seen_removed_ends_the_holds_then() {
+        // a#1 renews at 0 and 500 (TTL 2 s) and stops: its lease ends at 2,500. The server
+        // removes the key late and the watch never sees it; a#2's put at 6,000 replaces it.
+        // b's grant at 4,000 comes after the lease ran out: no overlap.
+        let events = |ttl: Option<u64>| {
+            let put_a = |ms| match ttl {
+                Some(ttl) => put_with_ttl(ms, "a", 1, ttl),
+                None => put(ms, "a", 1),
+            };
+            vec![
+                put_a(0),
+                put(1, "b", 1),
+                record(10, "a", 1, (1, 1), &[(1, 100, 1)]),
+                put_a(500),
+                record(4_000, "b", 1, (2, 1), &[(1, 101, 1)]),
+                put(6_000, "a", 2),
+            ]
+        };
+        let report = AuditReport::from_events(events(Some(2_000)));
+        report.assert_no_overlap();
+        assert_eq!(
+            report.holds[0].until,
+            Some((at(2_500), HoldEnd::LeaseRanOut))
+        );
+        // Without a known TTL the hold lasts until the key is seen replaced: an overlap.
+        let report = AuditReport::from_events(events(None));
+        assert_eq!(report.overlaps.len(), 1);
+        assert_eq!(
+            report.holds[0].until,
+            Some((at(6_000), HoldEnd::Replaced { by: Incarnation(2) }))
+        );
+        // A key seen removed before its lease ran out ends the hold at the removal.
+        let report = AuditReport::from_events(vec![
+            put_with_ttl(0, "a", 1, 2_000),
+            record(10, "a", 1, (1, 1), &[(1, 100, 1)]),
+            put(1_000, "a", 2),
+        ]);
+        assert_eq!(
+            report.holds[0].until,
+            Some((at(1_000), HoldEnd::Replaced { by: Incarnation(2) }))
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum HoldEnd {
     Replaced {
         by: Incarnation,
     },
+    /// The member's lease (last renewal + its TTL) ran out before its key was seen removed or
+    /// replaced: the worker had fenced itself by then.
+    LeaseRanOut,
 }
 
 impl HoldEnd {
@@ -60,6 +63,7 @@ impl fmt::Display for HoldEnd {
             HoldEnd::MemberDeleted => f.write_str("member key deleted"),
             HoldEnd::MemberExpired => f.write_str("member key expired"),
             HoldEnd::Replaced { by } => write!(f, "member re-joined as incarnation {by}"),
+            HoldEnd::LeaseRanOut => f.write_str("member lease ran out (last renewal + TTL)"),
         }
     }
 }

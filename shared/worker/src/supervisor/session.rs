@@ -125,6 +125,7 @@ impl Supervisor {
         self.slots.clear();
         self.queue.clear();
         self.finished.clear();
+        self.revoke_notices.clear();
         self.last_applied = None;
         self.update_gauges();
     }

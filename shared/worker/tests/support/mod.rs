@@ -174,6 +174,7 @@ pub fn record(
         seq: ViewSeq(seq),
         grants,
         drain: false,
+        revoking: Vec::new(),
     }
 }
 

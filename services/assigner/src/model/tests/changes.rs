@@ -184,3 +184,86 @@ fn the_indexes_follow_every_transition() {
         "a granted partition in the pending index is caught"
     );
 }
+
+#[test]
+fn a_worker_s_record_lists_its_revokes_until_they_are_released() {
+    let mut state = loaded(Snapshot::default());
+    let spec = JobSpec::fixed(IdRange::new(1, 2_000).unwrap(), 1_000);
+    state.create_job(&job_name(), &spec).unwrap();
+    state.apply_view(&view(&[("a", 1, 2)]));
+    state.reconcile(1);
+    let a = MemberId::new("a").unwrap();
+    let first = state.take_changes().assignments;
+    assert_eq!(first[0].value.grants.len(), 2);
+    assert!(first[0].value.revoking.is_empty());
+    state.record_written(Written {
+        assignments: first
+            .into_iter()
+            .map(|Put { key, value, .. }| (key, value, Revision(5)))
+            .collect(),
+        ..Written::default()
+    });
+
+    // Pausing revokes both: the record grants nothing and lists both revokes, tokens included,
+    // so a worker that never saw a grant (or its current token) can still answer it.
+    state.pause_job(&job_name()).unwrap();
+    state.reconcile(2);
+    let changes = state.take_changes().assignments;
+    let record = &changes[0].value;
+    assert!(record.grants.is_empty());
+    let listed: Vec<(u64, PartitionLeaseToken)> = record
+        .revoking
+        .iter()
+        .map(|grant| (grant.partition.get(), grant.token))
+        .collect();
+    let tokens: Vec<(u64, PartitionLeaseToken)> = [1, 2]
+        .into_iter()
+        .map(|partition| (partition, owner_and_token(&state, partition).1))
+        .collect();
+    assert_eq!(listed, tokens);
+    state.record_written(Written {
+        assignments: changes
+            .into_iter()
+            .map(|Put { key, value, .. }| (key, value, Revision(6)))
+            .collect(),
+        ..Written::default()
+    });
+
+    // A checkpoint of a revoking partition rewrites no record.
+    let (_, token) = owner_and_token(&state, 1);
+    state
+        .apply_progress(&report(
+            "a",
+            1,
+            1,
+            token,
+            ProgressEvent::Checkpoint { last_done: 10 },
+        ))
+        .unwrap();
+    state.reconcile(3);
+    assert!(state.take_changes().assignments.is_empty());
+
+    // Its release takes it off the list.
+    state
+        .apply_progress(&report(
+            "a",
+            1,
+            1,
+            token,
+            ProgressEvent::Released {
+                last_done: Some(10),
+            },
+        ))
+        .unwrap();
+    state.reconcile(4);
+    let changes = state.take_changes().assignments;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].key, a);
+    let left: Vec<u64> = changes[0]
+        .value
+        .revoking
+        .iter()
+        .map(|grant| grant.partition.get())
+        .collect();
+    assert_eq!(left, vec![2]);
+}
