@@ -349,6 +349,26 @@ async fn each_service_role_writes_only_its_own_buckets() {
             .request_refused(&format!("{role} deletes a bucket"), &delete, "")
             .await;
     }
+    // The assigner may re-create its own progress consumer (`progress_feed.rs`), but neither
+    // delete it, add another consumer, nor change the stream.
+    let assigner = Probe::connect(&stack, Role::Assigner, "assigner-8").await;
+    let stream = format!("ELK_{ns}_PROGRESS");
+    for (what, subject) in [
+        (
+            "the assigner deletes its progress consumer",
+            format!("$JS.API.CONSUMER.DELETE.{stream}.{PROGRESS_CONSUMER}"),
+        ),
+        (
+            "the assigner adds a consumer to the progress stream",
+            format!("$JS.API.CONSUMER.CREATE.{stream}.evil"),
+        ),
+        (
+            "the assigner changes the progress stream",
+            format!("$JS.API.STREAM.UPDATE.{stream}"),
+        ),
+    ] {
+        assigner.request_refused(what, &subject, "{}").await;
+    }
     let r = &stack.resources;
     for (store, key) in [(&r.jobs, "j"), (&r.leases, "view"), (&r.fleet, "desired")] {
         untouched(store, key).await;

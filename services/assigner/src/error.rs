@@ -68,17 +68,16 @@ impl fmt::Display for JetstreamOperation {
     }
 }
 
-/// A feed the leader loop follows.
+/// A feed the leader loop follows whose end ends the term (the progress feed never ends: it
+/// re-creates its consumer instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
-    ProgressStream,
     MembershipView,
 }
 
 impl fmt::Display for Feed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Feed::ProgressStream => "progress stream",
             Feed::MembershipView => "membership view follower",
         })
     }

@@ -59,6 +59,12 @@ pub struct AssignerMetrics {
     progress: Family<Labels2, Counter>,
     /// Partitions of departed workers taken back (after their progress barrier).
     pub partitions_reclaimed: Counter,
+    /// Times the leader found its durable progress consumer missing and re-created it.
+    pub progress_consumer_recreated: Counter,
+    /// Progress reports removed from the stream before the leader received them.
+    pub progress_lost: Counter,
+    /// Applied progress reports purged from the stream by the leader.
+    pub progress_trimmed: Counter,
     kv_writes: Family<Labels2, Counter>,
     /// Leader terms this replica started.
     pub leader_terms: Counter,
@@ -103,6 +109,9 @@ impl Default for AssignerMetrics {
             http_api: BoundAddress::default(),
             progress: Family::default(),
             partitions_reclaimed: Counter::default(),
+            progress_consumer_recreated: Counter::default(),
+            progress_lost: Counter::default(),
+            progress_trimmed: Counter::default(),
             kv_writes: Family::default(),
             leader_terms: Counter::default(),
             grants: Counter::default(),
@@ -128,11 +137,26 @@ impl Default for AssignerMetrics {
 
 impl AssignerMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 15] = [
             (
                 "elk_assigner_partitions_reclaimed",
                 "Partitions of departed workers taken back after their progress barrier",
                 &self.partitions_reclaimed,
+            ),
+            (
+                "elk_assigner_progress_consumer_recreated",
+                "Times the leader found its durable progress consumer missing and re-created it (without ending its term)",
+                &self.progress_consumer_recreated,
+            ),
+            (
+                "elk_assigner_progress_lost",
+                "Progress reports removed from the stream (age limit, another client) before the leader received them",
+                &self.progress_lost,
+            ),
+            (
+                "elk_assigner_progress_trimmed",
+                "Applied progress reports purged from the stream (below every consumer's ack floor)",
+                &self.progress_trimmed,
             ),
             (
                 "elk_assigner_leader_terms",

@@ -7,9 +7,11 @@
 //! replica, the job of a planner) and `{{subject()}}` (the user's public nkey, which makes its
 //! private reply inbox `_INBOX.<public key>`; see [`inbox_prefix`]).
 //!
-//! Nobody but [`Role::Admin`] may create, update or delete a stream or a durable consumer: the
-//! other roles only read buckets through direct gets and ephemeral ordered consumers, write their
-//! own keys, and use the provisioned progress consumer.
+//! Nobody but [`Role::Admin`] may create, update or delete a stream, or delete a durable
+//! consumer: the other roles only read buckets through direct gets and ephemeral ordered
+//! consumers, write their own keys, and use the provisioned progress consumer — which the
+//! assigner alone may re-create (under its own name) when it has disappeared, and whose applied
+//! reports it alone may purge.
 
 use elk_protocol::admin::READ_ONLY_VERBS;
 use elk_protocol::names::{Names, PLACEMENT_KEY, PROGRESS_CONSUMER};
@@ -142,16 +144,7 @@ impl Role {
                 // The placement levers (drain, freeze), so a new leader continues them.
                 p.publish
                     .push(subjects.bucket("fleet").write_key(PLACEMENT_KEY));
-                // The provisioned durable consumer of the progress stream: pull, ack, inspect
-                // (its ack floor is the reclaim barrier). Creating or deleting it is admin's.
-                let stream = names.progress_stream();
-                let api = "$JS.API";
-                p.publish.extend([
-                    format!("{api}.STREAM.INFO.{stream}"),
-                    format!("{api}.CONSUMER.INFO.{stream}.{PROGRESS_CONSUMER}"),
-                    format!("{api}.CONSUMER.MSG.NEXT.{stream}.{PROGRESS_CONSUMER}"),
-                    format!("$JS.ACK.{stream}.{PROGRESS_CONSUMER}.>"),
-                ]);
+                p.progress_consumer(names);
                 // Admin requests: served by the leader; forwarded by every replica's HTTP API.
                 let admin = format!("elk.{}.admin.assigner.>", subjects.ns);
                 p.subscribe.push(admin.clone());
@@ -251,6 +244,27 @@ impl Permissions {
         }
         self.publish
             .push(format!("$JS.API.STREAM.INFO.{}", subjects.progress_stream));
+    }
+
+    /// The assigner's durable consumer of the progress stream: pull, ack, inspect (its ack floor
+    /// is the reclaim barrier); re-create it under its own name, with no filter, when it has
+    /// disappeared (the subject carries the name, so no other consumer; a re-creation with a
+    /// different config than the existing one is refused by the server); list the stream's
+    /// consumers and purge the stream, to trim the reports every consumer has acked. Deleting
+    /// the consumer, changing or deleting the stream stays admin's. The purge is as strong as
+    /// acking, which the assigner already may: a report it acks is one it is trusted to apply.
+    fn progress_consumer(&mut self, names: &Names) {
+        let stream = names.progress_stream();
+        let api = "$JS.API";
+        self.publish.extend([
+            format!("{api}.STREAM.INFO.{stream}"),
+            format!("{api}.CONSUMER.INFO.{stream}.{PROGRESS_CONSUMER}"),
+            format!("{api}.CONSUMER.MSG.NEXT.{stream}.{PROGRESS_CONSUMER}"),
+            format!("$JS.ACK.{stream}.{PROGRESS_CONSUMER}.>"),
+            format!("{api}.CONSUMER.CREATE.{stream}.{PROGRESS_CONSUMER}"),
+            format!("{api}.CONSUMER.LIST.{stream}"),
+            format!("{api}.STREAM.PURGE.{stream}"),
+        ]);
     }
 
     /// Reads (direct gets) and watches (ordered consumers) of whole buckets.
@@ -413,12 +427,20 @@ mod tests {
                 continue;
             };
             for subject in &permissions.publish {
+                // The assigner's own progress consumer and the trimming of its stream are the
+                // only exceptions (`the_assigner_re_creates_only_its_own_consumer`).
+                if role == Role::Assigner
+                    && ASSIGNER_PROGRESS_MANAGEMENT.contains(&subject.as_str())
+                {
+                    continue;
+                }
                 for forbidden in [
                     "STREAM.CREATE",
                     "STREAM.UPDATE",
                     "STREAM.DELETE",
                     "STREAM.PURGE",
                     "CONSUMER.DURABLE",
+                    "CONSUMER.LIST",
                     "$JS.API.>",
                 ] {
                     assert!(!subject.contains(forbidden), "{role}: {subject}");
@@ -435,6 +457,38 @@ mod tests {
                 if writes("leases") {
                     assert_eq!(role, Role::Election, "{subject}");
                 }
+            }
+        }
+    }
+
+    /// What the assigner may do to the progress stream beyond consuming it.
+    const ASSIGNER_PROGRESS_MANAGEMENT: [&str; 3] = [
+        "$JS.API.CONSUMER.CREATE.ELK_prod_PROGRESS.assigner",
+        "$JS.API.CONSUMER.LIST.ELK_prod_PROGRESS",
+        "$JS.API.STREAM.PURGE.ELK_prod_PROGRESS",
+    ];
+
+    #[test]
+    fn the_assigner_re_creates_only_its_own_consumer() {
+        let assigner = Role::Assigner.permissions(&names()).unwrap();
+        let managing: Vec<_> = assigner
+            .publish
+            .iter()
+            .filter(|subject| {
+                ["CREATE", "DELETE", "UPDATE", "PURGE", "LIST", "DURABLE"]
+                    .iter()
+                    .any(|verb| subject.contains(verb))
+                    && !subject.contains("KV_")
+            })
+            .map(String::as_str)
+            .collect();
+        assert_eq!(managing, ASSIGNER_PROGRESS_MANAGEMENT);
+        for role in Role::ALL.into_iter().filter(|role| *role != Role::Assigner) {
+            let Some(permissions) = role.permissions(&names()) else {
+                continue;
+            };
+            for subject in ASSIGNER_PROGRESS_MANAGEMENT {
+                assert!(!permissions.publish.iter().any(|s| s == subject), "{role}");
             }
         }
     }

@@ -32,8 +32,8 @@ pub use membership::{
     JoinError, LeaseDeadline, MemberLease, MembershipExit, ServiceMember, new_incarnation,
 };
 pub use provision::{
-    MemberResources, ProvisionConfig, Resources, STREAM_MAX_CONSUMERS, bind, open, open_member,
-    provision,
+    MemberResources, PROGRESS_MAX_BYTES, ProvisionConfig, Resources, STREAM_MAX_CONSUMERS, bind,
+    open, open_member, progress_consumer_config, provision,
 };
 pub use replicas::MAX_REPLICAS;
 pub use reply::send_admin_reply;

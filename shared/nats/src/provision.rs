@@ -18,13 +18,23 @@ use std::time::Duration;
 /// 100,000 leaves room for ten times the largest fleet measured (`docs/benchmarks.md`, scale).
 pub const STREAM_MAX_CONSUMERS: i32 = 100_000;
 
+/// The default size bound of the progress stream: 1 GiB, about five million reports, i.e. hours
+/// of a large fleet's reports while no assigner applies them (applied ones are trimmed).
+pub const PROGRESS_MAX_BYTES: i64 = 1 << 30;
+
 /// Provisioning knobs.
 #[derive(Debug, Clone)]
 pub struct ProvisionConfig {
     /// How long a TTL-expiry delete marker stays in the members/leases buckets (>= 1 s).
     pub delete_marker_ttl: Duration,
-    /// How long unacknowledged progress reports are kept at most.
+    /// How long an unapplied progress report is kept at most (the progress stream's `max_age`).
+    /// A report removed by age before the assigner applied it is counted by the assigner
+    /// (`elk_assigner_progress_lost_total`).
     pub progress_max_age: Duration,
+    /// The progress stream's size bound in bytes (`max_bytes`, default [`PROGRESS_MAX_BYTES`]).
+    /// When it is full, JetStream refuses new reports (the workers retry them) rather than
+    /// dropping stored ones (`DiscardPolicy::New`).
+    pub progress_max_bytes: i64,
     /// How many servers keep a copy of every bucket and of the progress stream (JetStream
     /// replicas: 1 on a single server, 3 on a cluster of 3). `Some(n)`: missing resources are
     /// created with `n` and existing ones changed to `n` — the services' `replicas` setting
@@ -48,6 +58,7 @@ impl Default for ProvisionConfig {
         Self {
             delete_marker_ttl: Duration::from_secs(10),
             progress_max_age: Duration::from_secs(7 * 24 * 3600),
+            progress_max_bytes: PROGRESS_MAX_BYTES,
             replicas: None,
             patience: Duration::from_secs(60),
             assignments_history: 1,
@@ -393,6 +404,54 @@ fn kv_stream_config(
     }
 }
 
+/// The progress stream: limits retention, so a report stays stored whether or not the durable
+/// consumer exists (interest retention discarded every report published while it was missing),
+/// bounded by `max_bytes` with new reports refused when full (the workers' SDK retries them:
+/// back-pressure, never a silent drop) and by `max_age`. Applied reports are removed by the
+/// assigner leader, which purges the stream below the lowest ack floor of its consumers
+/// (`docs/decisions/progress-retention.md`).
+fn progress_stream_config(
+    names: &Names,
+    config: &ProvisionConfig,
+    replicas: usize,
+) -> stream::Config {
+    stream::Config {
+        name: names.progress_stream(),
+        subjects: vec![names.progress_subjects()],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_bytes: config.progress_max_bytes,
+        storage: stream::StorageType::File,
+        max_age: config.progress_max_age,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The assigner's durable consumer of the progress stream, as provisioning creates it and as the
+/// assigner leader re-creates it when it disappears: every report from the stream's first one
+/// (everything below it was applied and trimmed), explicit acks after the round's write.
+pub fn progress_consumer_config() -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(PROGRESS_CONSUMER.to_owned()),
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(5),
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// Whether an existing progress stream's retention, discard policy, size and age bounds or
+/// replica count differ from `wanted`.
+fn progress_stream_differs(existing: &stream::Config, wanted: &stream::Config) -> bool {
+    existing.retention != wanted.retention
+        || existing.discard != wanted.discard
+        || existing.max_bytes != wanted.max_bytes
+        || existing.max_age != wanted.max_age
+        || existing.num_replicas.max(1) != wanted.num_replicas
+}
+
 async fn progress_stream(
     jetstream: &jetstream::Context,
     plan: &ReplicaPlan,
@@ -402,48 +461,52 @@ async fn progress_stream(
     let stream_name = names.progress_stream();
     let resource = format!("stream {stream_name}");
     let replicas = plan.target(jetstream, &stream_name, &resource).await?;
-    // Interest retention: a report is dropped once the assigner's durable consumer acked it, so the
-    // stream holds only unapplied progress. The durable consumer is created here, before any worker
-    // can publish, so there is always interest.
+    let wanted = progress_stream_config(names, config, replicas);
     let mut stream = jetstream
-        .get_or_create_stream(stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![names.progress_subjects()],
-            retention: stream::RetentionPolicy::Interest,
-            storage: stream::StorageType::File,
-            max_age: config.progress_max_age,
-            num_replicas: replicas,
-            ..Default::default()
-        })
+        .get_or_create_stream(wanted.clone())
         .await
         .map_err(|error| NatsError::provision_replicated(&resource, replicas, error))?;
-    // An existing stream keeps its configuration except for the replica count, which follows the
-    // setting; its consumer (replicas 0: the stream's) follows the stream.
+    // An existing stream gets the wanted retention, bounds and replica count, its other settings
+    // kept; its consumer (replicas 0: the stream's) follows the stream. A stream of an earlier
+    // version had interest retention: nats-server (2.10 and later) changes it to limits in
+    // place, keeping its reports. A server that refuses keeps it (the assigner warns).
     let existing = stream.cached_info().config.clone();
-    if existing.num_replicas.max(1) != replicas {
-        jetstream
-            .update_stream(stream::Config {
-                num_replicas: replicas,
-                ..existing
-            })
-            .await
-            .map_err(|error| NatsError::provision_replicated(&resource, replicas, error))?;
+    if progress_stream_differs(&existing, &wanted) {
+        let updated = stream::Config {
+            retention: wanted.retention,
+            discard: wanted.discard,
+            max_bytes: wanted.max_bytes,
+            max_age: wanted.max_age,
+            num_replicas: replicas,
+            ..existing.clone()
+        };
+        if let Err(error) = jetstream.update_stream(updated).await {
+            if existing.retention == wanted.retention {
+                return Err(NatsError::provision_replicated(&resource, replicas, error));
+            }
+            tracing::warn!(
+                %error,
+                retention = ?existing.retention,
+                "the server refuses to change the progress stream's retention: it keeps it \
+                 (reports published while the assigner's consumer is missing may be discarded)"
+            );
+            if existing.num_replicas.max(1) != replicas {
+                jetstream
+                    .update_stream(stream::Config {
+                        num_replicas: replicas,
+                        ..existing
+                    })
+                    .await
+                    .map_err(|error| NatsError::provision_replicated(&resource, replicas, error))?;
+            }
+        }
         stream = jetstream
             .get_stream(&stream_name)
             .await
             .map_err(|error| NatsError::provision(resource.clone(), error))?;
     }
     stream
-        .get_or_create_consumer::<jetstream::consumer::pull::Config>(
-            PROGRESS_CONSUMER,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(PROGRESS_CONSUMER.to_owned()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(5),
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(PROGRESS_CONSUMER, progress_consumer_config())
         .await
         .map_err(|error| {
             NatsError::provision(

@@ -1,10 +1,12 @@
 //! The assigner's leader work for one term ([`elk_nats::LeaderWork`], run by the role supervisor):
-//! load the namespace's state from KV (`load.rs`), then react to membership views, progress
-//! reports (`progress.rs`), admin requests, planner answers (`planner.rs`) and a resync tick.
+//! load the namespace's state from KV (`load.rs`), then react to membership views, admin
+//! requests, planner answers (`planner.rs`), progress reports (`feed.rs` keeps the durable
+//! consumer alive, `progress.rs` applies them) and a resync tick, in that priority.
 //! Every iteration applies its events to the model, runs one `AssignerState::reconcile`, checks
 //! that the term is still current, writes the round's change set (`crate::store`) and only then
 //! acks the progress reports and sends the admin reply.
 
+mod feed;
 mod load;
 mod planner;
 mod progress;
@@ -15,12 +17,10 @@ use crate::faults::Faults;
 use crate::metrics::AssignerMetrics;
 use crate::model::Policy;
 use crate::{admin, store};
-use async_nats::jetstream::consumer::PullConsumer;
 use elk_nats::{LeaderTerm, LeaderWork, Resources, TermEnd, Versioned};
 use elk_protocol::admin::{ASSIGNER_SERVICE, AdminErrorCode, AdminReply};
 use elk_protocol::messages::{MembershipView, unix_ms_now};
-use elk_protocol::names::PROGRESS_CONSUMER;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use progress::Reclaims;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,19 +87,12 @@ impl AssignerLeader {
             live_partitions = state.live_partition_count(),
             "assigner leading"
         );
-        let consumer: PullConsumer = resources
-            .progress
-            .get_consumer(PROGRESS_CONSUMER)
-            .await
-            .map_err(|e| AssignerError::jetstream(JetstreamOperation::ProgressConsumer, e))?;
-        let mut progress = consumer
-            .stream()
-            .max_messages_per_batch(PROGRESS_BATCH)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| AssignerError::jetstream(JetstreamOperation::ProgressPull, e))?;
+        let mut feed = feed::ProgressFeed::open(
+            resources.progress.clone(),
+            self.metrics.clone(),
+            PROGRESS_BATCH,
+        )
+        .await?;
         let admin_subject = resources.names.admin_subject(ASSIGNER_SERVICE, ">");
         let mut admin = resources
             .client
@@ -125,6 +118,10 @@ impl AssignerLeader {
         loop {
             let mut batch = Vec::new();
             let mut admin_request = None;
+            // Biased, and progress after admin requests and planner answers: a flood of
+            // progress (forged or real) fills every round with a batch, and would otherwise keep
+            // an admin request waiting as long as it lasts. Each round takes at most one batch,
+            // so a request waits for one round at most.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
@@ -137,21 +134,10 @@ impl AssignerLeader {
                         reclaims.apply_view(&mut state, &next_view.value, resources).await?;
                     }
                 }
-                message = progress.next() => {
-                    match message {
-                        Some(Ok(message)) => batch.push(message),
-                        Some(Err(error)) => tracing::warn!(%error, "progress stream error"),
-                        None => return Err(AssignerError::FeedEnded(Feed::ProgressStream)),
-                    }
-                    while batch.len() < PROGRESS_BATCH {
-                        match progress.next().now_or_never() {
-                            Some(Some(Ok(message))) => batch.push(message),
-                            _ => break,
-                        }
-                    }
-                }
                 request = admin.next() => admin_request = request,
                 Some((job, max_id)) = plan_answers.recv() => state.apply_plan_answer(&job, max_id),
+                // The feed never ends: a consumer that disappears is re-created (`feed.rs`).
+                reports = feed.next_batch(PROGRESS_BATCH) => batch = reports,
                 _ = tick.tick() => {}
             }
             let round_started = Instant::now();
@@ -178,7 +164,7 @@ impl AssignerLeader {
                 (request.reply, reply, span)
             });
             reclaims
-                .release_caught_up(&mut state, &consumer, &self.metrics)
+                .release_caught_up(&mut state, feed.consumer(), &self.metrics)
                 .await;
             let round = state.reconcile(now);
             for question in round.plan_questions {
@@ -216,11 +202,16 @@ impl AssignerLeader {
                     tracing::debug!(%error, "progress ack failed; the report will be redelivered");
                 }
             }
+            if !batch.is_empty() {
+                feed.acked();
+            }
             if let Some((Some(reply_to), reply, span)) = admin_reply {
                 self.reply(reply_to, &reply).instrument(span).await;
             }
             self.metrics
                 .round_done(&mut state, round_started, reclaims.waiting());
+            // After the reply: trimming applied reports waits for no one.
+            feed.trim().await;
         }
     }
 
