@@ -154,7 +154,10 @@ async fn a_deleted_progress_consumer_is_re_created_by_the_same_term_and_loses_no
     // got (a reply lost to a timeout is found as an existing consumer on the next attempt).
     let recreated = metrics.progress_consumer_recreated.get();
     eprintln!("{recreated} re-creations counted for {deletions} deletions");
-    assert!((1..=deletions).contains(&recreated), "{recreated} re-creations");
+    assert!(
+        (1..=deletions).contains(&recreated),
+        "{recreated} re-creations"
+    );
     assert_eq!(metrics.progress_lost.get(), 0);
     // Applied reports were trimmed (with the assigner's permissions) once the auditor had them.
     wait_until("applied reports are trimmed", DEADLINE, || async {
