@@ -197,7 +197,11 @@ impl OwnershipAuditor {
                 recorded.clone(),
                 Source::Assignments,
             )),
-            tokio::spawn(follow_progress(consumer.clone(), recorded.clone())),
+            tokio::spawn(follow_progress(
+                resources.progress.clone(),
+                consumer.clone(),
+                recorded.clone(),
+            )),
         ];
         Ok(Self {
             resources,
