@@ -466,6 +466,33 @@ impl Stack {
         })
     }
 
+    /// Waits until the membership view lists every worker of `ids`: a short job created before
+    /// a late joiner is in the view can be done before that worker is ever granted anything.
+    pub async fn wait_workers_in_view(
+        &self,
+        ids: &[&str],
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        let ids = ids
+            .iter()
+            .map(|id| MemberId::new(*id))
+            .collect::<Result<Vec<_>, _>>()?;
+        wait_until("every worker in the membership view", deadline, || async {
+            let Ok(Some(entry)) =
+                elk_nats::read_entry(&self.resources.leases, elk_protocol::names::VIEW_KEY).await
+            else {
+                return false;
+            };
+            let Ok(view) = decode::<elk_protocol::messages::MembershipView>(&entry.value) else {
+                return false;
+            };
+            ids.iter()
+                .all(|id| view.members.iter().any(|member| &member.id == id))
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Waits until the job is completed and returns its final record.
     pub async fn wait_job_completed(
         &self,

@@ -27,6 +27,14 @@ async fn three_workers_process_every_id_exactly_once() {
         );
     }
 
+    // The job takes a fraction of a second: a worker not yet in the view would get nothing.
+    stack
+        .wait_workers_in_view(
+            &["worker-1", "worker-2", "worker-3"],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     let created = stack.create_job("skeleton", range, 1_000).await.unwrap();
     assert_eq!(created.state, JobState::Active);
     // The scaler, once designated, publishes a desired worker count derived from the backlog.
