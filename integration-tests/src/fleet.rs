@@ -2,8 +2,9 @@
 //! the scaler's Kubernetes actuation (`services/scaler/src/kube.rs`): every `tick` it reads
 //! `fleet/desired` and runs `replicas` SDK workers, stopping exactly the `retire`d (drained)
 //! workers first — the pods marked with the lowest deletion cost — and only then, if still too
-//! many, the newest (counted as unplanned: they may hold work). It integrates worker-seconds and
-//! counts replica changes for `elk-bench autoscale`.
+//! many, the newest (counted as unplanned: they may hold work). It integrates worker-seconds,
+//! counts replica changes and keeps their history (for `flaps`, direction reversals) for
+//! `elk-bench autoscale`.
 
 use crate::{RecordingProcessor, Stack};
 use elk_protocol::decode;
@@ -11,7 +12,7 @@ use elk_protocol::messages::DesiredWorkers;
 use elk_protocol::names::DESIRED_WORKERS_KEY;
 use elk_worker::WorkerHandle;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the fleet did so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -43,6 +44,8 @@ pub struct Fleet {
     workers: BTreeMap<u64, WorkerHandle>,
     next: u64,
     target: Option<u32>,
+    /// Every replica count followed, with when (the first one included).
+    history: Vec<(Instant, u32)>,
     since: Instant,
     stats: FleetStats,
 }
@@ -56,6 +59,7 @@ impl Fleet {
             workers: BTreeMap::new(),
             next: 1,
             target: None,
+            history: Vec::new(),
             since: Instant::now(),
             stats: FleetStats::default(),
         }
@@ -74,6 +78,11 @@ impl Fleet {
     pub fn stats(&mut self) -> FleetStats {
         self.account();
         self.stats
+    }
+
+    /// Every replica count the fleet followed, in order, with when it changed to it.
+    pub fn history(&self) -> &[(Instant, u32)] {
+        &self.history
     }
 
     fn account(&mut self) {
@@ -120,6 +129,7 @@ impl Fleet {
                 self.stats.replica_changes += 1;
             }
             self.target = Some(replicas);
+            self.history.push((Instant::now(), replicas));
         }
         let replicas = replicas as usize;
         // The retired (drained) ones first, as the lowest pod-deletion-cost makes the ReplicaSet do.
@@ -162,5 +172,76 @@ impl Fleet {
             worker.shutdown().await?;
         }
         Ok(self.stats)
+    }
+}
+
+/// Flapping in a replica history: how often the direction of change reversed (up then down, or
+/// down then up) less than `within` after the previous change with no change of the load in
+/// between (`load_changes`: when the load changed, e.g. a burst of jobs arrived). A fleet that
+/// scales in after a burst and out again because the next burst arrived follows the load, however
+/// soon the burst came; one that goes 5 → 6 → 5 within a stabilization window on the same load
+/// flaps.
+pub fn flaps(history: &[(Instant, u32)], within: Duration, load_changes: &[Instant]) -> u64 {
+    let mut flaps = 0;
+    let mut previous: Option<(Instant, bool)> = None;
+    for pair in history.windows(2) {
+        let ((_, before), (at, after)) = (pair[0], pair[1]);
+        if before == after {
+            continue;
+        }
+        let up = after > before;
+        if let Some((last_at, last_up)) = previous
+            && last_up != up
+            && at.duration_since(last_at) < within
+            && !load_changes
+                .iter()
+                .any(|change| *change > last_at && *change <= at)
+        {
+            flaps += 1;
+        }
+        previous = Some((at, up));
+    }
+    flaps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(steps: &[(u64, u32)]) -> Vec<(Instant, u32)> {
+        let start = Instant::now();
+        steps
+            .iter()
+            .map(|(ms, n)| (start + Duration::from_millis(*ms), *n))
+            .collect()
+    }
+
+    #[test]
+    fn reversals_within_the_window_on_the_same_load_are_flaps() {
+        let window = Duration::from_secs(3);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // A burst: up, up, down, down to zero, then the next burst 20 s later.
+        let bursts = history(&[
+            (0, 0),
+            (200, 4),
+            (400, 6),
+            (7_000, 5),
+            (10_000, 0),
+            (20_000, 4),
+        ]);
+        assert_eq!(flaps(&bursts, window, &[]), 0);
+        // 6 → 5 and back to 6 within a second, then down again a second later.
+        let flapping = history(&[(0, 6), (1_000, 5), (2_000, 6), (3_000, 5)]);
+        assert_eq!(flaps(&flapping, window, &[]), 2);
+        // Down to zero, and up again right after because new work arrived: following the load.
+        let next_burst = history(&[(0, 6), (5_000, 0), (5_400, 4)]);
+        assert_eq!(flaps(&next_burst, window, &[]), 1);
+        assert_eq!(flaps(&next_burst, window, &[at(5_300)]), 0);
+        assert_eq!(
+            flaps(&next_burst, window, &[at(4_000)]),
+            1,
+            "load changed before"
+        );
     }
 }

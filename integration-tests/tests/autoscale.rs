@@ -67,8 +67,13 @@ async fn a_fleet_following_the_scaler_drains_before_removing_and_repeats_nothing
             fleet.stats()
         );
     }
+    let history: Vec<u32> = fleet.history().iter().map(|(_, n)| *n).collect();
+    // One job, created before the first change: every reversal would be on the same load.
+    let flaps = elk_integration_tests::fleet::flaps(fleet.history(), Duration::from_secs(1), &[]);
     let stats = fleet.shutdown().await.unwrap();
-    println!("fleet: {stats:?}");
+    println!("fleet: {stats:?}, replicas {history:?}");
+    // Up while the backlog lasts, down after it: no reversal within a scale-down window.
+    assert_eq!(flaps, 0, "the fleet flapped: replicas {history:?}");
     assert!(
         stats.peak >= 3,
         "the backlog scaled the fleet up: {stats:?}"
