@@ -32,8 +32,8 @@ pub struct ScalerSettings {
     pub activation_backlog_ids: u64,
     /// A scale-up adds at most `max(scale_up_step, current)` workers per decision.
     pub scale_up_step: u32,
-    /// A scale-down waits this long without a change and goes to the highest recommendation of
-    /// that window (stabilization).
+    /// A scale-down waits this long after the last scale-up and goes to the highest
+    /// recommendation of the last window this long (stabilization).
     #[serde(with = "humantime_serde")]
     pub scale_down_window: Duration,
     /// Time constant of the throughput smoothing.

@@ -23,18 +23,23 @@
 //! * **Scale-up is fast but bounded**: at once (when the recommendation is above `n × (1 +
 //!   tolerance)`), to `min(recommendation, n + max(scale_up_step, n))` — at most doubling (or
 //!   `scale_up_step` more) per decision, every `interval`.
-//! * **Scale-down is slow**: only when no change was made for a whole `scale_down_window`
-//!   (stabilization), and then to the **highest** recommendation seen during that window (the
-//!   Kubernetes HPA's rule), never below it, and only if that is below `n × (1 − tolerance)`.
-//!   Scale to zero is the same rule with a recommendation of 0 throughout the window.
+//! * **Scale-down is slow**: never within a whole `scale_down_window` after the policy started
+//!   or last scaled **up**, and then to the **highest** recommendation seen during the last
+//!   window (stabilization: the Kubernetes HPA's rule), never below it, and only if that is below
+//!   `n × (1 − tolerance)`. Scale to zero is the same rule with a recommendation of 0 throughout
+//!   the window. Once the load has fallen, the count follows the window's highest recommendation
+//!   down as older ones leave the window: a fleet that scaled in after a burst does not wait a
+//!   whole further window per step (a fleet of 6 that fell to 5 as a burst ended reaches 0 one
+//!   window after the backlog did, not two; the HPA made the same change when it replaced its
+//!   "no rescale within 5 minutes of the last one" delay by the stabilization window).
 //!
 //! **Properties** (tests below, with proptest): the result is within `[min_workers,
 //! max_workers]`; it is monotone in the backlog (more backlog never yields fewer workers from the
-//! same state); a scale-down never follows a change by less than one window, so an up-and-down
-//! reversal within a window cannot happen and over a trace of length `T` there are at most
-//! `T / scale_down_window + 1` scale-downs; on a noisy load oscillating faster than the window the
-//! count settles near the peak and stops changing (the stated bound, tested on a two-hour trace
-//! with ±40 % swings every 2 minutes and ±15 % noise: at most 2 changes after the ramp).
+//! same state); a scale-down never follows a scale-up by less than one window (no up-and-down
+//! reversal within a window) and never goes below a recommendation of the last window; on a noisy
+//! load oscillating faster than the window the count settles near the peak and stops changing
+//! (the stated bound, tested on a two-hour trace with ±40 % swings every 2 minutes and ±15 %
+//! noise: at most 2 changes after the ramp).
 
 use elk_protocol::messages::{JobRecord, JobState};
 use std::collections::VecDeque;
@@ -93,8 +98,8 @@ pub struct PolicySettings {
     pub activation_backlog_ids: u64,
     /// A scale-up adds at most `max(scale_up_step, current)` workers per decision.
     pub scale_up_step: u32,
-    /// A scale-down waits for this long without a change, and goes to the highest
-    /// recommendation of that window.
+    /// A scale-down waits for this long after the last scale-up (or the start), and goes to the
+    /// highest recommendation of the last window this long.
     pub scale_down_window: Duration,
     /// Before any throughput was measured: one worker per this many open partitions.
     pub partitions_per_worker: u64,
@@ -154,9 +159,9 @@ pub struct Policy {
     current: u32,
     /// `(time, recommendation)` of the decisions within the last `scale_down_window`.
     window: VecDeque<(u64, u32)>,
-    /// When the count last changed (or the policy started: a new leader waits a whole window
-    /// before its first scale-down).
-    last_change_ms: u64,
+    /// When the count last went up (or the policy started: a new leader waits a whole window
+    /// before its first scale-down, its window being empty until then).
+    last_up_ms: u64,
 }
 
 impl Policy {
@@ -167,7 +172,7 @@ impl Policy {
             current: current.clamp(settings.min_workers, max),
             settings,
             window: VecDeque::new(),
-            last_change_ms: now_ms,
+            last_up_ms: now_ms,
         }
     }
 
@@ -202,8 +207,7 @@ impl Policy {
         let next = if f64::from(recommendation) > current * (1.0 + tolerance) {
             let step = settings.scale_up_step.max(1).max(self.current);
             recommendation.min(self.current.saturating_add(step))
-        } else if recommendation < self.current
-            && now.saturating_sub(self.last_change_ms) >= window_ms
+        } else if recommendation < self.current && now.saturating_sub(self.last_up_ms) >= window_ms
         {
             let highest = self
                 .window
@@ -219,10 +223,10 @@ impl Policy {
         } else {
             self.current
         };
-        if next != self.current {
-            self.current = next;
-            self.last_change_ms = now;
+        if next > self.current {
+            self.last_up_ms = now;
         }
+        self.current = next;
         self.current
     }
 }
