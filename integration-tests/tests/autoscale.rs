@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Fast scaler settings for a job of seconds: decide every 100 ms, drain the backlog within 3 s,
-/// scale down after 1 s without a change, from 0 up to 4 workers.
+/// scale down to the highest recommendation of the last 1 s (none within 1 s of a scale-up), from
+/// 0 up to 4 workers.
 pub fn fast_scaler(max_workers: u32) -> ScalerSettings {
     ScalerSettings {
         interval: Duration::from_millis(100),

@@ -89,7 +89,7 @@ struct Trace {
 const SCALE_DOWN_WINDOW: Duration = Duration::from_secs(3);
 
 /// The scaler's settings for a trace of seconds: decide every 200 ms, drain within 5 s, scale
-/// down after 3 s without a change, from zero.
+/// down to the highest recommendation of the last 3 s (none within 3 s of a scale-up), from zero.
 fn scaler_settings(max_workers: u32) -> ScalerSettings {
     ScalerSettings {
         interval: Duration::from_millis(200),

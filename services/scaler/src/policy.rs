@@ -31,7 +31,8 @@
 //!   down as older ones leave the window: a fleet that scaled in after a burst does not wait a
 //!   whole further window per step (a fleet of 6 that fell to 5 as a burst ended reaches 0 one
 //!   window after the backlog did, not two; the HPA made the same change when it replaced its
-//!   "no rescale within 5 minutes of the last one" delay by the stabilization window).
+//!   "no rescale within 5 minutes of the last one" delay by the stabilization window;
+//!   `docs/decisions/scaler-scale-down.md`).
 //!
 //! **Properties** (tests below, with proptest): the result is within `[min_workers,
 //! max_workers]`; it is monotone in the backlog (more backlog never yields fewer workers from the

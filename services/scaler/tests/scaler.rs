@@ -119,7 +119,7 @@ async fn leader_publishes_desired_workers_and_stops_when_demoted() {
             min_workers: 1,
             max_workers: 100,
             partitions_per_worker: 10,
-            // Scale-downs after 200 ms without a change (the policy's stabilization window).
+            // Scale-downs 200 ms after a scale-up at the earliest (the stabilization window).
             scale_down_window: Duration::from_millis(200),
             ..ScalerSettings::default()
         },
