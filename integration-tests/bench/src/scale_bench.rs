@@ -45,6 +45,7 @@ use elk_worker::{
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tally::GrantTally;
 use tokio::sync::watch;
@@ -145,9 +146,15 @@ pub fn run(arguments: &ScaleArgs) -> anyhow::Result<()> {
             quick,
             ..Line::default()
         };
-        let outcome = runtime.block_on(run_one(&binaries, &mut line));
+        let run_dir = tempfile::Builder::new().prefix("elk-scale-").tempdir()?;
+        let outcome = runtime.block_on(run_one(&binaries, run_dir.path(), &mut line));
         if let Err(error) = outcome {
-            eprintln!("scale {workers}: {error:#}");
+            // The services' logs say why a phase did not finish.
+            let kept = run_dir.keep();
+            eprintln!(
+                "scale {workers}: {error:#} (logs kept in {})",
+                kept.display()
+            );
             line.error = Some(format!("{error:#}"));
             failed.push(workers);
         }
@@ -220,14 +227,13 @@ impl Fleet {
     }
 }
 
-async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
+async fn run_one(binaries: &Binaries, run_dir: &Path, line: &mut Line) -> anyhow::Result<()> {
     let workers = line.workers;
     let partitions = line.partitions;
     let server = NatsServer::builder().start()?;
     let nats_pid = server
         .store_dir()
         .and_then(|store| find_nats_server(&store));
-    let run_dir = tempfile::Builder::new().prefix("elk-scale-").tempdir()?;
     let client = elk_nats::connect(&NatsConfig::new(server.url(), "elk-bench-scale")).await?;
     let namespace = Namespace::new(NAMESPACE)?;
     let resources = elk_nats::provision(
@@ -238,17 +244,17 @@ async fn run_one(binaries: &Binaries, line: &mut Line) -> anyhow::Result<()> {
     .await?;
     let service = |binary: &str| {
         let id = format!("{}-1", binary.trim_start_matches("elk-"));
-        service_spec(
-            binaries,
-            binary,
-            server.url(),
-            NAMESPACE,
-            &id,
-            run_dir.path(),
-        )
+        service_spec(binaries, binary, server.url(), NAMESPACE, &id, run_dir)
     };
     let election = Process::spawn(&service(ELECTION))?;
-    let assigner = Process::spawn(&service(ASSIGNER))?;
+    // The whole job live at once (the default backlog bound would cut 10,000 keys at a time).
+    let backlog = (
+        "ELK_ASSIGNER__MAX_JOB_BACKLOG".to_owned(),
+        partitions.to_string(),
+    );
+    let mut assigner_spec = service(ASSIGNER);
+    assigner_spec.env.push(backlog);
+    let assigner = Process::spawn(&assigner_spec)?;
     let mut tally = GrantTally::follow(&resources.assignments, partitions).await?;
 
     // Room for every partition even after 10 % of the workers are killed.

@@ -55,16 +55,19 @@ fn validate_token(kind: &'static str, value: &str) -> Result<(), InvalidToken> {
 macro_rules! token_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, immutable text: a clone is a reference count, not a copy, so the assigner's
+        /// 100,000 partitions of one job (keys, records, indexes, grants) hold one copy of its
+        /// name.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Validates `value` as a subject token.
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidToken> {
                 let value = value.into();
                 validate_token($kind, &value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -88,6 +91,12 @@ macro_rules! token_type {
             type Err = InvalidToken;
             fn from_str(value: &str) -> Result<Self, Self::Err> {
                 Self::new(value)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 

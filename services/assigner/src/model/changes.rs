@@ -106,19 +106,20 @@ impl AssignerState {
             .collect();
         let purges = std::mem::take(&mut self.compaction_deletes);
         let job_deletes = std::mem::take(&mut self.job_deletes);
-        let assignments: Vec<Put<MemberId, AssignmentRecord>> =
-            std::mem::take(&mut self.dirty_assignments)
-                .into_iter()
-                .filter_map(|worker| {
-                    let value = self.desired_assignment(&worker)?;
-                    let expected = self.assignments.get(&worker).and_then(|s| s.revision);
-                    Some(Put {
-                        key: worker,
-                        value,
-                        expected,
-                    })
+        let dirty = std::mem::take(&mut self.dirty_assignments);
+        let revoking_by_owner = self.revoking_by_owner();
+        let assignments: Vec<Put<MemberId, AssignmentRecord>> = dirty
+            .into_iter()
+            .filter_map(|worker| {
+                let value = self.desired_assignment_among(&worker, &revoking_by_owner)?;
+                let expected = self.assignments.get(&worker).and_then(|s| s.revision);
+                Some(Put {
+                    key: worker,
+                    value,
+                    expected,
                 })
-                .collect();
+            })
+            .collect();
         let prunes = self.departed_records(&assignments);
         let placement = self.take_placement_change().into_iter().collect();
         ChangeSet {

@@ -90,7 +90,19 @@ impl AssignerState {
     }
 
     /// The assignment record `worker` should hold now (its granted partitions), if it changed.
+    #[cfg(test)]
     pub(super) fn desired_assignment(&self, worker: &MemberId) -> Option<AssignmentRecord> {
+        self.desired_assignment_among(worker, &self.revoking_by_owner())
+    }
+
+    /// [`Self::desired_assignment`], given the pending revokes grouped by owner (computed once
+    /// for all the records of a round: scanning every revoke per record cost revokes × workers,
+    /// 9,000 × 500 per round in a 10 % join of 500 workers).
+    pub(super) fn desired_assignment_among(
+        &self,
+        worker: &MemberId,
+        revoking_by_owner: &RevokingByOwner<'_>,
+    ) -> Option<AssignmentRecord> {
         let live = self.workers.get(worker);
         let grants: Vec<Grant> = match live {
             Some(info) => self
@@ -116,7 +128,10 @@ impl AssignerState {
             (None, None) => return None,
         };
         let drain = live.is_some_and(|info| !info.takes_grants());
-        let revoking = self.revoking_grants_of(worker, incarnation);
+        let revoking = revoking_by_owner
+            .get(&(worker, incarnation))
+            .cloned()
+            .unwrap_or_default();
         let previous = self.assignments.get(worker);
         if let Some(previous) = previous {
             let same = previous.value.grants == grants
@@ -154,23 +169,28 @@ impl AssignerState {
         })
     }
 
-    /// The partitions revoked from `worker`'s `incarnation` that wait for its release, as grants
+    /// The partitions revoked from each owner incarnation that wait for its release, as grants
     /// with their current token (sorted by job and partition, as the revoking index is).
-    fn revoking_grants_of(&self, worker: &MemberId, incarnation: Incarnation) -> Vec<Grant> {
-        self.revoking_since
+    pub(super) fn revoking_by_owner(&self) -> RevokingByOwner<'_> {
+        let mut by_owner: RevokingByOwner<'_> = BTreeMap::new();
+        for stored in self
+            .revoking_since
             .keys()
             .filter_map(|key| self.partitions.get(key))
-            .filter(|stored| {
-                stored
-                    .value
-                    .owner
-                    .as_ref()
-                    .is_some_and(|o| &o.id == worker && o.incarnation == incarnation)
-            })
-            .map(|stored| grant_of(&stored.value))
-            .collect()
+        {
+            if let Some(owner) = &stored.value.owner {
+                by_owner
+                    .entry((&owner.id, owner.incarnation))
+                    .or_default()
+                    .push(grant_of(&stored.value));
+            }
+        }
+        by_owner
     }
 }
+
+/// Pending revokes per owner incarnation (see [`AssignerState::revoking_by_owner`]).
+pub(super) type RevokingByOwner<'a> = BTreeMap<(&'a MemberId, Incarnation), Vec<Grant>>;
 
 /// The first ID the next run of `record` processes: after its checkpoint, or its first ID.
 pub(super) fn resume_point(record: &PartitionRecord) -> u64 {

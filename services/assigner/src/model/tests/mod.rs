@@ -8,6 +8,7 @@ mod admin;
 mod bounded;
 mod changes;
 mod churn;
+mod cold_start;
 mod decisions;
 mod gauges;
 mod levers;

@@ -415,7 +415,8 @@ fn a_straggler_whose_owner_dies_is_re_cut_from_its_checkpoint() {
 
 #[test]
 fn adaptive_size_cuts_new_partitions_from_the_measured_rate() {
-    // Two partitions per round, so later ones are cut after a measurement.
+    // Two partitions per round (and two free grant slots, which would otherwise widen the
+    // cut), so later ones are cut after a measurement.
     let tails = TailPolicy {
         target_partition_ms: Some(4_000),
         min_partition_ids: 100,
@@ -425,6 +426,7 @@ fn adaptive_size_cuts_new_partitions_from_the_measured_rate() {
     let mut state = job_under(
         Policy {
             partitions_per_round: 2,
+            grants_per_capacity: 1,
             tails,
             ..policy()
         },

@@ -1,0 +1,138 @@
+//! The cold start of a large job (issue 10 item 3): a round cuts as many partitions as the live
+//! fleet has free grant slots, so each is cut and granted in one round and written once, and
+//! each worker's assignment record is written once — not once per `partitions_per_round`.
+
+use super::*;
+use crate::model::Written;
+
+fn small_rounds(partitions_per_round: usize) -> Policy {
+    Policy {
+        partitions_per_round,
+        ..policy()
+    }
+}
+
+/// Workers `w0`..`w<count>` of `capacity` each, incarnation 1.
+fn fleet(count: usize, capacity: u32) -> MembershipView {
+    let names: Vec<String> = (0..count).map(|index| format!("w{index:03}")).collect();
+    let members: Vec<(&str, u64, u32)> = names
+        .iter()
+        .map(|name| (name.as_str(), 1, capacity))
+        .collect();
+    view(&members)
+}
+
+/// What one round wrote: partition puts, assignment record puts.
+fn flush(state: &mut AssignerState) -> (usize, usize) {
+    let changes = state.take_changes();
+    let mut written = Written::default();
+    for put in &changes.partitions {
+        written.partitions.push((put.key.clone(), Revision(1)));
+    }
+    for put in &changes.jobs {
+        written.jobs.push((put.key.clone(), Revision(1)));
+    }
+    for put in &changes.assignments {
+        written
+            .assignments
+            .push((put.key.clone(), put.value.clone(), Revision(1)));
+    }
+    let counts = (changes.partitions.len(), changes.assignments.len());
+    state.record_written(written);
+    counts
+}
+
+#[test]
+fn a_fleet_with_room_for_the_job_gets_it_in_one_round_each_record_written_once() {
+    // 2,000 partitions; 20 workers × capacity 60 × 2 grants per capacity = 2,400 slots.
+    let range = IdRange::new(1, 2_000).unwrap();
+    let mut state = AssignerState::load(
+        EPOCH,
+        small_rounds(100),
+        0,
+        Snapshot {
+            jobs: vec![(fixed_job(range, 1), Revision(1))],
+            ..Snapshot::default()
+        },
+    );
+    state.apply_view(&fleet(20, 60));
+    state.reconcile(1);
+    let (partition_puts, record_puts) = flush(&mut state);
+    assert_eq!(
+        partition_puts, 2_000,
+        "every partition cut and granted at once"
+    );
+    assert_eq!(record_puts, 20, "one record per worker");
+    assert_eq!(state.pending_count(), 0);
+    for index in 0..20 {
+        assert_eq!(state.granted_to(&format!("w{index:03}")), 100);
+    }
+    state.reconcile(2);
+    assert_eq!(flush(&mut state), (0, 0), "nothing left to write");
+}
+
+#[test]
+fn the_cut_is_bounded_by_the_free_slots_then_by_partitions_per_round() {
+    // 4 workers × capacity 10 × 2 = 80 slots; a job of 1,000 partitions, 50 per round.
+    let range = IdRange::new(1, 1_000).unwrap();
+    let mut state = AssignerState::load(
+        EPOCH,
+        small_rounds(50),
+        0,
+        Snapshot {
+            jobs: vec![(fixed_job(range, 1), Revision(1))],
+            ..Snapshot::default()
+        },
+    );
+    state.apply_view(&fleet(4, 10));
+    state.reconcile(1);
+    assert_eq!(flush(&mut state), (80, 4), "the free slots, all granted");
+    // Full: the next rounds cut `partitions_per_round`, which wait as pending.
+    state.reconcile(2);
+    assert_eq!(flush(&mut state), (50, 0));
+    assert_eq!(state.pending_count(), 50);
+    // Waiting partitions take slots too: no slot is free, so still 50 per round.
+    state.reconcile(3);
+    assert_eq!(flush(&mut state).0, 50);
+    assert_eq!(state.partitions.len(), 180);
+    assert!(state.indexes_consistent());
+}
+
+#[test]
+fn without_workers_a_round_cuts_partitions_per_round() {
+    let range = IdRange::new(1, 1_000).unwrap();
+    let mut state = AssignerState::load(
+        EPOCH,
+        small_rounds(30),
+        0,
+        Snapshot {
+            jobs: vec![(fixed_job(range, 1), Revision(1))],
+            ..Snapshot::default()
+        },
+    );
+    state.reconcile(1);
+    assert_eq!(flush(&mut state), (30, 0));
+}
+
+#[test]
+fn a_fill_cut_stops_at_its_bound_so_a_round_stays_short() {
+    use crate::model::plan::MAX_FILL_CUT;
+    // 100 workers × capacity 100 × 2 = 20,000 slots; a job of 30,000 partitions.
+    let range = IdRange::new(1, 30_000).unwrap();
+    let mut state = AssignerState::load(
+        EPOCH,
+        small_rounds(100),
+        0,
+        Snapshot {
+            jobs: vec![(fixed_job(range, 1), Revision(1))],
+            ..Snapshot::default()
+        },
+    );
+    state.apply_view(&fleet(100, 100));
+    state.reconcile(1);
+    assert_eq!(flush(&mut state), (MAX_FILL_CUT, 100));
+    state.reconcile(2);
+    assert_eq!(flush(&mut state), (MAX_FILL_CUT, 100), "the other free slots");
+    state.reconcile(3);
+    assert_eq!(flush(&mut state), (100, 0), "full: partitions_per_round");
+}
