@@ -24,7 +24,9 @@ elk_runtime::service_config! {
 pub struct AssignerSettings {
     /// Grants a worker holds per unit of capacity (running plus queued on the worker).
     pub grants_per_capacity: u32,
-    /// Partitions created per reconcile round at most.
+    /// Partitions created per reconcile round at most — unless the live workers have more free
+    /// grant slots than that: then a round cuts up to those (at most 10,000), which it grants at
+    /// once, so a large job's cold start takes few rounds.
     pub partitions_per_round: usize,
     /// Partition keys a fixed job may have at once (live, parked `failed`, and completed ones not
     /// yet compacted); the rest of its range is cut as these are compacted. Bounds the keys and

@@ -59,8 +59,31 @@ macro_rules! token_type {
         /// Shared, immutable text: a clone is a reference count, not a copy, so the assigner's
         /// 100,000 partitions of one job (keys, records, indexes, grants) hold one copy of its
         /// name.
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, Eq, Hash)]
         pub struct $name(std::sync::Arc<str>);
+
+        // By content; two clones of one name (the common case in the assigner's indexes, keyed
+        // by job) compare equal without reading their text.
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if std::sync::Arc::ptr_eq(&self.0, &other.0) {
+                    return std::cmp::Ordering::Equal;
+                }
+                self.0.cmp(&other.0)
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         impl $name {
             /// Validates `value` as a subject token.
@@ -219,6 +242,30 @@ checked_successor!(PartitionId, "partition id");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_compare_by_content_whether_shared_or_built_apart() {
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        let hash = |name: &JobName| {
+            let mut hasher = DefaultHasher::new();
+            name.hash(&mut hasher);
+            hasher.finish()
+        };
+        let a = JobName::new("alpha").unwrap();
+        let shared = a.clone();
+        let apart = JobName::new("alpha").unwrap();
+        let b = JobName::new("beta").unwrap();
+        assert_eq!(a, shared);
+        assert_eq!(a, apart);
+        assert_eq!(a.cmp(&apart), std::cmp::Ordering::Equal);
+        assert_eq!(hash(&a), hash(&apart));
+        assert!(a < b && b > apart);
+        assert_ne!(a, b);
+        let encoded = serde_json::to_string(&a).unwrap();
+        assert_eq!(encoded, "\"alpha\"");
+        assert_eq!(serde_json::from_str::<JobName>(&encoded).unwrap(), a);
+    }
 
     #[test]
     fn counters_refuse_to_wrap() {

@@ -168,7 +168,8 @@ impl Rejection {
 pub(crate) struct Policy {
     /// Grants a worker holds per unit of capacity (running + queued on the worker).
     pub grants_per_capacity: u32,
-    /// Partitions created per reconcile round (bounds the size of one flush).
+    /// Partitions created per reconcile round (bounds the size of one flush), or more to fill
+    /// the fleet's free grant slots (`plan.rs`, `cut_budget`).
     pub partitions_per_round: usize,
     /// Partition keys a fixed job may have at once (live, parked and completed ones awaiting
     /// compaction): more are cut as these are compacted, so no job's size creates unbounded keys.

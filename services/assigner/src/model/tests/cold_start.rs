@@ -132,7 +132,11 @@ fn a_fill_cut_stops_at_its_bound_so_a_round_stays_short() {
     state.reconcile(1);
     assert_eq!(flush(&mut state), (MAX_FILL_CUT, 100));
     state.reconcile(2);
-    assert_eq!(flush(&mut state), (MAX_FILL_CUT, 100), "the other free slots");
+    assert_eq!(
+        flush(&mut state),
+        (MAX_FILL_CUT, 100),
+        "the other free slots"
+    );
     state.reconcile(3);
     assert_eq!(flush(&mut state), (100, 0), "full: partitions_per_round");
 }
