@@ -59,8 +59,15 @@ macro_rules! token_type {
         /// Shared, immutable text: a clone is a reference count, not a copy, so the assigner's
         /// 100,000 partitions of one job (keys, records, indexes, grants) hold one copy of its
         /// name.
-        #[derive(Clone, Eq, Hash)]
+        #[derive(Clone, Eq)]
         pub struct $name(std::sync::Arc<str>);
+
+        // By content, as equality is.
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
 
         // By content; two clones of one name (the common case in the assigner's indexes, keyed
         // by job) compare equal without reading their text.
