@@ -20,7 +20,10 @@ use elk_protocol::messages::JobState;
 use elk_types::{IdRange, MemberId};
 use elk_worker::{PartitionWork, ProcessError, ProcessOutcome, Processor, Worker};
 use serde::Serialize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod slots;
 
 const JOB: &str = "overhead";
 /// IDs per partition: the work is paced per ID, checkpointed every `STEP_IDS`.
@@ -61,14 +64,34 @@ struct Line {
     job_record_s: f64,
     member_ttl_s: f64,
     quick: bool,
+    /// Grants the workers handed back before the job completed (every one a revoke: running or
+    /// still queued); the running ones are `runs_interrupted`.
+    released: u64,
+    /// Where the idle slot-time went (`slots.rs`).
+    #[serde(flatten)]
+    idle: slots::IdleSplit,
 }
 
 /// Takes `per_id` of wall time per ID, checkpointing every `STEP_IDS`. Steps sleep until an
 /// absolute instant (start + IDs done × `per_id`), so timer granularity does not accumulate into
-/// the partition's duration.
-#[derive(Clone, Copy)]
+/// the partition's duration. Every run is logged for the idle split.
+#[derive(Clone)]
 struct TimedWork {
     per_id: Duration,
+    worker: usize,
+    runs: Arc<Mutex<Vec<slots::Run>>>,
+}
+
+impl TimedWork {
+    fn log(&self, start: Instant, interrupted: bool) {
+        let run = slots::Run {
+            worker: self.worker,
+            start,
+            end: Instant::now(),
+            interrupted,
+        };
+        self.runs.lock().expect("run log").push(run);
+    }
 }
 
 impl Processor for TimedWork {
@@ -81,12 +104,16 @@ impl Processor for TimedWork {
             let end = (next + STEP_IDS - 1).min(last);
             let due = started + self.per_id * u32::try_from(end - first + 1).unwrap_or(u32::MAX);
             tokio::select! {
-                () = work.cancelled() => return Ok(ProcessOutcome::Interrupted),
+                () = work.cancelled() => {
+                    self.log(started.into_std(), true);
+                    return Ok(ProcessOutcome::Interrupted);
+                }
                 () = tokio::time::sleep_until(due) => {}
             }
             work.checkpoint(end);
             next = end + 1;
         }
+        self.log(started.into_std(), false);
         Ok(ProcessOutcome::Completed)
     }
 }
@@ -124,11 +151,15 @@ async fn measure(
         .with_member_ttl(Duration::from_secs(3));
     let election = stack.election("election-1");
     let assigner = stack.assigner("assigner-1");
-    let processor = TimedWork {
-        per_id: Duration::from_millis(partition_ms) / PARTITION_IDS as u32,
-    };
+    let per_id = Duration::from_millis(partition_ms) / PARTITION_IDS as u32;
+    let runs = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
     for index in 1..=workers {
+        let processor = TimedWork {
+            per_id,
+            worker: index - 1,
+            runs: runs.clone(),
+        };
         let worker = Worker::builder(
             stack.namespace.clone(),
             MemberId::new(format!("w-{index}"))?,
@@ -168,17 +199,30 @@ async fn measure(
         },
     )
     .await?;
-    let makespan = started.elapsed();
+    let seen = Instant::now();
+    let makespan = seen - started;
     let job = stack.job(JOB).await?.context("job record")?;
     let job_record_s = job.completed_unix_ms.map_or(0.0, |done| {
         done.saturating_sub(job.created_unix_ms) as f64 / 1e3
     });
+    let released = handles
+        .iter()
+        .map(|worker| worker.stats().partitions_released)
+        .sum();
     for worker in handles {
         worker.shutdown().await?;
     }
     assigner.stop().await;
     election.stop().await;
     let makespan_s = makespan.as_secs_f64();
+    let idle = slots::split(
+        &runs.lock().expect("run log"),
+        workers,
+        capacity as usize,
+        Duration::from_millis(partition_ms) * u32::try_from(partitions)?,
+        started,
+        seen,
+    );
     Ok(Line {
         bench: "overhead",
         workers,
@@ -191,5 +235,7 @@ async fn measure(
         job_record_s: round(job_record_s, 3),
         member_ttl_s: stack.member_ttl.as_secs_f64(),
         quick,
+        released,
+        idle,
     })
 }
