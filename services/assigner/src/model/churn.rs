@@ -18,11 +18,29 @@
 //! Which moves go first: each one is taken from the worker most loaded per slot at that point
 //! (ties: the one with more to shed, then the smaller id), so every wave lowers the peak load as
 //! far as its budget allows.
+//!
+//! **Tail hold** (issue 10 item 6). Once no pending partition waits for a slot, every completion
+//! shrinks the active set and with it every worker's quota, so the solver keeps finding workers
+//! "over quota" at a job's end: it revoked running partitions seconds (or milliseconds) before
+//! they finished, and queued ones onto workers whose slots were all busy — work redone from the
+//! last checkpoint and hand-overs that end after the partition would have, on a fleet nobody
+//! joined (`elk-bench overhead`: 40–45 revokes in the last wave, half of them running). Moving
+//! a running partition never finishes the work sooner: it already has a slot. So while **(a)**
+//! no grantable partition is left waiting and **(b)** the fleet (the workers taking grants: id,
+//! incarnation, slots, job filter) is the one the balance last **settled** for (a round that
+//! wanted no move with no rebalancing hand-over in flight), the balance only moves grants that
+//! cannot be running — beyond their worker's `capacity`, waiting in its queue — and no more than
+//! there are idle slots (capacity no grant, hand-over or pending partition takes), minus the
+//! rebalancing hand-overs in flight: a grant queued behind a long partition still goes to a
+//! worker that has nothing to do. A join, a
+//! departure, a new incarnation, a drain or a capacity change unsettles it, and the balance moves
+//! as before until it settles again; so does a new leader (it has seen no fleet yet).
 
 use super::PartitionKey;
 use elk_types::MemberId;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// The churn budget's settings; the default caps nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -69,6 +87,21 @@ pub(super) struct Churn {
     in_flight: BTreeSet<PartitionKey>,
     /// Rounds that started moves since the metrics last took them.
     rounds: Vec<RebalanceRound>,
+    /// The fleet of the last round, as a [`fleet_signature`].
+    fleet: Option<u64>,
+    /// That fleet has been balanced since it last changed (tail hold, module header).
+    settled: bool,
+}
+
+/// A digest of the workers placement sees: what changes quotas other than the partitions.
+pub(super) fn fleet_signature<'a>(
+    workers: impl Iterator<Item = (&'a MemberId, u64, u64, &'a [elk_types::JobName])>,
+) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for (id, incarnation, slots, jobs) in workers {
+        (id, incarnation, slots, jobs).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 impl Churn {
@@ -79,6 +112,28 @@ impl Churn {
     pub fn settle(&mut self, revoking: impl Fn(&PartitionKey) -> Option<bool>) {
         self.in_flight
             .retain(|key| revoking(key).is_some_and(|overdue| !overdue));
+    }
+
+    /// Notes the round's fleet: a different one than last round's is not settled.
+    pub fn observe_fleet(&mut self, signature: u64) {
+        if self.fleet != Some(signature) {
+            self.fleet = Some(signature);
+            self.settled = false;
+        }
+    }
+
+    /// The round's solution wanted no move: with no rebalancing hand-over in flight the balance
+    /// is settled for this fleet.
+    pub fn nothing_wanted(&mut self) {
+        if self.in_flight.is_empty() {
+            self.settled = true;
+        }
+    }
+
+    /// Whether the tail hold applies (module header); `waiting`: grantable partitions were left
+    /// pending this round.
+    pub fn holds(&self, waiting: bool) -> bool {
+        self.settled && !waiting
     }
 
     /// Moves this round may start under `cap` (`None`: every one).

@@ -13,9 +13,11 @@
 //! as if every worker processed every job.
 //!
 //! The churn budget (`churn.rs`, off by default) caps the revokes of one round; the moves it
-//! defers stay with their owners and are wanted again by the next round's solution.
+//! defers stay with their owners and are wanted again by the next round's solution. At a job's
+//! end on a fleet that did not change (the tail hold, `churn.rs`) only grants waiting in a
+//! worker's queue move, and only to idle slots.
 
-use super::churn::{RebalanceRound, Source, choose_moves};
+use super::churn::{RebalanceRound, Source, choose_moves, fleet_signature};
 use super::{AssignerState, PartitionKey, spans};
 use elk_placement::{Partition, Worker, solve};
 use elk_protocol::messages::{JobState, MemberRef, PartitionStatus};
@@ -40,6 +42,16 @@ impl AssignerState {
         if workers.is_empty() {
             return;
         }
+        self.churn
+            .observe_fleet(fleet_signature(workers.iter().map(|worker| {
+                let info = &self.workers[&worker.id];
+                (
+                    &worker.id,
+                    info.incarnation.0,
+                    u64::from(worker.capacity),
+                    info.jobs.as_slice(),
+                )
+            })));
         let total_slots: u64 = workers
             .iter()
             .map(|worker| u64::from(worker.capacity))
@@ -73,13 +85,13 @@ impl AssignerState {
         let moving: BTreeSet<PartitionKey> = in_flight.iter().cloned().collect();
         active.extend(in_flight.into_iter().map(|key| (key, None)));
         let room = total_slots.saturating_sub(active.len() as u64) as usize;
-        let grantable: Vec<PartitionKey> = self
+        let mut candidates = self
             .pending
             .iter()
-            .filter(|key| self.job_is_active(&key.job))
-            .take(room)
-            .cloned()
-            .collect();
+            .filter(|key| self.job_is_active(&key.job));
+        let grantable: Vec<PartitionKey> = candidates.by_ref().take(room).cloned().collect();
+        // Grantable partitions left waiting for a slot: not a job's tail (`churn.rs`).
+        let waiting = candidates.next().is_some();
         active.extend(grantable.into_iter().map(|key| (key, None)));
         if active.is_empty() {
             return;
@@ -134,7 +146,7 @@ impl AssignerState {
                 (None, _) => unplaced.push(key),
             }
         }
-        self.start_rebalance_moves(wanted, &workers, granted, &mut held);
+        self.start_rebalance_moves(wanted, &workers, granted, waiting, &mut held);
         // Workers that declared jobs: a partition the balance put on a worker that does not
         // process its job goes to the least loaded worker that does and has a free slot.
         for key in unplaced {
@@ -154,34 +166,58 @@ impl AssignerState {
         }
     }
 
-    /// Revokes the moves the churn budget allows this round (all of them when uncapped), the
-    /// most useful first, and counts the others as still held by their owners.
+    /// Revokes the moves the churn budget allows this round (all of them when uncapped; under
+    /// the tail hold only queued grants, to idle slots), the most useful first, and counts the
+    /// others as still held by their owners.
     fn start_rebalance_moves(
         &mut self,
         wanted: BTreeMap<MemberId, Vec<PartitionKey>>,
         workers: &[Worker<MemberId>],
         granted: u64,
+        waiting: bool,
         held: &mut BTreeMap<MemberId, u64>,
     ) {
         self.churn
             .settle(|key| self.revoking_since.get(key).map(|(_, overdue)| *overdue));
         if wanted.is_empty() {
+            // While frozen the solver's moves are never wanted: that is no balance.
+            if !self.placement_frozen() {
+                self.churn.nothing_wanted();
+            }
             return;
         }
-        let budget = self.churn.budget(self.policy.rebalance.cap(granted));
+        let hold = self.churn.holds(waiting);
+        let budget = if hold {
+            // Queued grants to idle slots only (`churn.rs`, tail hold).
+            self.churn.budget(Some(self.free_slots()))
+        } else {
+            self.churn.budget(self.policy.rebalance.cap(granted))
+        };
         let slots: BTreeMap<&MemberId, u64> = workers
             .iter()
             .map(|worker| (&worker.id, u64::from(worker.capacity)))
             .collect();
-        let sources = wanted
-            .into_iter()
-            .map(|(worker, sheds)| Source {
-                load: held.get(&worker).copied().unwrap_or(0) + sheds.len() as u64,
+        let mut sources = Vec::with_capacity(wanted.len());
+        for (worker, mut sheds) in wanted {
+            let load = held.get(&worker).copied().unwrap_or(0) + sheds.len() as u64;
+            if hold {
+                // Only as many as cannot be running (beyond its `capacity`): the highest keys
+                // the solver sheds, in a job cut in order its latest grants.
+                let capacity = u64::from(self.workers[&worker].capacity.get());
+                let queued = usize::try_from(load.saturating_sub(capacity)).unwrap_or(usize::MAX);
+                if sheds.len() > queued {
+                    let stay = sheds.len() - queued;
+                    *held.entry(worker.clone()).or_default() += stay as u64;
+                    sheds.drain(..stay);
+                }
+            }
+            sources.push(Source {
+                load,
                 slots: slots.get(&worker).copied().unwrap_or(1),
                 worker,
                 sheds,
-            })
-            .collect();
+            });
+        }
         let (chosen, deferred) = choose_moves(sources, budget);
         for (key, _) in &chosen {
             self.revoke(key, RevokeCause::Rebalance);

@@ -382,7 +382,7 @@ impl AssignerState {
     /// Slots of workers taking grants that no granted or revoking partition of theirs takes
     /// (counting `capacity`, not the queue of `grants_per_capacity`), minus the grantable
     /// partitions waiting for a slot.
-    fn free_slots(&self) -> u64 {
+    pub(super) fn free_slots(&self) -> u64 {
         let mut held: BTreeMap<&elk_types::MemberId, u64> = self
             .grants_by_worker
             .iter()

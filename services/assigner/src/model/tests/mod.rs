@@ -2,7 +2,8 @@
 //! decide (cutting, grants, revokes, progress, reclaims, retries, planners, audits); `changes.rs`:
 //! the change set and the lifecycle checks; `admin.rs`: commands and their typed refusals;
 //! `levers.rs`: drain, undrain, freeze and the progress counters; `churn.rs`: the churn budget
-//! (rebalancing moves per round, convergence, the fewest moves).
+//! (rebalancing moves per round, convergence, the fewest moves); `tail_hold.rs`: a job's end on
+//! an unchanged fleet moves no running grant, queued ones only to idle slots.
 
 mod admin;
 mod bounded;
@@ -14,6 +15,7 @@ mod gauges;
 mod levers;
 mod quarantine;
 mod split;
+mod tail_hold;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
