@@ -10,12 +10,19 @@
 //!    (RSS at the end − RSS after the warm-up) ÷ RSS after the warm-up; `rss_drift_pct` is the
 //!    largest of the assigner's and the workers'.
 //! 3. **Leader switches**: with a job running (two paced workers checkpointing every second), the
-//!    leading assigner's member key is deleted (the replica stays up, notices the loss at its
-//!    next renewal, re-joins as a standby); the election names the other replica, which loads
-//!    the state and serves (`stats` answered under the new epoch). Once the deposed replica is
-//!    back in the view, the next switch starts. After every switch the RSS of both replicas is
-//!    read; `rss_growth_after_switches_bytes` = the larger replica growth from the median of the
-//!    10 readings after the warm-up (10 % of the switches) to the median of the last 10.
+//!    assigner role is moved to the other replica with the election's `transfer` verb, as an
+//!    operator would (`--switch-by transfer`, the default); the new holder loads the state and
+//!    serves (`stats` answered under the new epoch), then the next switch moves it back. After
+//!    every switch the RSS of both replicas is read; `rss_growth_after_switches_bytes` = the
+//!    larger replica growth from the median of the 10 readings after the warm-up (10 % of the
+//!    switches) to the median of the last 10.
+//!    `--switch-by member-loss` forces each switch by deleting the leader's member key instead:
+//!    the replica stays up, loses its membership at its next renewal and re-joins under a new
+//!    incarnation. A switch is then any new term (higher epoch, another holder incarnation), not
+//!    necessarily the other replica: when the deposed replica re-joined before the election
+//!    wrote the view without it, the view lists it live, and the designation rule (smallest live
+//!    id of the role, `elk_election::roles`) names it again (`releads_by_deposed`). Waiting for
+//!    "the other replica" is what made the first version of this benchmark time out.
 //!
 //! One line: `{"bench":"memory","leader_switches":n,"rss_growth_after_switches_bytes":n,
 //! "idle_worker_rss_bytes":n,"rss_drift_pct":f,...}`.
@@ -25,7 +32,7 @@ use crate::lifecycle_bench::cpu::find_nats_server;
 use crate::lifecycle_bench::{print_line, round};
 use crate::procs::{
     ASSIGNER, Binaries, BinaryArgs, ELECTION, Process, RECORDING_WORKER, Spec, rss_bytes,
-    service_spec,
+    service_spec, status_bytes,
 };
 use anyhow::Context;
 use elk_nats::{AdminClient, NatsConfig, ProvisionConfig, Resources};
@@ -52,6 +59,20 @@ pub enum Phase {
     Switches,
 }
 
+/// How the leader-switch phase moves the assigner role.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchBy {
+    /// `transfer` to the other replica (the election's admin verb, as an operator would):
+    /// every switch moves the role to the other process, which loads the state and serves.
+    #[default]
+    Transfer,
+    /// Delete the leader's member key: the replica loses its membership at its next renewal and
+    /// re-joins under a new incarnation; the election designates a holder from the view it
+    /// writes, which may be the same replica again (counted in `releads_by_deposed`).
+    MemberLoss,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct MemoryArgs {
     /// Phase to run (repeatable) [default: all]; the fields of the others read 0.
@@ -66,6 +87,12 @@ pub struct MemoryArgs {
     /// Smoke run: 40 switches, 100,000 partitions.
     #[arg(long)]
     quick: bool,
+    /// How a leader switch is forced.
+    #[arg(long, value_enum, default_value_t = SwitchBy::Transfer)]
+    switch_by: SwitchBy,
+    /// Keep the directory of the process logs (it is always kept when the run fails).
+    #[arg(long)]
+    keep_dir: bool,
     #[command(flatten)]
     binaries: BinaryArgs,
 }
@@ -77,10 +104,18 @@ struct Line {
     rss_growth_after_switches_bytes: i64,
     idle_worker_rss_bytes: u64,
     rss_drift_pct: f64,
+    idle_worker_rss_anon_bytes: u64,
+    idle_worker_rss_file_bytes: u64,
+    /// The directory of the measured binaries (`debug`, `release`): code pages count in RSS.
+    binaries: String,
     assigner_rss_after_warmup_bytes: u64,
     assigner_rss_after_switches_bytes: u64,
     switch_ms_p50: f64,
     switch_ms_max: f64,
+    switch_by: SwitchBy,
+    /// `--switch-by member-loss`: switches after which the deposed replica, re-joined under a
+    /// new incarnation, was designated again.
+    releads_by_deposed: usize,
     processed_partitions: u64,
     assigner_rss_drift_pct: f64,
     worker_rss_drift_pct: f64,
@@ -175,6 +210,7 @@ async fn run_all(arguments: &MemoryArgs, binaries: &Binaries) -> anyhow::Result<
     let mut line = Line {
         bench: "memory",
         quick,
+        binaries: binaries.dir_name(),
         ..Line::default()
     };
     wait_until("an assigner leader", Duration::from_secs(60), || async {
@@ -182,32 +218,65 @@ async fn run_all(arguments: &MemoryArgs, binaries: &Binaries) -> anyhow::Result<
     })
     .await?;
 
-    line.idle_worker_rss_bytes = idle_worker_rss(&cluster).await?;
-    eprintln!(
-        "memory: idle worker RSS {} bytes",
-        line.idle_worker_rss_bytes
-    );
-    processing_drift(&cluster, partitions, &mut line).await?;
-    leader_switches(&cluster, switches, &mut line).await?;
+    let outcome = run_phases(arguments, &cluster, partitions, switches, &mut line).await;
     cluster.election.kill().await;
     for assigner in cluster.assigners {
         assigner.kill().await;
     }
-    Ok(line)
+    if outcome.is_err() || arguments.keep_dir {
+        let kept = cluster.dir.keep();
+        eprintln!("memory: process logs kept in {}", kept.display());
+    }
+    outcome.map(|()| line)
 }
 
-/// Phase 1: the highest RSS of an idle worker process over 5 s after it joined.
-async fn idle_worker_rss(cluster: &Cluster) -> anyhow::Result<u64> {
+async fn run_phases(
+    arguments: &MemoryArgs,
+    cluster: &Cluster,
+    partitions: u64,
+    switches: usize,
+    line: &mut Line,
+) -> anyhow::Result<()> {
+    let runs = |phase: Phase| arguments.phases.is_empty() || arguments.phases.contains(&phase);
+    if runs(Phase::Idle) {
+        idle_worker_rss(cluster, line).await?;
+        eprintln!(
+            "memory: idle worker RSS {} bytes (anonymous {}, file-backed {})",
+            line.idle_worker_rss_bytes,
+            line.idle_worker_rss_anon_bytes,
+            line.idle_worker_rss_file_bytes
+        );
+    }
+    if runs(Phase::Drift) {
+        processing_drift(cluster, partitions, line).await?;
+    }
+    if runs(Phase::Switches) {
+        line.switch_by = arguments.switch_by;
+        leader_switches(cluster, switches, arguments.switch_by, line).await?;
+    }
+    Ok(())
+}
+
+/// Phase 1: the highest RSS of an idle worker process over 5 s after it joined, with its split
+/// into anonymous memory (heap, stacks: what the SDK allocates) and file-backed pages (mostly
+/// the executable's own code, whose size depends on the build profile) at that reading.
+async fn idle_worker_rss(cluster: &Cluster, line: &mut Line) -> anyhow::Result<()> {
     let id = "idle-worker";
     let worker = Process::spawn(&cluster.worker_spec(id, &["--jobs", "never-created"]))?;
     wait_in_view(&cluster.resources, &[id]).await?;
-    let mut highest = 0;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        highest = highest.max(worker.rss_bytes().context("idle worker gone")?);
+        let rss = worker.rss_bytes().context("idle worker gone")?;
+        if rss > line.idle_worker_rss_bytes {
+            line.idle_worker_rss_bytes = rss;
+            line.idle_worker_rss_anon_bytes =
+                status_bytes(worker.pid(), "RssAnon:").unwrap_or_default();
+            line.idle_worker_rss_file_bytes =
+                status_bytes(worker.pid(), "RssFile:").unwrap_or_default();
+        }
     }
     worker.kill().await;
-    Ok(highest)
+    Ok(())
 }
 
 /// Phase 2: RSS of the leading assigner and of the workers across `partitions` processed
@@ -288,10 +357,11 @@ async fn processing_drift(
     Ok(())
 }
 
-/// Phase 3: `switches` leader switches by deleting the leader's member key.
+/// Phase 3: `switches` leader switches, each forced the way `switch_by` says.
 async fn leader_switches(
     cluster: &Cluster,
     switches: usize,
+    switch_by: SwitchBy,
     line: &mut Line,
 ) -> anyhow::Result<()> {
     let resources = &cluster.resources;
@@ -310,6 +380,12 @@ async fn leader_switches(
             JobSpec::fixed(IdRange::new(1, 100_000_000)?, 1_000_000),
         )
         .await?;
+    // Polls whether the new leader answers: a request that lands on the deposed replica while
+    // it stops goes unanswered, and waiting the default 10 s for it would be counted as switch
+    // time (`switch_ms_max` read 10,057 ms in a 40-switch run before this).
+    let poll = AdminClient::new(resources.client.clone(), resources.names.clone())
+        .with_patience(Duration::from_secs(30))
+        .with_request_timeout(Duration::from_millis(500));
     let warmup = (switches / 10).max(10).min(switches.saturating_sub(10));
     let mut samples: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     let mut durations = Vec::new();
@@ -317,39 +393,70 @@ async fn leader_switches(
     for switch in 1..=switches {
         let (leader, lease) = cluster.leader().await.context("no assigner leader")?;
         let holder = lease.holder.clone().context("no holder")?;
-        let other = 1 - leader;
         let switching = Instant::now();
-        resources
-            .members
-            .delete(ASSIGNERS[leader])
-            .await
-            .context("delete the leader's member key")?;
-        // The other replica leads under a higher epoch and serves.
-        wait_until("the standby to lead", Duration::from_secs(30), || async {
-            cluster
-                .leader()
-                .await
-                .is_some_and(|(index, now)| index == other && now.epoch > lease.epoch)
-        })
-        .await?;
+        let relead = match switch_by {
+            SwitchBy::Transfer => {
+                let other = 1 - leader;
+                let to = MemberId::new(ASSIGNERS[other])?;
+                let transferred = cluster
+                    .admin
+                    .transfer(ControlRole::Assigner, Some(to))
+                    .await
+                    .context("transfer the assigner role")?;
+                anyhow::ensure!(
+                    transferred.epoch > lease.epoch,
+                    "transfer answered epoch {} after {}",
+                    transferred.epoch,
+                    lease.epoch
+                );
+                false
+            }
+            SwitchBy::MemberLoss => {
+                resources
+                    .members
+                    .delete(ASSIGNERS[leader])
+                    .await
+                    .context("delete the leader's member key")?;
+                // Another term under a higher epoch. The holder may be the deposed replica
+                // itself under its new incarnation: when it re-joined before the election
+                // wrote the view without it, the view shows it live and the smallest live id
+                // of the role (see `elk_election::roles`) can be its own.
+                wait_until("a new assigner term", Duration::from_secs(30), || async {
+                    read_lease::<RoleLease>(resources, ControlRole::Assigner.lease_key())
+                        .await
+                        .is_some_and(|now| {
+                            now.epoch > lease.epoch
+                                && now.holder.as_ref().is_some_and(|new| *new != holder)
+                        })
+                })
+                .await?;
+                cluster
+                    .leader()
+                    .await
+                    .is_some_and(|(index, _)| index == leader)
+            }
+        };
         let (_, now) = cluster.leader().await.context("no assigner leader")?;
-        // Until the deposed replica notices (at its next renewal), it may still answer a
-        // read-only request in the queue group, under its old epoch: ask until the new one does.
+        // Until the deposed replica notices, it may still answer a read-only request in the
+        // queue group, under its old epoch: ask until the new one does.
         wait_until(
             "the new leader answering",
             Duration::from_secs(30),
             || async {
-                cluster
-                    .admin
-                    .stats()
+                poll.stats()
                     .await
                     .is_ok_and(|stats| stats.epoch >= now.epoch)
             },
         )
         .await?;
         durations.push(switching.elapsed());
-        // The deposed replica is back as a standby before the next switch.
-        wait_rejoined(resources, ASSIGNERS[leader], holder.incarnation).await?;
+        if relead {
+            line.releads_by_deposed += 1;
+        }
+        if switch_by == SwitchBy::MemberLoss {
+            // The deposed replica is back as a standby before the next switch.
+            wait_rejoined(resources, ASSIGNERS[leader], holder.incarnation).await?;
+        }
         for (index, assigner) in cluster.assigners.iter().enumerate() {
             samples[index].push(assigner.rss_bytes().context("assigner replica gone")?);
         }

@@ -66,6 +66,14 @@ impl Binaries {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// The name of the binaries' directory: the cargo profile they were built in (`debug`,
+    /// `release`) when they come from a target directory.
+    pub fn dir_name(&self) -> String {
+        self.dir
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+    }
 }
 
 /// One benchmark over separate processes: logging, the binaries (built first unless told
@@ -272,8 +280,13 @@ impl Process {
 
 /// `VmRSS` of process `pid`, in bytes.
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, `RssFile:`), in bytes.
+pub(crate) fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
