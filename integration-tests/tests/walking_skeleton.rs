@@ -13,12 +13,24 @@ async fn three_workers_process_every_id_exactly_once() {
     let stack = Stack::new().await.unwrap();
     let election = stack.election("election-1");
     let assigner = stack.assigner("assigner-1");
-    let scaler = stack.scaler("scaler-1");
+    // The scaler would drain idle workers before the job exists (scale-in drains first): the
+    // fleet's three workers are its lower bound here, as every worker must get work.
+    let scaler = stack.scaler_with(
+        "scaler-1",
+        elk_scaler::ScalerSettings {
+            min_workers: 3,
+            ..Default::default()
+        },
+        std::sync::Arc::default(),
+    );
     let range = IdRange::new(1, 100_000).unwrap();
     let ledger = Ledger::new(range);
     let mut workers = Vec::new();
     for index in 1..=3 {
-        let processor = RecordingProcessor::new(ledger.clone());
+        // ~50 ms per partition (5 ms per 100 IDs): the job lasts about a second, so a worker that
+        // sees its first assignment record late still gets work (unpaced, the whole job took
+        // 0.25 s and a worker slow to start on a container backend got nothing: [96, 0, 4]).
+        let processor = RecordingProcessor::paced(ledger.clone(), 100, Duration::from_millis(5));
         workers.push(
             stack
                 .worker(&format!("worker-{index}"), 2, processor)
