@@ -466,6 +466,19 @@ impl Stack {
         })
     }
 
+    /// The epoch of the `role.assigner` lease, if it exists and decodes.
+    pub async fn assigner_epoch(&self) -> Option<elk_types::Epoch> {
+        let entry = self
+            .resources
+            .leases
+            .entry(elk_protocol::names::ControlRole::Assigner.lease_key())
+            .await
+            .ok()??;
+        decode::<elk_protocol::messages::RoleLease>(&entry.value)
+            .ok()
+            .map(|lease| lease.epoch)
+    }
+
     /// Waits until the membership view lists every worker of `ids`: a short job created before
     /// a late joiner is in the view can be done before that worker is ever granted anything.
     pub async fn wait_workers_in_view(

@@ -17,8 +17,7 @@
 
 use elk_assigner::AssignerMetrics;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack};
-use elk_protocol::messages::{AssignmentRecord, Grant, ProgressEvent, ProgressReport, RoleLease};
-use elk_protocol::names::ControlRole;
+use elk_protocol::messages::{AssignmentRecord, Grant, ProgressEvent, ProgressReport};
 use elk_protocol::{SCHEMA_VERSION, decode, encode};
 use elk_testkit::wait_until;
 use elk_types::{Epoch, IdRange, Incarnation, MemberId, PartitionLeaseToken, ViewSeq};
@@ -43,18 +42,6 @@ fn forged_record(epoch: u64) -> AssignmentRecord {
     }
 }
 
-async fn assigner_epoch(stack: &Stack) -> Option<Epoch> {
-    let entry = stack
-        .resources
-        .leases
-        .entry(ControlRole::Assigner.lease_key())
-        .await
-        .ok()??;
-    decode::<RoleLease>(&entry.value)
-        .ok()
-        .map(|lease| lease.epoch)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_with_a_forged_epoch_do_not_depose_the_leader() -> anyhow::Result<()> {
     let stack = Stack::new().await?;
@@ -75,7 +62,8 @@ async fn records_with_a_forged_epoch_do_not_depose_the_leader() -> anyhow::Resul
         .create_job("first", IdRange::new(1, 1_000)?, 100)
         .await?;
     stack.wait_job_completed("first", DEADLINE).await?;
-    let epoch = assigner_epoch(&stack)
+    let epoch = stack
+        .assigner_epoch()
         .await
         .expect("a leader was designated");
     assert!(epoch < Epoch(1 << 40));
@@ -100,7 +88,7 @@ async fn records_with_a_forged_epoch_do_not_depose_the_leader() -> anyhow::Resul
     })
     .await?;
     assert_eq!(
-        assigner_epoch(&stack).await,
+        stack.assigner_epoch().await,
         Some(epoch),
         "the same term led throughout"
     );

@@ -13,29 +13,17 @@
 
 use elk_assigner::AssignerMetrics;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack, assert_invariants};
-use elk_protocol::messages::{ProgressEvent, ProgressReport, RoleLease};
-use elk_protocol::names::{ControlRole, PROGRESS_CONSUMER};
-use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_protocol::messages::{ProgressEvent, ProgressReport};
+use elk_protocol::names::PROGRESS_CONSUMER;
+use elk_protocol::{SCHEMA_VERSION, encode};
 use elk_testkit::auditor::AuditEventKind;
 use elk_testkit::{OwnershipAuditor, wait_until};
-use elk_types::{Epoch, IdRange, Incarnation, JobName, MemberId, PartitionId, PartitionLeaseToken};
+use elk_types::{IdRange, Incarnation, JobName, MemberId, PartitionId, PartitionLeaseToken};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-async fn assigner_epoch(stack: &Stack) -> Option<Epoch> {
-    let entry = stack
-        .resources
-        .leases
-        .entry(ControlRole::Assigner.lease_key())
-        .await
-        .ok()??;
-    decode::<RoleLease>(&entry.value)
-        .ok()
-        .map(|lease| lease.epoch)
-}
 
 async fn last_sequence(stack: &Stack) -> u64 {
     stack
@@ -85,7 +73,8 @@ async fn a_deleted_progress_consumer_is_re_created_by_the_same_term_and_loses_no
     })
     .await
     .unwrap();
-    let epoch = assigner_epoch(&stack)
+    let epoch = stack
+        .assigner_epoch()
         .await
         .expect("a leader was designated");
 
@@ -148,7 +137,7 @@ async fn a_deleted_progress_consumer_is_re_created_by_the_same_term_and_loses_no
     assert_invariants(&audit, "feed", &ledger).await;
     // The same term throughout, one re-creation per deletion, nothing lost.
     assert!(assigner.is_running());
-    assert_eq!(assigner_epoch(&stack).await, Some(epoch));
+    assert_eq!(stack.assigner_epoch().await, Some(epoch));
     assert_eq!(metrics.leader_terms.get(), 1);
     // Each deletion is followed by one creation, the leader's; it counts those whose reply it
     // got (a reply lost to a timeout is found as an existing consumer on the next attempt).
