@@ -482,3 +482,132 @@ async fn a_killed_scaler_is_replaced_under_a_higher_epoch() {
     assigner.stop().await;
     election.stop().await;
 }
+
+/// Holds the partition starting at ID 1 until the gate opens (cancellable), then records like
+/// `inner`: every partition above it completes first, so the job's low watermark stays at 0.
+struct HoldFirst {
+    inner: RecordingProcessor,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+impl elk_worker::Processor for HoldFirst {
+    async fn process(
+        &self,
+        work: elk_worker::PartitionWork,
+    ) -> Result<elk_worker::ProcessOutcome, elk_worker::ProcessError> {
+        if work.range().first() == 1 {
+            let mut gate = self.gate.clone();
+            let cancelled = work.cancellation();
+            tokio::select! {
+                _ = gate.wait_for(|open| *open) => {}
+                () = cancelled.cancelled() => return Ok(elk_worker::ProcessOutcome::Interrupted),
+            }
+        }
+        self.inner.process(work).await
+    }
+}
+
+/// Issue 10 item 4: on the lean write path a completion is stored in the job record only (the
+/// partition key keeps its `granted` status until compaction). A leader killed while such keys
+/// exist — the first partition held back, so every completion lies above the low watermark —
+/// is replaced by one that loses none of them, re-runs none and reports no overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lean_leader_killed_mid_job_loses_no_completion_and_sees_no_overlap() {
+    use elk_protocol::messages::{JobRecord, PartitionRecord, PartitionStatus};
+    let stack = Stack::new().await.unwrap();
+    let audit = auditor(&stack).await;
+    let election = stack.election("election-1");
+    let first_metrics = Arc::new(AssignerMetrics::default());
+    let first = stack.assigner_with_metrics("assigner-1", first_metrics.clone());
+    let range = IdRange::new(1, 20_000).unwrap();
+    let ledger = Ledger::new(range);
+    let (open_gate, gate) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for id in ["worker-a", "worker-b"] {
+        let processor = HoldFirst {
+            inner: paced(&ledger),
+            gate: gate.clone(),
+        };
+        workers.push(stack.worker_with(id, 2, &[], processor).await.unwrap());
+    }
+    stack.create_job("lean", range, 500).await.unwrap();
+    let first_epoch = role_epoch(&stack).await;
+    let standby_metrics = Arc::new(AssignerMetrics::default());
+    let standby = stack.assigner_with_metrics("assigner-2", standby_metrics.clone());
+    let completed_above_watermark = || async {
+        stack
+            .job("lean")
+            .await
+            .unwrap()
+            .is_some_and(|job: JobRecord| {
+                job.low_watermark.is_none() && job.partitions_completed >= 10
+            })
+    };
+    wait_until(
+        "10 partitions completed above the watermark",
+        DEADLINE,
+        completed_above_watermark,
+    )
+    .await
+    .unwrap();
+    first.abort().await;
+
+    // What the standby loads: completed ranges in the job record whose keys still say granted.
+    let job = stack.job("lean").await.unwrap().unwrap();
+    let mut completed_keys_left_granted = 0;
+    let mut keys = stack.resources.partitions.keys().await.unwrap();
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let entry = elk_nats::read_entry(&stack.resources.partitions, &key.unwrap())
+            .await
+            .unwrap();
+        let Some(record) = entry
+            .filter(|entry| !entry.deleted)
+            .and_then(|entry| decode::<PartitionRecord>(&entry.value).ok())
+        else {
+            continue;
+        };
+        assert_ne!(
+            record.status,
+            PartitionStatus::Completed,
+            "no completed record is written"
+        );
+        let counted = job
+            .completed_above_watermark
+            .iter()
+            .any(|done| done.first() <= record.range.first() && record.range.last() <= done.last());
+        completed_keys_left_granted += u64::from(counted);
+    }
+    assert!(
+        completed_keys_left_granted >= 10,
+        "the takeover must meet completions held by the job record only ({completed_keys_left_granted})"
+    );
+    wait_until("the standby leads", DEADLINE, || async {
+        role_epoch(&stack).await > first_epoch
+    })
+    .await
+    .unwrap();
+    open_gate.send(true).unwrap();
+    stack.wait_job_completed("lean", DEADLINE).await.unwrap();
+
+    let job = stack.job("lean").await.unwrap().unwrap();
+    assert_eq!(job.partitions_completed, job.partitions_total);
+    assert_eq!(job.ids_completed, range.len());
+    for metrics in [&first_metrics, &standby_metrics] {
+        assert_eq!(metrics.overlaps_detected.get(), 0, "no false overlap");
+        assert_eq!(metrics.gaps_detected.get(), 0);
+        assert_eq!(metrics.partition_writes_of("completed"), 0);
+    }
+    assert!(standby_metrics.leader_terms.get() >= 1);
+    // Nothing completed ran again: each ID processed exactly once (no worker crashed).
+    assert_invariants(&audit, "lean", &ledger).await;
+    assert_eq!(
+        ledger.duplicates(),
+        Vec::<u64>::new(),
+        "a completed partition was granted again"
+    );
+    for worker in workers {
+        worker.shutdown().await.unwrap();
+    }
+    standby.stop().await;
+    election.stop().await;
+}

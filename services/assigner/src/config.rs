@@ -58,6 +58,27 @@ pub struct AssignerSettings {
     /// The churn budget: partitions moved to even out load per round (`[assigner.rebalance]`;
     /// uncapped by default).
     pub rebalance: RebalanceSettings,
+    /// How a round's change set is stored: `lean` (the default) or `baseline`, the write path
+    /// before issue 10 item 4, kept so the throughput benchmark can measure both side by side
+    /// (docs/decisions/lean-write-path.md).
+    pub write_path: WritePath,
+}
+
+/// How the leader stores a round (docs/decisions/lean-write-path.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePath {
+    /// A completed partition's key is not rewritten (the job record's coverage summary carries
+    /// the completion until the key is compacted); while live workers process a fixed job it is
+    /// cut only as far as they have free grant slots, so a partition is created already
+    /// granted; the flush writes partitions and job records together, then purges and
+    /// assignment records together.
+    #[default]
+    Lean,
+    /// Every completed partition written as `completed` before its purge; fixed jobs cut up to
+    /// `partitions_per_round` ahead (created `pending`, rewritten when granted); four sequential
+    /// flush phases.
+    Baseline,
 }
 
 /// `[assigner.http]`: who may use the HTTP admin API and how long a client may hold a connection.
@@ -128,6 +149,7 @@ impl Default for AssignerSettings {
             http: HttpSettings::default(),
             tails: TailSettings::default(),
             rebalance: RebalanceSettings::default(),
+            write_path: WritePath::default(),
         }
     }
 }

@@ -39,7 +39,9 @@ mod store;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
-pub use config::{AssignerConfig, AssignerSettings, HttpSettings, RebalanceSettings, TailSettings};
+pub use config::{
+    AssignerConfig, AssignerSettings, HttpSettings, RebalanceSettings, TailSettings, WritePath,
+};
 pub use error::{AssignerError, Feed, JetstreamOperation};
 pub use metrics::AssignerMetrics;
 
@@ -105,6 +107,7 @@ async fn run_replica(
         tails: config.assigner.tails.policy(),
         rebalance: config.assigner.rebalance.policy(),
         quarantine_after_deaths: config.assigner.quarantine_after_deaths,
+        write_path: config.assigner.write_path,
     };
     let http = match &config.assigner.http_listen {
         Some(address) => {

@@ -66,6 +66,7 @@ pub struct AssignerMetrics {
     /// Applied progress reports purged from the stream by the leader.
     pub progress_trimmed: Counter,
     kv_writes: Family<Labels2, Counter>,
+    partition_writes: Family<Labels1, Counter>,
     /// Leader terms this replica started.
     pub leader_terms: Counter,
     pub grants: Counter,
@@ -113,6 +114,7 @@ impl Default for AssignerMetrics {
             progress_lost: Counter::default(),
             progress_trimmed: Counter::default(),
             kv_writes: Family::default(),
+            partition_writes: Family::default(),
             leader_terms: Counter::default(),
             grants: Counter::default(),
             revocations: Family::default(),
@@ -233,6 +235,11 @@ impl AssignerMetrics {
             registry.register(name, help, family.clone());
         }
         registry.register(
+            "elk_assigner_partition_writes",
+            "Puts of the partitions bucket by kind: create (a new key, granted at once or pending), update (grant, revoke, checkpoint, release, failure), completed (the baseline write path only)",
+            self.partition_writes.clone(),
+        );
+        registry.register(
             "elk_assigner_revocations",
             "Partitions revoked, by cause: rebalance (owner over quota), job_stopped (paused or cancelled), drain (owner asked to drain) or split (a straggler re-cut over idle workers)",
             self.revocations.clone(),
@@ -314,6 +321,31 @@ impl AssignerMetrics {
         self.kv_writes
             .get_or_create(&[("bucket", bucket), ("op", op)])
             .inc_by(count);
+    }
+
+    /// Counts `count` puts of the partitions bucket of one kind (`create`, `update`,
+    /// `completed`).
+    pub(crate) fn partition_writes(&self, kind: &'static str, count: u64) {
+        if count > 0 {
+            self.partition_writes
+                .get_or_create(&[("kind", kind)])
+                .inc_by(count);
+        }
+    }
+
+    /// KV operations of one bucket (`partitions`, `jobs`, `assignments`, `fleet`) and operation
+    /// (`put`, `purge`, `delete`).
+    pub fn kv_writes_of(&self, bucket: &'static str, op: &'static str) -> u64 {
+        self.kv_writes
+            .get(&[("bucket", bucket), ("op", op)])
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// Puts of the partitions bucket of one kind (`create`, `update`, `completed`).
+    pub fn partition_writes_of(&self, kind: &'static str) -> u64 {
+        self.partition_writes
+            .get(&[("kind", kind)])
+            .map_or(0, |counter| counter.get())
     }
 
     /// KV operations of every bucket and kind.

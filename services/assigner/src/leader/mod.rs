@@ -181,9 +181,15 @@ impl AssignerLeader {
                 }
                 _ => tracing::Span::none(),
             };
-            let flushed = store::write_changes(changes, epoch, resources, &self.metrics)
-                .instrument(flush_span)
-                .await;
+            let flushed = store::write_changes(
+                changes,
+                epoch,
+                self.policy.write_path,
+                resources,
+                &self.metrics,
+            )
+            .instrument(flush_span)
+            .await;
             match flushed {
                 Ok(written) => state.record_written(written),
                 Err(error) => {

@@ -61,6 +61,8 @@ pub(crate) use plan::PlanQuestion;
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
 pub(crate) use split::TailPolicy;
 
+pub(crate) use crate::config::WritePath;
+
 use elk_protocol::messages::{
     AssignmentRecord, DrainSource, JobRecord, PartitionRecord, PlacementControl,
 };
@@ -187,6 +189,10 @@ pub(crate) struct Policy {
     /// Holder deaths (with no progress in between) that quarantine a partition; 0: never
     /// (`quarantine.rs`).
     pub quarantine_after_deaths: u32,
+    /// How rounds are stored (`crate::config::WritePath`): `Lean` does not write completed
+    /// partitions (the job record carries them until compaction), cuts fixed jobs just in time
+    /// (`plan.rs`) and pipelines the flush.
+    pub write_path: WritePath,
 }
 
 /// What the model counts in one leader term; published to `crate::metrics` once per round.
@@ -282,7 +288,8 @@ pub(crate) struct AssignerState {
     dirty_partitions: BTreeSet<PartitionKey>,
     dirty_jobs: BTreeSet<JobName>,
     dirty_assignments: BTreeSet<MemberId>,
-    /// Completed partitions to write once, then forget.
+    /// Completed partitions to write once, then forget (`WritePath::Baseline` only: the lean
+    /// path leaves their keys as they are, the job record's summary counting them).
     completed_to_write: Vec<Stored<PartitionRecord>>,
     /// Partition keys to delete (after the job records accounting for them are written).
     compaction_deletes: Vec<PartitionKey>,
@@ -351,10 +358,17 @@ impl AssignerState {
                 .insert(job.name.clone(), Stored::at(job, revision));
         }
         let mut loaded = Vec::with_capacity(snapshot.partitions.len());
+        let mut completed_by_job_record = 0_u64;
         for (mut record, revision) in snapshot.partitions {
-            state.trust_the_job_record(&mut record);
+            completed_by_job_record += u64::from(state.trust_the_job_record(&mut record));
             state.load_partition(record.clone(), revision);
             loaded.push(record);
+        }
+        if completed_by_job_record > 0 {
+            tracing::info!(
+                partitions = completed_by_job_record,
+                "partition keys completed in their job record only (lean write path, or a stale read): taken as completed"
+            );
         }
         state.build_coverage(loaded);
         for (worker, record, revision) in snapshot.assignments {
@@ -392,23 +406,28 @@ impl AssignerState {
     }
 
     /// A partition whose whole range its job record counts as completed is completed, whatever
-    /// its record says. Partition records are written before the job record that counts them, so
-    /// the job record can only be ahead when the partition read is stale — on a cluster, a
-    /// snapshot's consumer can read a replica that is still catching up (nats_durability: such
-    /// partitions were granted again and their IDs counted twice).
-    fn trust_the_job_record(&self, record: &mut PartitionRecord) {
+    /// its record says (returns whether it was not marked so). Two ways lead there: on the lean
+    /// write path a completion is stored in the job record only — the key keeps its last status
+    /// (`granted`, `revoking`) until compaction purges it; on the baseline path the partition
+    /// record is written `completed` before the job record counting it, so the job record can
+    /// only be ahead when the partition read is stale — on a cluster, a snapshot's consumer can
+    /// read a replica that is still catching up (nats_durability: such partitions were granted
+    /// again and their IDs counted twice).
+    fn trust_the_job_record(&self, record: &mut PartitionRecord) -> bool {
         use elk_protocol::messages::PartitionStatus;
         let Some(job) = self.jobs.get(&record.job) else {
-            return;
+            return false;
         };
         if record.status != PartitionStatus::Completed
             && gaps::counted_completed(&job.value, record.range)
         {
             let range = record.range;
-            tracing::warn!(job = %record.job, partition = %record.id, %range, status = ?record.status, "partition record behind its job record (a stale read): taken as completed");
+            tracing::debug!(job = %record.job, partition = %record.id, %range, status = ?record.status, "partition record behind its job record: taken as completed");
             record.status = PartitionStatus::Completed;
             record.owner = None;
+            return true;
         }
+        false
     }
 
     /// Sets the clock (Unix ms) events are stamped with until the next round; never goes back.

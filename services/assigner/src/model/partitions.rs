@@ -93,7 +93,7 @@ impl AssignerState {
     /// The one way a live partition changes: `change` edits its fields (never its status), the
     /// status becomes `to` (checked against the lifecycle), the record is stamped with this epoch
     /// and marked for writing, its owner's assignment record for rewriting, and the indexes follow.
-    /// A completed partition leaves memory (written once, then forgotten).
+    /// A completed partition leaves memory (on the baseline write path written once first).
     pub(super) fn transition(
         &mut self,
         key: &PartitionKey,
@@ -124,7 +124,13 @@ impl AssignerState {
         }
         if to == PartitionStatus::Completed {
             self.dirty_partitions.remove(key);
-            self.completed_to_write.push(stored);
+            // The lean path writes no `completed` record: the job record written this round
+            // counts the range as completed (its coverage summary), which a new leader trusts over
+            // the key's stale status (`trust_the_job_record`), and compaction purges the key once
+            // the low watermark passes it. The baseline path writes it once.
+            if self.policy.write_path == super::WritePath::Baseline {
+                self.completed_to_write.push(stored);
+            }
             return;
         }
         self.index(key, &stored.value);

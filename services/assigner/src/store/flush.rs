@@ -1,8 +1,19 @@
-//! Writing a round's change set, in its order: the placement levers (`fleet/placement`, so a
-//! drain or freeze is stored before the records it causes), partitions (completed ones included),
-//! then job records, then purges of compacted keys and of expired jobs' records, then the
-//! assignment records that point at the partitions, then deletes of departed workers' empty
-//! records. Up to [`WRITE_WINDOW`] writes are in flight per step. Every write is a
+//! Writing a round's change set. First the placement levers (`fleet/placement`, so a drain or
+//! freeze is stored before the records it causes). Then, on the **baseline** write path, four
+//! sequential phases: partitions (completed ones included), job records, purges of compacted
+//! keys, assignment records. On the **lean** path (the default), two: partitions together with
+//! job records, then purges together with assignment records. The orderings that remain are the
+//! ones safety needs:
+//!
+//! * a purge of a compacted (or cancelled job's) partition key after the job record that accounts
+//!   for it, so a crash in between leaves an extra key (compacted again by the next leader),
+//!   never IDs that neither a key nor the job record's summary covers;
+//! * an assignment record after the partition records it points at, so a worker never runs a
+//!   grant whose partition record (owner, token) is not stored — a new leader would not know it;
+//! * a finished job's record purged after its partition keys, deletes of departed workers' empty
+//!   assignment records after their last put (at its revision).
+//!
+//! Up to [`WRITE_WINDOW`] writes are in flight per step. Every write is a
 //! compare-and-set on the revision this leader last saw; a conflict with a record written under a
 //! newer epoch deposes it (if the role lease has reached that epoch: otherwise the record is
 //! forged, see [`newer_term_exists`]), one written under its own or an older epoch is overwritten
@@ -11,7 +22,7 @@
 
 use crate::error::AssignerError;
 use crate::metrics::AssignerMetrics;
-use crate::model::{ChangeSet, PartitionKey, Put, Written};
+use crate::model::{ChangeSet, PartitionKey, Put, WritePath, Written};
 use bytes::Bytes;
 use elk_nats::{CasOutcome, Resources, cas_write, read_entry};
 use elk_protocol::codec::Message;
@@ -59,10 +70,12 @@ impl Fenced for PlacementControl {
     }
 }
 
-/// Writes `changes` under `epoch` and returns what was written.
+/// Writes `changes` under `epoch` and returns what was written: in four sequential phases on
+/// the baseline write path, in two on the lean one (see the module header).
 pub(crate) async fn write_changes(
     changes: ChangeSet,
     epoch: Epoch,
+    write_path: WritePath,
     resources: &Resources,
     metrics: &AssignerMetrics,
 ) -> Result<Written, AssignerError> {
@@ -90,41 +103,85 @@ pub(crate) async fn write_changes(
         .map(|((), _, revision)| revision)
         .next();
     let partition_key = |key: &PartitionKey| Names::partition_key(&key.job, key.partition);
-    let partitions = writer
-        .put_all(
-            "partitions",
-            &resources.partitions,
-            partitions.into_iter().chain(completed).collect(),
-            partition_key,
-        )
-        .await?;
-    let jobs = writer
-        .put_all("jobs", &resources.jobs, jobs, |name| name.to_string())
-        .await?;
+    count_partition_writes(metrics, &partitions, &completed);
+    let partition_puts = partitions.into_iter().chain(completed).collect();
     let partition_purges = purges.iter().map(partition_key).collect();
+    let job_name = |name: &JobName| name.to_string();
+    let worker_key = |worker: &MemberId| worker.to_string();
     let compaction_marker = Some(COMPACTION_MARKER_TTL);
-    writer
-        .purge_all(
-            "partitions",
-            &resources.partitions,
-            partition_purges,
-            compaction_marker,
-        )
-        .await;
+    let (partitions, jobs, assignments) = match write_path {
+        WritePath::Baseline => {
+            let partitions = writer
+                .put_all(
+                    "partitions",
+                    &resources.partitions,
+                    partition_puts,
+                    partition_key,
+                )
+                .await?;
+            let jobs = writer
+                .put_all("jobs", &resources.jobs, jobs, job_name)
+                .await?;
+            writer
+                .purge_all(
+                    "partitions",
+                    &resources.partitions,
+                    partition_purges,
+                    compaction_marker,
+                )
+                .await;
+            let assignments = writer
+                .put_all(
+                    "assignments",
+                    &resources.assignments,
+                    assignments,
+                    worker_key,
+                )
+                .await?;
+            (partitions, jobs, assignments)
+        }
+        WritePath::Lean => {
+            // Partition records and job records do not wait for each other: no completed
+            // record is written (so none must precede the job record counting it), and a crash
+            // between a cut partition and the job record advancing the cursor is recovered
+            // either way (a key past the cursor: `catch_up_cursors`; a cursor past a missing
+            // key: a gap the audit repairs).
+            let (partitions, jobs) = futures::join!(
+                writer.put_all(
+                    "partitions",
+                    &resources.partitions,
+                    partition_puts,
+                    partition_key
+                ),
+                writer.put_all("jobs", &resources.jobs, jobs, job_name),
+            );
+            let (partitions, jobs) = (partitions?, jobs?);
+            // Then, together: purges of keys the job records just written account for, and the
+            // assignment records pointing at the partition records just written.
+            let ((), assignments) = futures::join!(
+                writer.purge_all(
+                    "partitions",
+                    &resources.partitions,
+                    partition_purges,
+                    compaction_marker,
+                ),
+                writer.put_all(
+                    "assignments",
+                    &resources.assignments,
+                    assignments,
+                    worker_key
+                ),
+            );
+            (partitions, jobs, assignments?)
+        }
+    };
     // The jobs bucket has no per-message TTL: a removed job leaves its purge marker (a header,
-    // replaced when the name is used again).
+    // replaced when the name is used again). After the partition purges: a job's record goes
+    // after its keys.
     let job_purges = job_deletes.iter().map(JobName::to_string).collect();
     writer
         .purge_all("jobs", &resources.jobs, job_purges, None)
         .await;
-    let assignments = writer
-        .put_all(
-            "assignments",
-            &resources.assignments,
-            assignments,
-            |worker| worker.to_string(),
-        )
-        .await?;
     let written_now: BTreeMap<&MemberId, Revision> = assignments
         .iter()
         .map(|(worker, _, revision)| (worker, *revision))
@@ -163,6 +220,23 @@ pub(crate) async fn write_changes(
         pruned,
         placement,
     })
+}
+
+/// Counts partition puts by kind: `create` (a new key, possibly granted at once), `update` (a
+/// grant, revoke, checkpoint, release, failure of an existing key), `completed` (baseline only).
+fn count_partition_writes(
+    metrics: &AssignerMetrics,
+    partitions: &[Put<PartitionKey, PartitionRecord>],
+    completed: &[Put<PartitionKey, PartitionRecord>],
+) {
+    let created = partitions
+        .iter()
+        .filter(|put| put.expected.is_none())
+        .count() as u64;
+    let updated = partitions.len() as u64 - created;
+    metrics.partition_writes("create", created);
+    metrics.partition_writes("update", updated);
+    metrics.partition_writes("completed", completed.len() as u64);
 }
 
 /// Whether a record stamped with `epoch` (above this leader's) comes from a real newer term: the

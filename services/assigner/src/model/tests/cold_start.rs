@@ -73,11 +73,13 @@ fn a_fleet_with_room_for_the_job_gets_it_in_one_round_each_record_written_once()
 
 #[test]
 fn the_cut_is_bounded_by_the_free_slots_then_by_partitions_per_round() {
-    // 4 workers × capacity 10 × 2 = 80 slots; a job of 1,000 partitions, 50 per round.
+    // 4 workers × capacity 10 × 2 = 80 slots; a job of 1,000 partitions, 50 per round. The
+    // baseline write path cuts ahead of the grants (the lean one stops at the free slots:
+    // `write_path.rs`).
     let range = IdRange::new(1, 1_000).unwrap();
     let mut state = AssignerState::load(
         EPOCH,
-        small_rounds(50),
+        cut_ahead(small_rounds(50)),
         0,
         Snapshot {
             jobs: vec![(fixed_job(range, 1), Revision(1))],
@@ -121,7 +123,7 @@ fn a_fill_cut_stops_at_its_bound_so_a_round_stays_short() {
     let range = IdRange::new(1, 30_000).unwrap();
     let mut state = AssignerState::load(
         EPOCH,
-        small_rounds(100),
+        cut_ahead(small_rounds(100)),
         0,
         Snapshot {
             jobs: vec![(fixed_job(range, 1), Revision(1))],

@@ -25,7 +25,7 @@ fn partitions_cover_the_range_exactly() {
 
 #[test]
 fn grants_fill_slots_evenly_and_tokens_are_unique() {
-    let mut state = state_with_job(IdRange::new(1, 100_000).unwrap(), 1_000);
+    let mut state = cut_ahead_state_with_job(IdRange::new(1, 100_000).unwrap(), 1_000);
     state.apply_view(&view(&[("a", 1, 2), ("b", 1, 2), ("c", 1, 1)]));
     state.reconcile(1);
     assert_eq!(

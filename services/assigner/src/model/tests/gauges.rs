@@ -74,8 +74,8 @@ fn a_parked_partition_is_counted_once() {
 
 #[test]
 fn job_gauges_count_partitions_by_status_and_age_the_backlog() {
-    // 20 partitions, one worker with 2 slots: 2 granted, 18 waiting since t = 1 s.
-    let mut state = state_with_job(IdRange::new(1, 2_000).unwrap(), 100);
+    // 20 partitions cut ahead, one worker with 2 slots: 2 granted, 18 waiting since t = 1 s.
+    let mut state = cut_ahead_state_with_job(IdRange::new(1, 2_000).unwrap(), 100);
     state.apply_view(&view(&[("a", 1, 1)]));
     state.reconcile(1_000);
     state.advance_clock(6_000);

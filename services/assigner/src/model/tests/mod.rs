@@ -3,7 +3,8 @@
 //! the change set and the lifecycle checks; `admin.rs`: commands and their typed refusals;
 //! `levers.rs`: drain, undrain, freeze and the progress counters; `churn.rs`: the churn budget
 //! (rebalancing moves per round, convergence, the fewest moves); `tail_hold.rs`: a job's end on
-//! an unchanged fleet moves no running grant, queued ones only to idle slots.
+//! an unchanged fleet moves no running grant, queued ones only to idle slots; `write_path.rs`:
+//! the KV writes of a completion on the lean and baseline write paths, and a lean takeover.
 
 mod admin;
 mod bounded;
@@ -16,6 +17,7 @@ mod levers;
 mod quarantine;
 mod split;
 mod tail_hold;
+mod write_path;
 
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
@@ -48,7 +50,30 @@ fn policy() -> Policy {
         tails: super::TailPolicy::default(),
         rebalance: super::RebalancePolicy::default(),
         quarantine_after_deaths: 3,
+        write_path: super::WritePath::Lean,
     }
+}
+
+/// `policy` on the baseline write path, which cuts fixed jobs ahead of their grants (up to
+/// `partitions_per_round` a round) also while workers are live: for the tests of what waits.
+fn cut_ahead(policy: Policy) -> Policy {
+    Policy {
+        write_path: super::WritePath::Baseline,
+        ..policy
+    }
+}
+
+/// `state_with_job` with fixed jobs cut ahead of their grants ([`cut_ahead`]).
+fn cut_ahead_state_with_job(range: IdRange, partition_size: u64) -> AssignerState {
+    AssignerState::load(
+        EPOCH,
+        cut_ahead(policy()),
+        0,
+        Snapshot {
+            jobs: vec![(fixed_job(range, partition_size), Revision(1))],
+            ..Snapshot::default()
+        },
+    )
 }
 
 /// A model loaded from `snapshot` at time 0.

@@ -416,7 +416,8 @@ fn a_straggler_whose_owner_dies_is_re_cut_from_its_checkpoint() {
 #[test]
 fn adaptive_size_cuts_new_partitions_from_the_measured_rate() {
     // Two partitions per round (and two free grant slots, which would otherwise widen the
-    // cut), so later ones are cut after a measurement.
+    // cut), cut ahead of the grants (the baseline write path), so later ones are cut after a
+    // measurement while the first two still run.
     let tails = TailPolicy {
         target_partition_ms: Some(4_000),
         min_partition_ids: 100,
@@ -424,12 +425,12 @@ fn adaptive_size_cuts_new_partitions_from_the_measured_rate() {
         ..TailPolicy::default()
     };
     let mut state = job_under(
-        Policy {
+        cut_ahead(Policy {
             partitions_per_round: 2,
             grants_per_capacity: 1,
             tails,
             ..policy()
-        },
+        }),
         1_000_000,
         1_000,
     );
