@@ -112,6 +112,15 @@ impl StackServer {
         }
     }
 
+    /// `GET <monitoring>/<path>` of the single server process (e.g. `varz`: its message
+    /// counters); `None` on a cluster, in a container, or on failure.
+    pub fn monitor(&self, path: &str) -> Option<String> {
+        match self {
+            StackServer::Single(server) => server.monitor(path),
+            StackServer::Cluster(_) => None,
+        }
+    }
+
     /// The log file of the single server process (a secured stack's always is one).
     ///
     /// # Panics

@@ -106,6 +106,27 @@ pub struct LifecycleArgs {
     /// OTLP transport of `--trace-sampling`: grpc or http/protobuf.
     #[arg(long, default_value = "grpc")]
     trace_protocol: String,
+    /// The assigner's write path(s) `throughput` runs, interleaved run by run on fresh servers
+    /// (repeatable; default both: `lean` and `baseline`, the line then carries
+    /// `baseline_completions_per_s` of the same invocation).
+    #[arg(long = "write-path", value_parser = parse_write_path)]
+    write_paths: Vec<elk_assigner::WritePath>,
+}
+
+fn parse_write_path(value: &str) -> Result<elk_assigner::WritePath, String> {
+    match value {
+        "lean" => Ok(elk_assigner::WritePath::Lean),
+        "baseline" => Ok(elk_assigner::WritePath::Baseline),
+        other => Err(format!("unknown write path {other:?}: lean or baseline")),
+    }
+}
+
+/// The name of a write path as `[assigner] write_path` spells it.
+pub(crate) fn write_path_name(path: elk_assigner::WritePath) -> &'static str {
+    match path {
+        elk_assigner::WritePath::Lean => "lean",
+        elk_assigner::WritePath::Baseline => "baseline",
+    }
 }
 
 /// What the scenarios need to know.
@@ -117,6 +138,8 @@ pub(crate) struct Settings {
     pub compaction_partitions: u64,
     pub compaction_workers: usize,
     pub quick: bool,
+    /// Write paths of `throughput`, the first one's line carrying the others' numbers.
+    pub write_paths: Vec<elk_assigner::WritePath>,
 }
 
 pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
@@ -143,6 +166,16 @@ pub fn run(arguments: &LifecycleArgs) -> anyhow::Result<()> {
             .unwrap_or(if quick { 4 } else { 16 })
             .max(1),
         quick,
+        write_paths: if arguments.write_paths.is_empty() {
+            vec![
+                elk_assigner::WritePath::Lean,
+                elk_assigner::WritePath::Baseline,
+            ]
+        } else {
+            let mut paths = arguments.write_paths.clone();
+            paths.dedup();
+            paths
+        },
     };
     let scenarios = if arguments.scenarios.is_empty() {
         Scenario::ALL.to_vec()
@@ -242,11 +275,23 @@ impl Services {
         assigner_runtime: &tokio::runtime::Handle,
         workers: usize,
     ) -> anyhow::Result<Self> {
+        Self::start_with(stack, assigner_runtime, workers, Default::default()).await
+    }
+
+    /// Like [`Services::start`], the assigner on `write_path`.
+    pub async fn start_with(
+        stack: &Stack,
+        assigner_runtime: &tokio::runtime::Handle,
+        workers: usize,
+        write_path: elk_assigner::WritePath,
+    ) -> anyhow::Result<Self> {
         let election = stack.election("election-1");
         let metrics = Arc::new(elk_assigner::AssignerMetrics::default());
         let assigner = {
             let _entered = assigner_runtime.enter();
-            stack.assigner_with_metrics("assigner-1", metrics.clone())
+            stack.assigner_configured(&stack.url(), "assigner-1", metrics.clone(), |settings| {
+                settings.write_path = write_path;
+            })
         };
         let mut handles = Vec::with_capacity(workers);
         for index in 1..=workers {

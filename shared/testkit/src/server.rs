@@ -236,6 +236,19 @@ impl NatsServer {
         }
     }
 
+    /// `GET <monitoring>/<path>` (e.g. `varz`, `jsz`) of a server process: the body of a 200
+    /// answer; `None` in a container (no monitoring port is published) or on any failure.
+    pub fn monitor(&self, path: &str) -> Option<String> {
+        match &self.running {
+            Running::Process(server) => match server.monitor(path) {
+                Ok((200, body)) => Some(body),
+                _ => None,
+            },
+            #[cfg(feature = "testcontainers")]
+            Running::Container(_) => None,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         match &self.running {
             Running::Process(server) => server.is_running(),

@@ -25,8 +25,44 @@ pub(crate) struct Sample {
     /// Partition keys that should exist: created minus compacted.
     pub live_keys: u64,
     pub kv_writes: u64,
+    /// The assigner's KV writes by kind ([`WRITE_KINDS`]).
+    pub kv_writes_by_kind: [u64; WRITE_KINDS.len()],
     pub progress_applied: u64,
+    /// nats-server's message counters (`varz`): messages it received from clients, and sent to
+    /// them; `None` when its monitoring port cannot be read.
+    pub server_messages: Option<(u64, u64)>,
     pub cpu: CpuSnapshot,
+}
+
+/// The kinds of KV writes the throughput line breaks down, as (name, bucket, operation or
+/// partition write kind).
+pub(crate) const WRITE_KINDS: [&str; 7] = [
+    "partitions_create",
+    "partitions_update",
+    "partitions_completed",
+    "partitions_purge",
+    "jobs_put",
+    "assignments_put",
+    "assignments_delete",
+];
+
+fn kv_writes_by_kind(metrics: &elk_assigner::AssignerMetrics) -> [u64; WRITE_KINDS.len()] {
+    [
+        metrics.partition_writes_of("create"),
+        metrics.partition_writes_of("update"),
+        metrics.partition_writes_of("completed"),
+        metrics.kv_writes_of("partitions", "purge"),
+        metrics.kv_writes_of("jobs", "put"),
+        metrics.kv_writes_of("assignments", "put"),
+        metrics.kv_writes_of("assignments", "delete"),
+    ]
+}
+
+/// `in_msgs` and `out_msgs` of the server's `varz`.
+fn server_messages(stack: &Stack) -> Option<(u64, u64)> {
+    let body = tokio::task::block_in_place(|| stack.server.monitor("varz"))?;
+    let varz: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((varz["in_msgs"].as_u64()?, varz["out_msgs"].as_u64()?))
 }
 
 /// Everything observed while the job ran.
@@ -108,7 +144,9 @@ pub(crate) async fn run_job(
             .partitions_total
             .saturating_sub(record.partitions_compacted),
         kv_writes: metrics.kv_write_count(),
+        kv_writes_by_kind: kv_writes_by_kind(metrics),
         progress_applied: metrics.progress_reports("applied"),
+        server_messages: server_messages(stack),
         cpu: CpuSnapshot::take(nats_pid),
     };
     let started = Instant::now();

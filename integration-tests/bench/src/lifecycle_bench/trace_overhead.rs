@@ -138,6 +138,7 @@ async fn run_child(
     let mut command = tokio::process::Command::new(program);
     command
         .args(["lifecycle", "--scenario", "throughput", "--runs", "1"])
+        .args(["--write-path", "lean"])
         .args(["--workers", &workers.to_string()])
         .args(["--partitions", &settings.throughput_partitions.to_string()])
         .stdout(Stdio::piped())
