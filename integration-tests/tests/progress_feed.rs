@@ -7,9 +7,10 @@
 //!   published while it was missing are delivered and applied (the re-created consumer's ack
 //!   floor passes them), none is counted lost, and the job completes with every ID exactly once
 //!   under the ownership auditor.
-//! * A flood of at least 50,000 forged and malformed progress messages per second (core
-//!   publishes on the progress subjects from a raw client): every admin request sent meanwhile is
-//!   answered within 1 s (the measured rate and slowest answer are printed).
+//! * A flood of forged and malformed progress messages (core publishes on the progress subjects
+//!   from a raw client, ~50,000 a second on a quiet machine) that outpaces the leader at least
+//!   twofold: every admin request sent meanwhile is answered within 1 s (the measured rate and
+//!   slowest answer are printed).
 
 use elk_assigner::AssignerMetrics;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack, assert_invariants};
@@ -294,7 +295,13 @@ async fn admin_requests_are_answered_within_a_second_during_a_progress_flood() {
         processed as f64 / elapsed.as_secs_f64(),
         answers.len(),
     );
-    assert!(rate >= 50_000.0, "the flood reached only {rate:.0} msg/s");
+    // The flood must outpace the leader for the admin latencies to mean anything. Asserted as
+    // volume against what the leader consumed, not as a rate: a rate floor (50,000 msg/s) failed
+    // on a busy machine at 49,755 msg/s while the leader was 8× behind.
+    assert!(
+        stored > 2 * processed,
+        "the flood ({stored} reports) did not outpace the leader ({processed} consumed)"
+    );
     assert!(answers.len() >= 5, "{} admin requests", answers.len());
     assert!(
         slowest < Duration::from_secs(1),
