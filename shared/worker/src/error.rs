@@ -18,8 +18,13 @@ pub enum WorkerError {
     Nats(#[from] NatsError),
     #[error("worker task ended abnormally: {reason}")]
     TaskFailed { reason: String },
-    #[error("cannot subscribe to {subject}: {message}")]
-    Subscribe { subject: String, message: String },
+    /// The subscription could not be made or confirmed; the NATS client's error is the source.
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: elk_nats::BoxError,
+    },
     /// The metrics endpoint cannot listen where [`crate::WorkerBuilder::metrics_listen`] said.
     #[error(transparent)]
     MetricsListen(#[from] elk_runtime::MetricsListenError),

@@ -192,18 +192,16 @@ pub async fn serve_planner_with_client<P: Planner>(
     planner: P,
 ) -> Result<PlannerHandle, WorkerError> {
     let subject = Names::new(namespace).plan_subject(&job);
-    let subscribe_error = |message: String| WorkerError::Subscribe {
+    let subscribe_error = |source: elk_nats::BoxError| WorkerError::Subscribe {
         subject: subject.clone(),
-        message,
+        source,
     };
     let subscriber = client
         .queue_subscribe(subject.clone(), PLANNER_QUEUE_GROUP.to_owned())
         .await
-        .map_err(|e| subscribe_error(e.to_string()))?;
+        .map_err(|error| subscribe_error(error.into()))?;
     // Make sure the server knows the subscription before anyone relies on it.
-    round_trip(&client)
-        .await
-        .map_err(|e| subscribe_error(format!("no round trip to the server: {e}")))?;
+    round_trip(&client).await.map_err(subscribe_error)?;
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();
     let server = Server {
@@ -275,21 +273,18 @@ impl Drop for PlannerHandle {
 /// A message through the server and back on `client`'s connection. The server handles a
 /// connection's protocol in order, so once it returns every earlier `SUB`/`UNSUB` is in effect
 /// (`Client::flush` only empties the local write buffer).
-async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
+async fn round_trip(client: &async_nats::Client) -> Result<(), elk_nats::BoxError> {
     let inbox = client.new_inbox();
-    let mut echo = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .publish(inbox, bytes::Bytes::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())?;
+    let mut echo = client.subscribe(inbox.clone()).await?;
+    client.publish(inbox, bytes::Bytes::new()).await?;
+    client.flush().await?;
     let outcome = match tokio::time::timeout(ROUND_TRIP_TIMEOUT, echo.next()).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("connection closed".to_owned()),
-        Err(_) => Err(format!("no echo within {ROUND_TRIP_TIMEOUT:?}")),
+        Ok(None) => Err("no round trip to the server: connection closed".into()),
+        Err(_) => Err(format!(
+            "no round trip to the server: no echo within {ROUND_TRIP_TIMEOUT:?}"
+        )
+        .into()),
     };
     let _ = echo.unsubscribe().await;
     outcome

@@ -25,8 +25,8 @@
 use crate::metrics::AckedCheckpoints;
 use crate::stats::StatsCounters;
 use bytes::Bytes;
-use elk_nats::LeaseDeadline;
 use elk_nats::trace::{self, OtelSpan};
+use elk_nats::{LeaseDeadline, NatsError};
 use elk_protocol::encode;
 use elk_protocol::messages::{ProgressEvent, ProgressReport};
 use futures::StreamExt;
@@ -265,7 +265,7 @@ impl Target<'_> {
         self,
         payload: Bytes,
         headers: Option<async_nats::HeaderMap>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NatsError> {
         let subject = self.subject.to_owned();
         let sent = match headers {
             Some(headers) => {
@@ -275,8 +275,9 @@ impl Target<'_> {
             }
             None => self.jetstream.publish(subject, payload).await,
         };
-        let ack = sent.map_err(|error| error.to_string())?;
-        ack.await.map(|_| ()).map_err(|error| error.to_string())
+        let failed = |error| NatsError::publish(self.subject, error);
+        let ack = sent.map_err(failed)?;
+        ack.await.map(|_| ()).map_err(failed)
     }
 }
 
