@@ -1,5 +1,6 @@
 //! `ServiceMember::join` against a real nats-server: a replica restarted under the id of its
-//! previous run, whose key has not expired yet, waits for the key to go away instead of failing.
+//! previous run, whose key has not expired yet, waits for the key to go away instead of failing,
+//! and says so once in the log however often it tries again.
 
 use bytes::Bytes;
 use elk_nats::{
@@ -10,8 +11,25 @@ use elk_protocol::messages::MemberRole;
 use elk_protocol::names::Names;
 use elk_testkit::NatsServer;
 use elk_types::{MemberId, Namespace};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Counts the warnings `elk_nats::membership` logs.
+#[derive(Clone, Default)]
+struct MembershipWarnings(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MembershipWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if *metadata.level() == tracing::Level::WARN && metadata.target() == "elk_nats::membership"
+        {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
 
 async fn resources(server: &NatsServer) -> Resources {
     let client = connect(&NatsConfig::new(server.url(), "test"))
@@ -25,10 +43,15 @@ async fn resources(server: &NatsServer) -> Resources {
 
 #[tokio::test]
 async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
+    // This test's runtime is current-thread: the join task logs on this thread.
+    let warnings = MembershipWarnings::default();
+    let _logs =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
     let server = NatsServer::start();
     let resources = resources(&server).await;
     let id = MemberId::new("assigner-a").unwrap();
-    // The previous run's key: written with a 1 s TTL and never renewed (the process died).
+    // The previous run's key: written with a 3 s TTL and never renewed (the process died). The
+    // new run's TTL is 1 s, so it tries again (at least) once a second until the key is gone.
     let previous = Bytes::from_static(b"previous run");
     cas_write(
         &resources.jetstream,
@@ -36,7 +59,7 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
         id.as_str(),
         previous.clone(),
         None,
-        Some(Duration::from_secs(1)),
+        Some(Duration::from_secs(3)),
     )
     .await
     .unwrap();
@@ -53,7 +76,7 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
                 resources: &resources,
                 id: &id,
                 role: MemberRole::Assigner,
-                ttl: Duration::from_secs(2),
+                ttl: Duration::from_secs(1),
                 retry: Duration::from_millis(100),
                 stop: &stop,
                 status: &status,
@@ -87,6 +110,11 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
     assert!(!stored.deleted);
     assert_ne!(stored.value, previous, "the new incarnation's record");
     assert!(status.is_member(), "the join is reported to the status");
+    assert_eq!(
+        warnings.0.load(Ordering::SeqCst),
+        1,
+        "the wait is logged once"
+    );
     lease.leave().await.unwrap();
     assert!(!status.is_member(), "left: no longer a member");
 }
