@@ -1,5 +1,6 @@
 //! The HTTP JSON admin API in front of a real assigner: create a job, watch it complete, read it
-//! back, ask about an ID and the stats, and get clear errors for bad input.
+//! back, ask about an ID and the stats, and get clear errors for bad input and for the assigner's
+//! refusals (their codes mapped to 404, 409 and 422).
 
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack};
 use elk_types::IdRange;
@@ -92,6 +93,31 @@ async fn http_api_drives_a_job_end_to_end() {
     let (status, body) = call(address, "GET", "/v1/jobs/nope", None).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "unknown_job", "{body}");
+    // The assigner's own refusals keep their code through the bridge and get its status.
+    let (status, body) = call(
+        address,
+        "POST",
+        "/v1/jobs",
+        Some(json!({"name": "web", "start": 1, "end": 10, "partition_size": 5})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "already_exists", "{body}");
+    let (status, body) = call(address, "POST", "/v1/jobs/web/pause", None).await;
+    assert_eq!(status, 409, "a completed job cannot be paused: {body}");
+    assert_eq!(body["error"]["code"], "invalid_state", "{body}");
+    // Well-formed for the bridge, refused by the assigner: partitions of at most 2^40 IDs.
+    let (status, body) = call(
+        address,
+        "POST",
+        "/v1/jobs",
+        Some(json!({"name": "huge", "start": 1, "end": 10, "partition_size": 1_u64 << 41})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_spec", "{body}");
+    let (status, body) = call(address, "GET", "/v1/jobs/huge", None).await;
+    assert_eq!(status, 404, "nothing was created: {body}");
     let (status, body) = call(
         address,
         "POST",
