@@ -237,6 +237,29 @@ mod tests {
     }
 
     #[test]
+    fn misspelled_keys_are_errors_naming_them() {
+        for (file, key) in [
+            ("[assigner]\ntikc = \"1s\"\n", "tikc"),
+            ("[assigner.http]\nmax_conections = 4\n", "max_conections"),
+            ("[service]\nmember_tll = \"3s\"\n", "member_tll"),
+            ("[service.nats]\ncreds = \"x.creds\"\n", "creds"),
+        ] {
+            let refused =
+                elk_runtime::load_config_toml::<AssignerConfig>(file, [], serde_json::json!({}));
+            let error = refused.unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let variables = [("ELK_ASSIGNER__TIKC".to_owned(), "1s".to_owned())];
+        let refused =
+            elk_runtime::load_config_from::<AssignerConfig>(None, variables, serde_json::json!({}));
+        let error = refused.unwrap_err().to_string();
+        assert!(
+            error.contains("tikc") && error.contains("ELK_ASSIGNER__TIKC"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn http_settings_come_from_the_environment_too() {
         let variables = [
             (

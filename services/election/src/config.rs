@@ -90,3 +90,28 @@ impl Validate for ElectionConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn misspelled_keys_are_errors_naming_them() {
+        let no_flags = BTreeMap::<String, String>::new();
+        for (file, key) in [
+            ("[election]\nelection_tll = \"3s\"\n", "election_tll"),
+            ("[service]\nmember_tll = \"3s\"\n", "member_tll"),
+        ] {
+            let refused = elk_runtime::load_config_toml::<ElectionConfig>(file, [], &no_flags);
+            let error = refused.unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let variables = [("ELK_ELECTION__VIEW_DEBOUNSE".to_owned(), "1s".to_owned())];
+        let refused = elk_runtime::load_config_from::<ElectionConfig>(None, variables, &no_flags);
+        let error = refused.unwrap_err().to_string();
+        let named =
+            error.contains("view_debounse") && error.contains("ELK_ELECTION__VIEW_DEBOUNSE");
+        assert!(named, "{error}");
+    }
+}

@@ -151,3 +151,31 @@ impl Validate for ScalerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelled_keys_are_errors_naming_them() {
+        let kubernetes = "[scaler.kubernetes]\nnamespace = \"n\"\ndeployment = \"d\"\n";
+        for (file, key) in [
+            ("[scaler]\nmin_worker = 1\n".to_owned(), "min_worker"),
+            (format!("{kubernetes}tokenfile = \"t\"\n"), "tokenfile"),
+            ("[service]\nnamespce = \"n\"\n".to_owned(), "namespce"),
+        ] {
+            let refused =
+                elk_runtime::load_config_toml::<ScalerConfig>(&file, [], serde_json::json!({}));
+            let error = refused.unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let variables = [("ELK_SCALER__MAX_WORKER".to_owned(), "3".to_owned())];
+        let refused =
+            elk_runtime::load_config_from::<ScalerConfig>(None, variables, serde_json::json!({}));
+        let error = refused.unwrap_err().to_string();
+        assert!(
+            error.contains("max_worker") && error.contains("ELK_SCALER__MAX_WORKER"),
+            "{error}"
+        );
+    }
+}
