@@ -181,8 +181,12 @@ impl NatsError {
     }
 }
 
-/// Whether an error is worth retrying: implemented by every ELK crate's error type, so shared
-/// loops (role supervision, admin requests, reports) decide the same way everywhere.
+/// Whether an error is worth retrying: implemented by the error type of every ELK crate from
+/// this one up (and here for `elk_protocol::DecodeError`), so shared loops (role supervision,
+/// admin requests, reports) decide the same way everywhere. The pure crates below it
+/// (`elk-types`, `elk-placement`, `elk-coverage`) depend on no I/O crate: their errors say an
+/// input is malformed (an invalid id or range, a counter at its maximum, a placement problem
+/// that cannot be indexed), which is terminal, and the errors that wrap them say so.
 ///
 /// *Retryable*: the same operation may succeed later without any change (a transport hiccup, a
 /// timeout, a server that is restarting). *Terminal*: it cannot (bad configuration, an
@@ -194,6 +198,13 @@ pub trait Retryable {
 impl Retryable for NatsError {
     fn is_retryable(&self) -> bool {
         NatsError::is_retryable(self)
+    }
+}
+
+/// The same bytes never decode later: terminal.
+impl Retryable for elk_protocol::DecodeError {
+    fn is_retryable(&self) -> bool {
+        false
     }
 }
 
@@ -377,6 +388,12 @@ mod tests {
         assert!(NatsError::kv("write", "b", "k", leaderless).is_retryable());
         let bad_subject = PublishError::new(PublishErrorKind::WrongLastSequence);
         assert!(!NatsError::kv("write", "b", "k", bad_subject).is_retryable());
+    }
+
+    #[test]
+    fn undecodable_bytes_are_terminal() {
+        let garbage = elk_protocol::decode::<elk_protocol::messages::MemberRecord>(&[0xc1]);
+        assert!(!Retryable::is_retryable(&garbage.unwrap_err()));
     }
 
     #[test]

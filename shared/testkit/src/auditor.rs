@@ -86,7 +86,7 @@ pub use report::{
 use crate::wait::{TimedOut, wait_until};
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::kv;
-use elk_nats::{NatsConfig, NatsError, ProvisionConfig, Resources};
+use elk_nats::{NatsConfig, NatsError, NatsErrorKind, ProvisionConfig, Resources};
 use elk_protocol::names::Names;
 use elk_types::Namespace;
 use events::{Recorded, Source, follow_kv, follow_progress};
@@ -100,12 +100,32 @@ use tokio::task::JoinHandle;
 pub enum AuditorError {
     #[error(transparent)]
     Nats(#[from] NatsError),
-    #[error("auditor setup failed ({what}): {message}")]
-    Setup { what: &'static str, message: String },
+    #[error("auditor setup failed ({what}): {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: elk_nats::BoxError,
+    },
 }
 
-fn setup(what: &'static str) -> impl FnOnce(String) -> AuditorError {
-    move |message| AuditorError::Setup { what, message }
+fn setup<E: Into<elk_nats::BoxError>>(what: &'static str) -> impl FnOnce(E) -> AuditorError {
+    move |error| AuditorError::Setup {
+        what,
+        source: error.into(),
+    }
+}
+
+/// As the NATS client's error says (a timeout passes, a refusal does not).
+impl elk_nats::Retryable for AuditorError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            AuditorError::Nats(error) => error.is_retryable(),
+            AuditorError::Setup { source, .. } => {
+                elk_nats::classify(source.as_ref(), NatsErrorKind::Refused)
+                    == NatsErrorKind::Unavailable
+            }
+        }
+    }
 }
 
 /// Follows a namespace and checks ownership invariants; see the module docs.
@@ -152,12 +172,12 @@ impl OwnershipAuditor {
             .members
             .watch_with_history(">")
             .await
-            .map_err(|e| setup("members watch")(e.to_string()))?;
+            .map_err(setup("members watch"))?;
         let assignments = resources
             .assignments
             .watch_with_history(">")
             .await
-            .map_err(|e| setup("assignments watch")(e.to_string()))?;
+            .map_err(setup("assignments watch"))?;
         let consumer_name = unique_consumer_name();
         let consumer: PullConsumer = resources
             .progress
@@ -173,13 +193,13 @@ impl OwnershipAuditor {
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup("progress consumer")(e.to_string()))?;
+            .map_err(setup("progress consumer"))?;
         // Everything stored before the consumer existed is not the auditor's to wait for.
         recorded.lock().expect("auditor lock").progress_seq = resources
             .progress
             .get_info()
             .await
-            .map_err(|e| setup("progress stream info")(e.to_string()))?
+            .map_err(setup("progress stream info"))?
             .state
             .last_sequence;
         let tasks = vec![
@@ -319,7 +339,7 @@ async fn keep_assignment_history(resources: &Resources) -> Result<(), AuditorErr
     let info = stream
         .info()
         .await
-        .map_err(|e| setup("assignments bucket info")(e.to_string()))?;
+        .map_err(setup("assignments bucket info"))?;
     if info.config.max_messages_per_subject >= ASSIGNMENTS_HISTORY {
         return Ok(());
     }
@@ -331,7 +351,7 @@ async fn keep_assignment_history(resources: &Resources) -> Result<(), AuditorErr
         .jetstream
         .update_stream(config)
         .await
-        .map_err(|e| setup("assignments bucket history")(e.to_string()))?;
+        .map_err(setup("assignments bucket history"))?;
     Ok(())
 }
 

@@ -43,6 +43,14 @@ pub enum KubeServerError {
     NotReady { within: Duration, log: String },
 }
 
+/// A server slow to come up may come up on another attempt; missing binaries or a failed setup
+/// will not.
+impl elk_nats::Retryable for KubeServerError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, KubeServerError::NotReady { .. })
+    }
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KubeServerError {
     let what = what.into();
     move |source| KubeServerError::Io { what, source }
