@@ -147,6 +147,13 @@ async fn a_transfer_moves_the_role_at_once_under_the_next_epoch() {
     )
     .await
     .unwrap();
+    // The watch may still show an earlier lease than the transfer just answered: read the epoch
+    // the next transfer starts from only once it names scaler-c (read early, it was one behind).
+    wait_until("the lease names scaler-c", DEADLINE, || async {
+        holder().as_deref() == Some("scaler-c")
+    })
+    .await
+    .unwrap();
     let before = epoch();
     let started = Instant::now();
     let moved = admin.transfer(ControlRole::Scaler, None).await.unwrap();
