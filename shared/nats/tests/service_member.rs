@@ -17,18 +17,57 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// Counts the warnings `elk_nats::membership` logs.
-#[derive(Clone, Default)]
-struct MembershipWarnings(Arc<AtomicUsize>);
+/// Counts the warnings `elk_nats::membership` logs about one member id. Installed as the global
+/// subscriber (once per test binary): a thread-scoped one (`set_default`) raced with the other
+/// test of this file over tracing's global callsite-interest cache and, under CI load, saw none
+/// of the warnings ("the wait is logged once": 0).
+#[derive(Clone)]
+struct MembershipWarnings {
+    member: &'static str,
+    count: Arc<AtomicUsize>,
+}
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MembershipWarnings {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let metadata = event.metadata();
-        if *metadata.level() == tracing::Level::WARN && metadata.target() == "elk_nats::membership"
+        if *metadata.level() != tracing::Level::WARN || metadata.target() != "elk_nats::membership"
         {
-            self.0.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let mut member = MemberField(None);
+        event.record(&mut member);
+        if member.0.as_deref() == Some(self.member) {
+            self.count.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// The `member` field of an event.
+struct MemberField(Option<String>);
+
+impl tracing::field::Visit for MemberField {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "member" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+/// The number of membership warnings about `assigner-a` this process logged so far.
+fn assigner_a_warnings() -> Arc<AtomicUsize> {
+    static COUNT: std::sync::OnceLock<Arc<AtomicUsize>> = std::sync::OnceLock::new();
+    COUNT
+        .get_or_init(|| {
+            let count = Arc::new(AtomicUsize::new(0));
+            let layer = MembershipWarnings {
+                member: "assigner-a",
+                count: count.clone(),
+            };
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+                .expect("the only global subscriber of this test binary");
+            count
+        })
+        .clone()
 }
 
 async fn resources(server: &NatsServer) -> Resources {
@@ -43,10 +82,7 @@ async fn resources(server: &NatsServer) -> Resources {
 
 #[tokio::test]
 async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
-    // This test's runtime is current-thread: the join task logs on this thread.
-    let warnings = MembershipWarnings::default();
-    let _logs =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let warnings = assigner_a_warnings();
     let server = NatsServer::start();
     let resources = resources(&server).await;
     let id = MemberId::new("assigner-a").unwrap();
@@ -111,7 +147,7 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
     assert_ne!(stored.value, previous, "the new incarnation's record");
     assert!(status.is_member(), "the join is reported to the status");
     assert_eq!(
-        warnings.0.load(Ordering::SeqCst),
+        warnings.load(Ordering::SeqCst),
         1,
         "the wait is logged once"
     );
