@@ -22,8 +22,8 @@ mod write_path;
 use super::{AssignerState, PartitionKey, Policy, Snapshot};
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{
-    JobRecord, JobSpec, MemberRef, MemberRole, MembershipView, PartitionRecord, ProgressEvent,
-    ProgressReport, ViewMember,
+    JobRecord, JobSpec, MemberRef, MemberRole, MembershipView, PartitionRecord, PartitionStatus,
+    ProgressEvent, ProgressReport, ViewMember,
 };
 use elk_types::{
     Capacity, Epoch, Generation, IdRange, Incarnation, JobName, MemberId, PartitionId,
@@ -136,6 +136,16 @@ fn report(
 
 fn record(state: &AssignerState, partition: u64) -> &PartitionRecord {
     &state.partitions[&key(partition)].value
+}
+
+/// The partitions (numbers) in `status`, in key order.
+fn partitions_in(state: &AssignerState, status: PartitionStatus) -> Vec<u64> {
+    state
+        .partitions
+        .iter()
+        .filter(|(_, stored)| stored.value.status == status)
+        .map(|(key, _)| key.partition.get())
+        .collect()
 }
 
 fn owner_and_token(

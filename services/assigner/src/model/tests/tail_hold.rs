@@ -37,12 +37,7 @@ fn complete(state: &mut AssignerState, partition: u64) {
 }
 
 fn revoking(state: &AssignerState) -> Vec<u64> {
-    state
-        .partitions
-        .iter()
-        .filter(|(_, p)| p.value.status == PartitionStatus::Revoking)
-        .map(|(key, _)| key.partition.get())
-        .collect()
+    partitions_in(state, PartitionStatus::Revoking)
 }
 
 #[test]

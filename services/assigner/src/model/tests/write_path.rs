@@ -155,12 +155,7 @@ fn complete(state: &mut AssignerState, partitions: impl IntoIterator<Item = u64>
 }
 
 fn granted(state: &AssignerState) -> Vec<u64> {
-    state
-        .partitions
-        .iter()
-        .filter(|(_, stored)| stored.value.status == PartitionStatus::Granted)
-        .map(|(key, _)| key.partition.get())
-        .collect()
+    partitions_in(state, PartitionStatus::Granted)
 }
 
 #[test]
