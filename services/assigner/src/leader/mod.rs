@@ -141,39 +141,43 @@ impl AssignerLeader {
                 _ = tick.tick() => {}
             }
             let round_started = Instant::now();
-            self.faults.check();
             let now = unix_ms_now();
-            state.advance_clock(now);
-
-            for message in &batch {
-                progress::apply_message(&mut state, message, &self.metrics);
-            }
-            let admin_reply = admin_request.map(|request| {
-                let span = admin_span(&request);
-                let traceparent = sampled_traceparent(&span);
-                let max_reply = resources.client.server_info().max_payload;
-                let reply = span.in_scope(|| {
-                    admin::handle(
-                        &mut state,
-                        &self.metrics,
-                        &request.payload,
-                        traceparent,
-                        max_reply,
-                    )
-                });
-                (request.reply, reply, span)
-            });
+            // Before this round's reports: departed members wait for the ack floor, which only
+            // earlier rounds' acks move.
             reclaims
                 .release_caught_up(&mut state, feed.consumer(), &self.metrics)
                 .await;
-            let round = state.reconcile(now);
+            let max_reply = resources.client.server_info().max_payload;
+            // The model's step, in one piece off the runtime (`off_the_runtime`).
+            let (admin_reply, round, changes) = off_the_runtime(|| {
+                self.faults.check();
+                state.advance_clock(now);
+                for message in &batch {
+                    progress::apply_message(&mut state, message, &self.metrics);
+                }
+                let admin_reply = admin_request.map(|request| {
+                    let span = admin_span(&request);
+                    let traceparent = sampled_traceparent(&span);
+                    let reply = span.in_scope(|| {
+                        admin::handle(
+                            &mut state,
+                            &self.metrics,
+                            &request.payload,
+                            traceparent,
+                            max_reply,
+                        )
+                    });
+                    (request.reply, reply, span)
+                });
+                let round = state.reconcile(now);
+                (admin_reply, round, state.take_changes())
+            });
             for question in round.plan_questions {
                 planner::ask(resources, question, plan_sender.clone());
             }
             if !term.is_current() {
                 return Err(AssignerError::Deposed { epoch });
             }
-            let changes = state.take_changes();
             // A traced admin request shows how long storing its change took.
             let flush_span = match &admin_reply {
                 Some((_, _, span)) if !span.is_disabled() => {
@@ -226,6 +230,22 @@ impl AssignerLeader {
             tracing::Span::current().record("elk.refusal", error.code.as_str());
         }
         elk_nats::send_admin_reply(&self.resources.client, reply_to, reply).await;
+    }
+}
+
+/// Runs a CPU-bound step of a round (the model's decisions, no I/O) so that the runtime's other
+/// tasks keep running however long it takes. On a multi-thread runtime the worker thread first
+/// hands its queued tasks and its scheduler slot to another thread (`block_in_place`): the
+/// membership renewal, the role-lease follower and the NATS connection's I/O go on while a round
+/// over 100,000 partitions computes. Without it, a round that held its thread past the member
+/// TTL's fence deadline made the leader fence itself (a debug assigner at 500 workers: leader
+/// lost, the job re-loaded, again). A current-thread runtime has no other thread to hand the
+/// tasks to: the step runs inline there.
+pub(super) fn off_the_runtime<R>(step: impl FnOnce() -> R) -> R {
+    let flavor = tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor());
+    match flavor {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(step),
+        _ => step(),
     }
 }
 

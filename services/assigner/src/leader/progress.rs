@@ -154,7 +154,8 @@ impl Reclaims {
         view: &MembershipView,
         resources: &Resources,
     ) -> Result<(), AssignerError> {
-        let gone = state.apply_view(view);
+        // A scan of every live partition (owners that left): off the runtime like a round.
+        let gone = super::off_the_runtime(|| state.apply_view(view));
         if gone.is_empty() {
             return Ok(());
         }
