@@ -69,6 +69,10 @@ pub struct ScaleArgs {
     /// Smoke run: 50 workers, 2,000 partitions.
     #[arg(long)]
     quick: bool,
+    /// Longest wait of one phase, in seconds (beyond 100,000 partitions 10 ms more per
+    /// partition): a 10,000-worker attempt reports where it stops without waiting 15 minutes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    phase_timeout: u64,
     #[command(flatten)]
     binaries: BinaryArgs,
 }
@@ -147,7 +151,8 @@ pub fn run(arguments: &ScaleArgs) -> anyhow::Result<()> {
             ..Line::default()
         };
         let run_dir = tempfile::Builder::new().prefix("elk-scale-").tempdir()?;
-        let outcome = runtime.block_on(run_one(&binaries, run_dir.path(), &mut line));
+        let phase = Duration::from_secs(arguments.phase_timeout);
+        let outcome = runtime.block_on(run_one(&binaries, run_dir.path(), phase, &mut line));
         if let Err(error) = outcome {
             // The services' logs say why a phase did not finish.
             let kept = run_dir.keep();
@@ -227,9 +232,15 @@ impl Fleet {
     }
 }
 
-async fn run_one(binaries: &Binaries, run_dir: &Path, line: &mut Line) -> anyhow::Result<()> {
+async fn run_one(
+    binaries: &Binaries,
+    run_dir: &Path,
+    phase: Duration,
+    line: &mut Line,
+) -> anyhow::Result<()> {
     let workers = line.workers;
     let partitions = line.partitions;
+    let deadline = |partitions: u64| phase_deadline(phase, partitions);
     let server = NatsServer::builder().start()?;
     let nats_pid = server
         .store_dir()
@@ -272,7 +283,7 @@ async fn run_one(binaries: &Binaries, run_dir: &Path, line: &mut Line) -> anyhow
     let rss_before = rss_bytes(std::process::id());
     let starting = Instant::now();
     let mut live = fleet.start(workers).await?;
-    wait_view(&resources, workers, Duration::from_secs(600)).await?;
+    wait_view(&resources, workers, phase).await?;
     line.fleet_start_s = Some(round(starting.elapsed().as_secs_f64(), 2));
     line.worker_sdk_rss_each_bytes = rss_before
         .zip(rss_bytes(std::process::id()))
@@ -477,9 +488,10 @@ async fn wait_completed(resources: &Resources, within: Duration) -> anyhow::Resu
     Ok(())
 }
 
-/// A generous bound for one phase: 15 minutes, and more for jobs beyond 100,000 partitions.
-fn deadline(partitions: u64) -> Duration {
-    Duration::from_secs(900) + Duration::from_millis(partitions.saturating_sub(100_000) * 10)
+/// The bound of one phase: `phase` (15 minutes by default), and more for jobs beyond 100,000
+/// partitions.
+fn phase_deadline(phase: Duration, partitions: u64) -> Duration {
+    phase + Duration::from_millis(partitions.saturating_sub(100_000) * 10)
 }
 
 fn millis(duration: Duration) -> f64 {

@@ -101,6 +101,7 @@ async fn run_replica(
     let policy = model::Policy {
         grants_per_capacity: config.assigner.grants_per_capacity,
         partitions_per_round: config.assigner.partitions_per_round,
+        max_fill_cut: model::MAX_FILL_CUT,
         max_job_backlog: config.assigner.max_job_backlog,
         finished_job_retention_ms: config.assigner.finished_job_retention.as_millis() as u64,
         revoke_timeout_ms: config.assigner.revoke_timeout.as_millis() as u64,

@@ -57,7 +57,7 @@ mod tests;
 pub(crate) use changes::{ChangeSet, Put, Written};
 pub(crate) use churn::{RebalancePolicy, RebalanceRound};
 pub(crate) use gauges::{JobGauges, ModelGauges};
-pub(crate) use plan::PlanQuestion;
+pub(crate) use plan::{MAX_FILL_CUT, PlanQuestion};
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
 pub(crate) use split::TailPolicy;
 
@@ -173,6 +173,8 @@ pub(crate) struct Policy {
     /// Partitions created per reconcile round (bounds the size of one flush), or more to fill
     /// the fleet's free grant slots (`plan.rs`, `cut_budget`).
     pub partitions_per_round: usize,
+    /// Most partitions a round cuts to fill free grant slots ([`MAX_FILL_CUT`] in the service).
+    pub max_fill_cut: usize,
     /// Partition keys a fixed job may have at once (live, parked and completed ones awaiting
     /// compaction): more are cut as these are compacted, so no job's size creates unbounded keys.
     pub max_job_backlog: u64,

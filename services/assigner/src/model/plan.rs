@@ -95,8 +95,7 @@ impl AssignerState {
     /// record (all its grants) once per round: a 100,000-partition cold start over 500 workers
     /// took 100 rounds and wrote each record 100 times (~375 MB of records). The flush stays
     /// bounded by what the fleet can hold, by each job's `max_job_backlog` and by
-    /// [`MAX_FILL_CUT`]: one round's model work and flush must stay short, or the leader's own
-    /// membership renewal starves (a 100,000-partition round self-fenced a debug build).
+    /// `max_fill_cut` ([`MAX_FILL_CUT`]), which bounds one round's model work and flush.
     pub(super) fn cut_budget(&self) -> usize {
         let slots = self
             .live_capacity()
@@ -106,7 +105,9 @@ impl AssignerState {
         let free = usize::try_from(slots)
             .unwrap_or(usize::MAX)
             .saturating_sub(occupied);
-        self.policy.partitions_per_round.max(free.min(MAX_FILL_CUT))
+        self.policy
+            .partitions_per_round
+            .max(free.min(self.policy.max_fill_cut))
     }
 
     /// How many more partitions a job may create now: for a fixed job, `max_job_backlog` minus

@@ -117,28 +117,26 @@ fn without_workers_a_round_cuts_partitions_per_round() {
 }
 
 #[test]
-fn a_fill_cut_stops_at_its_bound_so_a_round_stays_short() {
-    use crate::model::plan::MAX_FILL_CUT;
-    // 100 workers × capacity 100 × 2 = 20,000 slots; a job of 30,000 partitions.
-    let range = IdRange::new(1, 30_000).unwrap();
+fn a_fill_cut_stops_at_its_bound() {
+    // 100 workers × capacity 10 × 2 = 2,000 slots; a job of 3,000 partitions; 1,200 a round.
+    let range = IdRange::new(1, 3_000).unwrap();
     let mut state = AssignerState::load(
         EPOCH,
-        cut_ahead(small_rounds(100)),
+        cut_ahead(Policy {
+            max_fill_cut: 1_200,
+            ..small_rounds(100)
+        }),
         0,
         Snapshot {
             jobs: vec![(fixed_job(range, 1), Revision(1))],
             ..Snapshot::default()
         },
     );
-    state.apply_view(&fleet(100, 100));
+    state.apply_view(&fleet(100, 10));
     state.reconcile(1);
-    assert_eq!(flush(&mut state), (MAX_FILL_CUT, 100));
+    assert_eq!(flush(&mut state), (1_200, 100));
     state.reconcile(2);
-    assert_eq!(
-        flush(&mut state),
-        (MAX_FILL_CUT, 100),
-        "the other free slots"
-    );
+    assert_eq!(flush(&mut state), (800, 100), "the other free slots");
     state.reconcile(3);
     assert_eq!(flush(&mut state), (100, 0), "full: partitions_per_round");
 }

@@ -44,6 +44,7 @@ fn policy() -> Policy {
     Policy {
         grants_per_capacity: 2,
         partitions_per_round: 10_000,
+        max_fill_cut: super::MAX_FILL_CUT,
         max_job_backlog: 100_000,
         finished_job_retention_ms: 3_600_000,
         revoke_timeout_ms: 5_000,
