@@ -210,6 +210,7 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
         resume_from: 19_001,
         token: zombie_token,
         traceparent: None,
+        unsampled: false,
     };
     let record = AssignmentRecord {
         schema: SCHEMA_VERSION,

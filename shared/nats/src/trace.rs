@@ -94,6 +94,24 @@ fn parse_with_state(value: &str, state: TraceState) -> Option<SpanContext> {
     context.is_valid().then_some(context)
 }
 
+/// A remote, **not sampled** span context standing for a decision that travelled as a flag
+/// (a grant's `unsampled`) instead of a `traceparent`: attached around work, it makes the spans
+/// started inside inherit "not sampled". Its ids are derived from `seed` (the grant), never
+/// zero, so they are valid; nothing is ever recorded under them.
+pub fn unsampled_context(seed: &impl std::hash::Hash) -> SpanContext {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash =
+        |salt: u64| BuildHasherDefault::<DefaultHasher>::default().hash_one((salt, seed)) | 1;
+    let (high, low, span) = (hash(1), hash(2), hash(3));
+    SpanContext::new(
+        TraceId::from(((high as u128) << 64) | low as u128),
+        SpanId::from(span),
+        TraceFlags::default(),
+        true,
+        TraceState::default(),
+    )
+}
+
 /// The W3C `traceparent` of `context` (version 00).
 pub fn format_traceparent(context: &SpanContext) -> String {
     format!(
@@ -199,6 +217,20 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn an_unsampled_flag_becomes_a_valid_remote_context_that_is_not_sampled() {
+        let context = unsampled_context(&("job", 7u64, 3u64));
+        assert!(context.is_valid());
+        assert!(context.is_remote());
+        assert!(!context.is_sampled());
+        // The same grant gives the same ids; another grant others.
+        assert_eq!(context, unsampled_context(&("job", 7u64, 3u64)));
+        assert_ne!(
+            context.trace_id(),
+            unsampled_context(&("job", 8u64, 3u64)).trace_id()
+        );
+    }
 
     #[test]
     fn traceparents_round_trip_and_malformed_ones_are_refused() {

@@ -363,6 +363,10 @@ pub struct PartitionRecord {
     /// which the next grant links to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_traceparent: Option<String>,
+    /// The partition's trace root was decided **not sampled** (then both `traceparent`s are
+    /// absent): its grants say so with [`Grant::unsampled`], and a new leader keeps the decision.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsampled: bool,
     /// Holders that died holding this partition (their member key expired with no report from
     /// them), oldest first, since the partition last made progress: a death after which the
     /// checkpoint moved on starts the list anew. Cleared by `retry`.
@@ -403,6 +407,7 @@ impl PartitionRecord {
             epoch,
             traceparent: None,
             grant_traceparent: None,
+            unsampled: false,
             holder_deaths: Vec::new(),
             quarantined: false,
         }
@@ -423,6 +428,11 @@ pub struct Grant {
     /// otherwise. A KV watch delivers no headers, so the context travels in the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The coordinator traces and this partition's trace is **not sampled** (then there is no
+    /// `traceparent`): the worker must not start a trace of its own for it. One flag instead of
+    /// a 55-byte context that would only say "not sampled" (docs/decisions/unsampled-flag.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsampled: bool,
 }
 
 /// Value of `elk_<ns>_assignments/<worker_id>`: the complete set of partitions the worker may

@@ -48,6 +48,7 @@ fn sample_partition() -> PartitionRecord {
         epoch: Epoch(4),
         traceparent: Some(ROOT.to_owned()),
         grant_traceparent: Some(GRANT.to_owned()),
+        unsampled: false,
         holder_deaths: vec![HolderDeath {
             member: MemberRef {
                 id: member("w-0"),
@@ -121,6 +122,7 @@ fn all_messages_round_trip() {
             resume_from: 65_001,
             token: PartitionLeaseToken(99),
             traceparent: Some(GRANT.to_owned()),
+            unsampled: false,
         }],
         drain: false,
         revoking: vec![Grant {
@@ -130,6 +132,7 @@ fn all_messages_round_trip() {
             resume_from: 70_001,
             token: PartitionLeaseToken(100),
             traceparent: None,
+            unsampled: false,
         }],
     });
     for event in [
@@ -468,9 +471,32 @@ fn trace_contexts_are_optional_and_absent_when_not_traced() {
         resume_from: 1,
         token: PartitionLeaseToken(5),
         traceparent: None,
+        unsampled: false,
     };
     let plain = rmp_serde::to_vec_named(&grant).unwrap();
     assert!(!plain.windows(11).any(|w| w == b"traceparent"));
+    assert!(!plain.windows(9).any(|w| w == b"unsampled"));
+    // An unsampled partition says so with one flag, far shorter than a traceparent.
+    let unsampled_grant = Grant {
+        unsampled: true,
+        ..grant
+    };
+    let flagged = rmp_serde::to_vec_named(&unsampled_grant).unwrap();
+    assert_eq!(
+        flagged.len(),
+        plain.len() + 11,
+        "one key of 9 bytes and a bool"
+    );
+    assert_eq!(decode_grant(&flagged), unsampled_grant);
+    let mut unsampled_partition = untraced;
+    unsampled_partition.unsampled = true;
+    let back: PartitionRecord = decode(&encode(&unsampled_partition)).unwrap();
+    assert!(back.unsampled);
+    assert!(back.traceparent.is_none() && back.grant_traceparent.is_none());
+}
+
+fn decode_grant(bytes: &[u8]) -> Grant {
+    rmp_serde::from_slice(bytes).unwrap()
 }
 
 /// `{"schema": 1, "nested": [[[...nil...]]]}` with `depth` nested one-element arrays: an unknown

@@ -47,6 +47,7 @@ fn grant(partition: u64, token: u64, resume_from: u64) -> Grant {
         resume_from,
         token: PartitionLeaseToken(token),
         traceparent: None,
+        unsampled: false,
     }
 }
 

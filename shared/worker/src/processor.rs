@@ -354,6 +354,7 @@ mod tests {
             resume_from: 1,
             token: PartitionLeaseToken(7),
             traceparent: None,
+            unsampled: false,
         };
         let cancellation = CancellationToken::new();
         let control = WorkControl {

@@ -476,11 +476,16 @@ impl Supervisor {
             return;
         };
         let cancellation = CancellationToken::new();
-        let remote = slot
-            .grant
-            .traceparent
-            .as_deref()
-            .and_then(elk_nats::trace::parse_traceparent);
+        let remote = match (&slot.grant.traceparent, slot.grant.unsampled) {
+            (Some(traceparent), _) => elk_nats::trace::parse_traceparent(traceparent),
+            // The coordinator traces, this partition is not sampled: start no trace of its own.
+            (None, true) => Some(elk_nats::trace::unsampled_context(&(
+                slot.grant.job.as_str(),
+                slot.grant.partition.get(),
+                slot.grant.token.get(),
+            ))),
+            (None, false) => None,
+        };
         let worker = &self.config.id;
         let grant = &slot.grant;
         slot.trace = Continuation::of(remote, || {

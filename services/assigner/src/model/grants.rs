@@ -254,16 +254,8 @@ impl AssignerState {
         };
         self.counters.grants += 1;
         self.transition(key, PartitionStatus::Granted, |record| {
-            if record.traceparent.is_none() {
-                // Cut before this process traced (or by an older build): its trace starts now.
-                record.traceparent = spans::cut(record, None);
-            }
-            record.grant_traceparent = spans::grant(
-                record,
-                owner.id.as_str(),
-                token.get(),
-                super::workers::resume_point(record),
-            );
+            let resume_from = super::workers::resume_point(record);
+            spans::grant(record, owner.id.as_str(), token.get(), resume_from);
             record.owner = Some(owner);
             record.token = token;
             record.error = None;

@@ -227,7 +227,7 @@ impl AssignerState {
         stored.value.partitions_total += 1;
         self.dirty_jobs.insert(job.clone());
         let mut record = PartitionRecord::pending(job.clone(), id, range, self.epoch);
-        record.traceparent = super::spans::cut(&record, stored.value.traceparent.as_deref());
+        super::spans::cut(&record, stored.value.traceparent.as_deref()).store_in(&mut record);
         self.insert_new_partition(record);
         true
     }

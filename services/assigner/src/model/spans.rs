@@ -15,7 +15,8 @@
 //! OpenTelemetry spans ended at once (events, not durations), built only when this process
 //! traces ([`elk_nats::trace::enabled`]) and — except for the root, whose sampling the sampler
 //! decides — only when the partition's trace is sampled; an unsampled trace costs one root
-//! decision and its `traceparent` (with the flag off), which downstream processes honour.
+//! decision and a flag (`unsampled` in the record and its grants, no `traceparent`), which
+//! downstream processes honour.
 
 use elk_nats::trace::{self, OtelSpan};
 use elk_protocol::messages::PartitionRecord;
@@ -30,11 +31,35 @@ fn partition_attributes(record: &PartitionRecord) -> Vec<KeyValue> {
     ]
 }
 
-/// The trace root of a new partition (its cut), linked to the job's creation span. Returns the
-/// root's `traceparent`, sampled or not; `None` when this process does not trace.
-pub(super) fn cut(record: &PartitionRecord, job_traceparent: Option<&str>) -> Option<String> {
+/// The trace decision for a partition's root (its cut).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Root {
+    /// This process does not trace: the record carries no trace field.
+    Untraced,
+    /// Not sampled: only the flag is kept (`PartitionRecord::unsampled`), no `traceparent`.
+    Unsampled,
+    /// Sampled: the root's `traceparent`.
+    Sampled(String),
+}
+
+impl Root {
+    /// Stores the decision in `record`.
+    pub(super) fn store_in(self, record: &mut PartitionRecord) {
+        let (traceparent, unsampled) = match self {
+            Root::Untraced => (None, false),
+            Root::Unsampled => (None, true),
+            Root::Sampled(traceparent) => (Some(traceparent), false),
+        };
+        record.traceparent = traceparent;
+        record.unsampled = unsampled;
+    }
+}
+
+/// The trace root of a new partition (its cut), linked to the job's creation span: the sampler's
+/// decision, and for a sampled root its `traceparent`.
+pub(super) fn cut(record: &PartitionRecord, job_traceparent: Option<&str>) -> Root {
     if !trace::enabled() {
-        return None;
+        return Root::Untraced;
     }
     let links: Vec<SpanContext> = job_traceparent
         .and_then(trace::parse_traceparent)
@@ -47,6 +72,10 @@ pub(super) fn cut(record: &PartitionRecord, job_traceparent: Option<&str>) -> Op
         Vec::new(),
         &links,
     );
+    if !span.span_context().is_sampled() {
+        // 99 % of partitions at 1 % sampling: nothing to record, nothing to carry but the flag.
+        return Root::Unsampled;
+    }
     if span.is_recording() {
         let mut attributes = partition_attributes(record);
         attributes.push(KeyValue::new("elk.range.min", record.range.first() as i64));
@@ -56,28 +85,37 @@ pub(super) fn cut(record: &PartitionRecord, job_traceparent: Option<&str>) -> Op
     }
     let context = span.span_context().clone();
     span.end();
-    trace::traceparent_of(&context)
+    trace::traceparent_of(&context).map_or(Root::Untraced, Root::Sampled)
 }
 
-/// The span of a grant of `record` (as it stands before the grant) to `worker`; returns the
-/// context the worker's processing continues: the grant span's, or the root's when the trace
-/// is not sampled (the decision travels on). Links to the span that ended the previous
-/// ownership, if any (a hand-over).
-pub(super) fn grant(
-    record: &PartitionRecord,
-    worker: &str,
-    token: u64,
-    resume_from: u64,
-) -> Option<String> {
+/// The span of a grant of `record` (as it stands before the grant) to `worker`: sets the
+/// record's `grant_traceparent` to the context the worker's processing continues (the grant
+/// span's), or to nothing when the trace is not sampled (the record's `unsampled` flag, copied
+/// into the grant, carries that decision). Links to the span that ended the previous ownership,
+/// if any (a hand-over). A root without a decision yet (cut before this process traced) is
+/// decided now.
+pub(super) fn grant(record: &mut PartitionRecord, worker: &str, token: u64, resume_from: u64) {
     if !trace::enabled() {
-        // Not tracing now (whatever an earlier leader stored): no context on the grant.
-        return None;
+        // Not tracing now (whatever an earlier leader stored): no context on the grant; an
+        // `unsampled` flag stays, so the worker still starts no trace of its own.
+        record.grant_traceparent = None;
+        return;
     }
-    let root = record.traceparent.as_deref()?;
-    let parent = trace::parse_traceparent(root)?;
-    if !parent.is_sampled() {
-        return Some(root.to_owned());
+    if record.traceparent.is_none() && !record.unsampled {
+        cut(record, None).store_in(record);
     }
+    let parent = record
+        .traceparent
+        .as_deref()
+        .and_then(trace::parse_traceparent);
+    let Some(parent) = parent.filter(SpanContext::is_sampled) else {
+        // Not sampled (a record of an older build may keep that as an unsampled root context:
+        // it becomes the flag).
+        record.traceparent = None;
+        record.grant_traceparent = None;
+        record.unsampled = true;
+        return;
+    };
     let previous: Vec<SpanContext> = record
         .grant_traceparent
         .as_deref()
@@ -98,7 +136,7 @@ pub(super) fn grant(
     );
     let context = span.span_context().clone();
     span.end();
-    trace::traceparent_of(&context)
+    record.grant_traceparent = trace::traceparent_of(&context);
 }
 
 /// A partition event under its current grant (`elk.partition.revoke`, `elk.partition.reclaim`),

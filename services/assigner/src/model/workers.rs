@@ -215,5 +215,6 @@ fn grant_of(record: &PartitionRecord) -> Grant {
         resume_from,
         token: record.token,
         traceparent: record.grant_traceparent.clone(),
+        unsampled: record.unsampled,
     }
 }

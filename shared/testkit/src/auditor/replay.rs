@@ -389,6 +389,7 @@ mod tests {
                             resume_from,
                             token: PartitionLeaseToken(token),
                             traceparent: None,
+                            unsampled: false,
                         })
                         .collect(),
                     drain: false,

@@ -158,6 +158,7 @@ pub fn grant(partition: u64, first: u64, last: u64, resume_from: u64) -> Grant {
         resume_from,
         token: PartitionLeaseToken(1000 + partition),
         traceparent: None,
+        unsampled: false,
     }
 }
 
