@@ -52,7 +52,6 @@ use tokio::sync::watch;
 
 const NAMESPACE: &str = "scale";
 const JOB: &str = "scale";
-const MEMBER_TTL: Duration = Duration::from_secs(3);
 /// Workers started at once.
 const START_CONCURRENCY: usize = 50;
 /// Workers per shared coordination runtime (thread).
@@ -73,6 +72,10 @@ pub struct ScaleArgs {
     /// partition): a 10,000-worker attempt reports where it stops without waiting 15 minutes.
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     phase_timeout: u64,
+    /// Member TTL of every worker and service, in seconds: renewals per second are
+    /// `3 × workers ÷ TTL`, and a killed worker's partitions are reclaimed about one TTL later.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    member_ttl: u64,
     #[command(flatten)]
     binaries: BinaryArgs,
 }
@@ -138,6 +141,7 @@ pub fn run(arguments: &ScaleArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    let member_ttl = Duration::from_secs(arguments.member_ttl);
     let mut failed = Vec::new();
     for workers in counts {
         eprintln!("== scale: {workers} workers × {partitions} partitions ==");
@@ -145,14 +149,20 @@ pub fn run(arguments: &ScaleArgs) -> anyhow::Result<()> {
             bench: "scale",
             workers,
             partitions,
-            renewals_per_s: workers as f64 * 3.0 / MEMBER_TTL.as_secs_f64(),
-            member_ttl_s: MEMBER_TTL.as_secs(),
+            renewals_per_s: workers as f64 * 3.0 / member_ttl.as_secs_f64(),
+            member_ttl_s: member_ttl.as_secs(),
             quick,
             ..Line::default()
         };
         let run_dir = tempfile::Builder::new().prefix("elk-scale-").tempdir()?;
         let phase = Duration::from_secs(arguments.phase_timeout);
-        let outcome = runtime.block_on(run_one(&binaries, run_dir.path(), phase, &mut line));
+        let outcome = runtime.block_on(run_one(
+            &binaries,
+            run_dir.path(),
+            phase,
+            member_ttl,
+            &mut line,
+        ));
         if let Err(error) = outcome {
             // The services' logs say why a phase did not finish.
             let kept = run_dir.keep();
@@ -194,6 +204,7 @@ struct Fleet {
     namespace: Namespace,
     url: String,
     capacity: u32,
+    member_ttl: Duration,
     processor: HoldUntilFinished,
     runtimes: Vec<CoordinationRuntime>,
     started: usize,
@@ -216,7 +227,7 @@ impl Fleet {
                 let worker = Worker::builder(this.namespace.clone(), id)
                     .nats_url(&this.url)
                     .capacity(this.capacity)
-                    .member_ttl(MEMBER_TTL)
+                    .member_ttl(this.member_ttl)
                     .coordination_runtime(this.runtimes[index / WORKERS_PER_RUNTIME].clone())
                     .start(this.processor.clone())
                     .await
@@ -236,6 +247,7 @@ async fn run_one(
     binaries: &Binaries,
     run_dir: &Path,
     phase: Duration,
+    member_ttl: Duration,
     line: &mut Line,
 ) -> anyhow::Result<()> {
     let workers = line.workers;
@@ -255,7 +267,9 @@ async fn run_one(
     .await?;
     let service = |binary: &str| {
         let id = format!("{}-1", binary.trim_start_matches("elk-"));
+        let ttl = format!("{}s", member_ttl.as_secs());
         service_spec(binaries, binary, server.url(), NAMESPACE, &id, run_dir)
+            .with_args(&["--member-ttl", &ttl])
     };
     let election = Process::spawn(&service(ELECTION))?;
     // The whole job live at once (the default backlog bound would cut 10,000 keys at a time).
@@ -276,6 +290,7 @@ async fn run_one(
         namespace: namespace.clone(),
         url: server.url().to_owned(),
         capacity,
+        member_ttl,
         processor: HoldUntilFinished { finish: finish_rx },
         runtimes: Vec::new(),
         started: 0,
