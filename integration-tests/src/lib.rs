@@ -11,9 +11,11 @@ pub mod secure;
 use anyhow::Context;
 use elk_auth::Role;
 use elk_nats::{AdminClient, NatsConfig, ProvisionConfig, Resources};
-use elk_protocol::admin::{AdminCommand, AdminResult};
+use elk_protocol::admin::{
+    ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult, AdminStats,
+};
 use elk_protocol::decode;
-use elk_protocol::messages::{JobRecord, JobSpec, JobState};
+use elk_protocol::messages::{JobRecord, JobSpec, JobState, MemberRecord, MemberRef, RoleLease};
 use elk_protocol::names::Names;
 use elk_runtime::ServiceCommon;
 use elk_testkit::{NatsCluster, NatsServer, wait_until};
@@ -475,17 +477,55 @@ impl Stack {
         })
     }
 
-    /// The epoch of the `role.assigner` lease, if it exists and decodes.
-    pub async fn assigner_epoch(&self) -> Option<elk_types::Epoch> {
+    /// The `role.assigner` lease, if it exists and decodes.
+    pub async fn assigner_lease(&self) -> Option<RoleLease> {
         let entry = self
             .resources
             .leases
             .entry(elk_protocol::names::ControlRole::Assigner.lease_key())
             .await
             .ok()??;
-        decode::<elk_protocol::messages::RoleLease>(&entry.value)
-            .ok()
-            .map(|lease| lease.epoch)
+        decode(&entry.value).ok()
+    }
+
+    /// The epoch of the `role.assigner` lease, if it exists and decodes.
+    pub async fn assigner_epoch(&self) -> Option<elk_types::Epoch> {
+        self.assigner_lease().await.map(|lease| lease.epoch)
+    }
+
+    /// Member `id` as it stands in the members bucket (its current incarnation), if its key is
+    /// live and decodes.
+    pub async fn member_ref(&self, id: &str) -> Option<MemberRef> {
+        let entry = elk_nats::read_entry(&self.resources.members, id)
+            .await
+            .ok()??;
+        if entry.deleted {
+            return None;
+        }
+        let record = decode::<MemberRecord>(&entry.value).ok()?;
+        Some(MemberRef {
+            id: MemberId::new(id).ok()?,
+            incarnation: record.incarnation,
+        })
+    }
+
+    /// One `stats` request to whichever assigner replica leads, without retries: `None` if
+    /// nobody answered within `timeout` (unlike [`Stack::admin`], which waits for a leader).
+    pub async fn assigner_stats_once(&self, timeout: Duration) -> Option<AdminStats> {
+        let command = AdminCommand::Stats;
+        let subject = self
+            .resources
+            .names
+            .admin_subject(ASSIGNER_SERVICE, command.verb());
+        let request = bytes::Bytes::from(elk_protocol::encode(&AdminRequest::new(command)));
+        let reply = tokio::time::timeout(timeout, self.resources.client.request(subject, request))
+            .await
+            .ok()?
+            .ok()?;
+        match decode::<AdminReply>(&reply.payload).ok()?.result? {
+            AdminResult::Stats { stats } => Some(stats),
+            _ => None,
+        }
     }
 
     /// Waits until the membership view lists every worker of `ids`: a short job created before

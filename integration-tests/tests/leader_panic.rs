@@ -4,20 +4,13 @@
 //! completes with invariants 1, 2, 3 and 5 intact, and the replica that panicked comes back as a
 //! standby under a new incarnation.
 
-use bytes::Bytes;
 use elk_assigner::AssignerMetrics;
 use elk_assigner::test_hooks::LeaderFaults;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack, assert_invariants};
 use elk_nats::NatsConfig;
-use elk_protocol::admin::{
-    ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult, AdminStats,
-};
-use elk_protocol::messages::{MemberRecord, MemberRef, RoleLease};
-use elk_protocol::names::ControlRole;
-use elk_protocol::{decode, encode};
 use elk_runtime::ServiceCommon;
 use elk_testkit::{OwnershipAuditor, wait_until};
-use elk_types::{IdRange, Incarnation, MemberId};
+use elk_types::{IdRange, MemberId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -66,52 +59,8 @@ impl Replica {
     }
 }
 
-async fn role_lease(stack: &Stack) -> Option<RoleLease> {
-    let entry = elk_nats::read_entry(&stack.resources.leases, ControlRole::Assigner.lease_key())
-        .await
-        .ok()??;
-    decode(&entry.value).ok()
-}
-
-async fn incarnation(stack: &Stack, id: &str) -> Option<Incarnation> {
-    let entry = elk_nats::read_entry(&stack.resources.members, id)
-        .await
-        .ok()??;
-    if entry.deleted {
-        return None;
-    }
-    decode::<MemberRecord>(&entry.value)
-        .ok()
-        .map(|record| record.incarnation)
-}
-
-async fn member(stack: &Stack, id: &str) -> Option<MemberRef> {
-    Some(MemberRef {
-        id: MemberId::new(id).unwrap(),
-        incarnation: incarnation(stack, id).await?,
-    })
-}
-
-/// One `stats` request to whichever replica leads (no retries): `None` if nobody answered.
-async fn stats_once(stack: &Stack) -> Option<AdminStats> {
-    let command = AdminCommand::Stats;
-    let subject = stack
-        .resources
-        .names
-        .admin_subject(ASSIGNER_SERVICE, command.verb());
-    let request = Bytes::from(encode(&AdminRequest::new(command)));
-    let reply = tokio::time::timeout(
-        Duration::from_millis(250),
-        stack.resources.client.request(subject, request),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    match decode::<AdminReply>(&reply.payload).ok()?.result? {
-        AdminResult::Stats { stats } => Some(stats),
-        _ => None,
-    }
-}
+/// Timeout of one `stats` request.
+const STATS_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_leader_task_hands_the_role_to_a_standby_within_a_ttl() {
@@ -122,15 +71,15 @@ async fn a_panicking_leader_task_hands_the_role_to_a_standby_within_a_ttl() {
     let election = stack.election("election-1");
     let first = start_assigner(&stack, "assigner-1");
     wait_until("assigner-1 leads", DEADLINE, || async {
-        let Some(me) = member(&stack, "assigner-1").await else {
+        let Some(me) = stack.member_ref("assigner-1").await else {
             return false;
         };
-        role_lease(&stack).await.and_then(|lease| lease.holder) == Some(me)
+        stack.assigner_lease().await.and_then(|lease| lease.holder) == Some(me)
     })
     .await
     .unwrap();
     let standby = start_assigner(&stack, "assigner-2");
-    let standby_member = async || member(&stack, "assigner-2").await;
+    let standby_member = async || stack.member_ref("assigner-2").await;
     wait_until("assigner-2 joined as a standby", DEADLINE, || async {
         standby_member().await.is_some()
     })
@@ -146,8 +95,12 @@ async fn a_panicking_leader_task_hands_the_role_to_a_standby_within_a_ttl() {
     })
     .await
     .unwrap();
-    let first_epoch = role_lease(&stack).await.unwrap().epoch;
-    let first_incarnation = incarnation(&stack, "assigner-1").await.unwrap();
+    let first_epoch = stack.assigner_lease().await.unwrap().epoch;
+    let first_incarnation = stack
+        .member_ref("assigner-1")
+        .await
+        .map(|member| member.incarnation)
+        .unwrap();
 
     first.faults.panic_next_round();
     // Within one TTL + 1 s: the lease names the standby under a new epoch, and it answers.
@@ -158,12 +111,13 @@ async fn a_panicking_leader_task_hands_the_role_to_a_standby_within_a_ttl() {
             let Some(standby) = standby_member().await else {
                 return false;
             };
-            let Some(lease) = role_lease(&stack).await else {
+            let Some(lease) = stack.assigner_lease().await else {
                 return false;
             };
             let named = lease.holder == Some(standby) && lease.epoch > first_epoch;
             named
-                && stats_once(&stack)
+                && stack
+                    .assigner_stats_once(STATS_TIMEOUT)
                     .await
                     .is_some_and(|stats| stats.epoch == lease.epoch)
         },
@@ -182,13 +136,15 @@ async fn a_panicking_leader_task_hands_the_role_to_a_standby_within_a_ttl() {
     assert!(standby.metrics.leader_terms.get() >= 1);
     // The replica that panicked came back as a standby (new incarnation); the role stays put.
     wait_until("assigner-1 re-joined", DEADLINE, || async {
-        incarnation(&stack, "assigner-1")
+        stack
+            .member_ref("assigner-1")
             .await
+            .map(|member| member.incarnation)
             .is_some_and(|incarnation| incarnation != first_incarnation)
     })
     .await
     .unwrap();
-    let holder = role_lease(&stack).await.unwrap().holder.unwrap();
+    let holder = stack.assigner_lease().await.unwrap().holder.unwrap();
     assert_eq!(holder.id.as_str(), "assigner-2");
 
     worker.shutdown().await.unwrap();

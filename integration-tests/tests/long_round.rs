@@ -9,17 +9,10 @@
 //! round sleep on its thread for twice the member TTL; afterwards the same incarnation still
 //! leads under the same epoch, in its first term.
 
-use bytes::Bytes;
 use elk_assigner::AssignerMetrics;
 use elk_assigner::test_hooks::LeaderFaults;
 use elk_integration_tests::Stack;
 use elk_nats::NatsConfig;
-use elk_protocol::admin::{
-    ASSIGNER_SERVICE, AdminCommand, AdminReply, AdminRequest, AdminResult, AdminStats,
-};
-use elk_protocol::messages::{MemberRecord, MemberRef, RoleLease};
-use elk_protocol::names::ControlRole;
-use elk_protocol::{decode, encode};
 use elk_runtime::ServiceCommon;
 use elk_testkit::wait_until;
 use elk_types::MemberId;
@@ -29,47 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn role_lease(stack: &Stack) -> Option<RoleLease> {
-    let entry = elk_nats::read_entry(&stack.resources.leases, ControlRole::Assigner.lease_key())
-        .await
-        .ok()??;
-    decode(&entry.value).ok()
-}
-
-async fn member(stack: &Stack, id: &str) -> Option<MemberRef> {
-    let entry = elk_nats::read_entry(&stack.resources.members, id)
-        .await
-        .ok()??;
-    if entry.deleted {
-        return None;
-    }
-    let record = decode::<MemberRecord>(&entry.value).ok()?;
-    Some(MemberRef {
-        id: MemberId::new(id).unwrap(),
-        incarnation: record.incarnation,
-    })
-}
-
-/// One `stats` request to whichever replica leads: `None` if nobody answered in time.
-async fn stats_once(stack: &Stack) -> Option<AdminStats> {
-    let command = AdminCommand::Stats;
-    let subject = stack
-        .resources
-        .names
-        .admin_subject(ASSIGNER_SERVICE, command.verb());
-    let request = Bytes::from(encode(&AdminRequest::new(command)));
-    let reply = tokio::time::timeout(
-        Duration::from_secs(1),
-        stack.resources.client.request(subject, request),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    match decode::<AdminReply>(&reply.payload).ok()?.result? {
-        AdminResult::Stats { stats } => Some(stats),
-        _ => None,
-    }
-}
+/// Timeout of one `stats` request.
+const STATS_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_round_longer_than_the_member_ttl_keeps_the_leader_in_its_term() {
@@ -92,20 +46,22 @@ async fn a_round_longer_than_the_member_ttl_keeps_the_leader_in_its_term() {
     );
     let assigner = tokio::spawn(async move { run.await.expect("assigner replica runs") });
     wait_until("assigner-1 leads and serves", DEADLINE, || async {
-        let (Some(me), Some(lease)) =
-            (member(&stack, "assigner-1").await, role_lease(&stack).await)
-        else {
+        let (Some(me), Some(lease)) = (
+            stack.member_ref("assigner-1").await,
+            stack.assigner_lease().await,
+        ) else {
             return false;
         };
         lease.holder == Some(me)
-            && stats_once(&stack)
+            && stack
+                .assigner_stats_once(STATS_TIMEOUT)
                 .await
                 .is_some_and(|stats| stats.epoch == lease.epoch)
     })
     .await
     .unwrap();
-    let before = role_lease(&stack).await.unwrap();
-    let leader = member(&stack, "assigner-1").await.unwrap();
+    let before = stack.assigner_lease().await.unwrap();
+    let leader = stack.member_ref("assigner-1").await.unwrap();
 
     faults.block_next_round(stack.member_ttl * 2);
     wait_until("the blocked round ended", DEADLINE, || async {
@@ -115,12 +71,12 @@ async fn a_round_longer_than_the_member_ttl_keeps_the_leader_in_its_term() {
     .unwrap();
     // A round after the long one answers, under the same epoch.
     wait_until("the leader serves again", DEADLINE, || async {
-        stats_once(&stack).await.is_some()
+        stack.assigner_stats_once(STATS_TIMEOUT).await.is_some()
     })
     .await
     .unwrap();
-    let stats = stats_once(&stack).await.unwrap();
-    let after = role_lease(&stack).await.unwrap();
+    let stats = stack.assigner_stats_once(STATS_TIMEOUT).await.unwrap();
+    let after = stack.assigner_lease().await.unwrap();
     assert_eq!(
         after.epoch, before.epoch,
         "the role moved: the long round cost the leader its membership"
@@ -128,7 +84,7 @@ async fn a_round_longer_than_the_member_ttl_keeps_the_leader_in_its_term() {
     assert_eq!(after.holder, Some(leader.clone()), "same incarnation leads");
     assert_eq!(stats.epoch, before.epoch);
     assert_eq!(
-        member(&stack, "assigner-1").await,
+        stack.member_ref("assigner-1").await,
         Some(leader),
         "the member key was never lost (a re-join takes a new incarnation)"
     );
