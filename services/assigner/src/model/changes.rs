@@ -143,9 +143,8 @@ impl AssignerState {
                 continue;
             }
             let put = puts.iter().find(|put| put.key == *worker);
-            let grants_empty = put.map_or(stored.value.grants.is_empty(), |put| {
-                put.value.grants.is_empty()
-            });
+            let grants_empty =
+                put.map_or(stored.value.no_grants(), |put| put.value.grants.is_empty());
             if !grants_empty {
                 continue;
             }
@@ -177,8 +176,9 @@ impl AssignerState {
             }
         }
         for (worker, record, revision) in written.assignments {
+            let summary = super::assignment::RecordSummary::of(&record);
             self.assignments
-                .insert(worker, Stored::at(record, revision));
+                .insert(worker, Stored::at(summary, revision));
         }
         for worker in written.pruned {
             self.assignments.remove(&worker);

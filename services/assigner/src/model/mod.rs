@@ -35,6 +35,7 @@
 //! `levers.rs` (drains, freeze, `members`), `spans.rs` (the spans of a partition's trace, built
 //! at these events only when the process traces).
 
+mod assignment;
 mod changes;
 mod churn;
 mod gaps;
@@ -42,6 +43,7 @@ mod gauges;
 mod grants;
 mod jobs;
 mod levers;
+mod memory;
 mod partitions;
 mod plan;
 mod quarantine;
@@ -261,7 +263,8 @@ pub(crate) struct AssignerState {
     jobs: BTreeMap<JobName, Stored<JobRecord>>,
     /// Live (not completed) partitions only: memory follows live work.
     partitions: BTreeMap<PartitionKey, Stored<PartitionRecord>>,
-    assignments: BTreeMap<MemberId, Stored<AssignmentRecord>>,
+    /// What each worker's stored assignment record says (`assignment.rs`): not its grants.
+    assignments: BTreeMap<MemberId, Stored<assignment::RecordSummary>>,
     workers: BTreeMap<MemberId, WorkerInfo>,
 
     // Indexes over `partitions` (kept by `transition`, checked by `indexes_consistent`).
@@ -310,6 +313,9 @@ pub(crate) struct AssignerState {
     departed_capacity: BTreeMap<(MemberId, Incarnation), Capacity>,
     /// Rebalancing hand-overs in flight and rounds' moves (`churn.rs`).
     churn: churn::Churn,
+    /// Keys added to the partition table and the grant index since they were last repacked
+    /// (`memory.rs`).
+    inserted_since_repack: usize,
 }
 
 impl AssignerState {
@@ -343,6 +349,7 @@ impl AssignerState {
             tails: split::Tails::default(),
             departed_capacity: BTreeMap::new(),
             churn: churn::Churn::default(),
+            inserted_since_repack: 0,
         }
     }
 
@@ -374,10 +381,12 @@ impl AssignerState {
         }
         state.build_coverage(loaded);
         for (worker, record, revision) in snapshot.assignments {
-            state
-                .assignments
-                .insert(worker, Stored::at(record, revision));
+            state.assignments.insert(
+                worker,
+                Stored::at(assignment::RecordSummary::of(&record), revision),
+            );
         }
+        state.repack_if_grown();
         state
     }
 
@@ -458,6 +467,7 @@ impl AssignerState {
         self.compact();
         self.clear_cancelled();
         self.remove_expired_jobs();
+        self.repack_if_grown();
         debug_assert_eq!(self.index_mismatch(), None, "indexes out of step");
         RoundOutput { plan_questions }
     }

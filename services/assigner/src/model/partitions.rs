@@ -31,6 +31,7 @@ impl AssignerState {
         let key = PartitionKey::of(&record);
         self.index(&key, &record);
         self.partitions.insert(key, Stored::at(record, revision));
+        self.note_inserted();
     }
 
     /// Adds a partition just created (pending, not stored yet).
@@ -40,6 +41,7 @@ impl AssignerState {
         self.index(&key, &record);
         self.partitions.insert(key.clone(), Stored::new(record));
         self.dirty_partitions.insert(key);
+        self.note_inserted();
     }
 
     fn index(&mut self, key: &PartitionKey, record: &PartitionRecord) {
@@ -61,6 +63,7 @@ impl AssignerState {
                         .entry(owner.id.clone())
                         .or_default()
                         .insert(key.clone());
+                    self.note_inserted();
                 }
             }
             PartitionStatus::Revoking => {
@@ -222,7 +225,7 @@ impl AssignerState {
         }
         if let Some(stored) = self.assignments.get(&member.id)
             && stored.value.incarnation == member.incarnation
-            && !stored.value.grants.is_empty()
+            && !stored.value.no_grants()
         {
             self.dirty_assignments.insert(member.id.clone());
         }

@@ -1,12 +1,13 @@
 //! Workers and their assignment records: the live set from the membership view (draining kept
 //! across views and leader changes), and the record each worker should hold.
 
+use super::assignment::{grants_digest, revokes_digest};
 use super::{AssignerState, WorkerInfo};
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{
     AssignmentRecord, Grant, MemberRef, MembershipView, PartitionRecord, PartitionStatus,
 };
-use elk_types::{Incarnation, JobName, MemberId, PartitionId, ViewSeq};
+use elk_types::{Incarnation, MemberId, ViewSeq};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl AssignerState {
@@ -59,7 +60,7 @@ impl AssignerState {
                 .workers
                 .get(id)
                 .is_some_and(|w| w.incarnation == stored.value.incarnation);
-            if !live && !stored.value.grants.is_empty() {
+            if !live && !stored.value.no_grants() {
                 gone.insert((id.clone(), stored.value.incarnation));
             }
         }
@@ -134,13 +135,14 @@ impl AssignerState {
             .unwrap_or_default();
         let previous = self.assignments.get(worker);
         if let Some(previous) = previous {
-            let same = previous.value.grants == grants
-                && previous.value.incarnation == incarnation
+            // By digest (`assignment.rs`); revokes by token only: a revoking partition's
+            // checkpoints move its `resume_from`, which is no reason to rewrite the record.
+            let same = previous.value.incarnation == incarnation
                 && previous.value.epoch == self.epoch
                 && previous.value.drain == drain
-                // By token only: a revoking partition's checkpoints move its `resume_from`,
-                // which is no reason to rewrite the record.
-                && grant_keys(&previous.value.revoking).eq(grant_keys(&revoking));
+                && previous.value.grant_count == grants.len()
+                && previous.value.grants == grants_digest(&grants)
+                && previous.value.revoking == revokes_digest(&revoking);
             if same {
                 return None;
             }
@@ -198,12 +200,6 @@ pub(super) fn resume_point(record: &PartitionRecord) -> u64 {
         Some(done) if done >= record.range.first() => done + 1,
         _ => record.range.first(),
     }
-}
-
-fn grant_keys(grants: &[Grant]) -> impl Iterator<Item = (&JobName, PartitionId, u64)> {
-    grants
-        .iter()
-        .map(|grant| (&grant.job, grant.partition, grant.token.get()))
 }
 
 fn grant_of(record: &PartitionRecord) -> Grant {
