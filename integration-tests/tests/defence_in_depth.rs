@@ -39,6 +39,7 @@ fn forged_record(epoch: u64) -> AssignmentRecord {
         grants: Vec::new(),
         drain: false,
         revoking: Vec::new(),
+        progress_batches: false,
     }
 }
 

@@ -220,6 +220,7 @@ async fn a_zombie_assigner_s_late_writes_have_no_effect() {
         grants: vec![grant],
         drain: false,
         revoking: Vec::new(),
+        progress_batches: false,
     };
     stack
         .resources

@@ -457,6 +457,11 @@ pub struct AssignmentRecord {
     /// revoke waits for an answer that can never come.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoking: Vec<Grant>,
+    /// The assigner that wrote this record accepts [`ProgressBatch`] messages: the worker may
+    /// send several reports in one message. Absent (`false`) from an assigner that does not, or
+    /// that is configured not to (the `baseline` write path): then only single reports.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress_batches: bool,
 }
 message!(AssignmentRecord, "assignment");
 
@@ -493,6 +498,55 @@ pub struct ProgressReport {
     pub event: ProgressEvent,
 }
 message!(ProgressReport, "progress");
+
+/// Several progress reports in one message, published like a [`ProgressReport`] on the worker's
+/// subject: each report is applied in order as if it had been published alone. A worker sends
+/// one only after an assignment record with `progress_batches` (an older assigner would drop it
+/// as undecodable). What tells it from a single report is its `reports` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressBatch {
+    #[serde(default = "current_schema")]
+    pub schema: u16,
+    pub reports: Vec<ProgressReport>,
+}
+message!(ProgressBatch, "progress batch");
+
+/// The reports of one message on a progress subject, in order: a [`ProgressBatch`] (a map with
+/// a `reports` key; each report's own `schema` is checked too) or one [`ProgressReport`].
+pub fn decode_progress(bytes: &[u8]) -> Result<Vec<ProgressReport>, crate::DecodeError> {
+    match crate::decode::<ProgressBatch>(bytes) {
+        Ok(batch) => {
+            for report in &batch.reports {
+                if report.schema == 0 || report.schema > SCHEMA_VERSION {
+                    return Err(crate::DecodeError::UnsupportedSchema {
+                        kind: ProgressReport::KIND,
+                        found: report.schema,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            Ok(batch.reports)
+        }
+        Err(batch_error) => match crate::decode::<ProgressReport>(bytes) {
+            Ok(report) => Ok(vec![report]),
+            // A map with a `reports` key was meant as a batch: its error says what is wrong.
+            Err(_) if has_reports_key(bytes) => Err(batch_error),
+            Err(single_error) => Err(single_error),
+        },
+    }
+}
+
+/// Whether `bytes` is a map with a `reports` key (whatever its value).
+fn has_reports_key(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        reports: Option<serde::de::IgnoredAny>,
+    }
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(crate::codec::MAX_NESTING);
+    Probe::deserialize(&mut deserializer).is_ok_and(|probe| probe.reports.is_some())
+}
 
 /// Value of `elk_<ns>_fleet/desired`: the scaler's desired worker count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

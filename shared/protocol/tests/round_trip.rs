@@ -134,6 +134,7 @@ fn all_messages_round_trip() {
             traceparent: None,
             unsampled: false,
         }],
+        progress_batches: true,
     });
     for event in [
         ProgressEvent::Checkpoint { last_done: 5 },

@@ -112,6 +112,7 @@ impl Fixture {
             grants,
             drain: false,
             revoking: Vec::new(),
+            progress_batches: false,
         };
         self.resources
             .assignments

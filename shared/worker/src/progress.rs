@@ -17,6 +17,14 @@
 //!   the assigner reclaims those partitions from their last acknowledged checkpoint, and would
 //!   reject the reports anyway (protocol §5.6).
 //!
+//! **Batches.** Once the assigner announces that it accepts them (`progress_batches` in the
+//! worker's latest assignment record; [`ProgressPublisher::accept_batches`]), reports queued while
+//! a message is in flight are coalesced: the next message carries every report queued meanwhile
+//! (up to [`MAX_BATCH_REPORTS`]) as one `ProgressBatch`, which the assigner applies in order.
+//! Per-partition order holds since one message is applied in order and messages of coalesced
+//! batches never run concurrently. Reports of sampled traces are never coalesced: a message has
+//! one trace context.
+//!
 //! A report of a sampled trace (its run's context, see `crate::trace_context`) is published
 //! inside a span `elk.progress.publish` (kind producer, retries included) whose context travels
 //! as the W3C `traceparent` / `tracestate` headers; the assigner's apply span is its child.
@@ -27,18 +35,22 @@ use crate::stats::StatsCounters;
 use bytes::Bytes;
 use elk_nats::trace::{self, OtelSpan};
 use elk_nats::{LeaseDeadline, NatsError};
-use elk_protocol::encode;
-use elk_protocol::messages::{ProgressEvent, ProgressReport};
+use elk_protocol::messages::{ProgressBatch, ProgressEvent, ProgressReport};
+use elk_protocol::{SCHEMA_VERSION, encode};
 use futures::StreamExt;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanKind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Most un-acked publishes at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 1_024;
+/// Most reports in one batch message (about 100 bytes each: far below nats-server's 1 MiB
+/// default `max_payload`).
+pub(crate) const MAX_BATCH_REPORTS: usize = 512;
 /// Attempts at a checkpoint before it is given up.
 const CHECKPOINT_ATTEMPTS: u32 = 5;
 /// Failed attempts at a terminal report before the worker warns that it is still retrying.
@@ -65,6 +77,8 @@ enum Command {
 #[derive(Clone)]
 pub(crate) struct ProgressPublisher {
     commands: mpsc::UnboundedSender<Command>,
+    /// The assigner accepts batch messages (its latest record said so).
+    batches: Arc<AtomicBool>,
 }
 
 /// Aborts the publishing task when dropped (a killed worker publishes nothing more).
@@ -86,8 +100,24 @@ impl ProgressPublisher {
         acked: AckedCheckpoints,
     ) -> (ProgressPublisher, PublisherTask) {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(publish_loop(jetstream, subject, stats, acked, receiver));
-        (ProgressPublisher { commands }, PublisherTask(task))
+        let batches = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(publish_loop(
+            Sinks {
+                jetstream,
+                subject,
+                stats,
+                acked,
+            },
+            batches.clone(),
+            receiver,
+        ));
+        (ProgressPublisher { commands, batches }, PublisherTask(task))
+    }
+
+    /// Whether the assigner accepts batch messages, as the latest applied assignment record
+    /// says: messages published from now on follow it.
+    pub(crate) fn accept_batches(&self, accepted: bool) {
+        self.batches.store(accepted, Ordering::Relaxed);
     }
 
     /// Queues one batch produced under `membership`; at most one report per partition (see the
@@ -128,36 +158,116 @@ impl ProgressPublisher {
     }
 }
 
-async fn publish_loop(
+/// What the publishing task owns.
+struct Sinks {
     jetstream: async_nats::jetstream::Context,
     subject: String,
     stats: Arc<StatsCounters>,
     acked: AckedCheckpoints,
+}
+
+async fn publish_loop(
+    sinks: Sinks,
+    batches: Arc<AtomicBool>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let target = Target {
-        jetstream: &jetstream,
-        subject: &subject,
-        stats: &stats,
-        acked: &acked,
+        jetstream: &sinks.jetstream,
+        subject: &sinks.subject,
+        stats: &sinks.stats,
+        acked: &sinks.acked,
     };
-    while let Some(command) = commands.recv().await {
+    // A command taken from the queue while coalescing that could not join the batch.
+    let mut held_back = None;
+    loop {
+        let command = match held_back.take() {
+            Some(command) => command,
+            None => match commands.recv().await {
+                Some(command) => command,
+                None => return,
+            },
+        };
         match command {
             Command::Flush(done) => {
                 let _ = done.send(());
             }
             Command::Publish {
-                reports,
+                mut reports,
                 membership,
             } => {
-                futures::stream::iter(reports)
-                    .map(|report| target.deliver(report, &membership))
+                let batching = batches.load(Ordering::Relaxed);
+                if batching && untraced(&reports) {
+                    held_back = coalesce(&mut reports, &mut commands);
+                }
+                futures::stream::iter(messages(reports, batching))
+                    .map(|message| target.deliver(message, &membership))
                     .buffer_unordered(MAX_IN_FLIGHT)
                     .collect::<()>()
                     .await;
             }
         }
     }
+}
+
+fn untraced(reports: &[Outgoing]) -> bool {
+    reports.iter().all(|outgoing| outgoing.trace.is_none())
+}
+
+/// Appends to `reports` the untraced reports of the same incarnation queued behind them (they
+/// were produced while the previous message was in flight), up to [`MAX_BATCH_REPORTS`]; returns
+/// the first queued command that could not join, to be handled next (order is kept).
+fn coalesce(
+    reports: &mut Vec<Outgoing>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Option<Command> {
+    let incarnation = reports.first()?.report.incarnation;
+    loop {
+        let next = commands.try_recv().ok()?;
+        let joins = match &next {
+            Command::Publish { reports: more, .. } => {
+                untraced(more)
+                    && more.iter().all(|o| o.report.incarnation == incarnation)
+                    && reports.len() + more.len() <= MAX_BATCH_REPORTS
+            }
+            Command::Flush(_) => false,
+        };
+        match next {
+            Command::Publish { reports: more, .. } if joins => reports.extend(more),
+            other => return Some(other),
+        }
+    }
+}
+
+/// One message to publish: a report alone (with its trace context), or several in a batch.
+enum OutgoingMessage {
+    Single(Outgoing),
+    Batch(Vec<ProgressReport>),
+}
+
+/// The messages that carry `reports`: one each without batching; with it, every report of a
+/// sampled trace alone and the others in batches of up to [`MAX_BATCH_REPORTS`]. Batches are
+/// split only when one command held more than that: its reports are of distinct partitions, so
+/// publishing the parts concurrently reorders nothing.
+fn messages(reports: Vec<Outgoing>, batching: bool) -> Vec<OutgoingMessage> {
+    if !batching {
+        return reports.into_iter().map(OutgoingMessage::Single).collect();
+    }
+    let (traced, plain): (Vec<Outgoing>, Vec<Outgoing>) =
+        reports.into_iter().partition(|o| o.trace.is_some());
+    let mut messages: Vec<OutgoingMessage> =
+        traced.into_iter().map(OutgoingMessage::Single).collect();
+    let mut plain = plain.into_iter().peekable();
+    while plain.peek().is_some() {
+        let chunk: Vec<Outgoing> = plain.by_ref().take(MAX_BATCH_REPORTS).collect();
+        if chunk.len() == 1 {
+            messages.extend(chunk.into_iter().map(OutgoingMessage::Single));
+        } else {
+            messages.push(OutgoingMessage::Batch(
+                chunk.into_iter().map(|o| o.report).collect(),
+            ));
+        }
+    }
+    messages
 }
 
 /// Where reports go, and the counters publishing bumps.
@@ -171,11 +281,27 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// Publishes a report inside its `elk.progress.publish` span (sampled traces only).
-    async fn deliver(self, outgoing: Outgoing, membership: &LeaseDeadline) {
-        let Outgoing { report, trace } = outgoing;
+    /// Publishes one message: a report inside its `elk.progress.publish` span (sampled traces
+    /// only), or a batch.
+    async fn deliver(self, message: OutgoingMessage, membership: &LeaseDeadline) {
+        let Outgoing { report, trace } = match message {
+            OutgoingMessage::Single(outgoing) => outgoing,
+            OutgoingMessage::Batch(reports) => {
+                let batch = ProgressBatch {
+                    schema: SCHEMA_VERSION,
+                    reports,
+                };
+                let payload = Bytes::from(encode(&batch));
+                self.deliver_reports(&batch.reports, payload, None, membership)
+                    .await;
+                return;
+            }
+        };
+        let payload = Bytes::from(encode(&report));
+        let reports = std::slice::from_ref(&report);
         let Some(parent) = trace else {
-            self.deliver_report(&report, None, membership).await;
+            self.deliver_reports(reports, payload, None, membership)
+                .await;
             return;
         };
         let mut span = trace::start_span(
@@ -192,30 +318,40 @@ impl Target<'_> {
             &[],
         );
         let headers = trace::headers_for(span.span_context());
-        let outcome = self.deliver_report(&report, headers, membership).await;
+        let outcome = self
+            .deliver_reports(reports, payload, headers, membership)
+            .await;
         span.set_attribute(KeyValue::new("elk.outcome", outcome));
         span.end();
     }
 
-    /// Publishes `report` until acked, under the rules of the module comment; says how it ended
+    /// Publishes `payload` (carrying `reports`) until acked, under the rules of the module
+    /// comment — a message holding a terminal report is retried as one — and says how it ended
     /// (`acked`, `moot`, `given_up`).
-    async fn deliver_report(
+    async fn deliver_reports(
         self,
-        report: &ProgressReport,
+        reports: &[ProgressReport],
+        payload: Bytes,
         headers: Option<async_nats::HeaderMap>,
         membership: &LeaseDeadline,
     ) -> &'static str {
-        let terminal = !matches!(report.event, ProgressEvent::Checkpoint { .. });
-        let payload = Bytes::from(encode(report));
+        let Some(first) = reports.first() else {
+            return "acked";
+        };
+        let count = reports.len() as u64;
+        let terminal = reports
+            .iter()
+            .any(|report| !matches!(report.event, ProgressEvent::Checkpoint { .. }));
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;
         loop {
             if !membership.is_valid() {
-                StatsCounters::bump(&self.stats.reports_moot);
+                StatsCounters::add(&self.stats.reports_moot, count);
                 tracing::info!(
-                    job = %report.job,
-                    partition = %report.partition,
-                    event = ?report.event,
+                    job = %first.job,
+                    partition = %first.partition,
+                    event = ?first.event,
+                    reports = count,
                     "membership lost: report is moot, dropped unsent"
                 );
                 return "moot";
@@ -223,21 +359,25 @@ impl Target<'_> {
             attempt += 1;
             let error = match self.publish_once(payload.clone(), headers.clone()).await {
                 Ok(()) => {
-                    StatsCounters::bump(&self.stats.reports_published);
-                    if let ProgressEvent::Checkpoint { last_done } = report.event {
-                        let grant = (report.job.clone(), report.partition, report.token);
-                        self.acked.acked(grant, last_done);
+                    StatsCounters::add(&self.stats.reports_published, count);
+                    StatsCounters::bump(&self.stats.progress_messages);
+                    for report in reports {
+                        if let ProgressEvent::Checkpoint { last_done } = report.event {
+                            let grant = (report.job.clone(), report.partition, report.token);
+                            self.acked.acked(grant, last_done);
+                        }
                     }
                     return "acked";
                 }
                 Err(error) => error,
             };
             if !terminal && attempt >= CHECKPOINT_ATTEMPTS {
-                StatsCounters::bump(&self.stats.reports_lost);
+                StatsCounters::add(&self.stats.reports_lost, count);
                 tracing::warn!(
                     subject = %self.subject,
-                    job = %report.job,
-                    partition = %report.partition,
+                    job = %first.job,
+                    partition = %first.partition,
+                    reports = count,
                     %error,
                     "checkpoint given up after retries; the next report carries its progress"
                 );
@@ -247,9 +387,10 @@ impl Target<'_> {
             if terminal && attempt == WARN_AFTER_ATTEMPTS {
                 tracing::warn!(
                     subject = %self.subject,
-                    job = %report.job,
-                    partition = %report.partition,
-                    event = ?report.event,
+                    job = %first.job,
+                    partition = %first.partition,
+                    event = ?first.event,
+                    reports = count,
                     %error,
                     "terminal report not acknowledged yet; retrying while the membership lives"
                 );

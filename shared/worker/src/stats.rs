@@ -13,6 +13,7 @@ pub(crate) struct StatsCounters {
     pub(crate) records_applied: AtomicU64,
     pub(crate) records_ignored: AtomicU64,
     pub(crate) reports_published: AtomicU64,
+    pub(crate) progress_messages: AtomicU64,
     pub(crate) reports_lost: AtomicU64,
     pub(crate) reports_moot: AtomicU64,
     pub(crate) publish_retries: AtomicU64,
@@ -22,6 +23,10 @@ pub(crate) struct StatsCounters {
 impl StatsCounters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, count: u64) {
+        counter.fetch_add(count, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> WorkerStats {
@@ -35,6 +40,7 @@ impl StatsCounters {
             records_applied: read(&self.records_applied),
             records_ignored: read(&self.records_ignored),
             reports_published: read(&self.reports_published),
+            progress_messages: read(&self.progress_messages),
             reports_lost: read(&self.reports_lost),
             reports_moot: read(&self.reports_moot),
             publish_retries: read(&self.publish_retries),
@@ -63,6 +69,10 @@ pub struct WorkerStats {
     pub records_ignored: u64,
     /// Progress reports acknowledged by JetStream.
     pub reports_published: u64,
+    /// Progress messages acknowledged by JetStream: one per report, or fewer when the assigner
+    /// accepts batches (a batch message carries every report queued while the previous one was
+    /// in flight).
+    pub progress_messages: u64,
     /// Checkpoint reports given up on after retries (a later checkpoint or the terminal report
     /// carries the progress; terminal reports are never given up while the membership lives).
     pub reports_lost: u64,

@@ -327,6 +327,8 @@ impl Supervisor {
         }
         self.highest_epoch = record.epoch;
         self.last_applied = Some((record.epoch, record.seq));
+        // Before this record's consequences are queued: an old assigner cannot read a batch.
+        self.publisher.accept_batches(record.progress_batches);
         StatsCounters::bump(&self.stats().records_applied);
 
         let grants = if record.drain {

@@ -9,8 +9,9 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use elk_nats::Resources;
 use elk_nats::trace::{self, OtelSpan};
-use elk_protocol::decode;
-use elk_protocol::messages::{MemberRef, MembershipView, ProgressEvent, ProgressReport};
+use elk_protocol::messages::{
+    MemberRef, MembershipView, ProgressEvent, ProgressReport, decode_progress,
+};
 use elk_runtime::RepeatLimiter;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanKind};
@@ -19,69 +20,76 @@ use std::time::Instant;
 /// Malformed progress reports, by reason: one warning per minute each.
 static MALFORMED: RepeatLimiter = RepeatLimiter::new(std::time::Duration::from_secs(60));
 
-/// Validates one message and applies its report to the model; malformed and stale reports are
-/// counted and dropped (they are acked like the others).
+/// Validates one message and applies its reports to the model, in order: a single report or a
+/// batch (protocol §4.3), each report as if it had been published alone. Malformed and stale
+/// reports are counted and dropped (their message is acked like the others).
 pub(super) fn apply_message(
     state: &mut AssignerState,
     message: &Message,
     metrics: &AssignerMetrics,
 ) {
-    let decoded =
-        decode::<ProgressReport>(&message.payload).map_err(|e| ("undecodable", e.to_string()));
-    // A report must come from the subject of the worker it names: with per-worker publish
-    // permissions, no client can speak for another worker.
-    let checked = decoded.and_then(|report| {
-        let from_subject = message.subject.rsplit('.').next().unwrap_or_default();
-        if from_subject == report.worker.as_str() {
-            Ok(report)
-        } else {
-            Err((
-                "wrong_subject",
-                format!(
-                    "report names worker {} but came from {}",
-                    report.worker, message.subject
-                ),
-            ))
+    let reports = match decode_progress(&message.payload) {
+        Ok(reports) => reports,
+        Err(error) => return malformed(message, metrics, "undecodable", error.to_string()),
+    };
+    // Reports of unsampled traces carry no context: nothing is parsed or built for them.
+    let context = if trace::enabled() {
+        trace::from_headers(message.headers.as_ref())
+    } else {
+        None
+    };
+    let from_subject = message.subject.rsplit('.').next().unwrap_or_default();
+    for report in &reports {
+        // A report must come from the subject of the worker it names: with per-worker publish
+        // permissions, no client can speak for another worker.
+        if from_subject != report.worker.as_str() {
+            let error = format!(
+                "report names worker {} but came from {}",
+                report.worker, message.subject
+            );
+            malformed(message, metrics, "wrong_subject", error);
+            continue;
         }
-    });
-    match checked {
-        Ok(report) => {
-            // Reports of unsampled traces carry no context: nothing is parsed or built for them.
-            let context = if trace::enabled() {
-                trace::from_headers(message.headers.as_ref())
-            } else {
-                None
-            };
-            let mut span = context
-                .as_ref()
-                .filter(|context| context.is_sampled())
-                .map(|context| apply_span(context, &report));
-            let outcome = apply_report(state, &report, context.as_ref());
-            if let Some(span) = &mut span {
-                let outcome = match outcome {
-                    Ok(()) => "applied",
-                    Err(Rejection::UnknownPartition) => "rejected_unknown_partition",
-                    Err(Rejection::StaleToken) => "rejected_stale",
-                    Err(Rejection::OutOfRange) => "rejected_out_of_range",
-                };
-                span.set_attribute(KeyValue::new("elk.outcome", outcome));
-                span.end();
-            }
-            match outcome {
-                Ok(()) => metrics.progress("applied", event_reason(&report.event)),
-                Err(rejection) => {
-                    metrics.progress("rejected", rejection.reason());
-                    tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
-                }
-            }
-        }
-        Err((reason, error)) => {
-            // A misbehaving publisher could otherwise flood the log: one warning per reason and
-            // minute, with the count held back (all of them are counted in the metric).
-            if let Some(suppressed) = MALFORMED.check(reason) {
-                tracing::warn!(subject = %message.subject, %error, suppressed, "malformed progress report dropped");
-            }
-            metrics.progress("malformed", reason);
+        apply_traced(state, report, context.as_ref(), metrics);
+    }
+}
+
+/// Counts a malformed message (or report of a batch) and warns about it.
+fn malformed(message: &Message, metrics: &AssignerMetrics, reason: &'static str, error: String) {
+    // A misbehaving publisher could otherwise flood the log: one warning per reason and minute,
+    // with the count held back (all of them are counted in the metric).
+    if let Some(suppressed) = MALFORMED.check(reason) {
+        tracing::warn!(subject = %message.subject, %error, suppressed, "malformed progress report dropped");
+    }
+    metrics.progress("malformed", reason);
+}
+
+/// Applies one validated report inside its apply span (sampled traces only) and counts it.
+fn apply_traced(
+    state: &mut AssignerState,
+    report: &ProgressReport,
+    context: Option<&SpanContext>,
+    metrics: &AssignerMetrics,
+) {
+    let mut span = context
+        .filter(|context| context.is_sampled())
+        .map(|context| apply_span(context, report));
+    let outcome = apply_report(state, report, context);
+    if let Some(span) = &mut span {
+        let outcome = match outcome {
+            Ok(()) => "applied",
+            Err(Rejection::UnknownPartition) => "rejected_unknown_partition",
+            Err(Rejection::StaleToken) => "rejected_stale",
+            Err(Rejection::OutOfRange) => "rejected_out_of_range",
+        };
+        span.set_attribute(KeyValue::new("elk.outcome", outcome));
+        span.end();
+    }
+    match outcome {
+        Ok(()) => metrics.progress("applied", event_reason(&report.event)),
+        Err(rejection) => {
+            metrics.progress("rejected", rejection.reason());
+            tracing::debug!(?rejection, worker = %report.worker, job = %report.job, partition = %report.partition, "stale progress rejected");
         }
     }
 }

@@ -134,6 +134,10 @@ impl AssignerState {
             .cloned()
             .unwrap_or_default();
         let previous = self.assignments.get(worker);
+        // The lean path announces progress batches; the baseline stays the design before them.
+        // Fixed for a term, and every record is rewritten at a term's start (new epoch): no
+        // comparison with the stored record needed.
+        let progress_batches = self.policy.write_path == super::WritePath::Lean;
         if let Some(previous) = previous {
             // By digest (`assignment.rs`); revokes by token only: a revoking partition's
             // checkpoints move its `resume_from`, which is no reason to rewrite the record.
@@ -168,6 +172,7 @@ impl AssignerState {
             grants,
             drain,
             revoking,
+            progress_batches,
         })
     }
 

@@ -12,7 +12,7 @@
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::kv::{self, Operation};
 use elk_protocol::decode;
-use elk_protocol::messages::{AssignmentRecord, MemberRecord, ProgressReport};
+use elk_protocol::messages::{AssignmentRecord, MemberRecord, ProgressReport, decode_progress};
 use elk_types::{Incarnation, MemberId};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -332,12 +332,17 @@ pub(super) async fn follow_progress(
                 }
                 recorded.progress_seq = recorded.progress_seq.max(seq);
                 if recorded.progress_seqs.insert(seq) {
-                    match decode::<ProgressReport>(&message.payload) {
-                        Ok(report) => recorded.events.push(AuditEvent {
-                            at,
-                            seq,
-                            kind: AuditEventKind::Progress(report),
-                        }),
+                    // A batch message: its reports in order, under the message's sequence.
+                    match decode_progress(&message.payload) {
+                        Ok(reports) => {
+                            recorded
+                                .events
+                                .extend(reports.into_iter().map(|report| AuditEvent {
+                                    at,
+                                    seq,
+                                    kind: AuditEventKind::Progress(report),
+                                }))
+                        }
                         Err(error) => recorded
                             .problems
                             .push(format!("progress seq {seq} ({}): {error}", message.subject)),

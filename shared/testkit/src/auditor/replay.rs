@@ -394,6 +394,7 @@ mod tests {
                         .collect(),
                     drain: false,
                     revoking: Vec::new(),
+                    progress_batches: false,
                 },
             },
         }

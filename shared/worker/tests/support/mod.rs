@@ -5,9 +5,11 @@
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use elk_nats::{NatsConfig, Resources};
-use elk_protocol::messages::{AssignmentRecord, Grant, ProgressEvent, ProgressReport};
+use elk_protocol::messages::{
+    AssignmentRecord, Grant, ProgressEvent, ProgressReport, decode_progress,
+};
 use elk_protocol::names::Names;
-use elk_protocol::{SCHEMA_VERSION, decode, encode};
+use elk_protocol::{SCHEMA_VERSION, encode};
 use elk_testkit::{NatsServer, wait_until};
 use elk_types::{
     Epoch, IdRange, Incarnation, JobName, MemberId, Namespace, PartitionId, PartitionLeaseToken,
@@ -27,6 +29,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Received {
     pub report: ProgressReport,
     pub published_ns: i128,
+    /// The stream sequence of the message that carried it (a batch carries several).
+    pub message_seq: u64,
 }
 
 pub struct Harness {
@@ -69,15 +73,18 @@ impl Harness {
             while let Some(next) = messages.next().await {
                 // An ordered consumer reports errors (e.g. across a server restart) and goes on.
                 let Ok(message) = next else { continue };
-                let published_ns = message
+                let (published_ns, message_seq) = message
                     .info()
-                    .map(|info| info.published.unix_timestamp_nanos())
-                    .unwrap_or(0);
-                let report = decode::<ProgressReport>(&message.payload).expect("valid report");
-                sink.lock().unwrap().push(Received {
-                    report,
-                    published_ns,
-                });
+                    .map(|info| (info.published.unix_timestamp_nanos(), info.stream_sequence))
+                    .unwrap_or((0, 0));
+                let reports = decode_progress(&message.payload).expect("valid report or batch");
+                sink.lock()
+                    .unwrap()
+                    .extend(reports.into_iter().map(|report| Received {
+                        report,
+                        published_ns,
+                        message_seq,
+                    }));
             }
         });
         Harness {
@@ -176,6 +183,7 @@ pub fn record(
         grants,
         drain: false,
         revoking: Vec::new(),
+        progress_batches: false,
     }
 }
 

@@ -329,3 +329,17 @@ fn a_lean_takeover_keeps_completions_that_only_the_job_record_holds() {
     assert!(kv.partitions.is_empty(), "every key compacted");
     assert_eq!(next.counters().overlaps_detected, 0);
 }
+
+#[test]
+fn only_the_lean_path_announces_progress_batches_in_every_record() {
+    for (write_path, announced) in [(WritePath::Lean, true), (WritePath::Baseline, false)] {
+        let (_, kv, _) = running(write_path);
+        assert_eq!(kv.assignments.len(), 2, "{write_path:?}");
+        for (worker, (record, _)) in &kv.assignments {
+            assert_eq!(
+                record.progress_batches, announced,
+                "{write_path:?} {worker}"
+            );
+        }
+    }
+}
