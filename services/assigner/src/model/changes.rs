@@ -77,7 +77,7 @@ impl AssignerState {
             .filter_map(|key| {
                 let stored = self.partitions.get(&key)?;
                 Some(Put {
-                    value: stored.value.clone(),
+                    value: stored.value.record(&key),
                     expected: stored.revision,
                     key,
                 })

@@ -306,13 +306,13 @@ impl AssignerState {
         for job in cancelled {
             let idle: Vec<PartitionKey> = self
                 .partitions_of(&job)
-                .filter(|stored| {
+                .filter(|(_, stored)| {
                     matches!(
                         stored.value.status,
                         PartitionStatus::Pending | PartitionStatus::Failed
                     )
                 })
-                .map(|stored| PartitionKey::of(&stored.value))
+                .map(|(key, _)| key.clone())
                 .collect();
             for key in idle {
                 self.forget_partition(&key);

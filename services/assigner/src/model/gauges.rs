@@ -56,11 +56,11 @@ impl AssignerState {
     pub(crate) fn gauges(&self) -> ModelGauges {
         let mut by_job: BTreeMap<&JobName, BTreeMap<&'static str, u64>> = BTreeMap::new();
         let mut quarantined: BTreeMap<&JobName, u64> = BTreeMap::new();
-        for stored in self.partitions.values() {
-            let counts = by_job.entry(&stored.value.job).or_default();
+        for (key, stored) in &self.partitions {
+            let counts = by_job.entry(&key.job).or_default();
             *counts.entry(status_name(stored.value.status)).or_default() += 1;
             if stored.value.quarantined {
-                *quarantined.entry(&stored.value.job).or_default() += 1;
+                *quarantined.entry(&key.job).or_default() += 1;
             }
         }
         let mut oldest_pending: BTreeMap<&JobName, u64> = BTreeMap::new();

@@ -4,6 +4,7 @@
 //! replies, so a reply means the change is stored.
 
 use super::grants::RevokeCause;
+use super::live::LivePartition;
 use super::{AdminRefusal, AssignerState, JobCommand, PartitionKey, SpecProblem, Stored};
 use elk_protocol::admin::{DEFAULT_PAGE, IdState, MAX_PAGE};
 use elk_protocol::messages::{JobRecord, JobSpec, JobState, PartitionRecord, PartitionStatus};
@@ -145,8 +146,8 @@ impl AssignerState {
     fn revoke_job(&mut self, name: &JobName, cause: RevokeCause) {
         let granted: Vec<PartitionKey> = self
             .partitions_of(name)
-            .filter(|stored| stored.value.status == PartitionStatus::Granted)
-            .map(|stored| PartitionKey::of(&stored.value))
+            .filter(|(_, stored)| stored.value.status == PartitionStatus::Granted)
+            .map(|(key, _)| key.clone())
             .collect();
         for key in granted {
             self.revoke(&key, cause);
@@ -156,10 +157,8 @@ impl AssignerState {
     pub(super) fn partitions_of<'a>(
         &'a self,
         name: &JobName,
-    ) -> impl Iterator<Item = &'a Stored<PartitionRecord>> + 'a {
-        self.partitions
-            .range(PartitionKey::bounds_of(name))
-            .map(|(_, stored)| stored)
+    ) -> impl Iterator<Item = (&'a PartitionKey, &'a Stored<LivePartition>)> + 'a {
+        self.partitions.range(PartitionKey::bounds_of(name))
     }
 
     /// Re-queues failed partitions (all, one job's, or one partition) with a fresh retry budget.
@@ -235,7 +234,7 @@ impl AssignerState {
             if !statuses.is_empty() && !statuses.contains(&stored.value.status) {
                 continue;
             }
-            if !page.offer(&stored.value) {
+            if !page.offer(&stored.value.record(key)) {
                 let next = page.items.last().map(PartitionKey::of);
                 return Ok((page.items, next));
             }
@@ -246,9 +245,12 @@ impl AssignerState {
     /// Where `id` of `job` stands.
     pub(crate) fn id_status(&self, job: &JobName, id: u64) -> Result<IdState, AdminRefusal> {
         let record = self.job(job)?;
-        if let Some(stored) = self.partitions_of(job).find(|p| p.value.range.contains(id)) {
+        if let Some((key, stored)) = self
+            .partitions_of(job)
+            .find(|(_, p)| p.value.range.contains(id))
+        {
             return Ok(IdState::InPartition {
-                partition: Box::new(stored.value.clone()),
+                partition: Box::new(stored.value.record(key)),
             });
         }
         if record.id_completed(id) {

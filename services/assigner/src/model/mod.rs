@@ -33,7 +33,10 @@
 //! `gaps.rs` (coverage, audit, compaction), `retention.rs` (removing finished jobs), `jobs.rs`
 //! (admin commands), `refusal.rs` (their typed refusals), `changes.rs` (the change set),
 //! `levers.rs` (drains, freeze, `members`), `spans.rs` (the spans of a partition's trace, built
-//! at these events only when the process traces).
+//! at these events only when the process traces). Memory (docs/decisions/compact-assigner-model.md):
+//! `live.rs` (the compact form a live partition is held in), `assignment.rs` (what is kept of
+//! each worker's stored record: digests, not grants), `memory.rs` (tables repacked after large
+//! rounds).
 
 mod assignment;
 mod changes;
@@ -43,6 +46,7 @@ mod gauges;
 mod grants;
 mod jobs;
 mod levers;
+mod live;
 mod memory;
 mod partitions;
 mod plan;
@@ -261,8 +265,8 @@ pub(crate) struct AssignerState {
     /// Current time (Unix ms): set by [`AssignerState::advance_clock`] and `reconcile`.
     now_ms: u64,
     jobs: BTreeMap<JobName, Stored<JobRecord>>,
-    /// Live (not completed) partitions only: memory follows live work.
-    partitions: BTreeMap<PartitionKey, Stored<PartitionRecord>>,
+    /// Live (not completed) partitions only: memory follows live work. Compact (`live.rs`).
+    partitions: BTreeMap<PartitionKey, Stored<live::LivePartition>>,
     /// What each worker's stored assignment record says (`assignment.rs`): not its grants.
     assignments: BTreeMap<MemberId, Stored<assignment::RecordSummary>>,
     workers: BTreeMap<MemberId, WorkerInfo>,
@@ -487,14 +491,9 @@ impl AssignerState {
         use elk_protocol::messages::PartitionStatus;
         let (mut pending, mut delayed, mut revoking, mut granted) = (0, 0, 0, 0);
         for (key, stored) in &self.partitions {
+            // The key is the record's only job name and id (`live.rs`): no mismatch to check.
             let record = &stored.value;
-            if key.job != record.job || key.partition != record.id {
-                return Some(format!(
-                    "{key:?} holds the record of {:?}",
-                    PartitionKey::of(record)
-                ));
-            }
-            let indexed = match (record.status, record.not_before_unix_ms, &record.owner) {
+            let indexed = match (record.status, record.not_before_unix_ms(), &record.owner) {
                 (PartitionStatus::Pending, None, _) => {
                     pending += 1;
                     self.pending.contains(key) && self.pending_since.contains_key(key)
@@ -524,7 +523,9 @@ impl AssignerState {
             if !indexed {
                 return Some(format!(
                     "{key:?} ({:?}, not before {:?}, owner {:?}) is missing from its index",
-                    record.status, record.not_before_unix_ms, record.owner
+                    record.status,
+                    record.not_before_unix_ms(),
+                    record.owner
                 ));
             }
         }

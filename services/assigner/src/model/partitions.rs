@@ -2,6 +2,7 @@
 //! the indexes it keeps in step, and the events that move partitions — progress reports, reclaims
 //! of departed owners, and unanswered revokes.
 
+use super::live::LivePartition;
 use super::{AssignerState, PartitionKey, Rejection, Stored};
 use elk_protocol::messages::{
     MemberRef, PartitionRecord, PartitionStatus, ProgressEvent, ProgressReport,
@@ -29,6 +30,7 @@ impl AssignerState {
             return;
         }
         let key = PartitionKey::of(&record);
+        let record = LivePartition::from(record);
         self.index(&key, &record);
         self.partitions.insert(key, Stored::at(record, revision));
         self.note_inserted();
@@ -38,17 +40,18 @@ impl AssignerState {
     pub(super) fn insert_new_partition(&mut self, record: PartitionRecord) {
         debug_assert_eq!(record.status, PartitionStatus::Pending);
         let key = PartitionKey::of(&record);
+        let record = LivePartition::from(record);
         self.index(&key, &record);
         self.partitions.insert(key.clone(), Stored::new(record));
         self.dirty_partitions.insert(key);
         self.note_inserted();
     }
 
-    fn index(&mut self, key: &PartitionKey, record: &PartitionRecord) {
+    fn index(&mut self, key: &PartitionKey, record: &LivePartition) {
         match record.status {
             PartitionStatus::Pending => {
                 self.pending_since.entry(key.clone()).or_insert(self.now_ms);
-                match record.not_before_unix_ms {
+                match record.not_before_unix_ms() {
                     Some(due) => {
                         self.delayed.insert(key.clone(), due);
                     }
@@ -75,7 +78,7 @@ impl AssignerState {
         }
     }
 
-    fn unindex(&mut self, key: &PartitionKey, record: &PartitionRecord, next: PartitionStatus) {
+    fn unindex(&mut self, key: &PartitionKey, record: &LivePartition, next: PartitionStatus) {
         self.pending.remove(key);
         self.delayed.remove(key);
         if next != PartitionStatus::Pending {
@@ -103,7 +106,7 @@ impl AssignerState {
         to: PartitionStatus,
         change: impl FnOnce(&mut PartitionRecord),
     ) {
-        let Some(mut stored) = self.partitions.remove(key) else {
+        let Some(stored) = self.partitions.remove(key) else {
             return;
         };
         let from = stored.value.status;
@@ -118,11 +121,14 @@ impl AssignerState {
             // Its record lists the revoke until the partition leaves `revoking`.
             self.dirty_assignments.insert(owner.id.clone());
         }
-        change(&mut stored.value);
-        debug_assert_eq!(stored.value.status, from, "only `to` changes the status");
-        stored.value.status = to;
-        stored.value.epoch = self.epoch;
-        if let Some(owner) = &stored.value.owner {
+        // The change is made on the full record, then kept in the compact form (`live.rs`).
+        let revision = stored.revision;
+        let mut record = stored.value.into_record(key);
+        change(&mut record);
+        debug_assert_eq!(record.status, from, "only `to` changes the status");
+        record.status = to;
+        record.epoch = self.epoch;
+        if let Some(owner) = &record.owner {
             self.dirty_assignments.insert(owner.id.clone());
         }
         if to == PartitionStatus::Completed {
@@ -132,12 +138,17 @@ impl AssignerState {
             // the key's stale status (`trust_the_job_record`), and compaction purges the key once
             // the low watermark passes it. The baseline path writes it once.
             if self.policy.write_path == super::WritePath::Baseline {
-                self.completed_to_write.push(stored);
+                self.completed_to_write.push(Stored {
+                    value: record,
+                    revision,
+                });
             }
             return;
         }
-        self.index(key, &stored.value);
-        self.partitions.insert(key.clone(), stored);
+        let value = LivePartition::from(record);
+        self.index(key, &value);
+        self.partitions
+            .insert(key.clone(), Stored { value, revision });
         self.dirty_partitions.insert(key.clone());
     }
 
@@ -284,7 +295,7 @@ impl AssignerState {
                 });
             }
             ProgressEvent::Completed => {
-                let completed = record.clone();
+                let completed = record.record(&key);
                 self.transition(&key, PartitionStatus::Completed, |record| {
                     record.checkpoint = Some(range.last());
                 });

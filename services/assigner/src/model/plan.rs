@@ -174,7 +174,7 @@ impl AssignerState {
     fn live_partitions_of(&self, name: &JobName) -> u64 {
         // Parked failures wait for an operator: they must not hold back new data.
         self.partitions_of(name)
-            .filter(|stored| stored.value.status != PartitionStatus::Failed)
+            .filter(|(_, stored)| stored.value.status != PartitionStatus::Failed)
             .count() as u64
     }
 

@@ -131,13 +131,13 @@ impl AssignerState {
         };
         let decision = if death {
             after_death(
-                &stored.value,
+                &stored.value.record(key),
                 holder,
                 self.now_ms,
                 self.policy.quarantine_after_deaths,
             )
         } else {
-            AfterDeath::Retry(stored.value.holder_deaths.clone())
+            AfterDeath::Retry(stored.value.holder_deaths().to_vec())
         };
         let reclaim_span = |record: &mut PartitionRecord| {
             // The next grant links to this reclaim (sampled traces only).

@@ -279,7 +279,7 @@ impl AssignerState {
                 PartitionStatus::Pending => {}
                 _ => continue,
             }
-            let resume = super::workers::resume_point(&record);
+            let resume = record.resume_point();
             let min_ids = self.policy.tails.split_min_ids;
             let Some((kept, rest)) = piece_ranges(record.range, resume, pieces, min_ids) else {
                 continue;
@@ -332,7 +332,7 @@ impl AssignerState {
         for (key, record) in granted.filter_map(|key| Some((key, &self.partitions.get(key)?.value)))
         {
             let Some(owner) = &record.owner else { continue };
-            let resume = super::workers::resume_point(record);
+            let resume = record.resume_point();
             let observation = match self.tails.observed.remove(key) {
                 // Measured from its first move: a grant queued on its worker (the second slot of
                 // `grants_per_capacity`) has not started, and its wait is no part of its rate.

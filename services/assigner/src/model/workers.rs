@@ -2,12 +2,13 @@
 //! across views and leader changes), and the record each worker should hold.
 
 use super::assignment::{grants_digest, revokes_digest};
-use super::{AssignerState, WorkerInfo};
+use super::live::LivePartition;
+use super::{AssignerState, PartitionKey, WorkerInfo};
 use elk_protocol::SCHEMA_VERSION;
 use elk_protocol::messages::{
     AssignmentRecord, Grant, MemberRef, MembershipView, PartitionRecord, PartitionStatus,
 };
-use elk_types::{Incarnation, MemberId, ViewSeq};
+use elk_types::{IdRange, Incarnation, MemberId, ViewSeq};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl AssignerState {
@@ -111,15 +112,15 @@ impl AssignerState {
                 .get(worker)
                 .into_iter()
                 .flatten()
-                .filter_map(|key| self.partitions.get(key))
-                .filter(|stored| {
+                .filter_map(|key| Some((key, self.partitions.get(key)?)))
+                .filter(|(_, stored)| {
                     stored
                         .value
                         .owner
                         .as_ref()
                         .is_some_and(|o| o.incarnation == info.incarnation)
                 })
-                .map(|stored| grant_of(&stored.value))
+                .map(|(key, stored)| grant_of(key, &stored.value))
                 .collect(),
             None => Vec::new(),
         };
@@ -180,16 +181,16 @@ impl AssignerState {
     /// with their current token (sorted by job and partition, as the revoking index is).
     pub(super) fn revoking_by_owner(&self) -> RevokingByOwner<'_> {
         let mut by_owner: RevokingByOwner<'_> = BTreeMap::new();
-        for stored in self
+        for (key, stored) in self
             .revoking_since
             .keys()
-            .filter_map(|key| self.partitions.get(key))
+            .filter_map(|key| Some((key, self.partitions.get(key)?)))
         {
             if let Some(owner) = &stored.value.owner {
                 by_owner
                     .entry((&owner.id, owner.incarnation))
                     .or_default()
-                    .push(grant_of(&stored.value));
+                    .push(grant_of(key, &stored.value));
             }
         }
         by_owner
@@ -201,21 +202,25 @@ pub(super) type RevokingByOwner<'a> = BTreeMap<(&'a MemberId, Incarnation), Vec<
 
 /// The first ID the next run of `record` processes: after its checkpoint, or its first ID.
 pub(super) fn resume_point(record: &PartitionRecord) -> u64 {
-    match record.checkpoint {
-        Some(done) if done >= record.range.first() => done + 1,
-        _ => record.range.first(),
+    resume_after(record.range, record.checkpoint)
+}
+
+/// The first ID of `range` to process after `checkpoint`.
+pub(super) fn resume_after(range: IdRange, checkpoint: Option<u64>) -> u64 {
+    match checkpoint {
+        Some(done) if done >= range.first() => done + 1,
+        _ => range.first(),
     }
 }
 
-fn grant_of(record: &PartitionRecord) -> Grant {
-    let resume_from = resume_point(record);
+fn grant_of(key: &PartitionKey, partition: &LivePartition) -> Grant {
     Grant {
-        job: record.job.clone(),
-        partition: record.id,
-        range: record.range,
-        resume_from,
-        token: record.token,
-        traceparent: record.grant_traceparent.clone(),
-        unsampled: record.unsampled,
+        job: key.job.clone(),
+        partition: key.partition,
+        range: partition.range,
+        resume_from: partition.resume_point(),
+        token: partition.token,
+        traceparent: partition.grant_traceparent().map(str::to_owned),
+        unsampled: partition.unsampled,
     }
 }

@@ -95,12 +95,16 @@ pub(crate) async fn write_changes(
         epoch,
     };
     let placement = writer
-        .put_all("fleet", &resources.fleet, placement, |()| {
-            PLACEMENT_KEY.to_owned()
-        })
+        .put_all(
+            "fleet",
+            &resources.fleet,
+            placement,
+            |()| PLACEMENT_KEY.to_owned(),
+            drop,
+        )
         .await?
         .into_iter()
-        .map(|((), _, revision)| revision)
+        .map(|((), (), revision)| revision)
         .next();
     let partition_key = |key: &PartitionKey| Names::partition_key(&key.job, key.partition);
     count_partition_writes(metrics, &partitions, &completed);
@@ -117,10 +121,11 @@ pub(crate) async fn write_changes(
                     &resources.partitions,
                     partition_puts,
                     partition_key,
+                    drop,
                 )
                 .await?;
             let jobs = writer
-                .put_all("jobs", &resources.jobs, jobs, job_name)
+                .put_all("jobs", &resources.jobs, jobs, job_name, drop)
                 .await?;
             writer
                 .purge_all(
@@ -136,6 +141,7 @@ pub(crate) async fn write_changes(
                     &resources.assignments,
                     assignments,
                     worker_key,
+                    std::convert::identity,
                 )
                 .await?;
             (partitions, jobs, assignments)
@@ -151,9 +157,10 @@ pub(crate) async fn write_changes(
                     "partitions",
                     &resources.partitions,
                     partition_puts,
-                    partition_key
+                    partition_key,
+                    drop,
                 ),
-                writer.put_all("jobs", &resources.jobs, jobs, job_name),
+                writer.put_all("jobs", &resources.jobs, jobs, job_name, drop),
             );
             let (partitions, jobs) = (partitions?, jobs?);
             // Then, together: purges of keys the job records just written account for, and the
@@ -169,7 +176,8 @@ pub(crate) async fn write_changes(
                     "assignments",
                     &resources.assignments,
                     assignments,
-                    worker_key
+                    worker_key,
+                    std::convert::identity,
                 ),
             );
             (partitions, jobs, assignments?)
@@ -210,11 +218,11 @@ pub(crate) async fn write_changes(
     Ok(Written {
         partitions: partitions
             .into_iter()
-            .map(|(key, _, revision)| (key, revision))
+            .map(|(key, (), revision)| (key, revision))
             .collect(),
         jobs: jobs
             .into_iter()
-            .map(|(name, _, revision)| (name, revision))
+            .map(|(name, (), revision)| (name, revision))
             .collect(),
         assignments,
         pruned,
@@ -266,26 +274,30 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// Writes every put (at most [`WRITE_WINDOW`] in flight) and returns them with their new
-    /// revisions.
-    async fn put_all<K, V: Fenced>(
+    /// Writes every put (at most [`WRITE_WINDOW`] in flight) and returns their keys with what
+    /// `keep` keeps of each value and the new revisions. Partition and job records are dropped
+    /// once written (`drop`): the model holds them; keeping 100,000 written partition records
+    /// until the flush ended doubled a cold start's peak memory.
+    async fn put_all<K, V: Fenced, T>(
         &self,
         bucket: &'static str,
         store: &async_nats::jetstream::kv::Store,
         puts: Vec<Put<K, V>>,
         key_name: impl Fn(&K) -> String,
-    ) -> Result<Vec<(K, V, Revision)>, AssignerError> {
+        keep: impl Fn(V) -> T,
+    ) -> Result<Vec<(K, T, Revision)>, AssignerError> {
         if puts.is_empty() {
             return Ok(Vec::new());
         }
         let count = puts.len() as u64;
-        let written: Vec<Result<(K, V, Revision), AssignerError>> = futures::stream::iter(puts)
+        let keep = &keep;
+        let written: Vec<Result<(K, T, Revision), AssignerError>> = futures::stream::iter(puts)
             .map(|put| {
                 let name = key_name(&put.key);
                 async move {
                     let bytes = Bytes::from(encode(&put.value));
                     let revision = self.put::<V>(store, &name, bytes, put.expected).await?;
-                    Ok((put.key, put.value, revision))
+                    Ok((put.key, keep(put.value), revision))
                 }
             })
             .buffer_unordered(WRITE_WINDOW)

@@ -228,11 +228,11 @@ fn a_joining_worker_gets_its_share_by_minimal_revocations() {
     assert_eq!(state.counters().revocations, 2, "exactly the minimum moves");
     let revoking: Vec<(u64, MemberRef, PartitionLeaseToken)> = state
         .partitions
-        .values()
-        .filter(|p| p.value.status == PartitionStatus::Revoking)
-        .map(|p| {
+        .iter()
+        .filter(|(_, p)| p.value.status == PartitionStatus::Revoking)
+        .map(|(key, p)| {
             (
-                p.value.id.get(),
+                key.partition.get(),
                 p.value.owner.clone().unwrap(),
                 p.value.token,
             )

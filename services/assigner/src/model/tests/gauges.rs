@@ -22,11 +22,11 @@ fn grants_revocations_by_cause_and_handovers_are_counted() {
     );
     let revoking: Vec<(u64, MemberRef, PartitionLeaseToken)> = state
         .partitions
-        .values()
-        .filter(|p| p.value.status == PartitionStatus::Revoking)
-        .map(|p| {
+        .iter()
+        .filter(|(_, p)| p.value.status == PartitionStatus::Revoking)
+        .map(|(key, p)| {
             (
-                p.value.id.get(),
+                key.partition.get(),
                 p.value.owner.clone().unwrap(),
                 p.value.token,
             )

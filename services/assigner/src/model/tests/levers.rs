@@ -16,12 +16,12 @@ fn id(worker: &str) -> MemberId {
 fn release_revoked(state: &mut AssignerState) -> usize {
     let revoking: Vec<(u64, MemberRef, PartitionLeaseToken, u64)> = state
         .partitions
-        .values()
-        .filter(|p| p.value.status == PartitionStatus::Revoking)
-        .map(|p| {
+        .iter()
+        .filter(|(_, p)| p.value.status == PartitionStatus::Revoking)
+        .map(|(key, p)| {
             let v = &p.value;
             (
-                v.id.get(),
+                key.partition.get(),
                 v.owner.clone().unwrap(),
                 v.token,
                 v.range.first(),

@@ -135,8 +135,10 @@ fn report(
     }
 }
 
-fn record(state: &AssignerState, partition: u64) -> &PartitionRecord {
-    &state.partitions[&key(partition)].value
+/// The record of a live partition as it would be written.
+fn record(state: &AssignerState, partition: u64) -> PartitionRecord {
+    let key = key(partition);
+    state.partitions[&key].value.record(&key)
 }
 
 /// The partitions (numbers) in `status`, in key order.
