@@ -125,6 +125,7 @@ async fn run_replica(
         view,
         metrics,
         faults,
+        range_purges_allowed: std::sync::atomic::AtomicBool::new(true),
     };
     let supervisor = RoleSupervisor::new(
         resources,

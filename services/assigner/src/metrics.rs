@@ -351,7 +351,7 @@ impl AssignerMetrics {
     /// KV operations of every bucket and kind.
     pub fn kv_write_count(&self) -> u64 {
         let buckets = ["partitions", "jobs", "assignments"];
-        let ops = ["put", "purge", "delete"];
+        let ops = ["put", "purge", "purge_range", "delete"];
         buckets
             .into_iter()
             .flat_map(|bucket| ops.map(|op| [("bucket", bucket), ("op", op)]))

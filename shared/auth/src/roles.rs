@@ -144,6 +144,12 @@ impl Role {
                 // The placement levers (drain, freeze), so a new leader continues them.
                 p.publish
                     .push(subjects.bucket("fleet").write_key(PLACEMENT_KEY));
+                // Compaction by range: one purge of a job's compacted keys below a revision. No
+                // stronger than the key writes above, which may already delete every key.
+                p.publish.push(format!(
+                    "$JS.API.STREAM.PURGE.{}",
+                    subjects.bucket("partitions").stream()
+                ));
                 p.progress_consumer(names);
                 // Admin requests: served by the leader; forwarded by every replica's HTTP API.
                 let admin = format!("elk.{}.admin.assigner.>", subjects.ns);
@@ -430,7 +436,8 @@ mod tests {
                 // The assigner's own progress consumer and the trimming of its stream are the
                 // only exceptions (`the_assigner_re_creates_only_its_own_consumer`).
                 if role == Role::Assigner
-                    && ASSIGNER_PROGRESS_MANAGEMENT.contains(&subject.as_str())
+                    && (ASSIGNER_PROGRESS_MANAGEMENT.contains(&subject.as_str())
+                        || subject == ASSIGNER_RANGE_PURGE)
                 {
                     continue;
                 }
@@ -467,6 +474,23 @@ mod tests {
         "$JS.API.CONSUMER.LIST.ELK_prod_PROGRESS",
         "$JS.API.STREAM.PURGE.ELK_prod_PROGRESS",
     ];
+
+    /// Compaction by range of the partitions bucket, which the assigner writes anyway.
+    const ASSIGNER_RANGE_PURGE: &str = "$JS.API.STREAM.PURGE.KV_elk_prod_partitions";
+
+    #[test]
+    fn only_the_assigner_purges_the_partitions_bucket_by_range() {
+        for role in Role::ALL {
+            let Some(permissions) = role.permissions(&names()) else {
+                continue;
+            };
+            let purges = permissions
+                .publish
+                .iter()
+                .any(|subject| subject == ASSIGNER_RANGE_PURGE);
+            assert_eq!(purges, role == Role::Assigner, "{role}");
+        }
+    }
 
     #[test]
     fn the_assigner_re_creates_only_its_own_consumer() {

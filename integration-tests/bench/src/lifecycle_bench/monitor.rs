@@ -36,11 +36,12 @@ pub(crate) struct Sample {
 
 /// The kinds of KV writes the throughput line breaks down, as (name, bucket, operation or
 /// partition write kind).
-pub(crate) const WRITE_KINDS: [&str; 7] = [
+pub(crate) const WRITE_KINDS: [&str; 8] = [
     "partitions_create",
     "partitions_update",
     "partitions_completed",
     "partitions_purge",
+    "partitions_purge_range",
     "jobs_put",
     "assignments_put",
     "assignments_delete",
@@ -52,6 +53,7 @@ fn kv_writes_by_kind(metrics: &elk_assigner::AssignerMetrics) -> [u64; WRITE_KIN
         metrics.partition_writes_of("update"),
         metrics.partition_writes_of("completed"),
         metrics.kv_writes_of("partitions", "purge"),
+        metrics.kv_writes_of("partitions", "purge_range"),
         metrics.kv_writes_of("jobs", "put"),
         metrics.kv_writes_of("assignments", "put"),
         metrics.kv_writes_of("assignments", "delete"),

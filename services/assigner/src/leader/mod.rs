@@ -48,6 +48,9 @@ pub(crate) struct AssignerLeader {
     pub view: watch::Receiver<Option<Versioned<MembershipView>>>,
     pub metrics: Arc<AssignerMetrics>,
     pub faults: Faults,
+    /// Compaction may purge a job's keys by range (`store`); cleared for the process's
+    /// lifetime when the server refuses one.
+    pub range_purges_allowed: std::sync::atomic::AtomicBool,
 }
 
 impl LeaderWork for AssignerLeader {
@@ -189,6 +192,7 @@ impl AssignerLeader {
                 changes,
                 epoch,
                 self.policy.write_path,
+                &self.range_purges_allowed,
                 resources,
                 &self.metrics,
             )

@@ -6,6 +6,7 @@
 //! not stored and a key is purged only after the job record accounting for it. The store reports
 //! the new revisions back through [`AssignerState::record_written`].
 
+use super::range_purge::RangePurge;
 use super::{AssignerState, PartitionKey, Stored};
 use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, PlacementControl};
 use elk_types::{JobName, MemberId, Revision};
@@ -33,8 +34,10 @@ pub(crate) struct ChangeSet {
     /// Completed partitions: written once, then forgotten by the model.
     pub completed: Vec<Put<PartitionKey, PartitionRecord>>,
     pub jobs: Vec<Put<JobName, JobRecord>>,
-    /// Partition keys to purge (compacted below the watermark, or of a cancelled job).
+    /// Partition keys to purge one by one (compacted below the watermark, or of a cancelled job).
     pub purges: Vec<PartitionKey>,
+    /// Compacted partition keys purged together, one request per job (lean path only).
+    pub range_purges: Vec<RangePurge>,
     /// Records of finished jobs past their retention, to purge after the partition keys.
     pub job_deletes: Vec<JobName>,
     pub assignments: Vec<Put<MemberId, AssignmentRecord>>,
@@ -50,6 +53,7 @@ impl ChangeSet {
             && self.completed.is_empty()
             && self.jobs.is_empty()
             && self.purges.is_empty()
+            && self.range_purges.is_empty()
             && self.job_deletes.is_empty()
             && self.assignments.is_empty()
             && self.prunes.is_empty()
@@ -104,7 +108,7 @@ impl AssignerState {
                 })
             })
             .collect();
-        let purges = std::mem::take(&mut self.compaction_deletes);
+        let (purges, range_purges) = self.take_purges();
         let job_deletes = std::mem::take(&mut self.job_deletes);
         let dirty = std::mem::take(&mut self.dirty_assignments);
         let revoking_by_owner = self.revoking_by_owner();
@@ -127,6 +131,7 @@ impl AssignerState {
             completed,
             jobs,
             purges,
+            range_purges,
             job_deletes,
             assignments,
             prunes,

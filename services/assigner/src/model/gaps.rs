@@ -13,7 +13,7 @@
 use super::{AssignerState, PartitionKey};
 use elk_coverage::{Coverage, CoverageError, CoverageRecord};
 use elk_protocol::messages::{JobRecord, JobState, PartitionRecord, PartitionStatus};
-use elk_types::{IdRange, JobName, PartitionId};
+use elk_types::{IdRange, JobName, PartitionId, Revision};
 use std::collections::BTreeMap;
 
 /// How many IDs `coverage` holds as completed: those up to the low watermark and the completed
@@ -84,11 +84,13 @@ impl AssignerState {
             if already_compacted {
                 // Counted as compacted already; its delete did not happen before a failover:
                 // delete it now without counting it twice.
-                self.compaction_deletes.push(PartitionKey::of(&record));
+                self.compaction_deletes
+                    .push((PartitionKey::of(&record), None));
                 continue;
             }
             if completed {
-                self.await_compaction(&record);
+                // Its revision is not kept at load: it is purged by itself.
+                self.await_compaction(&record, None);
             }
             let count = counts.entry(record.job.clone()).or_default();
             count.0 += 1;
@@ -232,19 +234,24 @@ impl AssignerState {
 
     /// A partition completed: record it in the coverage and the job's summary, and schedule its
     /// key for compaction.
-    pub(super) fn coverage_completed(&mut self, record: &PartitionRecord) {
+    /// `revision`: the key's latest revision, when nothing else is written to it.
+    pub(super) fn coverage_completed(
+        &mut self,
+        record: &PartitionRecord,
+        revision: Option<Revision>,
+    ) {
         if let Some(coverage) = self.coverage_of(&record.job) {
             let _ = coverage.complete(record.range);
         }
-        self.await_compaction(record);
+        self.await_compaction(record, revision);
         self.sync_coverage_summary(&record.job);
     }
 
-    fn await_compaction(&mut self, record: &PartitionRecord) {
+    fn await_compaction(&mut self, record: &PartitionRecord, revision: Option<Revision>) {
         self.awaiting_compaction
             .entry(record.job.clone())
             .or_default()
-            .insert(record.range.last(), record.id);
+            .insert(record.range.last(), (record.id, revision));
     }
 
     /// Copies the coverage's watermark and completed ranges into the job record.
@@ -284,7 +291,7 @@ impl AssignerState {
             self.compaction_deletes.extend(
                 below
                     .into_values()
-                    .map(|id| PartitionKey::new(job.clone(), id)),
+                    .map(|(id, revision)| (PartitionKey::new(job.clone(), id), revision)),
             );
             self.counters.partitions_compacted += count;
             if let Some(stored) = self.jobs.get_mut(&job) {
@@ -316,13 +323,13 @@ impl AssignerState {
                 .collect();
             for key in idle {
                 self.forget_partition(&key);
-                self.compaction_deletes.push(key);
+                self.compaction_deletes.push((key, None));
             }
             if let Some(waiting) = self.awaiting_compaction.remove(&job) {
                 self.compaction_deletes.extend(
                     waiting
                         .into_values()
-                        .map(|id| PartitionKey::new(job.clone(), id)),
+                        .map(|(id, _)| (PartitionKey::new(job.clone(), id), None)),
                 );
             }
         }

@@ -51,6 +51,7 @@ mod memory;
 mod partitions;
 mod plan;
 mod quarantine;
+mod range_purge;
 mod refusal;
 mod retention;
 mod spans;
@@ -64,6 +65,7 @@ pub(crate) use changes::{ChangeSet, Put, Written};
 pub(crate) use churn::{RebalancePolicy, RebalanceRound};
 pub(crate) use gauges::{JobGauges, ModelGauges};
 pub(crate) use plan::{MAX_FILL_CUT, PlanQuestion};
+pub(crate) use range_purge::RangePurge;
 pub(crate) use refusal::{AdminRefusal, JobCommand, SpecProblem};
 pub(crate) use split::TailPolicy;
 
@@ -288,8 +290,9 @@ pub(crate) struct AssignerState {
     coverage: BTreeMap<JobName, elk_coverage::Coverage>,
     /// Gaps waiting for partitions to be created over them.
     repairs: Vec<(JobName, IdRange)>,
-    /// Completed partitions still in KV, per job by last ID, deleted once below the watermark.
-    awaiting_compaction: BTreeMap<JobName, BTreeMap<u64, PartitionId>>,
+    /// Completed partitions still in KV, per job by last ID, deleted once below the watermark;
+    /// with the key's revision when known (`range_purge.rs`).
+    awaiting_compaction: BTreeMap<JobName, BTreeMap<u64, (PartitionId, Option<Revision>)>>,
     /// Open-ended jobs: when the planner was last asked, and whether an answer is outstanding.
     plan_asked: BTreeMap<JobName, (u64, bool)>,
 
@@ -300,8 +303,9 @@ pub(crate) struct AssignerState {
     /// Completed partitions to write once, then forget (`WritePath::Baseline` only: the lean
     /// path leaves their keys as they are, the job record's summary counting them).
     completed_to_write: Vec<Stored<PartitionRecord>>,
-    /// Partition keys to delete (after the job records accounting for them are written).
-    compaction_deletes: Vec<PartitionKey>,
+    /// Partition keys to delete (after the job records accounting for them are written), with
+    /// their revision when known (`range_purge.rs`).
+    compaction_deletes: Vec<(PartitionKey, Option<Revision>)>,
     /// Finished jobs past their retention whose records to delete (`retention.rs`).
     job_deletes: Vec<JobName>,
 

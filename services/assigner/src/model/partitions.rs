@@ -296,10 +296,17 @@ impl AssignerState {
             }
             ProgressEvent::Completed => {
                 let completed = record.record(&key);
+                // On the lean path the key stays as last written until compaction: its revision
+                // lets a range purge remove it (`range_purge.rs`). The baseline rewrites it.
+                let revision = self
+                    .partitions
+                    .get(&key)
+                    .and_then(|stored| stored.revision)
+                    .filter(|_| self.policy.write_path == super::WritePath::Lean);
                 self.transition(&key, PartitionStatus::Completed, |record| {
                     record.checkpoint = Some(range.last());
                 });
-                self.coverage_completed(&completed);
+                self.coverage_completed(&completed, revision);
                 if let Some(job) = self.jobs.get_mut(&report.job) {
                     job.value.partitions_completed += 1;
                     job.value.ids_completed += range.len();

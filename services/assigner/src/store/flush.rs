@@ -22,7 +22,7 @@
 
 use crate::error::AssignerError;
 use crate::metrics::AssignerMetrics;
-use crate::model::{ChangeSet, PartitionKey, Put, WritePath, Written};
+use crate::model::{ChangeSet, PartitionKey, Put, RangePurge, WritePath, Written};
 use bytes::Bytes;
 use elk_nats::{CasOutcome, Resources, cas_write, read_entry};
 use elk_protocol::codec::Message;
@@ -34,6 +34,7 @@ use elk_protocol::{decode, encode};
 use elk_types::{Epoch, JobName, MemberId, Revision};
 use futures::StreamExt;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Writes in flight at once during a flush (well below the client's 5,000 ack limit).
@@ -76,6 +77,7 @@ pub(crate) async fn write_changes(
     changes: ChangeSet,
     epoch: Epoch,
     write_path: WritePath,
+    range_purges_allowed: &AtomicBool,
     resources: &Resources,
     metrics: &AssignerMetrics,
 ) -> Result<Written, AssignerError> {
@@ -84,6 +86,7 @@ pub(crate) async fn write_changes(
         completed,
         jobs,
         purges,
+        range_purges,
         job_deletes,
         assignments,
         prunes,
@@ -163,14 +166,21 @@ pub(crate) async fn write_changes(
                 writer.put_all("jobs", &resources.jobs, jobs, job_name, drop),
             );
             let (partitions, jobs) = (partitions?, jobs?);
-            // Then, together: purges of keys the job records just written account for, and the
-            // assignment records pointing at the partition records just written.
-            let ((), assignments) = futures::join!(
+            // Then, together: purges of keys the job records just written account for (by range
+            // where the model could, `model/range_purge.rs`), and the assignment records pointing
+            // at the partition records just written.
+            let ((), (), assignments) = futures::join!(
                 writer.purge_all(
                     "partitions",
                     &resources.partitions,
                     partition_purges,
                     compaction_marker,
+                ),
+                writer.purge_ranges(
+                    &resources.partitions,
+                    range_purges,
+                    range_purges_allowed,
+                    compaction_marker
                 ),
                 writer.put_all(
                     "assignments",
@@ -333,6 +343,62 @@ impl Writer<'_> {
         match cas_write(jetstream, store, key, value, current_revision, None).await? {
             CasOutcome::Written(revision) => Ok(revision),
             CasOutcome::Conflict { .. } => Err(AssignerError::Deposed { epoch: self.epoch }),
+        }
+    }
+
+    /// Purges the compacted partition keys of each job below its range's revision, one stream
+    /// purge request per job. Where that is refused (an identity provisioned before range
+    /// purges lacks the permission; the request then times out), the covered keys are purged one
+    /// by one, and so are all of them from then on in this process (`allowed` cleared).
+    async fn purge_ranges(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        ranges: Vec<RangePurge>,
+        allowed: &AtomicBool,
+        marker_ttl: Option<Duration>,
+    ) {
+        if ranges.is_empty() {
+            return;
+        }
+        if !allowed.load(Ordering::Relaxed) {
+            let keys = ranges.into_iter().flat_map(|range| range.keys);
+            let names = keys.map(|key| Names::partition_key(&key.job, key.partition));
+            self.purge_all("partitions", store, names.collect(), marker_ttl)
+                .await;
+            return;
+        }
+        let count = ranges.len() as u64;
+        let failures: Vec<RangePurge> = futures::stream::iter(ranges)
+            .map(|range| async move {
+                let subjects = format!("{}{}.>", store.prefix, range.job);
+                let purged = store
+                    .stream
+                    .purge()
+                    .filter(subjects)
+                    .sequence(range.below.get())
+                    .await;
+                match purged {
+                    Ok(response) => {
+                        tracing::trace!(job = %range.job, below = %range.below, keys = range.keys.len(), purged = response.purged, "compacted keys purged by range");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(job = %range.job, below = %range.below, %error, "range purge of compacted partition keys failed: purging them one by one from now on (does the assigner's identity lack `$JS.API.STREAM.PURGE` on the partitions bucket? docs/security.md)");
+                        Some(range)
+                    }
+                }
+            })
+            .buffer_unordered(WRITE_WINDOW)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        self.metrics.kv_writes("partitions", "purge_range", count);
+        if !failures.is_empty() {
+            allowed.store(false, Ordering::Relaxed);
+            let keys = failures.into_iter().flat_map(|range| range.keys);
+            let names = keys.map(|key| Names::partition_key(&key.job, key.partition));
+            self.purge_all("partitions", store, names.collect(), marker_ttl)
+                .await;
         }
     }
 

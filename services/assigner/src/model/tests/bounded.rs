@@ -4,7 +4,7 @@
 use super::*;
 use elk_protocol::admin::IdState;
 use elk_protocol::messages::JobState;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 fn bounded_policy(max_job_backlog: u64) -> Policy {
     Policy {
@@ -16,8 +16,9 @@ fn bounded_policy(max_job_backlog: u64) -> Policy {
 /// The partition keys KV holds, replayed from the change sets the model hands out.
 #[derive(Default)]
 struct KvKeys {
-    keys: BTreeSet<PartitionKey>,
+    keys: BTreeMap<PartitionKey, Revision>,
     peak: usize,
+    revision: u64,
 }
 
 impl KvKeys {
@@ -26,15 +27,23 @@ impl KvKeys {
         let changes = state.take_changes();
         let mut written = super::super::Written::default();
         for put in changes.partitions.iter().chain(&changes.completed) {
-            self.keys.insert(put.key.clone());
-            written.partitions.push((put.key.clone(), Revision(1)));
+            self.revision += 1;
+            self.keys.insert(put.key.clone(), Revision(self.revision));
+            written
+                .partitions
+                .push((put.key.clone(), Revision(self.revision)));
         }
         for put in &changes.jobs {
-            written.jobs.push((put.key.clone(), Revision(1)));
+            self.revision += 1;
+            written
+                .jobs
+                .push((put.key.clone(), Revision(self.revision)));
         }
         for key in &changes.purges {
             self.keys.remove(key);
         }
+        self.keys
+            .retain(|key, revision| !range_purged(&changes, key, *revision));
         state.record_written(written);
         self.peak = self.peak.max(self.keys.len());
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::model::partitions::transition_allowed;
-use crate::model::{Put, Written};
+use crate::model::{Put, RangePurge, Written};
 use elk_protocol::messages::{JobState, PartitionStatus};
 
 #[test]
@@ -77,8 +77,18 @@ fn a_round_s_change_set_holds_every_write_and_revisions_come_back() {
     );
     assert_eq!(changes.jobs[0].expected, Some(Revision(12)));
     assert_eq!(changes.assignments[0].expected, Some(Revision(13)));
-    // Completed at or below the low watermark: purged after the job record is written.
-    assert_eq!(changes.purges, vec![key(1)]);
+    // Completed at or below the low watermark: purged after the job record is written, by a
+    // range purge of the job's keys below partition 2's revision (still live), which covers
+    // partition 1's (10) and nothing that must stay.
+    assert!(changes.purges.is_empty());
+    assert_eq!(
+        changes.range_purges,
+        vec![RangePurge {
+            job: job_name(),
+            below: Revision(11),
+            keys: vec![key(1)],
+        }]
+    );
 }
 
 #[test]

@@ -179,3 +179,12 @@ impl AssignerState {
         self.pending.len()
     }
 }
+
+/// Whether a range purge of `changes` removes `key` stored at `revision` (the stream purge of the
+/// job's subjects below a sequence, `range_purge.rs`).
+fn range_purged(changes: &super::ChangeSet, key: &PartitionKey, revision: Revision) -> bool {
+    changes
+        .range_purges
+        .iter()
+        .any(|range| range.job == key.job && revision < range.below)
+}
