@@ -11,7 +11,8 @@
 //!    CPU (renewals only) per component.
 //! 2. **cold start**: the job is created → every partition granted to a live worker and balanced
 //!    (every worker holds `floor(P / N)` or `ceil(P / N)`): `cold_start_ms`; the assigner's RSS
-//!    before the job and with every partition live give `assigner_bytes_per_partition`. CPU per
+//!    before the job and with every partition live give `assigner_bytes_per_partition` (and 5 s
+//!    later, the cold start's transient memory freed, `assigner_settled_bytes_per_partition`). CPU per
 //!    component (nats-server, assigner, election, this process) is reported for the idle fleet,
 //!    the cold start and the completion.
 //! 3. **join**: N/10 workers start at once → balanced over the larger fleet: `join_balanced_ms`,
@@ -27,6 +28,9 @@
 //! with `"error"` (so a 10,000-worker attempt reports how far it got and why).
 
 mod tally;
+
+/// How long after the cold start the assigner's RSS is read again (`assigner_rss_settled_bytes`).
+const SETTLE: Duration = Duration::from_secs(5);
 
 use crate::follow::Follows;
 use crate::kv_reads::{read_job, read_lease};
@@ -89,6 +93,9 @@ struct Line {
     cold_start_ms: Option<f64>,
     reclaim_p99_ms: Option<f64>,
     assigner_bytes_per_partition: Option<f64>,
+    /// The same 5 s later, nothing else happening: what the live partitions keep once the cold
+    /// start's round (its change set, its writes in flight) is over and freed.
+    assigner_settled_bytes_per_partition: Option<f64>,
     worker_capacity: u32,
     fleet_start_s: Option<f64>,
     view_bytes: Option<usize>,
@@ -113,6 +120,7 @@ struct Line {
     completion_ms: Option<f64>,
     assigner_rss_idle_bytes: Option<u64>,
     assigner_rss_loaded_bytes: Option<u64>,
+    assigner_rss_settled_bytes: Option<u64>,
     assigner_rss_end_bytes: Option<u64>,
     nats_rss_loaded_bytes: Option<u64>,
     nats_rss_end_bytes: Option<u64>,
@@ -352,6 +360,13 @@ async fn run_one(
         .assigner_rss_idle_bytes
         .zip(line.assigner_rss_loaded_bytes)
         .map(|(idle, loaded)| round(loaded.saturating_sub(idle) as f64 / partitions as f64, 1));
+    // Settled: the same partitions 5 s later, the cold start's transient memory freed.
+    tokio::time::sleep(SETTLE).await;
+    line.assigner_rss_settled_bytes = assigner.rss_bytes();
+    line.assigner_settled_bytes_per_partition = line
+        .assigner_rss_idle_bytes
+        .zip(line.assigner_rss_settled_bytes)
+        .map(|(idle, settled)| round(settled.saturating_sub(idle) as f64 / partitions as f64, 1));
 
     // 10 % join under load.
     let joining = workers / 10;

@@ -105,30 +105,36 @@ impl ModelFixture {
         Self { state, now_ms: 0 }
     }
 
-    /// One leader round: reconcile, then the change set "written" (every put acknowledged at a
-    /// new revision, as the store reports it) and dropped. Returns the partition puts.
+    /// One leader round: reconcile, then the change set "written" a slice at a time as the
+    /// leader does (every put acknowledged at a new revision, as the store reports it) and
+    /// dropped. Returns the partition puts.
     pub fn round(&mut self) -> usize {
         use crate::model::Written;
         self.now_ms += 1;
         self.state.reconcile(self.now_ms);
-        let changes = self.state.take_changes();
-        let mut written = Written::default();
-        let revision = elk_types::Revision(self.now_ms + 1);
-        for put in &changes.partitions {
-            written.partitions.push((put.key.clone(), revision));
+        let mut puts = 0;
+        loop {
+            let changes = self.state.take_changes_bounded(crate::leader::FLUSH_SLICE);
+            let mut written = Written::default();
+            let revision = elk_types::Revision(self.now_ms + 1);
+            for put in &changes.partitions {
+                written.partitions.push((put.key.clone(), revision));
+            }
+            for put in &changes.jobs {
+                written.jobs.push((put.key.clone(), revision));
+            }
+            for put in changes.assignments.iter() {
+                written
+                    .assignments
+                    .push((put.key.clone(), put.value.clone(), revision));
+            }
+            puts += changes.partitions.len();
+            drop(changes);
+            self.state.record_written(written);
+            if !self.state.changes_pending() {
+                return puts;
+            }
         }
-        for put in &changes.jobs {
-            written.jobs.push((put.key.clone(), revision));
-        }
-        for put in changes.assignments.iter() {
-            written
-                .assignments
-                .push((put.key.clone(), put.value.clone(), revision));
-        }
-        let puts = changes.partitions.len();
-        drop(changes);
-        self.state.record_written(written);
-        puts
     }
 
     /// Partitions the model holds (live: not completed).

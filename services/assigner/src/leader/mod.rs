@@ -40,6 +40,11 @@ impl Drop for TermGauges<'_> {
 /// Progress reports applied per iteration at most.
 const PROGRESS_BATCH: usize = 1_000;
 
+/// Partition puts in one slice of a round's change set: a cold start that cuts and grants
+/// 100,000 partitions in one round writes them 10,000 at a time, so their records and the
+/// writes' results never stand in memory all at once (`take_changes_bounded`).
+pub(crate) const FLUSH_SLICE: usize = 10_000;
+
 /// What the leader work needs besides its term; one per replica, shared by its terms.
 pub(crate) struct AssignerLeader {
     pub resources: Resources,
@@ -173,7 +178,7 @@ impl AssignerLeader {
                     (request.reply, reply, span)
                 });
                 let round = state.reconcile(now);
-                (admin_reply, round, state.take_changes())
+                (admin_reply, round, state.take_changes_bounded(FLUSH_SLICE))
             });
             for question in round.plan_questions {
                 planner::ask(resources, question, plan_sender.clone());
@@ -188,18 +193,33 @@ impl AssignerLeader {
                 }
                 _ => tracing::Span::none(),
             };
-            let flushed = store::write_changes(
-                changes,
-                epoch,
-                self.policy.write_path,
-                &self.range_purges_allowed,
-                resources,
-                &self.metrics,
-            )
-            .instrument(flush_span)
-            .await;
+            let mut changes = changes;
+            let flushed = loop {
+                let flushed = store::write_changes(
+                    changes,
+                    epoch,
+                    self.policy.write_path,
+                    &self.range_purges_allowed,
+                    resources,
+                    &self.metrics,
+                )
+                .instrument(flush_span.clone())
+                .await;
+                match flushed {
+                    Ok(written) => state.record_written(written),
+                    Err(error) => break Err(error),
+                }
+                // The rest of the round's change set, a slice at a time (`FLUSH_SLICE`).
+                if !state.changes_pending() {
+                    break Ok(());
+                }
+                if !term.is_current() {
+                    return Err(AssignerError::Deposed { epoch });
+                }
+                changes = state.take_changes_bounded(FLUSH_SLICE);
+            };
             match flushed {
-                Ok(written) => state.record_written(written),
+                Ok(()) => {}
                 Err(error) => {
                     if let Some((Some(reply_to), _, _)) = admin_reply {
                         let refused = AdminReply::error(

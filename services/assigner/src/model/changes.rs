@@ -75,8 +75,37 @@ pub(crate) struct Written {
 
 impl AssignerState {
     /// Takes everything changed since the last call. Job records are stamped with this epoch.
+    #[cfg(test)]
     pub(crate) fn take_changes(&mut self) -> ChangeSet {
-        let partitions = std::mem::take(&mut self.dirty_partitions)
+        self.take_changes_bounded(usize::MAX)
+    }
+
+    /// Whether changed partitions wait for [`Self::take_changes_bounded`] (a round's change
+    /// set taken in slices).
+    pub(crate) fn changes_pending(&self) -> bool {
+        !self.dirty_partitions.is_empty()
+    }
+
+    /// Takes what changed since the last call, at most `max_partitions` partition puts at a time
+    /// so that a round that changed 100,000 partitions never holds all their records (and their
+    /// writes' results) at once. While changed partitions remain ([`Self::changes_pending`]) the
+    /// slice holds partition puts only (and the placement levers, which go first): job records,
+    /// purges and assignment records come with the last slice, so they are written after every
+    /// partition record they account for or point at, as in one change set (`store/flush.rs`).
+    pub(crate) fn take_changes_bounded(&mut self, max_partitions: usize) -> ChangeSet {
+        let slice = if self.dirty_partitions.len() > max_partitions {
+            let first_left = self
+                .dirty_partitions
+                .iter()
+                .nth(max_partitions)
+                .cloned()
+                .expect("more dirty partitions than the bound");
+            let rest = self.dirty_partitions.split_off(&first_left);
+            std::mem::replace(&mut self.dirty_partitions, rest)
+        } else {
+            std::mem::take(&mut self.dirty_partitions)
+        };
+        let partitions = slice
             .into_iter()
             .filter_map(|key| {
                 let stored = self.partitions.get(&key)?;
@@ -87,6 +116,13 @@ impl AssignerState {
                 })
             })
             .collect();
+        if !self.dirty_partitions.is_empty() {
+            return ChangeSet {
+                partitions,
+                placement: self.take_placement_change().into_iter().collect(),
+                ..ChangeSet::default()
+            };
+        }
         let completed = std::mem::take(&mut self.completed_to_write)
             .into_iter()
             .map(|stored| Put {

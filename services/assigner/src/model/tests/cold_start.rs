@@ -140,3 +140,56 @@ fn a_fill_cut_stops_at_its_bound() {
     state.reconcile(3);
     assert_eq!(flush(&mut state), (100, 0), "full: partitions_per_round");
 }
+
+#[test]
+fn a_large_round_is_taken_in_slices_with_records_after_the_last_partition() {
+    // 2,000 partitions cut and granted in one round, taken 500 partition puts at a time: job and
+    // assignment records only come with the last slice, after every partition they point at.
+    let range = IdRange::new(1, 2_000).unwrap();
+    let mut state = AssignerState::load(
+        EPOCH,
+        small_rounds(100),
+        0,
+        Snapshot {
+            jobs: vec![(fixed_job(range, 1), Revision(1))],
+            ..Snapshot::default()
+        },
+    );
+    state.apply_view(&fleet(20, 60));
+    state.reconcile(1);
+    let mut written_keys = std::collections::BTreeSet::new();
+    let mut slices = Vec::new();
+    loop {
+        let changes = state.take_changes_bounded(500);
+        slices.push((
+            changes.partitions.len(),
+            changes.jobs.len(),
+            changes.assignments.len(),
+        ));
+        let mut written = Written::default();
+        for put in &changes.partitions {
+            assert!(written_keys.insert(put.key.clone()), "{} twice", put.key);
+            written.partitions.push((put.key.clone(), Revision(2)));
+        }
+        for put in &changes.jobs {
+            written.jobs.push((put.key.clone(), Revision(2)));
+        }
+        for put in &changes.assignments {
+            written
+                .assignments
+                .push((put.key.clone(), put.value.clone(), Revision(2)));
+        }
+        state.record_written(written);
+        if !state.changes_pending() {
+            break;
+        }
+    }
+    assert_eq!(
+        slices,
+        vec![(500, 0, 0), (500, 0, 0), (500, 0, 0), (500, 1, 20)],
+        "(partition puts, job puts, assignment puts) per slice"
+    );
+    assert_eq!(written_keys.len(), 2_000);
+    state.reconcile(2);
+    assert!(state.take_changes().is_empty(), "nothing left to write");
+}
