@@ -151,7 +151,8 @@ def dictionary(tokens, binary):
 def main():
     out = sys.argv[1]
     targets = {
-        "progress_report": [pack(m) for m in PROGRESS],
+        "progress_report": [pack(m) for m in PROGRESS]
+        + [pack({"schema": 1, "reports": PROGRESS}), pack({"schema": 1, "reports": []})],
         "kv_records": [bytes([i]) + pack(m) for i, m in enumerate(KV)],
         "admin_request": [pack({"schema": 1, "command": c}) for c in COMMANDS],
         "admin_reply": [pack(r) for r in REPLIES],
