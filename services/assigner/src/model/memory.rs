@@ -2,11 +2,13 @@
 //! cold start cuts a job's partitions (and grants each worker its share), keeps its nodes a bit
 //! over half full: a node that overflows splits in two and the left half is never topped up
 //! again. At 100,000 live partitions that slack was about half of the partition table and of
-//! the per-worker grant sets (issue 10 item 3, docs/benchmarks.md "Scale"). After a round that
-//! added many keys, the tables are rebuilt with full nodes.
+//! the per-worker grant sets (issue 10 item 3, docs/benchmarks.md "Scale"). Whenever many keys
+//! were added, the tables are rebuilt with full nodes — during a round too: a cold start that
+//! cuts 100,000 partitions in one round otherwise peaked with every table half empty (the
+//! process keeps that peak's memory afterwards).
 
 use super::AssignerState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Fewest keys added since the last repack that make a repack worth its pass over every key.
 const REPACK_MIN_INSERTS: usize = 1_024;
@@ -26,16 +28,29 @@ pub(super) fn repacked<K: Ord, V>(mut map: BTreeMap<K, V>) -> BTreeMap<K, V> {
     full
 }
 
+/// [`repacked`] for a set.
+pub(super) fn repacked_set<K: Ord>(mut set: BTreeSet<K>) -> BTreeSet<K> {
+    let Some(first) = set.pop_first() else {
+        return set;
+    };
+    let mut full = BTreeSet::new();
+    full.insert(first);
+    full.append(&mut set);
+    full
+}
+
 impl AssignerState {
-    /// Counts keys added to the partition table or a grant index (see [`Self::repack_if_grown`]).
+    /// Counts keys added to the partition table or a grant index, and repacks the tables when
+    /// enough were (see [`Self::repack_if_grown`]).
     pub(super) fn note_inserted(&mut self) {
         self.inserted_since_repack += 1;
+        self.repack_if_grown();
     }
 
-    /// Rebuilds the partition table and the grant index with full nodes when keys added since
-    /// the last repack are at least an eighth of the table (and [`REPACK_MIN_INSERTS`]): an
-    /// amortised constant per insert, and nothing in a steady state where partitions only change
-    /// status.
+    /// Rebuilds the partition table, the grant index and the pending and dirty sets (which a
+    /// cold start fills in key order as well) with full nodes when keys added since the last
+    /// repack are at least an eighth of the table (and [`REPACK_MIN_INSERTS`]): an amortised
+    /// constant per insert, and nothing in a steady state where partitions only change status.
     pub(super) fn repack_if_grown(&mut self) {
         let added = self.inserted_since_repack;
         if added < REPACK_MIN_INSERTS || added < self.partitions.len() / 8 {
@@ -43,9 +58,11 @@ impl AssignerState {
         }
         self.inserted_since_repack = 0;
         self.partitions = repacked(std::mem::take(&mut self.partitions));
+        self.pending_since = repacked(std::mem::take(&mut self.pending_since));
+        self.pending = repacked_set(std::mem::take(&mut self.pending));
+        self.dirty_partitions = repacked_set(std::mem::take(&mut self.dirty_partitions));
         for keys in self.grants_by_worker.values_mut() {
-            let set = std::mem::take(keys);
-            *keys = set.into_iter().collect();
+            *keys = repacked_set(std::mem::take(keys));
         }
     }
 }
@@ -62,5 +79,9 @@ mod tests {
         let repacked: Vec<(u64, String)> = repacked(map).into_iter().collect();
         assert_eq!(repacked, expected);
         assert!(super::repacked(BTreeMap::<u64, u64>::new()).is_empty());
+        let set: std::collections::BTreeSet<u64> = (0..3_000).rev().collect();
+        let expected: Vec<u64> = set.iter().copied().collect();
+        let repacked: Vec<u64> = super::repacked_set(set).into_iter().collect();
+        assert_eq!(repacked, expected);
     }
 }
