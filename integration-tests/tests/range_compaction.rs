@@ -2,17 +2,22 @@
 //! compacted partition keys are removed by one stream purge below a revision. Against a real
 //! nats-server: the purge never takes a live key with it — a new leader taking over right after
 //! range purges finds every running grant's key — and the job still completes exactly once with
-//! every key gone.
+//! every key gone. Where the server refuses a range purge, the assigner purges the keys one by one
+//! and stops trying.
 
 use elk_assigner::AssignerMetrics;
+use elk_assigner::test_hooks::LeaderFaults;
 use elk_integration_tests::{Ledger, RecordingProcessor, Stack, assert_invariants};
+use elk_nats::NatsConfig;
 use elk_protocol::decode;
 use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord};
 use elk_protocol::names::Names;
+use elk_runtime::ServiceCommon;
 use elk_testkit::{OwnershipAuditor, wait_until};
-use elk_types::IdRange;
+use elk_types::{IdRange, MemberId};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -108,5 +113,54 @@ async fn range_purges_keep_every_live_key_across_a_takeover() {
         worker.shutdown().await.unwrap();
     }
     standby.stop().await;
+    election.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_range_purge_falls_back_to_key_purges_for_good() {
+    let stack = Stack::new().await.unwrap();
+    let election = stack.election("election-1");
+    let service = ServiceCommon::new(
+        NatsConfig::new(stack.url(), "assigner-1"),
+        stack.namespace.clone(),
+        MemberId::new("assigner-1").unwrap(),
+    )
+    .with_member_ttl(stack.member_ttl);
+    let faults = Arc::new(LeaderFaults::default());
+    // As on a server whose permissions predate range purges.
+    faults.refuse_range_purges();
+    let metrics = Arc::new(AssignerMetrics::default());
+    let stop = CancellationToken::new();
+    let run = elk_assigner::run_with_faults(
+        elk_assigner::AssignerConfig::new(service),
+        metrics.clone(),
+        faults,
+        stop.clone().cancelled_owned(),
+    );
+    let assigner = tokio::spawn(async move { run.await.expect("assigner runs") });
+    let range = IdRange::new(1, 10_000).unwrap();
+    let ledger = Ledger::new(range);
+    let worker = stack
+        .worker("worker-a", 4, RecordingProcessor::new(ledger.clone()))
+        .await
+        .unwrap();
+    stack.create_job("refused", range, 100).await.unwrap();
+    stack.wait_job_completed("refused", DEADLINE).await.unwrap();
+    wait_until("every key compacted", DEADLINE, || async {
+        let keys = stack.resources.partitions.keys().await.unwrap();
+        futures::StreamExt::count(keys).await == 0
+    })
+    .await
+    .unwrap();
+    // One refused attempt (the first round with compactions, one job), then every compacted key
+    // by itself: 100 key purges, the refused range's keys included.
+    assert_eq!(metrics.kv_writes_of("partitions", "purge_range"), 1);
+    assert_eq!(metrics.kv_writes_of("partitions", "purge"), 100);
+    let job = stack.job("refused").await.unwrap().unwrap();
+    assert_eq!(job.partitions_compacted, 100);
+    assert!(ledger.missing().is_empty() && ledger.duplicates().is_empty());
+    worker.shutdown().await.unwrap();
+    stop.cancel();
+    assigner.await.unwrap();
     election.stop().await;
 }

@@ -20,6 +20,11 @@ pub(crate) struct Faults;
 impl Faults {
     /// Called by the leader loop once per round.
     pub(crate) fn check(&self) {}
+
+    /// Whether range purges are to fail (a test hook): never.
+    pub(crate) fn range_purges_refused(&self) -> bool {
+        false
+    }
 }
 
 /// A replica without injected faults.

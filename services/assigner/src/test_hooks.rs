@@ -14,6 +14,7 @@ pub struct LeaderFaults {
     panic_next_round: AtomicBool,
     block_next_round: Mutex<Option<Duration>>,
     rounds_blocked: AtomicU64,
+    refuse_range_purges: AtomicBool,
 }
 
 impl LeaderFaults {
@@ -26,6 +27,17 @@ impl LeaderFaults {
     /// computing over a very large model would (`std::thread::sleep`, not an await).
     pub fn block_next_round(&self, duration: Duration) {
         *self.block_next_round.lock().unwrap() = Some(duration);
+    }
+
+    /// Every range purge of compacted keys fails from now on, as on a server that refuses it (an
+    /// identity provisioned before range purges), without the request being sent.
+    pub fn refuse_range_purges(&self) {
+        self.refuse_range_purges.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether range purges are to fail (see [`LeaderFaults::refuse_range_purges`]).
+    pub(crate) fn range_purges_refused(&self) -> bool {
+        self.refuse_range_purges.load(Ordering::SeqCst)
     }
 
     /// Rounds that have finished blocking (see [`LeaderFaults::block_next_round`]).

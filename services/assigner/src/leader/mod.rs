@@ -200,6 +200,7 @@ impl AssignerLeader {
                     epoch,
                     self.policy.write_path,
                     &self.range_purges_allowed,
+                    &self.faults,
                     resources,
                     &self.metrics,
                 )

@@ -21,6 +21,7 @@
 //! returned for [`crate::model::AssignerState::record_written`].
 
 use crate::error::AssignerError;
+use crate::faults::Faults;
 use crate::metrics::AssignerMetrics;
 use crate::model::{ChangeSet, PartitionKey, Put, RangePurge, WritePath, Written};
 use bytes::Bytes;
@@ -78,6 +79,7 @@ pub(crate) async fn write_changes(
     epoch: Epoch,
     write_path: WritePath,
     range_purges_allowed: &AtomicBool,
+    faults: &Faults,
     resources: &Resources,
     metrics: &AssignerMetrics,
 ) -> Result<Written, AssignerError> {
@@ -180,6 +182,7 @@ pub(crate) async fn write_changes(
                     &resources.partitions,
                     range_purges,
                     range_purges_allowed,
+                    faults.range_purges_refused(),
                     compaction_marker
                 ),
                 writer.put_all(
@@ -355,6 +358,7 @@ impl Writer<'_> {
         store: &async_nats::jetstream::kv::Store,
         ranges: Vec<RangePurge>,
         allowed: &AtomicBool,
+        refused_by_test: bool,
         marker_ttl: Option<Duration>,
     ) {
         if ranges.is_empty() {
@@ -371,12 +375,17 @@ impl Writer<'_> {
         let failures: Vec<RangePurge> = futures::stream::iter(ranges)
             .map(|range| async move {
                 let subjects = format!("{}{}.>", store.prefix, range.job);
-                let purged = store
-                    .stream
-                    .purge()
-                    .filter(subjects)
-                    .sequence(range.below.get())
-                    .await;
+                let purged = if refused_by_test {
+                    Err("refused (test hook)".to_owned())
+                } else {
+                    store
+                        .stream
+                        .purge()
+                        .filter(subjects)
+                        .sequence(range.below.get())
+                        .await
+                        .map_err(|error| error.to_string())
+                };
                 match purged {
                     Ok(response) => {
                         tracing::trace!(job = %range.job, below = %range.below, keys = range.keys.len(), purged = response.purged, "compacted keys purged by range");
