@@ -40,9 +40,10 @@ impl Drop for TermGauges<'_> {
 /// Progress reports applied per iteration at most.
 const PROGRESS_BATCH: usize = 1_000;
 
-/// Partition puts in one slice of a round's change set: a cold start that cuts and grants
-/// 100,000 partitions in one round writes them 10,000 at a time, so their records and the
-/// writes' results never stand in memory all at once (`take_changes_bounded`).
+/// Partition puts (or grants in assignment records) in one slice of a round's change set: a cold
+/// start that cuts and grants 100,000 partitions in one round writes them 10,000 at a time, then
+/// the workers' records about 10,000 grants at a time, so those records and the writes' results
+/// never stand in memory all at once (`take_changes_bounded`).
 pub(crate) const FLUSH_SLICE: usize = 10_000;
 
 /// What the leader work needs besides its term; one per replica, shared by its terms.

@@ -10,6 +10,7 @@ use super::range_purge::RangePurge;
 use super::{AssignerState, PartitionKey, Stored};
 use elk_protocol::messages::{AssignmentRecord, JobRecord, PartitionRecord, PlacementControl};
 use elk_types::{JobName, MemberId, Revision};
+use std::collections::BTreeSet;
 
 /// A compare-and-set write of `value` at `key`, expecting `expected` (`None`: create).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,15 +84,17 @@ impl AssignerState {
     /// Whether changed partitions wait for [`Self::take_changes_bounded`] (a round's change
     /// set taken in slices).
     pub(crate) fn changes_pending(&self) -> bool {
-        !self.dirty_partitions.is_empty()
+        !self.dirty_partitions.is_empty() || !self.dirty_assignments.is_empty()
     }
 
     /// Takes what changed since the last call, at most `max_partitions` partition puts at a time
     /// so that a round that changed 100,000 partitions never holds all their records (and their
     /// writes' results) at once. While changed partitions remain ([`Self::changes_pending`]) the
     /// slice holds partition puts only (and the placement levers, which go first): job records,
-    /// purges and assignment records come with the last slice, so they are written after every
+    /// purges and assignment records come after the last of them, so they are written after every
     /// partition record they account for or point at, as in one change set (`store/flush.rs`).
+    /// Assignment records then come about `max_partitions` grants at a time (live workers first;
+    /// departed workers' records and the deletes that follow them in the last slice).
     pub(crate) fn take_changes_bounded(&mut self, max_partitions: usize) -> ChangeSet {
         let slice = if self.dirty_partitions.len() > max_partitions {
             let first_left = self
@@ -146,7 +149,8 @@ impl AssignerState {
             .collect();
         let (purges, range_purges) = self.take_purges();
         let job_deletes = std::mem::take(&mut self.job_deletes);
-        let dirty = std::mem::take(&mut self.dirty_assignments);
+        let dirty = self.assignment_slice(max_partitions);
+        let last = self.dirty_assignments.is_empty();
         let revoking_by_owner = self.revoking_by_owner();
         let assignments: Vec<Put<MemberId, AssignmentRecord>> = dirty
             .into_iter()
@@ -160,7 +164,11 @@ impl AssignerState {
                 })
             })
             .collect();
-        let prunes = self.departed_records(&assignments);
+        let prunes = if last {
+            self.departed_records(&assignments)
+        } else {
+            Vec::new()
+        };
         let placement = self.take_placement_change().into_iter().collect();
         ChangeSet {
             partitions,
@@ -173,6 +181,33 @@ impl AssignerState {
             prunes,
             placement,
         }
+    }
+
+    /// The workers whose records the next slice rewrites: live ones until their grants reach
+    /// `max_grants` (at least one worker), then, once no live one is left, the departed ones.
+    /// The others stay dirty for the next slice.
+    fn assignment_slice(&mut self, max_grants: usize) -> BTreeSet<MemberId> {
+        let dirty = std::mem::take(&mut self.dirty_assignments);
+        let (live, departed): (BTreeSet<MemberId>, BTreeSet<MemberId>) = dirty
+            .into_iter()
+            .partition(|worker| self.workers.contains_key(worker));
+        let mut slice = BTreeSet::new();
+        let mut grants = 0_usize;
+        let mut live = live.into_iter();
+        for worker in live.by_ref() {
+            grants += 1 + self.grants_by_worker.get(&worker).map_or(0, BTreeSet::len);
+            slice.insert(worker);
+            if grants >= max_grants {
+                break;
+            }
+        }
+        self.dirty_assignments.extend(live);
+        if self.dirty_assignments.is_empty() {
+            slice.extend(departed);
+        } else {
+            self.dirty_assignments.extend(departed);
+        }
+        slice
     }
 
     /// The empty records of workers that left, as they will stand after `puts`: deleted so the

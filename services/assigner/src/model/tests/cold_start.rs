@@ -144,7 +144,8 @@ fn a_fill_cut_stops_at_its_bound() {
 #[test]
 fn a_large_round_is_taken_in_slices_with_records_after_the_last_partition() {
     // 2,000 partitions cut and granted in one round, taken 500 partition puts at a time: job and
-    // assignment records only come with the last slice, after every partition they point at.
+    // assignment records only come with the last partitions' slice, after every partition they
+    // point at, and the assignment records (100 grants each) 500 grants' worth at a time.
     let range = IdRange::new(1, 2_000).unwrap();
     let mut state = AssignerState::load(
         EPOCH,
@@ -186,7 +187,15 @@ fn a_large_round_is_taken_in_slices_with_records_after_the_last_partition() {
     }
     assert_eq!(
         slices,
-        vec![(500, 0, 0), (500, 0, 0), (500, 0, 0), (500, 1, 20)],
+        vec![
+            (500, 0, 0),
+            (500, 0, 0),
+            (500, 0, 0),
+            (500, 1, 5),
+            (0, 0, 5),
+            (0, 0, 5),
+            (0, 0, 5)
+        ],
         "(partition puts, job puts, assignment puts) per slice"
     );
     assert_eq!(written_keys.len(), 2_000);
