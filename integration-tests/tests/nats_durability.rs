@@ -218,12 +218,13 @@ async fn a_killed_server_syncing_every_write_loses_no_acknowledged_checkpoint() 
         .unwrap();
         // Every write JetStream acknowledged before this point (a worker's checkpoint report,
         // the assigner's partition and assignment records) has a sequence at or below its
-        // stream's last one now, and each acknowledged report took a sequence of its own.
-        let acknowledged_reports = a.stats().reports_published + b.stats().reports_published;
+        // stream's last one now, and each acknowledged progress message (one report, or a
+        // batch of them) took a sequence of its own.
+        let acknowledged_messages = a.stats().progress_messages + b.stats().progress_messages;
         let before = last_sequences(&stack).await;
         assert!(
-            before[0] >= acknowledged_reports,
-            "{before:?} {acknowledged_reports}"
+            before[0] >= acknowledged_messages,
+            "{before:?} {acknowledged_messages}"
         );
         // SIGKILL, then the same port and store.
         eprintln!(

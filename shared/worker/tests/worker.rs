@@ -287,17 +287,23 @@ async fn records_of_an_older_epoch_or_another_incarnation_are_ignored() {
         .assign("w1", &record(incarnation, 5, 1, vec![grant(1, 1, 50, 1)]))
         .await;
     harness.wait_for_terminal(&[1]).await;
-    // A deposed assigner (epoch 4), a record for a previous life, and a replay of seq 1.
-    harness
-        .assign("w1", &record(incarnation, 4, 9, vec![grant(2, 1, 50, 1)]))
-        .await;
+    // A deposed assigner (epoch 4), a record for a previous life, and a replay of seq 1. Each is
+    // seen before the next is written: the key keeps one revision, so a record written before
+    // the watch delivered its predecessor replaces it (the worker then never sees that one).
     let other_life = Incarnation(incarnation.get() - 1);
-    harness
-        .assign("w1", &record(other_life, 6, 1, vec![grant(3, 1, 50, 1)]))
-        .await;
-    harness
-        .assign("w1", &record(incarnation, 5, 1, vec![grant(5, 1, 50, 1)]))
-        .await;
+    let ignored_records = [
+        record(incarnation, 4, 9, vec![grant(2, 1, 50, 1)]),
+        record(other_life, 6, 1, vec![grant(3, 1, 50, 1)]),
+        record(incarnation, 5, 1, vec![grant(5, 1, 50, 1)]),
+    ];
+    for (seen, ignored) in (1..).zip(&ignored_records) {
+        harness.assign("w1", ignored).await;
+        wait_until("the worker saw the record", DEADLINE, || async {
+            worker.stats().records_ignored >= seen
+        })
+        .await
+        .unwrap();
+    }
     // Then a valid record that still lists the completed partition 1 (same token) and adds 4.
     let grants = vec![grant(1, 1, 50, 1), grant(4, 1, 50, 1)];
     harness
