@@ -24,6 +24,7 @@
 //! | `model` | the pure model: state, `reconcile`, the partition lifecycle, the change set |
 //! | `error` | [`AssignerError`], classified retryable / terminal |
 //! | `faults` | the leader loop's fault-injection point (`test-hooks` feature; a no-op otherwise) |
+//! | [`malloc_tuning`] | the binary's glibc malloc settings (re-executes itself once with `GLIBC_TUNABLES`) |
 
 mod admin;
 mod config;
@@ -32,6 +33,7 @@ mod faults;
 pub mod http;
 mod http_trace;
 mod leader;
+pub mod malloc_tuning;
 mod metrics;
 mod model;
 mod status;
