@@ -23,7 +23,7 @@
 //! write was ours and the lease adopts its revision and renews again at once. Only a key that is
 //! gone or holds another value means the lease is lost.
 
-use crate::error::NatsError;
+use crate::error::{NatsError, Retryable};
 use crate::keys::{KeyBucket, honoured_ttl};
 use crate::kv::{CasOutcome, cas_write};
 use crate::status::{RenewalObserver, ReplicaStatus};
@@ -471,7 +471,10 @@ impl ServiceMember<'_> {
     ///
     /// While the id is held by a live key (typically this replica's previous run, restarted
     /// before its key expired) it waits for that key to go away, saying so once in the log,
-    /// instead of failing: a restarted process needs no operator to wait out the TTL.
+    /// instead of failing: a restarted process needs no operator to wait out the TTL. A
+    /// retryable NATS failure (a request that timed out while the server restarts or the link
+    /// is cut) is tried again every `retry`: a replica starting during an outage waits it out
+    /// instead of exiting. Only a terminal failure is returned.
     pub async fn join(&self) -> Result<Option<MemberLease>, JoinError> {
         let mut waiting_logged = false;
         loop {
@@ -502,6 +505,13 @@ impl ServiceMember<'_> {
                     }
                     if !self.wait_for_release().await {
                         return Ok(None);
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(member = %self.id, %error, "cannot join membership; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(self.retry) => {}
                     }
                 }
                 Err(error) => return Err(error),

@@ -1,15 +1,17 @@
 //! `ServiceMember::join` against a real nats-server: a replica restarted under the id of its
 //! previous run, whose key has not expired yet, waits for the key to go away instead of failing,
-//! and says so once in the log however often it tries again.
+//! and says so once in the log however often it tries again; a replica starting while its link
+//! is cut waits the outage out instead of failing (a chaos run saw an election replica, restarted
+//! right after a nats-server restart, exit on one timed-out join).
 
 use bytes::Bytes;
 use elk_nats::{
-    NatsConfig, ProvisionConfig, ReplicaStatus, Resources, ServiceMember, cas_write, connect,
-    provision, read_entry,
+    NatsConfig, ProvisionConfig, ReplicaStatus, Resources, Retryable, ServiceMember, cas_write,
+    connect, provision, read_entry,
 };
 use elk_protocol::messages::MemberRole;
 use elk_protocol::names::Names;
-use elk_testkit::NatsServer;
+use elk_testkit::{NatsServer, TcpProxy};
 use elk_types::{MemberId, Namespace};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -186,4 +188,75 @@ async fn a_join_waiting_on_a_live_holder_ends_when_stopped() {
         "the live holder keeps its key"
     );
     holder.leave().await.unwrap();
+}
+
+/// The link is cut for longer than a JetStream request timeout while the replica joins: the join
+/// (spawned first) has had a request time out by the time a one-shot join through the same cut
+/// link gives up, and it still joins once the link is healed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_joining_during_a_network_cut_waits_it_out() {
+    let server = NatsServer::start();
+    let direct = resources(&server).await;
+    let proxy = TcpProxy::start(server.url());
+    let client = connect(&NatsConfig::new(proxy.url(), "cut")).await.unwrap();
+    let resources = elk_nats::open(client, direct.names.clone(), &ProvisionConfig::default())
+        .await
+        .unwrap();
+    proxy.cut();
+
+    let id = MemberId::new("scaler-cut").unwrap();
+    let stop = CancellationToken::new();
+    let status = ReplicaStatus::default();
+    let joining = {
+        let (resources, id, stop, status) =
+            (resources.clone(), id.clone(), stop.clone(), status.clone());
+        tokio::spawn(async move {
+            let member = ServiceMember {
+                resources: &resources,
+                id: &id,
+                role: MemberRole::Scaler,
+                ttl: Duration::from_secs(3),
+                retry: Duration::from_millis(100),
+                stop: &stop,
+                status: &status,
+            };
+            member.join().await
+        })
+    };
+    // The clock: a single attempt through the same cut link, started after the join's first.
+    let record = elk_protocol::messages::MemberRecord {
+        schema: elk_protocol::SCHEMA_VERSION,
+        role: MemberRole::Scaler,
+        incarnation: elk_nats::new_incarnation(),
+        capacity: elk_types::Capacity(0),
+        jobs: Vec::new(),
+        labels: Default::default(),
+        version: "test".to_owned(),
+    };
+    let once = elk_nats::MemberLease::join(
+        &resources.member_keys,
+        MemberId::new("scaler-once").unwrap(),
+        record,
+        Duration::from_secs(3),
+    )
+    .await;
+    let error = once.expect_err("a join through a cut link fails");
+    assert!(error.is_retryable(), "{error}");
+    assert!(!joining.is_finished(), "the join gave up during the cut");
+    assert!(!status.is_member());
+
+    proxy.heal();
+    let lease = tokio::time::timeout(Duration::from_secs(60), joining)
+        .await
+        .expect("the join completes after the heal")
+        .unwrap()
+        .unwrap_or_else(|error| panic!("join after the heal: {error}"))
+        .expect("not stopped");
+    assert!(status.is_member());
+    let entry = read_entry(&direct.members, id.as_str()).await.unwrap();
+    assert!(
+        entry.is_some_and(|entry| !entry.deleted),
+        "the member key is written"
+    );
+    lease.leave().await.unwrap();
 }
