@@ -167,6 +167,14 @@ impl Coverage {
         Ok(gap)
     }
 
+    /// Rebuilds its ordered maps with full nodes: after many ascending [`Self::insert_live`]s
+    /// (a cold start cutting a job) the live map's nodes are a bit over half full
+    /// (`elk_types::btree`). Changes no entry. `O(n)`.
+    pub fn repack(&mut self) {
+        self.live = elk_types::btree::repacked(std::mem::take(&mut self.live));
+        self.completed = elk_types::btree::repacked(std::mem::take(&mut self.completed));
+    }
+
     /// Marks a live partition completed, merging it with neighbouring completed ids and
     /// advancing the watermark when it reaches it. `O(log n)`.
     ///

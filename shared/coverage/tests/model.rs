@@ -139,6 +139,8 @@ enum Operation {
     CompleteAny(IdRange),
     RemoveLive(Index),
     RemoveAny(IdRange),
+    /// Rebuilds the maps with full nodes: must change nothing.
+    Repack,
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
@@ -148,6 +150,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         1 => any_range().prop_map(Operation::CompleteAny),
         1 => any::<Index>().prop_map(Operation::RemoveLive),
         1 => any_range().prop_map(Operation::RemoveAny),
+        1 => Just(Operation::Repack),
     ]
 }
 
@@ -254,6 +257,11 @@ proptest! {
                     let outcome = coverage.remove_live(any);
                     let expected = model.finish_live(any, Cell::Uncovered);
                     prop_assert_eq!(outcome.is_ok(), expected.is_ok());
+                }
+                Operation::Repack => {
+                    let before = coverage.clone();
+                    coverage.repack();
+                    prop_assert_eq!(&coverage, &before);
                 }
             }
             assert_same_state(&coverage, &model)?;

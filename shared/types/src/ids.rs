@@ -58,9 +58,11 @@ macro_rules! token_type {
         ///
         /// Shared, immutable text: a clone is a reference count, not a copy, so the assigner's
         /// 100,000 partitions of one job (keys, records, indexes, grants) hold one copy of its
-        /// name.
+        /// name. A thin pointer (8 bytes, where `Arc<str>` is 16): the assigner's tables hold one
+        /// in every partition key and owner, so the second indirection saves about 26 bytes per
+        /// live partition (issue 10, docs/benchmarks.md "Scale").
         #[derive(Clone, Eq)]
-        pub struct $name(std::sync::Arc<str>);
+        pub struct $name(std::sync::Arc<Box<str>>);
 
         // By content, as equality is.
         impl std::hash::Hash for $name {
@@ -97,7 +99,7 @@ macro_rules! token_type {
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidToken> {
                 let value = value.into();
                 validate_token($kind, &value)?;
-                Ok(Self(value.into()))
+                Ok(Self(std::sync::Arc::new(value.into_boxed_str())))
             }
 
             pub fn as_str(&self) -> &str {
@@ -249,6 +251,15 @@ checked_successor!(PartitionId, "partition id");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_one_thin_pointer_and_an_absent_one_costs_nothing() {
+        assert_eq!(std::mem::size_of::<JobName>(), 8);
+        assert_eq!(std::mem::size_of::<Option<MemberId>>(), 8);
+        let name = MemberId::new("worker-1").unwrap();
+        assert_eq!(name.as_str(), "worker-1");
+        assert_eq!(format!("{name:?}"), "MemberId(\"worker-1\")");
+    }
 
     #[test]
     fn names_compare_by_content_whether_shared_or_built_apart() {

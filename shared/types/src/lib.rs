@@ -4,6 +4,7 @@
 //! KV keys (namespaces, job names, member ids) are validated at construction as subject tokens
 //! (`[A-Za-z0-9_-]`, 1..=64 characters) so that a `.`, `*` or `>` can never turn into a wildcard.
 
+pub mod btree;
 mod ids;
 mod range;
 

@@ -114,7 +114,7 @@ impl AssignerState {
                 let stored = self.partitions.get(&key)?;
                 Some(Put {
                     value: stored.value.record(&key),
-                    expected: stored.revision,
+                    expected: stored.revision(),
                     key,
                 })
             })
@@ -130,8 +130,8 @@ impl AssignerState {
             .into_iter()
             .map(|stored| Put {
                 key: PartitionKey::of(&stored.value),
+                expected: stored.revision(),
                 value: stored.value,
-                expected: stored.revision,
             })
             .collect();
         let epoch = self.epoch;
@@ -142,7 +142,7 @@ impl AssignerState {
                 stored.value.epoch = epoch;
                 Some(Put {
                     value: stored.value.clone(),
-                    expected: stored.revision,
+                    expected: stored.revision(),
                     key: name,
                 })
             })
@@ -156,7 +156,7 @@ impl AssignerState {
             .into_iter()
             .filter_map(|worker| {
                 let value = self.desired_assignment_among(&worker, &revoking_by_owner)?;
-                let expected = self.assignments.get(&worker).and_then(|s| s.revision);
+                let expected = self.assignments.get(&worker).and_then(|s| s.revision());
                 Some(Put {
                     key: worker,
                     value,
@@ -224,7 +224,7 @@ impl AssignerState {
             if !grants_empty {
                 continue;
             }
-            match (put, stored.revision) {
+            match (put, stored.revision()) {
                 (Some(_), _) => prunes.push(Prune {
                     worker: worker.clone(),
                     expected: None,
@@ -243,12 +243,12 @@ impl AssignerState {
     pub(crate) fn record_written(&mut self, written: Written) {
         for (key, revision) in written.partitions {
             if let Some(stored) = self.partitions.get_mut(&key) {
-                stored.revision = Some(revision);
+                stored.set_revision(revision);
             }
         }
         for (name, revision) in written.jobs {
             if let Some(stored) = self.jobs.get_mut(&name) {
-                stored.revision = Some(revision);
+                stored.set_revision(revision);
             }
         }
         for (worker, record, revision) in written.assignments {

@@ -317,12 +317,12 @@ impl AssignerState {
         Some(Put {
             key: (),
             value: self.levers.control.value.clone(),
-            expected: self.levers.control.revision,
+            expected: self.levers.control.revision(),
         })
     }
 
     pub(super) fn placement_written(&mut self, revision: Revision) {
-        self.levers.control.revision = Some(revision);
+        self.levers.control.set_revision(revision);
     }
 
     /// Whether a worker's grants are revoked for a drain (used to keep a requested drain apart

@@ -1,8 +1,9 @@
 //! How the model holds a live partition: [`LivePartition`], the fields of its
 //! [`PartitionRecord`] that most partitions use, without the job name and partition id (its
 //! [`PartitionKey`] in the table says them), and the fields set only after a failure, a holder's
-//! death or when tracing in one boxed [`Rare`] (absent for most). 88 bytes against the record's
-//! 224; a record is rebuilt from it whenever one is written or changed
+//! death or when tracing in one boxed [`Rare`] (absent for most). 72 bytes against the record's
+//! 224 (the checkpoint is a value and a flag: `Option<u64>` would take 16 bytes, half of them
+//! padding); a record is rebuilt from it whenever one is written or changed
 //! (`partitions.rs`, `transition`).
 
 use super::PartitionKey;
@@ -17,12 +18,14 @@ pub(crate) struct LivePartition {
     pub range: IdRange,
     pub owner: Option<MemberRef>,
     pub token: PartitionLeaseToken,
-    pub checkpoint: Option<u64>,
+    /// The checkpoint when `checkpointed` (see [`LivePartition::checkpoint`]).
+    checkpoint_value: u64,
     pub epoch: Epoch,
     pub attempts: u32,
     pub status: PartitionStatus,
     pub unsampled: bool,
     pub quarantined: bool,
+    checkpointed: bool,
     rare: Option<Box<Rare>>,
 }
 
@@ -58,7 +61,8 @@ impl From<PartitionRecord> for LivePartition {
             range: record.range,
             owner: record.owner,
             token: record.token,
-            checkpoint: record.checkpoint,
+            checkpoint_value: record.checkpoint.unwrap_or_default(),
+            checkpointed: record.checkpoint.is_some(),
             epoch: record.epoch,
             attempts: record.attempts,
             status: record.status,
@@ -72,6 +76,7 @@ impl From<PartitionRecord> for LivePartition {
 impl LivePartition {
     /// The full record of the partition at `key`, consuming this one.
     pub(crate) fn into_record(self, key: &PartitionKey) -> PartitionRecord {
+        let checkpoint = self.checkpoint();
         let rare = self.rare.map(|rare| *rare).unwrap_or_default();
         PartitionRecord {
             schema: rare.schema.unwrap_or(SCHEMA_VERSION),
@@ -81,7 +86,7 @@ impl LivePartition {
             status: self.status,
             owner: self.owner,
             token: self.token,
-            checkpoint: self.checkpoint,
+            checkpoint,
             attempts: self.attempts,
             error: rare.error,
             not_before_unix_ms: rare.not_before_unix_ms,
@@ -99,9 +104,14 @@ impl LivePartition {
         self.clone().into_record(key)
     }
 
+    /// The last ID processed and acknowledged, if any.
+    pub(crate) fn checkpoint(&self) -> Option<u64> {
+        self.checkpointed.then_some(self.checkpoint_value)
+    }
+
     /// The first ID its next run processes (`workers.rs`, `resume_point`).
     pub(crate) fn resume_point(&self) -> u64 {
-        super::workers::resume_after(self.range, self.checkpoint)
+        super::workers::resume_after(self.range, self.checkpoint())
     }
 
     pub(crate) fn not_before_unix_ms(&self) -> Option<u64> {
@@ -157,6 +167,6 @@ mod tests {
             assert_eq!(live.record(&key), record);
             assert_eq!(live.into_record(&key), record);
         }
-        assert!(std::mem::size_of::<LivePartition>() <= 88);
+        assert!(std::mem::size_of::<LivePartition>() <= 72);
     }
 }

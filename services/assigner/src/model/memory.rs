@@ -8,36 +8,10 @@
 //! process keeps that peak's memory afterwards).
 
 use super::AssignerState;
-use std::collections::{BTreeMap, BTreeSet};
+use elk_types::btree::{repacked, repacked_set};
 
 /// Fewest keys added since the last repack that make a repack worth its pass over every key.
 const REPACK_MIN_INSERTS: usize = 1_024;
-
-/// `map` with every node full (the append of a sorted sequence fills nodes left to right).
-/// Moves entries, never clones them; the old nodes are freed as they are emptied, so the two
-/// tables never stand whole side by side.
-pub(super) fn repacked<K: Ord, V>(mut map: BTreeMap<K, V>) -> BTreeMap<K, V> {
-    let Some((key, value)) = map.pop_first() else {
-        return map;
-    };
-    // Appending to an empty map would only swap the two: start from one entry, and the append
-    // merges both into new nodes.
-    let mut full = BTreeMap::new();
-    full.insert(key, value);
-    full.append(&mut map);
-    full
-}
-
-/// [`repacked`] for a set.
-pub(super) fn repacked_set<K: Ord>(mut set: BTreeSet<K>) -> BTreeSet<K> {
-    let Some(first) = set.pop_first() else {
-        return set;
-    };
-    let mut full = BTreeSet::new();
-    full.insert(first);
-    full.append(&mut set);
-    full
-}
 
 impl AssignerState {
     /// Counts keys added to the partition table or a grant index, and repacks the tables when
@@ -47,8 +21,8 @@ impl AssignerState {
         self.repack_if_grown();
     }
 
-    /// Rebuilds the partition table, the grant index and the pending and dirty sets (which a
-    /// cold start fills in key order as well) with full nodes when keys added since the last
+    /// Rebuilds the partition table, the grant index, the pending and dirty sets and each job's
+    /// live ranges (which a cold start fills in key order as well) with full nodes when keys added since the last
     /// repack are at least an eighth of the table (and [`REPACK_MIN_INSERTS`]): an amortised
     /// constant per insert, and nothing in a steady state where partitions only change status.
     pub(super) fn repack_if_grown(&mut self) {
@@ -64,24 +38,8 @@ impl AssignerState {
         for keys in self.grants_by_worker.values_mut() {
             *keys = repacked_set(std::mem::take(keys));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::repacked;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn a_repacked_map_holds_the_same_entries_in_order() {
-        let map: BTreeMap<u64, String> = (0..5_000).map(|n| (n * 3, n.to_string())).collect();
-        let expected: Vec<(u64, String)> = map.clone().into_iter().collect();
-        let repacked: Vec<(u64, String)> = repacked(map).into_iter().collect();
-        assert_eq!(repacked, expected);
-        assert!(super::repacked(BTreeMap::<u64, u64>::new()).is_empty());
-        let set: std::collections::BTreeSet<u64> = (0..3_000).rev().collect();
-        let expected: Vec<u64> = set.iter().copied().collect();
-        let repacked: Vec<u64> = super::repacked_set(set).into_iter().collect();
-        assert_eq!(repacked, expected);
+        for coverage in self.coverage.values_mut() {
+            coverage.repack();
+        }
     }
 }

@@ -275,7 +275,7 @@ impl AssignerState {
             return Err(Rejection::StaleToken);
         }
         let range = record.range;
-        let before = record.checkpoint;
+        let before = record.checkpoint();
         let last_done = match &report.event {
             ProgressEvent::Checkpoint { last_done } => Some(*last_done),
             ProgressEvent::Failed { last_done, .. } | ProgressEvent::Released { last_done } => {
@@ -301,7 +301,7 @@ impl AssignerState {
                 let revision = self
                     .partitions
                     .get(&key)
-                    .and_then(|stored| stored.revision)
+                    .and_then(|stored| stored.revision())
                     .filter(|_| self.policy.write_path == super::WritePath::Lean);
                 self.transition(&key, PartitionStatus::Completed, |record| {
                     record.checkpoint = Some(range.last());
@@ -346,7 +346,7 @@ impl AssignerState {
         }
         let after = match report.event {
             ProgressEvent::Completed => Some(range.last()),
-            _ => self.partitions.get(&key).and_then(|p| p.value.checkpoint),
+            _ => self.partitions.get(&key).and_then(|p| p.value.checkpoint()),
         };
         self.note_progress(&report.worker, range, before, after);
         Ok(())

@@ -83,7 +83,7 @@ impl AssignerState {
     fn lowest_kept_revision(&self, job: &JobName) -> Option<u64> {
         let live = self
             .partitions_of(job)
-            .filter_map(|(_, stored)| stored.revision)
+            .filter_map(|(_, stored)| stored.revision())
             .map(Revision::get);
         let awaiting = self
             .awaiting_compaction
