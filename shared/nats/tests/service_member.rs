@@ -82,6 +82,32 @@ async fn resources(server: &NatsServer) -> Resources {
         .unwrap()
 }
 
+/// `ServiceMember::join` of `id` on a task of its own (retrying every 100 ms), so the test can
+/// act while it waits.
+fn spawn_join(
+    resources: &Resources,
+    id: &MemberId,
+    role: MemberRole,
+    ttl: Duration,
+    stop: &CancellationToken,
+    status: &ReplicaStatus,
+) -> tokio::task::JoinHandle<Result<Option<elk_nats::MemberLease>, elk_nats::JoinError>> {
+    let (resources, id, stop, status) =
+        (resources.clone(), id.clone(), stop.clone(), status.clone());
+    tokio::spawn(async move {
+        let member = ServiceMember {
+            resources: &resources,
+            id: &id,
+            role,
+            ttl,
+            retry: Duration::from_millis(100),
+            stop: &stop,
+            status: &status,
+        };
+        member.join().await
+    })
+}
+
 #[tokio::test]
 async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
     let warnings = assigner_a_warnings();
@@ -104,24 +130,14 @@ async fn a_restarted_replica_waits_for_its_previous_key_to_expire() {
 
     let stop = CancellationToken::new();
     let status = ReplicaStatus::default();
-    let joining = {
-        let resources = resources.clone();
-        let id = id.clone();
-        let stop = stop.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
-            let member = ServiceMember {
-                resources: &resources,
-                id: &id,
-                role: MemberRole::Assigner,
-                ttl: Duration::from_secs(1),
-                retry: Duration::from_millis(100),
-                stop: &stop,
-                status: &status,
-            };
-            member.join().await
-        })
-    };
+    let joining = spawn_join(
+        &resources,
+        &id,
+        MemberRole::Assigner,
+        Duration::from_secs(1),
+        &stop,
+        &status,
+    );
     // Until the old key is gone, the join cannot have succeeded (it would have replaced it).
     loop {
         let finished = joining.is_finished();
@@ -207,22 +223,14 @@ async fn a_replica_joining_during_a_network_cut_waits_it_out() {
     let id = MemberId::new("scaler-cut").unwrap();
     let stop = CancellationToken::new();
     let status = ReplicaStatus::default();
-    let joining = {
-        let (resources, id, stop, status) =
-            (resources.clone(), id.clone(), stop.clone(), status.clone());
-        tokio::spawn(async move {
-            let member = ServiceMember {
-                resources: &resources,
-                id: &id,
-                role: MemberRole::Scaler,
-                ttl: Duration::from_secs(3),
-                retry: Duration::from_millis(100),
-                stop: &stop,
-                status: &status,
-            };
-            member.join().await
-        })
-    };
+    let joining = spawn_join(
+        &resources,
+        &id,
+        MemberRole::Scaler,
+        Duration::from_secs(3),
+        &stop,
+        &status,
+    );
     // The clock: a single attempt through the same cut link, started after the join's first.
     let record = elk_protocol::messages::MemberRecord {
         schema: elk_protocol::SCHEMA_VERSION,

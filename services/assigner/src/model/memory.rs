@@ -1,11 +1,10 @@
 //! Keeping the model's memory close to what it holds. A B-tree filled by ascending inserts, as a
 //! cold start cuts a job's partitions (and grants each worker its share), keeps its nodes a bit
-//! over half full: a node that overflows splits in two and the left half is never topped up
-//! again. At 100,000 live partitions that slack was about half of the partition table and of
-//! the per-worker grant sets (issue 10 item 3, docs/benchmarks.md "Scale"). Whenever many keys
-//! were added, the tables are rebuilt with full nodes — during a round too: a cold start that
-//! cuts 100,000 partitions in one round otherwise peaked with every table half empty (the
-//! process keeps that peak's memory afterwards).
+//! over half full (`elk_types::btree`). At 100,000 live partitions that slack was about half of
+//! the partition table and of the per-worker grant sets (issue 10 item 3, docs/benchmarks.md
+//! "Scale"). Whenever many keys were added, the tables are rebuilt with full nodes — during a
+//! round too: a cold start that cuts 100,000 partitions in one round otherwise peaked with every
+//! table half empty (the process keeps that peak's memory afterwards).
 
 use super::AssignerState;
 use elk_types::btree::{repacked, repacked_set};
@@ -22,9 +21,10 @@ impl AssignerState {
     }
 
     /// Rebuilds the partition table, the grant index, the pending and dirty sets and each job's
-    /// live ranges (which a cold start fills in key order as well) with full nodes when keys added since the last
-    /// repack are at least an eighth of the table (and [`REPACK_MIN_INSERTS`]): an amortised
-    /// constant per insert, and nothing in a steady state where partitions only change status.
+    /// live ranges (which a cold start fills in key order as well) with full nodes when keys
+    /// added since the last repack are at least an eighth of the table (and
+    /// [`REPACK_MIN_INSERTS`]): an amortised constant per insert, and nothing in a steady state
+    /// where partitions only change status.
     pub(super) fn repack_if_grown(&mut self) {
         let added = self.inserted_since_repack;
         if added < REPACK_MIN_INSERTS || added < self.partitions.len() / 8 {
